@@ -1,0 +1,51 @@
+"""The `mobilevit` command line: one entry point, one sub-command per job.
+
+Each sub-command lives in its own module, which provides `add_arguments(parser)` and `run(args) -> int`.
+Modules are imported only when their sub-command runs, so `mobilevit --help` stays fast and a missing
+optional dependency (say onnxruntime) only affects the sub-command that needs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# sub-command -> (module, one-line help)
+COMMANDS = {
+    "demo": ("mobilevit.training.demo", "train MobileViT-XXS on the embedded data sets and walk the whole path"),
+    "train": ("mobilevit.training.cli", "fine-tune or train a model with transformers' Trainer"),
+    "predict": ("mobilevit.predict", "classify or segment image files with a saved model"),
+    "convert": ("mobilevit.conversion", "convert an ml-cvnets checkpoint into a Hub-ready folder"),
+    "benchmark": ("mobilevit.benchmark", "time this package against stock transformers and ONNX Runtime"),
+    "export": ("mobilevit.export", "export a saved model to ONNX and check it with ONNX Runtime"),
+}
+
+
+
+
+def build_parser(argv: list[str]) -> tuple[argparse.ArgumentParser, object | None]:
+    parser = argparse.ArgumentParser(prog="mobilevit", description="MobileViT for the Hugging Face ecosystem.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    chosen = argv[0] if argv and argv[0] in COMMANDS else None
+    module = None
+    for name, (module_name, help_text) in COMMANDS.items():
+        sub_parser = sub.add_parser(name, help=help_text, description=help_text)
+        if name == chosen:  # only the chosen sub-command's module is imported
+            module = importlib.import_module(module_name)
+            module.add_arguments(sub_parser)
+    return parser, module
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser, module = build_parser(argv)
+    args = parser.parse_args(argv)
+    if module is None:
+        parser.print_help()
+        return 0 if not argv else 2
+    return int(module.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""MobileViT configuration: the fields of the Hub's `apple/mobilevit-*` configs and the table of variants.
+
+The field names, defaults and JSON are those of stock transformers' `MobileViTConfig`, so a `config.json`
+written here loads there and the other way round. The three released sizes differ only in data, which
+lives in `VARIANTS`; `MobileViTConfig.from_variant("x-small")` reads it.
+"""
+
+from __future__ import annotations
+
+from transformers import PreTrainedConfig
+from transformers.activations import ACT2FN
+
+# Widths of the released models (ml-cvnets `mobilevit_{xx_small,x_small,small}.yaml`).
+# neck_hidden_sizes: stem, layer_1 .. layer_5 outputs, the final 1x1 expansion.
+# hidden_sizes: transformer width inside the MobileViT blocks of layer_3, layer_4, layer_5.
+VARIANTS: dict[str, dict] = {
+    "xx-small": {
+        "hidden_sizes": [64, 80, 96],
+        "neck_hidden_sizes": [16, 16, 24, 48, 64, 80, 320],
+        "expand_ratio": 2.0,
+        "hidden_dropout_prob": 0.05,
+    },
+    "x-small": {
+        "hidden_sizes": [96, 120, 144],
+        "neck_hidden_sizes": [16, 32, 48, 64, 80, 96, 384],
+    },
+    "small": {
+        "hidden_sizes": [144, 192, 240],
+        "neck_hidden_sizes": [16, 32, 64, 96, 128, 160, 640],
+    },
+}
+
+# Other spellings people use for the same variants (ml-cvnets file names, the paper's abbreviations).
+VARIANT_ALIASES = {
+    "xxs": "xx-small", "xx_small": "xx-small", "mobilevit_xxs": "xx-small",
+    "xs": "x-small", "x_small": "x-small", "mobilevit_xs": "x-small",
+    "s": "small", "mobilevit_s": "small",
+}
+
+# What a task changes on top of a variant (the Hub's `apple/mobilevit-*` and `apple/deeplabv3-mobilevit-*`).
+TASK_DEFAULTS: dict[str, dict] = {
+    "image-classification": {"image_size": 256, "output_stride": 32},
+    "semantic-segmentation": {"image_size": 512, "output_stride": 16},
+}
+TASK_ALIASES = {"classification": "image-classification", "segmentation": "semantic-segmentation"}
+
+# Blocks per stage of the architecture (fixed by the paper, not a config field): layer_1, layer_2 are
+# MobileNetV2 stages; layer_3..layer_5 are MobileViT blocks holding this many transformer layers.
+MOBILENET_STAGE_DEPTHS = (1, 3)
+TRANSFORMER_DEPTHS = (2, 4, 3)
+
+
+def canonical_variant(name: str) -> str:
+    """Map any accepted spelling of a variant to its key in `VARIANTS`."""
+    key = str(name).strip().lower().replace(" ", "-")
+    key = VARIANT_ALIASES.get(key, key)
+    if key not in VARIANTS:
+        known = sorted(VARIANTS) + sorted(VARIANT_ALIASES)
+        raise ValueError(f"variant: expected one of {known}, got {name!r}")
+    return key
+
+
+def canonical_task(name: str) -> str:
+    key = TASK_ALIASES.get(str(name).strip().lower(), str(name).strip().lower())
+    if key not in TASK_DEFAULTS:
+        raise ValueError(f"task: expected one of {sorted(TASK_DEFAULTS) + sorted(TASK_ALIASES)}, got {name!r}")
+    return key
+
+
+class MobileViTConfig(PreTrainedConfig):
+    r"""Configuration of a MobileViT (v1) model; defaults give `apple/mobilevit-small`.
+
+    Args:
+        num_channels: channels of the input image.
+        image_size: the resolution the checkpoint was trained at (informational; any size runs).
+        patch_size: side of the square patches the MobileViT blocks unfold into (2 in every release).
+        hidden_sizes: transformer width in the MobileViT blocks of stages 3, 4 and 5.
+        neck_hidden_sizes: channels of the stem, stages 1-5 and the final 1x1 expansion (7 values).
+        num_attention_heads: heads in every transformer layer; must divide each of `hidden_sizes`.
+        mlp_ratio: width of the transformer feed-forward layer relative to its hidden size.
+        expand_ratio: expansion of the MobileNetV2 inverted residual blocks.
+        hidden_act: activation of the backbone and the transformer feed-forward layers.
+        conv_kernel_size: kernel of the local-representation and fusion convolutions.
+        output_stride: 32 for classification; 16 or 8 dilates the last stages for segmentation.
+        hidden_dropout_prob, attention_probs_dropout_prob, classifier_dropout_prob: dropout rates.
+        initializer_range: std of the truncated normal used for linear layers.
+        layer_norm_eps: epsilon of the transformer LayerNorms.
+        qkv_bias: whether the query/key/value projections have a bias.
+        aspp_out_channels, atrous_rates, aspp_dropout_prob: the DeepLabV3 head.
+        semantic_loss_ignore_index: label value the segmentation loss ignores.
+    """
+
+    model_type = "mobilevit"
+
+    num_channels: int = 3
+    image_size: int | list[int] | tuple[int, int] = 256
+    patch_size: int | list[int] | tuple[int, int] = 2
+    hidden_sizes: list[int] | tuple[int, ...] = (144, 192, 240)
+    neck_hidden_sizes: list[int] | tuple[int, ...] = (16, 32, 64, 96, 128, 160, 640)
+    num_attention_heads: int = 4
+    mlp_ratio: float = 2.0
+    expand_ratio: float = 4.0
+    hidden_act: str = "silu"
+    conv_kernel_size: int = 3
+    output_stride: int = 32
+    hidden_dropout_prob: float | int = 0.1
+    attention_probs_dropout_prob: float | int = 0.0
+    classifier_dropout_prob: float | int = 0.1
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-5
+    qkv_bias: bool = True
+    aspp_out_channels: int = 256
+    atrous_rates: list[int] | tuple[int, ...] = (6, 12, 18)
+    aspp_dropout_prob: float | int = 0.1
+    semantic_loss_ignore_index: int = 255
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        self.validate()
+
+    @classmethod
+    def from_variant(cls, variant: str, task: str = "image-classification", **kwargs) -> "MobileViTConfig":
+        """The config of a released variant ("xx-small", "x-small", "small") for a task
+        ("image-classification" or "semantic-segmentation"); `kwargs` override any field."""
+        fields = {**VARIANTS[canonical_variant(variant)], **TASK_DEFAULTS[canonical_task(task)], **kwargs}
+        return cls(**fields)
+
+    @property
+    def variant(self) -> str | None:
+        """The released variant whose widths this config has, or None for a custom architecture."""
+        for name, fields in VARIANTS.items():
+            if list(self.hidden_sizes) == fields["hidden_sizes"] and list(self.neck_hidden_sizes) == fields[
+                "neck_hidden_sizes"
+            ] and float(self.expand_ratio) == float(fields.get("expand_ratio", 4.0)):
+                return name
+        return None
+
+    # -- validation: every check names the field, what it expects and what came --------------------------
+    def validate(self) -> None:
+        def fail(field, expected, exc=ValueError):
+            raise exc(f"MobileViTConfig.{field}: expected {expected}, got {getattr(self, field)!r}")
+
+        def is_int(value):
+            return isinstance(value, int) and not isinstance(value, bool)
+
+        def int_list(field, length):
+            value = getattr(self, field)
+            if not isinstance(value, (list, tuple)) or len(value) != length:
+                fail(field, f"a list of {length} positive integers")
+            if not all(is_int(v) and v > 0 for v in value):
+                fail(field, f"a list of {length} positive integers")
+
+        for field in ("num_channels", "num_attention_heads", "conv_kernel_size", "aspp_out_channels"):
+            if not is_int(getattr(self, field)) or getattr(self, field) < 1:
+                fail(field, "a positive integer")
+        int_list("hidden_sizes", len(TRANSFORMER_DEPTHS))
+        int_list("neck_hidden_sizes", 2 + len(MOBILENET_STAGE_DEPTHS) + len(TRANSFORMER_DEPTHS))
+        int_list("atrous_rates", 3)
+        for width in self.hidden_sizes:
+            if width % self.num_attention_heads:
+                fail("hidden_sizes", f"widths divisible by num_attention_heads={self.num_attention_heads}")
+        patch = self.patch_size
+        if not (is_int(patch) and patch >= 1):
+            fail("patch_size", "an integer >= 1")
+        if self.conv_kernel_size % 2 == 0:
+            fail("conv_kernel_size", "an odd integer (the convolutions keep the feature map size)")
+        if self.output_stride not in (8, 16, 32):
+            fail("output_stride", "one of 8, 16, 32")
+        for field in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout_prob",
+                      "aspp_dropout_prob"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+                fail(field, "a probability in [0, 1)")
+        for field in ("mlp_ratio", "expand_ratio", "layer_norm_eps", "initializer_range"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                fail(field, "a positive number")
+        if not isinstance(self.hidden_act, str) or self.hidden_act not in ACT2FN:
+            fail("hidden_act", f"an activation name such as 'silu', 'relu', 'gelu' (one of transformers' ACT2FN)")
+        if not is_int(self.semantic_loss_ignore_index):
+            fail("semantic_loss_ignore_index", "an integer")
+
+
+__all__ = ["MobileViTConfig", "VARIANTS", "TASK_DEFAULTS", "canonical_variant", "canonical_task"]

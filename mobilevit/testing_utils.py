@@ -1,0 +1,62 @@
+"""Helpers shared by the tests, the benchmarks and the notebooks.
+
+`fill_realistic_weights_` gives a model weights at the scale of a trained network. transformers' own random
+init (and PyTorch's) shrinks activations layer after layer until they are denormal floats: a 1e-4
+comparison then compares zeros, and the CPU slows down on denormals, which spoils timings. The recipe is
+the one of the ml-cvnets fixtures (`shared/fixtures/mlcvnets/weights.py`): weights N(0, 1.3^2 / fan_in),
+small biases, BatchNorm statistics and affine parameters far from (0, 1), and every 16th BatchNorm
+channel with a running variance of the order of eps, so that an eps mistake moves the outputs visibly.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+WEIGHT_GAIN = 1.3
+EPS_PROBE_STRIDE = 16
+EPS_PROBE_VAR = 1e-5
+
+
+@torch.no_grad()
+def fill_realistic_weights_(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Fill every parameter and BatchNorm buffer of `model` in place (deterministically from `seed`)."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def randn(t):
+        return torch.randn(t.shape, generator=gen).to(t.dtype)
+
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            fan_in = math.prod(module.weight.shape[1:])
+            module.weight.copy_(randn(module.weight) * (WEIGHT_GAIN / math.sqrt(fan_in)))
+            if module.bias is not None:
+                module.bias.copy_(0.05 * randn(module.bias))
+        elif isinstance(module, (nn.BatchNorm2d, nn.LayerNorm)):
+            if module.weight is not None:
+                module.weight.copy_(1.0 + 0.2 * randn(module.weight))
+                module.bias.copy_(0.1 * randn(module.bias))
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.copy_(0.1 * randn(module.running_mean))
+                module.running_var.copy_(0.5 + torch.rand(module.running_var.shape, generator=gen))
+                probe = torch.arange(0, module.num_features, EPS_PROBE_STRIDE)
+                module.running_var[probe] *= EPS_PROBE_VAR
+                if module.weight is not None:
+                    module.weight[probe] *= math.sqrt(EPS_PROBE_VAR)
+    return model
+
+
+def shared_fixtures_dir() -> Path | None:
+    """`../shared/fixtures/mlcvnets` next to the checkout (or $MOBILEVIT_FIXTURES), None when absent."""
+    env = os.environ.get("MOBILEVIT_FIXTURES")
+    candidates = [Path(env)] if env else []
+    repo = Path(__file__).resolve().parent.parent
+    candidates += [repo.parent / "shared" / "fixtures" / "mlcvnets", repo / "shared" / "fixtures" / "mlcvnets"]
+    for path in candidates:
+        if (path / "weights.py").is_file():
+            return path
+    return None
