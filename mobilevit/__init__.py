@@ -1,7 +1,21 @@
 """MobileViT (Mehta & Rastegari, ICLR 2022) for the Hugging Face ecosystem."""
 
 from .configuration_mobilevit import VARIANTS, MobileViTConfig
+from .modeling_mobilevit import (
+    MobileViTForImageClassification,
+    MobileViTForSemanticSegmentation,
+    MobileViTModel,
+    MobileViTPreTrainedModel,
+)
 
 __version__ = "0.1.0"
 
-__all__ = ["MobileViTConfig", "VARIANTS", "__version__"]
+__all__ = [
+    "MobileViTConfig",
+    "VARIANTS",
+    "MobileViTPreTrainedModel",
+    "MobileViTModel",
+    "MobileViTForImageClassification",
+    "MobileViTForSemanticSegmentation",
+    "__version__",
+]
