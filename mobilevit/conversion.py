@@ -74,7 +74,8 @@ RENAME_TABLE: list[tuple[str, str]] = [
     (_TRANSFORMER_LAYER + r"pre_norm_mha\.1\.out_proj\.(?P<leaf>weight|bias)",
      _HF_TRANSFORMER_LAYER + "attention.output.dense.{leaf}"),
     (_TRANSFORMER_LAYER + r"pre_norm_ffn\.0\.(?P<leaf>weight|bias)", _HF_TRANSFORMER_LAYER + "layernorm_after.{leaf}"),
-    (_TRANSFORMER_LAYER + r"pre_norm_ffn\.1\.(?P<leaf>weight|bias)", _HF_TRANSFORMER_LAYER + "intermediate.dense.{leaf}"),
+    (_TRANSFORMER_LAYER + r"pre_norm_ffn\.1\.(?P<leaf>weight|bias)",
+     _HF_TRANSFORMER_LAYER + "intermediate.dense.{leaf}"),
     (_TRANSFORMER_LAYER + r"pre_norm_ffn\.4\.(?P<leaf>weight|bias)", _HF_TRANSFORMER_LAYER + "output.dense.{leaf}"),
     # the LayerNorm closing the transformer stack is global_rep.<number of layers>, without a sub-name
     (_VIT_BLOCK + r"global_rep\.\d+\.(?P<leaf>weight|bias)", _HF_VIT_BLOCK + "layernorm.{leaf}"),
@@ -158,9 +159,9 @@ def read_checkpoint_file(path: str | Path):
             return load_file(str(path), device="cpu")
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated files, other formats, pickles holding code
+        fmt = "safetensors" if path.suffix == ".safetensors" else "a PyTorch checkpoint (torch.load, weights_only=True)"
         raise ConversionError(
-            f"checkpoint: {str(path)!r} ({path.stat().st_size:,} bytes) could not be read as "
-            f"{'safetensors' if path.suffix == '.safetensors' else 'a PyTorch checkpoint (torch.load, weights_only=True)'}: "
+            f"checkpoint: {str(path)!r} ({path.stat().st_size:,} bytes) could not be read as {fmt}: "
             f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
             "-- is the file complete, and is it a checkpoint rather than a pickled model object?"
         ) from exc
@@ -542,9 +543,12 @@ def convert_checkpoint(
         stripped_ddp_prefix=stripped, dropped=mapping.dropped, filled_defaults=mapping.filled_defaults,
         source_sha256=source_sha256, labels=labels_text, seconds=0.0)
     if push_to_hub:
-        result.pushed_to = push_folder_to_hub(output_dir, push_to_hub,
-                                              commit_message=f"Add MobileViT {variant} ({task}) converted from "
-                                                             f"{checkpoint.name}")
+        try:
+            message = f"Add MobileViT {variant} ({task}) converted from {checkpoint.name}"
+            result.pushed_to = push_folder_to_hub(output_dir, push_to_hub, commit_message=message)
+        except Exception as exc:  # network, authentication, permissions: the folder itself is complete
+            raise ConversionError(f"push_to_hub: {str(output_dir)!r} was written and checked, but uploading it to "
+                                  f"{push_to_hub!r} failed: {type(exc).__name__}: {exc}") from exc
     result.seconds = time.perf_counter() - start
     return result
 
@@ -575,8 +579,8 @@ def run(args: argparse.Namespace) -> int:
                                     progress=not args.no_progress)
     except (ValueError, FileExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        print("nothing was written" if not isinstance(exc, FileExistsError) else "the existing folder is untouched",
-              file=sys.stderr)
+        if not Path(args.output_dir).exists():
+            print(f"nothing was written to {args.output_dir}", file=sys.stderr)
         return 2
     print(result.summary())
     return 0
