@@ -3,18 +3,18 @@
 
     python conversion_scripts/convert_mlcvnets_checkpoint.py --checkpoint mobilevit_s.pt --output-dir mobilevit-small
 
-A thin command line over `mobilevit.conversion` (also available as `mobilevit convert`); run with --help for
-the options.
+A thin command line over `mobilevit.conversion` (the same as `mobilevit convert`); --help lists the options.
 """
 
 import sys
 from pathlib import Path
 
-try:
-    from mobilevit.conversion import main
-except ImportError:  # run from a source checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from mobilevit.conversion import main
+# Run from a source checkout: use the package next to this script, installed or not.
+CHECKOUT = Path(__file__).resolve().parent.parent
+if (CHECKOUT / "mobilevit" / "conversion.py").is_file():
+    sys.path.insert(0, str(CHECKOUT))
+
+from mobilevit.conversion import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())
