@@ -449,12 +449,13 @@ def _current_umask() -> int:
     return mask
 
 
-def _labels_for(task: str, num_labels: int) -> tuple[dict[int, str], str]:
+def _labels_for(task: str, num_labels: int) -> tuple[dict[int, str], str | None, str]:
+    """id2label, the data set it comes from (None when the class count matches none) and a line for the summary."""
     dataset, id2label_fn = TASK_DATASETS[task]
     id2label = id2label_fn()
     if len(id2label) == num_labels:
-        return id2label, f"{dataset} ({num_labels} classes)"
-    return {i: f"LABEL_{i}" for i in range(num_labels)}, (
+        return id2label, dataset, f"{dataset} ({num_labels} classes)"
+    return {i: f"LABEL_{i}" for i in range(num_labels)}, None, (
         f"{num_labels} classes, not the {len(id2label)} of {dataset}: generic names LABEL_0.. (edit config.json)")
 
 
@@ -493,9 +494,8 @@ def convert_checkpoint(
         task = resolve(detect_task(state_dict), task, "task", canonical_task)
         arch = read_architecture(state_dict, task)
         variant = resolve(detect_variant(arch), variant, "variant", canonical_variant)
-        id2label, labels_text = _labels_for(task, arch.num_labels)
+        id2label, dataset, labels_text = _labels_for(task, arch.num_labels)
         config = MobileViTConfig.from_variant(variant, task, id2label=id2label, label2id=label2id(id2label))
-        config.architectures = [MODEL_CLASSES[task].__name__]
         step("detected")
 
         model = MODEL_CLASSES[task](config).eval()
@@ -514,7 +514,6 @@ def convert_checkpoint(
         model.save_pretrained(str(work))
         (work / "preprocessor_config.json").write_text(
             json.dumps(preprocessor_config(config.image_size), indent=2) + "\n", encoding="utf-8")
-        dataset = TASK_DATASETS[task][0] if not labels_text.startswith(f"{arch.num_labels} classes, not") else None
         write_model_card(work, task=task, variant=variant, num_parameters=num_parameters,
                          image_size=config.image_size, num_labels=arch.num_labels, dataset=dataset,
                          source=checkpoint.name, source_sha256=source_sha256, repo_id=push_to_hub,
@@ -526,8 +525,13 @@ def convert_checkpoint(
         if output_dir.exists():  # --overwrite: swap the old folder out only now that the new one is whole
             old = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".old", dir=output_dir.parent))
             output_dir.rename(old / output_dir.name)
-            work.rename(output_dir)
-            shutil.rmtree(old)
+            try:
+                work.rename(output_dir)
+            except BaseException:
+                (old / output_dir.name).rename(output_dir)
+                raise
+            finally:
+                shutil.rmtree(old, ignore_errors=True)
         else:
             work.rename(output_dir)
         step("moved into place")

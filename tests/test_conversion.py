@@ -168,6 +168,7 @@ def test_converted_folder_matches_mlcvnets(name, converted):
     labels = pascal_voc_id2label() if segmentation else imagenet_1k_id2label()
     assert config["id2label"] == {str(k): v for k, v in labels.items()}
     assert config["label2id"]["background" if segmentation else "tench, Tinca tinca"] == 0
+    assert config["architectures"] == [ours.__name__] and config["model_type"] == "mobilevit"
     manifest = json.loads((FIXTURES / f"{name}.json").read_text())
     model = ours.from_pretrained(str(folder))
     assert model.config.variant == VARIANT_OF[name.rsplit("_", 1)[1]]
@@ -296,6 +297,18 @@ def test_aux_head_is_dropped_on_purpose_and_missing_counters_are_filled(tmp_path
     expected = load_file(str(FIXTURES / "deeplabv3_mobilevit_xxs.expected.safetensors"))
     logits = logits_of(MobileViTForSemanticSegmentation, tmp_path / "out", expected["pixel_values"])
     assert (logits - expected["logits_lowres"]).abs().max().item() <= ATOL
+
+
+@NEEDS_FIXTURES
+def test_a_fine_tuned_head_gets_generic_labels(tmp_path):
+    sd = fresh_state_dict("mobilevit_xxs")
+    sd["classifier.fc.weight"], sd["classifier.fc.bias"] = torch.randn(10, 320) * 0.05, torch.zeros(10)
+    result = convert_checkpoint(save_checkpoint(sd, tmp_path / "ten.pt"), tmp_path / "out", progress=False)
+    assert "10 classes, not the 1000 of imagenet-1k" in result.labels
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["id2label"] == {str(i): f"LABEL_{i}" for i in range(10)}
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "| classes | 10 |" in card and "datasets:" not in card
 
 
 @NEEDS_FIXTURES
