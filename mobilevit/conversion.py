@@ -163,7 +163,8 @@ def read_checkpoint_file(path: str | Path):
         raise ConversionError(
             f"checkpoint: {str(path)!r} ({path.stat().st_size:,} bytes) could not be read as {fmt}: "
             f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
-            "-- is the file complete, and is it a checkpoint rather than a pickled model object?"
+            "-- is the file complete, and is it a checkpoint rather than a pickled model object? (ml-cvnets also "
+            "writes bare state dicts next to its training checkpoints: checkpoint_best.pt, checkpoint_ema_best.pt)"
         ) from exc
 
 
