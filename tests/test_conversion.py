@@ -325,6 +325,7 @@ def test_push_to_hub_uploads_the_finished_folder(tmp_path, monkeypatch):
     assert 'from_pretrained("me/mobilevit-xx-small")' in (tmp_path / "out" / "README.md").read_text()
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch and transformers: ~10 s of the fast suite's budget
 @NEEDS_FIXTURES
 def test_script_runs_as_a_real_command(tmp_path):
     checkpoint = save_checkpoint(fresh_state_dict("deeplabv3_mobilevit_xxs"), tmp_path / "deeplabv3_mobilevit_xxs.pt")
