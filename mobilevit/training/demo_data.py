@@ -19,7 +19,7 @@ DIGITS_LABELS = [str(d) for d in range(10)]
 SHAPES_LABELS = ["background", "circle", "square", "triangle"]
 
 # Photos shipped inside the scikit-image wheel (no pooch download needed).
-_SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "brick", "grass", "gravel", "coins",
+_SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "brick", "grass", "gravel",
                    "moon", "hubble_deep_field", "immunohistochemistry")
 
 
@@ -105,7 +105,7 @@ def _shape_mask(rng: np.random.Generator, kind: int, size: int) -> np.ndarray:
     from skimage.draw import disk, polygon
 
     mask = np.zeros((size, size), dtype=bool)
-    radius = rng.uniform(0.1, 0.28) * size
+    radius = rng.uniform(0.15, 0.32) * size
     cy, cx = rng.uniform(radius * 0.6, size - radius * 0.6, 2)
     if kind == 1:
         rr, cc = disk((cy, cx), radius, shape=mask.shape)

@@ -214,6 +214,9 @@ def train_and_save(job: TrainJob) -> TrainResult:
                            "image_size": image_size, "multi_scale": multi_scale, "seed": job.seed,
                            "world_size": trainer.args.world_size, "base_model": str(job.model) if job.model else None,
                            "variant": model.config.variant, "num_train_examples": len(train_set)}
+    metrics["eval_resize"] = eval_resize
+    if isinstance(job.data, (str, Path)):
+        metrics["dataset"] = Path(job.data).name
 
     trainer.accelerator.wait_for_everyone()
     if trainer.is_world_process_zero():
@@ -282,53 +285,19 @@ def _write_output(model, processor, metrics: dict, job: TrainJob, output_dir: Pa
 
 
 def _write_card(model, metrics: dict, job: TrainJob, folder: Path) -> None:
-    try:
-        from ..hub import write_model_card
-    except ImportError:
-        write_model_card = None
-    if write_model_card is not None:
-        write_model_card(folder, model.config, metrics=metrics)
-        return
-    (folder / "README.md").write_text(_minimal_card(model, metrics, job))
+    from ..hub import write_model_card
 
-
-def _minimal_card(model, metrics: dict, job: TrainJob) -> str:
-    """A short model card used until `mobilevit.hub.write_model_card` exists."""
     split = "test" if "test" in metrics else "validation"
-    rows = "\n".join(f"| {name} | {value:.4f} |" for name, value in metrics[split].items()
-                     if isinstance(value, float))
-    labels = ", ".join(model.config.id2label[i] for i in sorted(model.config.id2label))
-    pipeline_tag = "image-classification" if job.task == "image-classification" else "image-segmentation"
-    return f"""---
-library_name: transformers
-pipeline_tag: {pipeline_tag}
-tags: [mobilevit, vision]
----
-
-# MobileViT ({model.config.variant or "custom"}) for {job.task}
-
-Trained with `mobilevit train` ({metrics["training"]["epochs"]} epochs, batch size {job.batch_size},
-learning rate {job.learning_rate}, image size {metrics["training"]["image_size"]},
-{"from " + str(job.model) if job.model else "from scratch"}).
-
-Labels: {labels}
-
-## Results ({split} split)
-
-| metric | value |
-|---|---|
-{rows}
-
-## Use
-
-```python
-from transformers import pipeline
-from mobilevit import {type(model).__name__}, MobileViTImageProcessor
-
-model = {type(model).__name__}.from_pretrained("path/to/this/folder")
-processor = MobileViTImageProcessor.from_pretrained("path/to/this/folder")
-pipe = pipeline("{pipeline_tag}", model=model, image_processor=processor)
-```
-
-Inputs are BGR in [0, 1] (the processor flips the channels); see `training_history.png` and `metrics.json`.
-"""
+    shown = {f"{split} {name}": value for name, value in metrics[split].items()
+             if isinstance(value, float) and not name.startswith("iou_")}
+    training = metrics["training"]
+    notes = (f"Trained with `mobilevit train` ({'fine-tuned from ' + str(job.model) if job.model else 'from scratch'}"
+             f"): {training['epochs']} epochs on {training['num_train_examples']} images, batch size "
+             f"{job.batch_size} x {training['world_size']} process(es), AdamW with peak learning rate "
+             f"{job.learning_rate} on a cosine schedule, {training['image_size']}x{training['image_size']} crops"
+             f"{' with the multi-scale sampler' if training['multi_scale'] else ''}. The processor saved here "
+             f"resizes the shortest edge to {metrics['eval_resize']} before the centre crop. Per-epoch curves: "
+             f"`training_history.png`; all numbers: `metrics.json`.")
+    write_model_card(folder, task=job.task, variant=model.config.variant, num_parameters=model.num_parameters(),
+                     image_size=training["image_size"], num_labels=len(model.config.id2label),
+                     dataset=metrics.get("dataset"), metrics=shown, notes=notes)
