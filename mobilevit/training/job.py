@@ -72,6 +72,7 @@ class TrainJob:
     num_workers: int = 0
     logging_steps: int = 10
     report_to: str = "none"
+    callbacks: list = field(default_factory=list)  # extra `TrainerCallback`s
 
 
 def _positive(name, value, kind=(int,)):
@@ -198,7 +199,7 @@ def train_and_save(job: TrainJob) -> TrainResult:
     trainer = MobileViTTrainer(
         model=model, args=_training_arguments(job, work_dir / "checkpoints"), train_dataset=train_set,
         eval_dataset=val_set, compute_metrics=_metrics_for(job.task, data.id2label),
-        train_metrics=_metrics_for(job.task, data.id2label),
+        train_metrics=_metrics_for(job.task, data.id2label), callbacks=list(job.callbacks),
         multi_scale=MultiScaleOptions(enabled=multi_scale, min_size=low, max_size=high))
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=resume_from)
