@@ -17,7 +17,7 @@ from mobilevit.training.job import OutputExistsError, work_dir_for
 @pytest.fixture(scope="module")
 def digits():
     data = load_digits_dataset(image_size=32)
-    return data["train"].select(range(240)), data["validation"].select(range(60))
+    return data["train"].select(range(320)), data["validation"].select(range(90))
 
 
 def _digits_job(digits, output_dir, **overrides):
@@ -25,18 +25,20 @@ def _digits_job(digits, output_dir, **overrides):
 
     train, val = digits
     settings = dict(task="image-classification", data=datasets.DatasetDict({"train": train, "validation": val}),
-                    output_dir=output_dir, epochs=3, batch_size=16, learning_rate=3e-3, image_size=32,
+                    output_dir=output_dir, epochs=4, batch_size=16, learning_rate=3e-3, image_size=32,
                     eval_resize=32, crop_scale=(0.6, 1.0), flip_prob=0.0, multi_scale=False, logging_steps=100)
     settings.update(overrides)
     return TrainJob(**settings)
 
 
+@pytest.mark.slow
 def test_short_classification_run_improves_accuracy_and_saves_a_loadable_folder(digits, tmp_path):
     result = train_and_save(_digits_job(digits, tmp_path / "out"))
     history = result.metrics["history"]
-    assert [row["epoch"] for row in history] == [1, 2, 3]
+    assert [row["epoch"] for row in history] == [1, 2, 3, 4]
     assert history[-1]["train_loss"] < history[0]["train_loss"]
-    assert result.metrics["validation"]["accuracy"] > 0.3  # chance is 0.1
+    assert history[-1]["train_accuracy"] > max(0.3, history[0]["train_accuracy"])  # chance is 0.1
+    assert history[-1]["eval_accuracy"] > history[0]["eval_accuracy"]
     folder = tmp_path / "out"
     for name in ("config.json", "model.safetensors", "preprocessor_config.json", "README.md", "metrics.json",
                  "training_history.png"):
@@ -52,6 +54,7 @@ def test_short_classification_run_improves_accuracy_and_saves_a_loadable_folder(
         train_and_save(_digits_job(digits, folder))
 
 
+@pytest.mark.slow
 def test_short_segmentation_run_improves_mean_iou(tmp_path):
     shapes = load_shapes_dataset(image_size=48, num_train=96, num_val=24, num_test=0)
     shapes.pop("test")
@@ -76,6 +79,7 @@ class _KillAfterFirstCheckpoint(TrainerCallback):
         raise _Interrupt  # as if the machine died right after the checkpoint was written
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("multi_scale", [False, True])
 def test_resume_after_interruption_reproduces_the_uninterrupted_run(digits, tmp_path, multi_scale):
     settings = dict(epochs=2, multi_scale=multi_scale, multi_scale_range=(32, 64))

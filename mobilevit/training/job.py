@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from transformers import set_seed
 
 from ..configuration_mobilevit import MobileViTConfig, canonical_task, canonical_variant
 from .data import DataError, MobileViTDataset, prepare_task_data
@@ -182,6 +183,7 @@ def train_and_save(job: TrainJob) -> TrainResult:
     resume_from = _resume_checkpoint(job, work_dir)
 
     data = prepare_task_data(job.data, job.task, labels=job.labels, seed=job.seed)
+    set_seed(job.seed)  # the new weights (and a new head) depend on the seed only, like Trainer's model_init
     model = build_model(job, data.id2label)
     image_size = job.image_size or _as_int(model.config.image_size)
     default_resize = image_size if job.task == "semantic-segmentation" else int(round(image_size * 288 / 256))
