@@ -286,9 +286,13 @@ def _as_list(images, name: str) -> list:
 
 
 def _pil_to_numpy(image) -> np.ndarray:
-    """Decode a PIL image of any mode to H x W or H x W x C uint8 (RGB order, alpha dropped later)."""
-    if image.mode in ("RGB", "L", "RGBA", "LA", "RGBX"):
+    """Decode a PIL image of any mode to H x W (grey) or H x W x 3 (RGB) uint8, dropping alpha."""
+    if image.mode in ("RGB", "L"):
         return np.asarray(image)
+    if image.mode in ("RGBA", "RGBX"):
+        return np.asarray(image)[:, :, :3]
+    if image.mode == "LA":
+        return np.asarray(image)[:, :, 0]
     if image.mode in _PIL_16BIT_MODES:
         wide = np.asarray(image).astype(np.float32)
         return np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8)
@@ -315,7 +319,8 @@ def _channel_layout(shape, name: str, input_data_format) -> ChannelDimension:
 
 
 def _image_to_hwc(image, name: str, input_data_format, quantise: bool) -> torch.Tensor:
-    """One image -> H x W x 3 RGB tensor: uint8 when `quantise`, else float32 in the input's own units."""
+    """One image -> H x W x 3 RGB tensor, uint8 (8-bit pixels stay 8-bit); float images are quantised to
+    uint8 when `quantise` (they must lie in [0, 1]), else kept as float32 in their own units."""
     if PIL is not None and isinstance(image, PIL.Image.Image):
         image = _pil_to_numpy(image)
     if isinstance(image, np.ndarray):
@@ -344,7 +349,7 @@ def _image_to_hwc(image, name: str, input_data_format, quantise: bool) -> torch.
     tensor = tensor[:, :, :3] if channels == 4 else tensor.expand(-1, -1, 3) if channels == 1 else tensor
 
     if tensor.dtype == torch.uint8:
-        return tensor if quantise else tensor.float()
+        return tensor
     if tensor.dtype.is_floating_point:
         if not quantise:
             return tensor.float()
@@ -363,7 +368,7 @@ def _image_to_hwc(image, name: str, input_data_format, quantise: bool) -> torch.
             f"{name}: integer pixels must lie in 0..255, got values in [{low}, {high}] (dtype {tensor.dtype}); "
             "scale 16-bit images to 8 bits first"
         )
-    return tensor.to(torch.uint8) if quantise else tensor.float()
+    return tensor.to(torch.uint8)
 
 
 def _segmentation_map_to_hw(seg, name: str) -> torch.Tensor:
