@@ -35,6 +35,8 @@ except ImportError:  # pillow is a dependency; the guard only keeps the error me
 # ml-cvnets' `Resize` is cv2.resize(INTER_LINEAR) on uint8: weights are quantised to 11 bits (2048 = 1.0).
 _COEF_BITS = 11
 _COEF_ONE = 1 << _COEF_BITS
+# Largest number of same-size images resized in one call.
+_GROUP_SIZE = 8
 # Label value that losses ignore (PASCAL VOC's border value, transformers' `semantic_loss_ignore_index`).
 IGNORE_INDEX = 255
 # Pillow modes whose samples are 16-bit: scaled to 8 bits (x / 257) instead of Pillow's clipping at 255.
@@ -433,8 +435,11 @@ def _run_grouped(items: list[torch.Tensor], geometries: list[_Geometry], fn, gro
     for index, (item, geometry) in enumerate(zip(items, geometries)):
         key = (geometry, item.dtype, item.device) if grouped else index
         groups.setdefault(key, []).append(index)
+    # Batches of at most _GROUP_SIZE images keep the intermediates cache-sized; one batch of 64 photos
+    # measured slower than 8 batches of 8.
+    chunks = [indices[i : i + _GROUP_SIZE] for indices in groups.values() for i in range(0, len(indices), _GROUP_SIZE)]
     results: list = [None] * len(items)
-    for indices in groups.values():
+    for indices in chunks:
         out = fn([items[i] for i in indices], geometries[indices[0]])
         for position, index in enumerate(indices):
             results[index] = out[position]
