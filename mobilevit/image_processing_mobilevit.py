@@ -8,7 +8,7 @@ uint8 bilinear resize (within 1/255 of OpenCV), with `resize_bit_exact=True` bit
 fixed-point arithmetic emulated with integer tensor operations), and with `resize_antialias=True` like
 stock transformers' PIL processor.
 
-Images of the same size are resized together in one batched call and stay uint8 until the final
+Images of the same size are resized together (in batches of up to 8) and stay uint8 until the final
 conversion, which is written straight into the output batch.
 """
 
@@ -27,10 +27,7 @@ from transformers.image_processing_utils import BaseImageProcessor
 from transformers.image_utils import ChannelDimension, PILImageResampling, SizeDict
 from transformers.processing_utils import ImagesKwargs, Unpack
 
-try:
-    import PIL.Image
-except ImportError:  # pillow is a dependency; the guard only keeps the error message clear
-    PIL = None
+import PIL.Image
 
 # ml-cvnets' `Resize` is cv2.resize(INTER_LINEAR) on uint8: weights are quantised to 11 bits (2048 = 1.0).
 _COEF_BITS = 11
@@ -70,7 +67,7 @@ class MobileViTImageProcessorKwargs(ImagesKwargs, total=False):
 
 class MobileViTImageProcessor(BaseImageProcessor):
     r"""
-    Prepares images (and segmentation maps) for MobileViT exactly as ml-cvnets did for the released checkpoints.
+    Prepares images (and segmentation maps) for MobileViT as ml-cvnets did for the released checkpoints.
 
     Steps, each switchable: resize so the shortest edge is `size["shortest_edge"]` (or to `size["height"] x
     size["width"]`), centre crop to `crop_size`, divide by 255 (`rescale_factor`), flip RGB to BGR. There is no
@@ -79,7 +76,7 @@ class MobileViTImageProcessor(BaseImageProcessor):
     Exactness: ml-cvnets resized with OpenCV's `INTER_LINEAR` on 8-bit pixels (bilinear, no antialiasing),
     truncated the long side with `int()`, floored the crop offsets and divided by 255. The default resize is
     torch's native uint8 bilinear kernel (no antialiasing), within 1/255 of OpenCV on every pixel (about one
-    value in six is off by 1/255); everything else matches exactly. `resize_bit_exact=True` emulates
+    value in 5.5 is off by 1/255 on the fixture photo); everything else matches exactly. `resize_bit_exact=True` emulates
     OpenCV's fixed-point arithmetic (same 11-bit weights, same rounding) and gives ml-cvnets' pixel values
     bit for bit, at several times the cost. `resize_antialias=True` uses torch's antialiased uint8 resize
     instead, within 1/255 of Pillow's (what stock `transformers.MobileViTImageProcessor` uses) for bilinear
@@ -131,11 +128,7 @@ class MobileViTImageProcessor(BaseImageProcessor):
             if old in kwargs:
                 value = kwargs.pop(old)
                 kwargs.setdefault(new, value)
-        if kwargs.get("do_normalize"):
-            raise ValueError(
-                "do_normalize: MobileViT checkpoints take BGR pixels in [0, 1] without mean/std normalisation; "
-                f"got do_normalize={kwargs['do_normalize']!r}"
-            )
+        _refuse_normalisation(kwargs.get("do_normalize"))
         super().__init__(**kwargs)
         self._set_attributes(**kwargs)
 
@@ -175,8 +168,7 @@ class MobileViTImageProcessor(BaseImageProcessor):
         disable_grouping: bool | None = None,
         **unused,
     ) -> BatchFeature:
-        if unused.get("do_normalize"):
-            raise ValueError("do_normalize: MobileViT takes pixels without mean/std normalisation; got True")
+        _refuse_normalisation(unused.get("do_normalize"))
         mode = _torch_mode(resample)
         pixels = _as_list(images, "images")
         pixels = [
@@ -223,10 +215,7 @@ class MobileViTImageProcessor(BaseImageProcessor):
                     seg = reduce_labels(seg)
                 resized = _resize_and_crop(seg[None, :, :, None], geometry, "nearest-exact", False, IGNORE_INDEX)
                 labels.append(resized[0, :, :, 0])
-            data["labels"] = labels
-
-            if return_tensors is not None:
-                data["labels"] = _stack(labels, "labels")
+            data["labels"] = _stack(labels, "labels") if return_tensors is not None else labels
         return BatchFeature(data=data, tensor_type=return_tensors)
 
     def post_process_semantic_segmentation(
@@ -265,13 +254,21 @@ class MobileViTImageProcessor(BaseImageProcessor):
         ]
 
 
+def _refuse_normalisation(do_normalize) -> None:
+    if do_normalize:
+        raise ValueError(
+            "do_normalize: MobileViT checkpoints take BGR pixels in [0, 1] without mean/std normalisation; "
+            f"got do_normalize={do_normalize!r}"
+        )
+
+
 def reduce_labels(labels: torch.Tensor) -> torch.Tensor:
     """transformers' `do_reduce_labels`: 0 (background) -> 255 (ignored), 255 stays 255, the rest minus one."""
     return torch.where((labels == 0) | (labels == IGNORE_INDEX), IGNORE_INDEX, labels - 1)
 
 
 # --------------------------------------------------------------------------------------------------
-# Input conversion: everything becomes a H x W x 3 tensor (uint8, or float when not quantised).
+# Input conversion: every image becomes a H x W x 3 RGB tensor (uint8, or float when not quantised).
 
 
 def _as_list(images, name: str) -> list:
@@ -323,7 +320,7 @@ def _channel_layout(shape, name: str, input_data_format) -> ChannelDimension:
 def _image_to_hwc(image, name: str, input_data_format, quantise: bool) -> torch.Tensor:
     """One image -> H x W x 3 RGB tensor, uint8 (8-bit pixels stay 8-bit); float images are quantised to
     uint8 when `quantise` (they must lie in [0, 1]), else kept as float32 in their own units."""
-    if PIL is not None and isinstance(image, PIL.Image.Image):
+    if isinstance(image, PIL.Image.Image):
         image = _pil_to_numpy(image)
     if isinstance(image, np.ndarray):
         if image.dtype == np.bool_ or not (np.issubdtype(image.dtype, np.number)):
@@ -375,7 +372,7 @@ def _image_to_hwc(image, name: str, input_data_format, quantise: bool) -> torch.
 
 def _segmentation_map_to_hw(seg, name: str) -> torch.Tensor:
     """One segmentation map -> H x W int64 tensor of class ids."""
-    if PIL is not None and isinstance(seg, PIL.Image.Image):
+    if isinstance(seg, PIL.Image.Image):
         if seg.mode not in ("L", "P", "I", "I;16", "1"):
             raise ValueError(f"{name}: expected a single-channel class-id map (mode L, P or I), got mode {seg.mode}")
         seg = np.asarray(seg)
