@@ -137,7 +137,7 @@ def main(argv=None) -> int:
         print(f"{name:42s} skipped: {reason}")
     print(f"speed-up of ours over stock PIL: {rates['ours (default)'] / reference:.2f}x")
     save_chart(rates, args.output.resolve(), f"MobileViT preprocessing, {len(images)} photos, "
-               f"{torch.get_num_threads()} CPU threads")
+               f"torch threads: {torch.get_num_threads()}")
     print(f"chart: {args.output}")
     return 0
 
