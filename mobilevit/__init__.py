@@ -2,7 +2,22 @@
 
 from .configuration_mobilevit import VARIANTS, MobileViTConfig
 from .image_processing_mobilevit import MobileViTImageProcessor
+from .modeling_mobilevit import (
+    MobileViTForImageClassification,
+    MobileViTForSemanticSegmentation,
+    MobileViTModel,
+    MobileViTPreTrainedModel,
+)
 
 __version__ = "0.1.0"
 
-__all__ = ["MobileViTConfig", "MobileViTImageProcessor", "VARIANTS", "__version__"]
+__all__ = [
+    "MobileViTConfig",
+    "VARIANTS",
+    "MobileViTImageProcessor",
+    "MobileViTPreTrainedModel",
+    "MobileViTModel",
+    "MobileViTForImageClassification",
+    "MobileViTForSemanticSegmentation",
+    "__version__",
+]

@@ -352,6 +352,13 @@ def test_loads_the_modern_config(tmp_path, monkeypatch):
     assert pixels(processor, np.zeros((600, 700, 3), np.uint8)).shape == (1, 3, 512, 512)
 
 
+def test_loads_what_the_checkpoint_converter_writes():
+    from mobilevit.conversion import preprocessor_config
+
+    converted = MobileViTImageProcessor.from_dict(preprocessor_config(256))
+    assert converted.to_dict() == MobileViTImageProcessor().to_dict()
+
+
 @pytest.mark.parametrize("source", [LEGACY_CONFIG, MODERN_CONFIG, {"do_flip_channels": False, "size": 320, "crop_size": 300}])
 def test_saved_config_loads_in_stock_transformers_with_the_same_settings(tmp_path, source, monkeypatch, caplog):
     import transformers

@@ -1,0 +1,640 @@
+"""MobileViT (Mehta & Rastegari, ICLR 2022, arXiv 2110.02178) as transformers `PreTrainedModel`s.
+
+Read top to bottom, this file follows the paper's figure 1(b):
+
+    stem (3x3 conv, stride 2)
+    -> layer_1, layer_2: MobileNetV2 inverted residual blocks
+    -> layer_3, layer_4, layer_5: a downsampling inverted residual, then a MobileViT block:
+         local representation (3x3 conv, 1x1 projection to the transformer width)
+         -> unfold into 2x2 patches -> transformers across patches -> fold back
+         -> 1x1 projection -> concatenate with the block input -> 3x3 fusion conv
+    -> heads: 1x1 expansion + global pool + linear (classification), or DeepLabV3/ASPP (segmentation).
+
+Module names and therefore state-dict keys are those of stock transformers' MobileViT, so checkpoints move
+both ways unchanged. Pixels are BGR in [0, 1] with no mean/std normalisation, as ml-cvnets trained them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import (
+    BaseModelOutputWithNoAttention,
+    BaseModelOutputWithPoolingAndNoAttention,
+    ImageClassifierOutputWithNoAttention,
+    SemanticSegmenterOutput,
+)
+from transformers.modeling_utils import PreTrainedModel
+
+from .configuration_mobilevit import MOBILENET_STAGE_DEPTHS, TRANSFORMER_DEPTHS, MobileViTConfig
+
+# The network halves the resolution five times; smaller inputs leave nothing for the last stage to see.
+MIN_INPUT_SIZE = 32
+
+
+def make_divisible(value: float, divisor: int = 8) -> int:
+    """Round a channel count to a multiple of `divisor` without losing more than 10% (MobileNetV2's rule)."""
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * value else rounded
+
+
+# --------------------------------------------------------------------------------------------------------
+# Convolutional building blocks
+# --------------------------------------------------------------------------------------------------------
+class MobileViTConvLayer(nn.Module):
+    """Conv -> BatchNorm -> activation, each optional but the conv ('same' padding)."""
+
+    def __init__(
+        self,
+        config: MobileViTConfig,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        groups: int = 1,
+        dilation: int = 1,
+        bias: bool = False,
+        use_normalization: bool = True,
+        use_activation: bool | str = True,
+    ) -> None:
+        super().__init__()
+        self.convolution = nn.Conv2d(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=(kernel_size - 1) // 2 * dilation,
+            dilation=dilation,
+            groups=groups,
+            bias=bias,
+        )
+        self.normalization = nn.BatchNorm2d(out_channels, eps=1e-5, momentum=0.1) if use_normalization else None
+        if use_activation is True:
+            use_activation = config.hidden_act
+        self.activation = ACT2FN[use_activation] if use_activation else None
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        features = self.convolution(features)
+        if self.normalization is not None:
+            features = self.normalization(features)
+        if self.activation is not None:
+            features = self.activation(features)
+        return features
+
+
+class MobileViTInvertedResidual(nn.Module):
+    """MobileNetV2 block: 1x1 expand -> 3x3 depthwise -> 1x1 reduce (linear), residual when shapes allow."""
+
+    def __init__(
+        self, config: MobileViTConfig, in_channels: int, out_channels: int, stride: int, dilation: int = 1
+    ) -> None:
+        super().__init__()
+        expanded = make_divisible(round(in_channels * config.expand_ratio))
+        self.use_residual = stride == 1 and in_channels == out_channels
+        self.expand_1x1 = MobileViTConvLayer(config, in_channels, expanded, kernel_size=1)
+        self.conv_3x3 = MobileViTConvLayer(
+            config, expanded, expanded, kernel_size=3, stride=stride, groups=expanded, dilation=dilation
+        )
+        self.reduce_1x1 = MobileViTConvLayer(config, expanded, out_channels, kernel_size=1, use_activation=False)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        out = self.reduce_1x1(self.conv_3x3(self.expand_1x1(features)))
+        return features + out if self.use_residual else out
+
+
+class MobileViTMobileNetLayer(nn.Module):
+    """A stage of inverted residual blocks; only the first one may stride."""
+
+    def __init__(self, config: MobileViTConfig, in_channels: int, out_channels: int, stride: int, depth: int):
+        super().__init__()
+        self.layer = nn.ModuleList(
+            MobileViTInvertedResidual(config, in_channels if i == 0 else out_channels, out_channels, stride if i == 0 else 1)
+            for i in range(depth)
+        )
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        for block in self.layer:
+            features = block(features)
+        return features
+
+
+# --------------------------------------------------------------------------------------------------------
+# The transformer that runs across patches
+# --------------------------------------------------------------------------------------------------------
+class MobileViTSelfAttention(nn.Module):
+    """Multi-head self-attention over the patch axis (scaled dot product, one softmax per head)."""
+
+    def __init__(self, config: MobileViTConfig, hidden_size: int) -> None:
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.head_size = hidden_size // config.num_attention_heads
+        self.query = nn.Linear(hidden_size, hidden_size, bias=config.qkv_bias)
+        self.key = nn.Linear(hidden_size, hidden_size, bias=config.qkv_bias)
+        self.value = nn.Linear(hidden_size, hidden_size, bias=config.qkv_bias)
+        self.dropout_prob = config.attention_probs_dropout_prob
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        batch, tokens, width = hidden_states.shape
+
+        def heads(projection):  # (batch, tokens, width) -> (batch, heads, tokens, head_size)
+            return projection(hidden_states).view(batch, tokens, self.num_heads, self.head_size).transpose(1, 2)
+
+        context = F.scaled_dot_product_attention(
+            heads(self.query), heads(self.key), heads(self.value),
+            dropout_p=self.dropout_prob if self.training else 0.0,
+        )
+        return context.transpose(1, 2).reshape(batch, tokens, width)
+
+
+class MobileViTLinearDropout(nn.Module):
+    """Linear -> dropout: the attention output projection and the second feed-forward layer."""
+
+    def __init__(self, config: MobileViTConfig, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.dense = nn.Linear(in_features, out_features)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.dense(hidden_states))
+
+
+class MobileViTLinearActivation(nn.Module):
+    """Linear -> activation: the first feed-forward layer."""
+
+    def __init__(self, config: MobileViTConfig, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.dense = nn.Linear(in_features, out_features)
+        self.intermediate_act_fn = ACT2FN[config.hidden_act]
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.intermediate_act_fn(self.dense(hidden_states))
+
+
+class MobileViTAttention(nn.Module):
+    def __init__(self, config: MobileViTConfig, hidden_size: int) -> None:
+        super().__init__()
+        self.attention = MobileViTSelfAttention(config, hidden_size)
+        self.output = MobileViTLinearDropout(config, hidden_size, hidden_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.output(self.attention(hidden_states))
+
+
+class MobileViTTransformerLayer(nn.Module):
+    """Pre-norm transformer layer: x + MHA(LN(x)), then x + FFN(LN(x))."""
+
+    def __init__(self, config: MobileViTConfig, hidden_size: int) -> None:
+        super().__init__()
+        ffn_size = int(hidden_size * config.mlp_ratio)
+        self.layernorm_before = nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
+        self.attention = MobileViTAttention(config, hidden_size)
+        self.layernorm_after = nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
+        self.intermediate = MobileViTLinearActivation(config, hidden_size, ffn_size)
+        self.output = MobileViTLinearDropout(config, ffn_size, hidden_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        hidden_states = hidden_states + self.attention(self.layernorm_before(hidden_states))
+        return hidden_states + self.output(self.intermediate(self.layernorm_after(hidden_states)))
+
+
+class MobileViTTransformer(nn.Module):
+    def __init__(self, config: MobileViTConfig, hidden_size: int, depth: int) -> None:
+        super().__init__()
+        self.layer = nn.ModuleList(MobileViTTransformerLayer(config, hidden_size) for _ in range(depth))
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        for layer in self.layer:
+            hidden_states = layer(hidden_states)
+        return hidden_states
+
+
+# --------------------------------------------------------------------------------------------------------
+# Unfold / fold: the one place where feature maps become patch sequences and back
+# --------------------------------------------------------------------------------------------------------
+def unfold_patches(features: torch.Tensor, patch: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B * patch * patch, H/patch * W/patch, C).
+
+    Row `b * patch_area + p` holds, for image b, the pixel at position p inside every patch, so attention
+    over that row mixes pixels that sit at the same place in different patches (the paper's Fig. 1b).
+    """
+    batch, channels, height, width = features.shape
+    rows, cols = height // patch, width // patch
+    patches = features.reshape(batch, channels, rows, patch, cols, patch)
+    patches = patches.permute(0, 3, 5, 2, 4, 1)  # (B, patch_y, patch_x, rows, cols, C)
+    return patches.reshape(batch * patch * patch, rows * cols, channels)
+
+
+def fold_patches(patches: torch.Tensor, batch: int, height: int, width: int, patch: int) -> torch.Tensor:
+    """Exact inverse of `unfold_patches`: (B * patch * patch, H/patch * W/patch, C) -> (B, C, H, W)."""
+    channels = patches.shape[-1]
+    rows, cols = height // patch, width // patch
+    features = patches.reshape(batch, patch, patch, rows, cols, channels)
+    features = features.permute(0, 5, 3, 1, 4, 2)  # (B, C, rows, patch_y, cols, patch_x)
+    return features.reshape(batch, channels, height, width)
+
+
+class MobileViTLayer(GradientCheckpointingLayer):
+    """A stage of the MobileViT part: optional downsampling inverted residual, then the MobileViT block."""
+
+    def __init__(
+        self,
+        config: MobileViTConfig,
+        in_channels: int,
+        out_channels: int,
+        stride: int,
+        hidden_size: int,
+        depth: int,
+        dilation: int = 1,
+    ) -> None:
+        super().__init__()
+        self.patch_size = config.patch_size
+        self.downsampling_layer = MobileViTInvertedResidual(config, in_channels, out_channels, stride, dilation)
+        channels = out_channels
+        # local representation
+        self.conv_kxk = MobileViTConvLayer(config, channels, channels, kernel_size=config.conv_kernel_size)
+        self.conv_1x1 = MobileViTConvLayer(
+            config, channels, hidden_size, kernel_size=1, use_normalization=False, use_activation=False
+        )
+        # global representation
+        self.transformer = MobileViTTransformer(config, hidden_size, depth)
+        self.layernorm = nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
+        # back to the block's width, then fuse with the block input
+        self.conv_projection = MobileViTConvLayer(config, hidden_size, channels, kernel_size=1)
+        self.fusion = MobileViTConvLayer(config, 2 * channels, channels, kernel_size=config.conv_kernel_size)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        features = self.downsampling_layer(features)
+        block_input = features
+
+        features = self.conv_1x1(self.conv_kxk(features))
+
+        # Like ml-cvnets, a map that does not split into whole patches is resized (bilinear) to the next
+        # multiple of the patch size and restored after folding.
+        batch, _, height, width = features.shape
+        patch = self.patch_size
+        patched_height, patched_width = math.ceil(height / patch) * patch, math.ceil(width / patch) * patch
+        resized = (patched_height, patched_width) != (height, width)
+        if resized:
+            features = F.interpolate(features, size=(patched_height, patched_width), mode="bilinear", align_corners=False)
+
+        patches = self.layernorm(self.transformer(unfold_patches(features, patch)))
+        features = fold_patches(patches, batch, patched_height, patched_width, patch)
+
+        if resized:
+            features = F.interpolate(features, size=(height, width), mode="bilinear", align_corners=False)
+
+        features = self.conv_projection(features)
+        return self.fusion(torch.cat((block_input, features), dim=1))
+
+
+# --------------------------------------------------------------------------------------------------------
+# The backbone
+# --------------------------------------------------------------------------------------------------------
+class MobileViTEncoder(nn.Module):
+    """layer_1 .. layer_5. For output stride 16 / 8, the last stages keep their resolution instead of
+    striding, and the depthwise convolution of their downsampling block dilates by the stride skipped so far."""
+
+    def __init__(self, config: MobileViTConfig) -> None:
+        super().__init__()
+        widths = config.neck_hidden_sizes
+        self.gradient_checkpointing = False
+        self.layer = nn.ModuleList()
+
+        for i, depth in enumerate(MOBILENET_STAGE_DEPTHS):
+            self.layer.append(MobileViTMobileNetLayer(config, widths[i], widths[i + 1], stride=1 if i == 0 else 2, depth=depth))
+
+        stride, dilation = 4, 1  # stem and layer_2 each halve the resolution
+        for i, depth in enumerate(TRANSFORMER_DEPTHS):
+            stage = len(MOBILENET_STAGE_DEPTHS) + i
+            if stride * 2 <= config.output_stride:
+                stride, stage_stride, stage_dilation = stride * 2, 2, 1
+            else:
+                stage_stride, stage_dilation, dilation = 1, dilation, dilation * 2
+            self.layer.append(
+                MobileViTLayer(
+                    config,
+                    widths[stage],
+                    widths[stage + 1],
+                    stride=stage_stride,
+                    hidden_size=config.hidden_sizes[i],
+                    depth=depth,
+                    dilation=stage_dilation,
+                )
+            )
+
+    def forward(self, hidden_states: torch.Tensor, output_hidden_states: bool = False, return_dict: bool = True):
+        all_hidden_states = () if output_hidden_states else None
+        for layer in self.layer:
+            hidden_states = layer(hidden_states)
+            if output_hidden_states:
+                all_hidden_states = all_hidden_states + (hidden_states,)
+        if not return_dict:
+            return tuple(v for v in (hidden_states, all_hidden_states) if v is not None)
+        return BaseModelOutputWithNoAttention(last_hidden_state=hidden_states, hidden_states=all_hidden_states)
+
+
+class MobileViTPreTrainedModel(PreTrainedModel):
+    config_class = MobileViTConfig
+    config: MobileViTConfig
+    base_model_prefix = "mobilevit"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["MobileViTLayer"]
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """ml-cvnets' initialisation, which trains from scratch: He-normal (fan-out) convolutions, truncated
+        normal linear layers, norms at identity. (transformers' generic N(0, 0.02) for convolutions and
+        BatchNorm weights shrinks the signal to denormals within a few blocks.)"""
+        if isinstance(module, nn.Conv2d) and not getattr(module, "predicts_classes", False):
+            init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, (nn.Linear, nn.Conv2d)):  # a per-pixel classifier is a linear layer too
+            init.trunc_normal_(module.weight, std=self.config.initializer_range)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, (nn.BatchNorm2d, nn.LayerNorm)):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+            if isinstance(module, nn.BatchNorm2d):
+                init.zeros_(module.running_mean)
+                init.ones_(module.running_var)
+                init.zeros_(module.num_batches_tracked)
+
+    def _check_pixel_values(self, pixel_values) -> None:
+        """Turn the usual input mistakes into errors that say what is wrong, before torch does it obscurely."""
+        if pixel_values is None:
+            raise ValueError("pixel_values: expected a (batch, channels, height, width) float tensor, got None")
+        if not isinstance(pixel_values, torch.Tensor):
+            raise TypeError(f"pixel_values: expected a torch.Tensor, got {type(pixel_values).__name__}")
+        if pixel_values.dim() != 4:
+            raise ValueError(
+                "pixel_values: expected a 4-D tensor (batch, channels, height, width), "
+                f"got {pixel_values.dim()}-D with shape {tuple(pixel_values.shape)}"
+            )
+        if not pixel_values.is_floating_point():
+            raise TypeError(
+                f"pixel_values: expected a floating point tensor (BGR in [0, 1]), got {pixel_values.dtype}; "
+                "run MobileViTImageProcessor or divide integer pixels by 255"
+            )
+        channels = self.config.num_channels
+        if pixel_values.shape[1] != channels:
+            raise ValueError(
+                f"pixel_values: expected {channels} channels in dimension 1, got shape {tuple(pixel_values.shape)}"
+            )
+        height, width = pixel_values.shape[-2:]
+        if min(height, width) < MIN_INPUT_SIZE:
+            raise ValueError(
+                f"pixel_values: expected height and width >= {MIN_INPUT_SIZE} (the network downsamples 32x), "
+                f"got {height}x{width}"
+            )
+
+
+class MobileViTModel(MobileViTPreTrainedModel):
+    """The backbone: stem, five stages and (for classification) the final 1x1 expansion with global pooling."""
+
+    def __init__(self, config: MobileViTConfig, expand_output: bool = True):
+        super().__init__(config)
+        self.expand_output = expand_output
+        widths = config.neck_hidden_sizes
+        self.conv_stem = MobileViTConvLayer(config, config.num_channels, widths[0], kernel_size=3, stride=2)
+        self.encoder = MobileViTEncoder(config)
+        if expand_output:
+            self.conv_1x1_exp = MobileViTConvLayer(config, widths[-2], widths[-1], kernel_size=1)
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> tuple | BaseModelOutputWithPoolingAndNoAttention:
+        output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        self._check_pixel_values(pixel_values)
+
+        encoder_outputs = self.encoder(
+            self.conv_stem(pixel_values), output_hidden_states=output_hidden_states, return_dict=return_dict
+        )
+        last_hidden_state = encoder_outputs[0]
+        pooled_output = None
+        if self.expand_output:
+            last_hidden_state = self.conv_1x1_exp(last_hidden_state)
+            pooled_output = last_hidden_state.mean(dim=(-2, -1))
+
+        if not return_dict:
+            head = (last_hidden_state,) if pooled_output is None else (last_hidden_state, pooled_output)
+            return head + tuple(encoder_outputs[1:])
+        return BaseModelOutputWithPoolingAndNoAttention(
+            last_hidden_state=last_hidden_state,
+            pooler_output=pooled_output,
+            hidden_states=encoder_outputs.hidden_states,
+        )
+
+
+# --------------------------------------------------------------------------------------------------------
+# Heads
+# --------------------------------------------------------------------------------------------------------
+class MobileViTForImageClassification(MobileViTPreTrainedModel):
+    """The backbone, then dropout and a linear layer on the pooled features (e.g. ImageNet-1k)."""
+
+    def __init__(self, config: MobileViTConfig) -> None:
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.mobilevit = MobileViTModel(config)
+        self.dropout = nn.Dropout(config.classifier_dropout_prob, inplace=True)
+        self.classifier = (
+            nn.Linear(config.neck_hidden_sizes[-1], config.num_labels) if config.num_labels > 0 else nn.Identity()
+        )
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        labels: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> tuple | ImageClassifierOutputWithNoAttention:
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        outputs = self.mobilevit(pixel_values, output_hidden_states=output_hidden_states, return_dict=return_dict)
+        pooled_output = outputs.pooler_output if return_dict else outputs[1]
+        logits = self.classifier(self.dropout(pooled_output))
+
+        loss = None
+        if labels is not None:
+            self._check_classification_labels(labels, logits)
+            loss = self.loss_function(labels, logits, self.config)
+
+        if not return_dict:
+            output = (logits,) + tuple(outputs[2:])
+            return ((loss,) + output) if loss is not None else output
+        return ImageClassifierOutputWithNoAttention(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+
+    def _check_classification_labels(self, labels, logits: torch.Tensor) -> None:
+        """Labels as transformers interprets them: one class index per image (single-label), one 0/1 float
+        per class (multi-label), or one float per output (regression, num_labels == 1)."""
+        if not isinstance(labels, torch.Tensor):
+            raise TypeError(f"labels: expected a torch.Tensor, got {type(labels).__name__}")
+        batch, num_labels = logits.shape
+        problem = self.config.problem_type
+        if problem is None:
+            if num_labels == 1:
+                problem = "regression"
+            elif labels.dtype in (torch.long, torch.int):
+                problem = "single_label_classification"
+            else:
+                problem = "multi_label_classification"
+        if problem == "single_label_classification":
+            if labels.is_floating_point() or labels.shape != (batch,):
+                raise ValueError(
+                    f"labels: expected integer class indices of shape ({batch},), "
+                    f"got {labels.dtype} of shape {tuple(labels.shape)}"
+                )
+            bad = labels[(labels < 0) | (labels >= num_labels)]
+            bad = bad[bad != -100]  # transformers' ignore index for cross-entropy
+            if bad.numel():
+                raise ValueError(f"labels: expected class indices in [0, {num_labels}), got {bad.tolist()}")
+        elif problem == "multi_label_classification":
+            if labels.shape != (batch, num_labels):
+                raise ValueError(
+                    f"labels: expected multi-label targets of shape ({batch}, {num_labels}), got {tuple(labels.shape)}"
+                )
+        elif labels.numel() != logits.numel():
+            raise ValueError(
+                f"labels: expected {logits.numel()} regression targets (shape {tuple(logits.shape)}), "
+                f"got shape {tuple(labels.shape)}"
+            )
+
+
+class MobileViTASPPPooling(nn.Module):
+    """Image-level features of ASPP: global average, 1x1 conv, broadcast back to the map's size."""
+
+    def __init__(self, config: MobileViTConfig, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.global_pool = nn.AdaptiveAvgPool2d(output_size=1)
+        self.conv_1x1 = MobileViTConvLayer(config, in_channels, out_channels, kernel_size=1, use_activation="relu")
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        size = features.shape[-2:]
+        pooled = self.conv_1x1(self.global_pool(features))
+        return F.interpolate(pooled, size=size, mode="bilinear", align_corners=False)
+
+
+class MobileViTASPP(nn.Module):
+    """Atrous spatial pyramid pooling (DeepLabV3): a 1x1 conv, three dilated 3x3 convs and image pooling,
+    concatenated and projected."""
+
+    def __init__(self, config: MobileViTConfig) -> None:
+        super().__init__()
+        in_channels, out_channels = config.neck_hidden_sizes[-2], config.aspp_out_channels
+        branches = [MobileViTConvLayer(config, in_channels, out_channels, kernel_size=1, use_activation="relu")]
+        branches += [
+            MobileViTConvLayer(config, in_channels, out_channels, kernel_size=3, dilation=rate, use_activation="relu")
+            for rate in config.atrous_rates
+        ]
+        branches.append(MobileViTASPPPooling(config, in_channels, out_channels))
+        self.convs = nn.ModuleList(branches)
+        self.project = MobileViTConvLayer(
+            config, len(branches) * out_channels, out_channels, kernel_size=1, use_activation="relu"
+        )
+        self.dropout = nn.Dropout(p=config.aspp_dropout_prob)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        pyramid = torch.cat([branch(features) for branch in self.convs], dim=1)
+        return self.dropout(self.project(pyramid))
+
+
+class MobileViTDeepLabV3(nn.Module):
+    def __init__(self, config: MobileViTConfig) -> None:
+        super().__init__()
+        self.aspp = MobileViTASPP(config)
+        self.dropout = nn.Dropout2d(config.classifier_dropout_prob)
+        self.classifier = MobileViTConvLayer(
+            config, config.aspp_out_channels, config.num_labels, kernel_size=1,
+            use_normalization=False, use_activation=False, bias=True,
+        )
+        # initialised like the classification head's linear layer, not like a feature conv (_init_weights)
+        self.classifier.convolution.predicts_classes = True
+
+    def forward(self, hidden_states: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return self.classifier(self.dropout(self.aspp(hidden_states[-1])))
+
+
+class MobileViTForSemanticSegmentation(MobileViTPreTrainedModel):
+    """The backbone (no final expansion) with a DeepLabV3 head; logits come at 1/output_stride of the input."""
+
+    def __init__(self, config: MobileViTConfig) -> None:
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.mobilevit = MobileViTModel(config, expand_output=False)
+        self.segmentation_head = MobileViTDeepLabV3(config)
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> tuple | SemanticSegmenterOutput:
+        output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        if labels is not None:
+            self._check_segmentation_labels(labels, pixel_values)
+
+        # the head reads the last stage, which comes with the intermediate states
+        outputs = self.mobilevit(pixel_values, output_hidden_states=True, return_dict=return_dict)
+        encoder_hidden_states = outputs.hidden_states if return_dict else outputs[1]
+        logits = self.segmentation_head(encoder_hidden_states)
+
+        loss = None
+        if labels is not None:
+            upsampled = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+            loss = F.cross_entropy(upsampled, labels, ignore_index=self.config.semantic_loss_ignore_index)
+
+        if not return_dict:
+            output = (logits,) + (tuple(outputs[1:]) if output_hidden_states else tuple(outputs[2:]))
+            return ((loss,) + output) if loss is not None else output
+        return SemanticSegmenterOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states if output_hidden_states else None
+        )
+
+    def _check_segmentation_labels(self, labels, pixel_values) -> None:
+        if self.config.num_labels < 2:
+            raise ValueError(f"config.num_labels: expected at least 2 classes to train segmentation, got {self.config.num_labels}")
+        if not isinstance(labels, torch.Tensor):
+            raise TypeError(f"labels: expected a torch.Tensor, got {type(labels).__name__}")
+        batch = pixel_values.shape[0] if isinstance(pixel_values, torch.Tensor) else None
+        if labels.dim() != 3 or labels.is_floating_point() or (batch is not None and labels.shape[0] != batch):
+            raise ValueError(
+                f"labels: expected an integer tensor of shape (batch={batch}, height, width), "
+                f"got {labels.dtype} of shape {tuple(labels.shape)}"
+            )
+        ignore = self.config.semantic_loss_ignore_index
+        bad = labels[((labels < 0) | (labels >= self.config.num_labels)) & (labels != ignore)]
+        if bad.numel():
+            raise ValueError(
+                f"labels: expected class indices in [0, {self.config.num_labels}) or the ignore index {ignore}, "
+                f"got {sorted(set(bad.unique().tolist()))}"
+            )
+
+
+__all__ = [
+    "MobileViTPreTrainedModel",
+    "MobileViTModel",
+    "MobileViTForImageClassification",
+    "MobileViTForSemanticSegmentation",
+    "unfold_patches",
+    "fold_patches",
+]
