@@ -22,7 +22,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 
@@ -42,8 +41,9 @@ def sample_photos(count: int = 64) -> list[Image.Image]:
     return photos[:count]
 
 
-def candidates() -> dict:
-    """name -> callable(images) for every processor that can run here (with the reason when one cannot)."""
+def candidates() -> tuple[dict, dict, str]:
+    """({name: callable(images)} of the processors that run here, {name: why not} of those that cannot,
+    the transformers version)."""
     import transformers
     from transformers.models.mobilevit.image_processing_pil_mobilevit import MobileViTImageProcessorPil
 
