@@ -353,7 +353,7 @@ def _image_to_hwc(image, name: str, input_data_format, quantise: bool) -> torch.
         if not quantise:
             return tensor.float()
         low, high = tensor.min().item(), tensor.max().item()
-        if low < 0 or high > 1:
+        if not (0 <= low and high <= 1):  # written so that NaN fails too
             raise ValueError(
                 f"{name}: float pixels must lie in [0, 1] with do_rescale=True, got values in [{low:g}, {high:g}]; "
                 "pass uint8 pixels (0..255), or do_rescale=False for images already in their final scale"
@@ -401,6 +401,9 @@ class _Geometry(tuple):
 
     @classmethod
     def of(cls, height: int, width: int, size: SizeDict | None, crop_size: SizeDict | None) -> "_Geometry":
+        for name, sizes in (("size", size), ("crop_size", crop_size)):
+            if sizes is not None and any(v is not None and v <= 0 for v in dict(sizes).values()):
+                raise ValueError(f"{name}: expected positive sizes, got {dict(sizes)}")
         if size is None:
             out_h, out_w = height, width
         elif size.shortest_edge:
