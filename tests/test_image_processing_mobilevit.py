@@ -353,9 +353,9 @@ def test_loads_the_modern_config(tmp_path, monkeypatch):
 
 
 def test_loads_what_the_checkpoint_converter_writes():
-    from mobilevit.conversion import preprocessor_config
+    from mobilevit.conversion import image_processor_for
 
-    converted = MobileViTImageProcessor.from_dict(preprocessor_config(256))
+    converted = image_processor_for(256)
     assert converted.to_dict() == MobileViTImageProcessor().to_dict()
 
 
