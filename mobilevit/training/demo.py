@@ -58,10 +58,10 @@ def _pipeline_classification(folder: Path, test) -> tuple[float, list]:
     from transformers import pipeline
 
     from .. import MobileViTForImageClassification
-    from .job import load_processor
+    from .. import MobileViTImageProcessor
 
     model = MobileViTForImageClassification.from_pretrained(folder).eval()
-    classifier = pipeline("image-classification", model=model, image_processor=load_processor(folder), device="cpu")
+    classifier = pipeline("image-classification", model=model, image_processor=MobileViTImageProcessor.from_pretrained(folder), device="cpu")
     images = list(test["image"])
     predictions = classifier(images, batch_size=64, top_k=1)
     names = [p[0]["label"] for p in predictions]
@@ -74,10 +74,10 @@ def _pipeline_segmentation(folder: Path, test) -> tuple[dict, list]:
     from transformers import pipeline
 
     from .. import MobileViTForSemanticSegmentation
-    from .job import load_processor
+    from .. import MobileViTImageProcessor
 
     model = MobileViTForSemanticSegmentation.from_pretrained(folder).eval()
-    segmenter = pipeline("image-segmentation", model=model, image_processor=load_processor(folder), device="cpu")
+    segmenter = pipeline("image-segmentation", model=model, image_processor=MobileViTImageProcessor.from_pretrained(folder), device="cpu")
     images, truths = list(test["image"]), [np.asarray(m, dtype=np.int64) for m in test["annotation"]]
     metrics = SegmentationMetrics(len(model.config.id2label), id2label=model.config.id2label)
     examples = []

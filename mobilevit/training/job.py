@@ -25,6 +25,8 @@ import torch
 from transformers import set_seed
 
 from ..configuration_mobilevit import MobileViTConfig, canonical_task, canonical_variant
+from ..image_processing_mobilevit import MobileViTImageProcessor
+from ..modeling_mobilevit import MobileViTForImageClassification, MobileViTForSemanticSegmentation
 from .data import DataError, MobileViTDataset, prepare_task_data
 from .history import epoch_history, plot_history
 from .metrics import ClassificationMetrics, SegmentationMetrics
@@ -113,10 +115,11 @@ def work_dir_for(output_dir: Path) -> Path:
 
 
 def build_model(job: TrainJob, id2label: dict[int, str]):
-    from .. import MobileViTForImageClassification, MobileViTForSemanticSegmentation
-
-    model_class = MobileViTForImageClassification if job.task == "image-classification" else MobileViTForSemanticSegmentation
-    labels = {"id2label": dict(id2label), "label2id": {v: k for k, v in id2label.items()}, "num_labels": len(id2label)}
+    """A new `job.variant` model, or `job.model` loaded with a head for `id2label`."""
+    model_class = (MobileViTForImageClassification if job.task == "image-classification"
+                   else MobileViTForSemanticSegmentation)
+    labels = {"id2label": dict(id2label), "label2id": {v: k for k, v in id2label.items()},
+              "num_labels": len(id2label)}
     if job.model is not None:
         # a new label set gets a freshly initialised head; the backbone keeps its trained weights
         return model_class.from_pretrained(str(job.model), ignore_mismatched_sizes=True, **labels,
@@ -125,21 +128,9 @@ def build_model(job: TrainJob, id2label: dict[int, str]):
     return model_class(config)
 
 
-def _processor_class():
-    try:
-        from .. import MobileViTImageProcessor
-    except ImportError:  # TEMPORARY until mobilevit's own processor lands on main
-        from transformers import MobileViTImageProcessorPil as MobileViTImageProcessor
-    return MobileViTImageProcessor
-
-
-def load_processor(folder: str | Path):
-    return _processor_class().from_pretrained(str(folder))
-
-
-def build_processor(crop_size: int, resize: int):
+def build_processor(crop_size: int, resize: int) -> MobileViTImageProcessor:
     """The processor saved with the model: the same geometry as `EvalTransform(resize, crop_size)`."""
-    return _processor_class()(do_resize=True, size={"shortest_edge": resize}, do_center_crop=True,
+    return MobileViTImageProcessor(do_resize=True, size={"shortest_edge": resize}, do_center_crop=True,
                                    crop_size={"height": crop_size, "width": crop_size}, do_flip_channel_order=True)
 
 
