@@ -57,6 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="resolutions drawn by the sampler (default: 0.625x..1.25x the image size)")
     train.add_argument("--crop-scale", type=_pair(float), default=(0.08, 1.0), metavar="MIN,MAX",
                        help="area range of the random resized crop (default: 0.08,1.0)")
+    train.add_argument("--crop-ratio", type=_pair(float), default=(3 / 4, 4 / 3), metavar="MIN,MAX",
+                       help="aspect-ratio range of the random resized crop (default: 0.75,1.333)")
     train.add_argument("--flip-prob", type=float, default=0.5, help="horizontal flip probability (default: 0.5)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
@@ -75,7 +77,8 @@ def job_from_args(args: argparse.Namespace) -> TrainJob:
         epochs=args.epochs, batch_size=args.batch_size, eval_batch_size=args.eval_batch_size,
         learning_rate=args.learning_rate, weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio,
         image_size=args.image_size, eval_resize=args.eval_resize, multi_scale=args.multi_scale,
-        multi_scale_range=args.multi_scale_range, crop_scale=args.crop_scale, flip_prob=args.flip_prob,
+        multi_scale_range=args.multi_scale_range, crop_scale=args.crop_scale, crop_ratio=args.crop_ratio,
+        flip_prob=args.flip_prob,
         labels=args.labels, config_overrides=overrides, seed=args.seed, resume=args.resume,
         overwrite=args.overwrite, keep_checkpoints=args.keep_checkpoints, num_workers=args.num_workers)
 

@@ -36,13 +36,14 @@ from .metrics import SegmentationMetrics
 TARGETS = {"classification": ("accuracy", 0.95), "segmentation": ("mean_iou", 0.80)}
 
 # Digits: 64x64 upsampled 8x8 scans; no flip (a mirrored digit is another glyph), mild crops.
-# Shapes: 96x96 scenes, output stride 8 (12x12 logits) so the masks follow the edges; ASPP as released.
+# Shapes: 96x96 scenes, output stride 8 (12x12 logits) so the masks follow the edges; ASPP as released; crops
+# keep the aspect ratio (a stretched circle or square would blur the very classes being learnt).
 RECIPES = {
     "classification": dict(task="image-classification", epochs=6, batch_size=32, learning_rate=2e-3, image_size=64,
                            eval_resize=64, crop_scale=(0.5, 1.0), flip_prob=0.0, multi_scale=False),
     "segmentation": dict(task="semantic-segmentation", epochs=20, batch_size=16, learning_rate=2e-3, image_size=96,
-                         eval_resize=96, crop_scale=(0.5, 1.0), flip_prob=0.5, multi_scale=False,
-                         labels=SHAPES_LABELS, config_overrides={"output_stride": 8}),
+                         eval_resize=96, crop_scale=(0.5, 1.0), crop_ratio=(1.0, 1.0), flip_prob=0.5,
+                         multi_scale=False, labels=SHAPES_LABELS, config_overrides={"output_stride": 8}),
 }
 SHAPES_SIZES = dict(image_size=96, num_train=800, num_val=100, num_test=100)
 

@@ -65,6 +65,7 @@ class TrainJob:
     multi_scale: bool | None = None  # None: the task's default (MULTI_SCALE_DEFAULT)
     multi_scale_range: tuple[int, int] | None = None  # (min, max) resolution; None: 0.625x..1.25x image_size
     crop_scale: tuple[float, float] = (0.08, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     flip_prob: float = 0.5
     labels: list[str] | None = None
     config_overrides: dict = field(default_factory=dict)  # e.g. {"output_stride": 8} for a new model
@@ -180,8 +181,8 @@ def train_and_save(job: TrainJob) -> TrainResult:
     default_resize = image_size if job.task == "semantic-segmentation" else int(round(image_size * 288 / 256))
     eval_resize = job.eval_resize or default_resize
     processor = build_processor(image_size, eval_resize)
-    train_set = MobileViTDataset(data.train, job.task, TrainAugmentation(image_size, job.crop_scale, flip_prob=job.flip_prob),
-                                 data.image_column, data.label_column)
+    augment = TrainAugmentation(image_size, job.crop_scale, job.crop_ratio, job.flip_prob)
+    train_set = MobileViTDataset(data.train, job.task, augment, data.image_column, data.label_column)
     eval_transform = EvalTransform(eval_resize, image_size)
     val_set = MobileViTDataset(data.validation, job.task, eval_transform, data.image_column, data.label_column)
     test_set = (MobileViTDataset(data.test, job.task, eval_transform, data.image_column, data.label_column)
