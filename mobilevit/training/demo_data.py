@@ -4,7 +4,7 @@ packages, so the demo needs no download:
 * digits: scikit-learn's `load_digits` (1797 real 8x8 handwritten digits, 10 classes), upsampled to 64x64
   RGB, with a fixed stratified train / validation / test split;
 * shapes: scenes drawn by the code, circles, squares and triangles (3 classes + background) with random
-  sizes, colours and textures, over crops of the real photos shipped by scikit-image (`skimage.data`) and
+  sizes, colours and textures, whole and apart (so each shows its outline), over crops of the real photos shipped by scikit-image (`skimage.data`) and
   scikit-learn (`load_sample_images`); fixed seeds, so every run sees the same images.
 
 Both come back as `datasets.DatasetDict`s with the columns a user's own data would have ("image" + "label"
@@ -105,8 +105,8 @@ def _shape_mask(rng: np.random.Generator, kind: int, size: int) -> np.ndarray:
     from skimage.draw import disk, polygon
 
     mask = np.zeros((size, size), dtype=bool)
-    radius = rng.uniform(0.15, 0.32) * size
-    cy, cx = rng.uniform(radius * 0.6, size - radius * 0.6, 2)
+    radius = rng.uniform(0.12, 0.3) * size
+    cy, cx = rng.uniform(radius * 1.15, size - radius * 1.15, 2)  # whole inside the image
     if kind == 1:
         rr, cc = disk((cy, cx), radius, shape=mask.shape)
     else:
@@ -133,9 +133,15 @@ def make_shapes_scene(rng: np.random.Generator, photos: list[np.ndarray], size: 
     mask = np.zeros((size, size), dtype=np.uint8)
     for _ in range(rng.integers(1, 4)):
         kind = int(rng.integers(1, 4))
-        region = _shape_mask(rng, kind, size)
-        image[region] = _texture(rng, size)[region]
-        mask[region] = kind
+        for _attempt in range(20):  # shapes neither overlap nor touch: each one shows its whole outline
+            region = _shape_mask(rng, kind, size)
+            grown = region.copy()
+            for shift, axis in ((2, 0), (-2, 0), (2, 1), (-2, 1)):
+                grown |= np.roll(region, shift, axis)
+            if not (grown & (mask > 0)).any():
+                image[region] = _texture(rng, size)[region]
+                mask[region] = kind
+                break
     return (image * 255).round().astype(np.uint8), mask
 
 
