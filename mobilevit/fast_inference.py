@@ -93,7 +93,9 @@ def folded_convolution(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     conv, norm = layer.convolution, layer.normalization
     sources = (conv.weight, conv.bias)
     if norm is not None:
-        sources += (norm.weight, norm.bias, norm.running_mean, norm.running_var)
+        # the BatchNorm kernel updates running statistics without bumping their version counters; the
+        # batch counter next to them is bumped by every training-mode forward
+        sources += (norm.weight, norm.bias, norm.running_mean, norm.running_var, norm.num_batches_tracked)
 
     def build():
         weight = conv.weight.double()
@@ -144,7 +146,12 @@ def conv_layer(layer: nn.Module, features: torch.Tensor) -> torch.Tensor:
     """`MobileViTConvLayer`: folded conv (+ bias) and activation."""
     weight, bias = folded_convolution(layer)
     conv = layer.convolution
-    out = F.conv2d(features, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+    pointwise = weight.shape[-2:] == (1, 1) and conv.stride == (1, 1) and conv.groups == 1
+    if pointwise and features.is_contiguous(memory_format=CHANNELS_LAST):
+        # a pointwise conv on NHWC is one GEMM over the pixels, without the conv machinery's overhead
+        out = F.linear(features.permute(0, 2, 3, 1), weight.view(weight.shape[0], -1), bias).permute(0, 3, 1, 2)
+    else:
+        out = F.conv2d(features, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
     return _activate_(layer.activation, out)
 
 
@@ -183,7 +190,7 @@ def mobilevit_block(stage: nn.Module, features: torch.Tensor) -> torch.Tensor:
 
     batch, _, height, width = features.shape
     patch = stage.patch_size
-    patched_height, patched_width = -(-height // patch) * patch, -(-width // patch) * patch
+    patched_height, patched_width = modeling.round_up_to_patches(height, patch), modeling.round_up_to_patches(width, patch)
     resized = (patched_height, patched_width) != (height, width)
     if resized:
         features = F.interpolate(features, size=(patched_height, patched_width), mode="bilinear", align_corners=False)

@@ -16,8 +16,6 @@ both ways unchanged. Pixels are BGR in [0, 1] with no mean/std normalisation, as
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -218,6 +216,11 @@ class MobileViTTransformer(nn.Module):
 # --------------------------------------------------------------------------------------------------------
 # Unfold / fold: the one place where feature maps become patch sequences and back
 # --------------------------------------------------------------------------------------------------------
+def round_up_to_patches(size: int, patch: int) -> int:
+    """The next multiple of `patch` (written without negative floor division, which ONNX would truncate)."""
+    return (size + patch - 1) // patch * patch
+
+
 def unfold_patches(features: torch.Tensor, patch: int) -> torch.Tensor:
     """(B, C, H, W) -> (B * patch * patch, H/patch * W/patch, C).
 
@@ -283,11 +286,12 @@ class MobileViTLayer(GradientCheckpointingLayer):
         features = self.conv_1x1(self.conv_kxk(features))
 
         # Like ml-cvnets, a map that does not split into whole patches is resized (bilinear) to the next
-        # multiple of the patch size and restored after folding.
+        # multiple of the patch size and restored after folding. An exported graph must serve every size,
+        # so it always resizes (a same-size bilinear resize is the identity).
         batch, _, height, width = features.shape
         patch = self.patch_size
-        patched_height, patched_width = math.ceil(height / patch) * patch, math.ceil(width / patch) * patch
-        resized = (patched_height, patched_width) != (height, width)
+        patched_height, patched_width = round_up_to_patches(height, patch), round_up_to_patches(width, patch)
+        resized = torch.compiler.is_exporting() or (patched_height, patched_width) != (height, width)
         if resized:
             features = F.interpolate(features, size=(patched_height, patched_width), mode="bilinear", align_corners=False)
 
