@@ -8,7 +8,8 @@ hand their input to the functions below instead, which walk the same modules wit
 - activations stay channels_last (NHWC) from the stem to the head, which oneDNN convolves fastest and
   which turns unfold/fold into one copy each (`unfold_patches`/`fold_patches` on an NHWC layout),
 - q, k and v come from one fused projection into `scaled_dot_product_attention`,
-- activations and residual additions happen in place on tensors this path owns.
+- activations and residual additions happen in place on tensors this path owns,
+- large batches run as micro-batches small enough for the allocator to reuse memory (`micro_batch_size`).
 
 Derived weights (folded convolutions, fused q/k/v) are cached on the module they come from, under the
 attribute `_fast_inference_cache`, never as parameters or buffers, so the state dict does not change. Each
@@ -37,6 +38,7 @@ from . import modeling_mobilevit as modeling  # a cycle Python resolves: used at
 ENV_SWITCH = "MOBILEVIT_FAST"
 CACHE_ATTR = "_fast_inference_cache"
 CHANNELS_LAST = torch.channels_last
+MICRO_BATCH_BYTES = 16 << 20  # below glibc's largest dynamic mmap threshold (32 MiB), so blocks get reused
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -207,8 +209,28 @@ def mobilevit_block(stage: nn.Module, features: torch.Tensor) -> torch.Tensor:
     return conv_layer(stage.fusion, torch.cat((block_input, features), dim=1))
 
 
+def micro_batch_size(model: nn.Module, pixel_values: torch.Tensor) -> int:
+    """Images per micro-batch such that the widest map (layer_1's expansion, at half resolution) stays
+    under MICRO_BATCH_BYTES: glibc malloc serves larger blocks with fresh, page-faulting mmap'd memory on
+    every call, which made batch 32 slower per image than batch 1. Eval outputs do not depend on batching."""
+    _, _, height, width = pixel_values.shape
+    widest = max(block.expand_1x1.convolution.out_channels for block in model.encoder.layer[0].layer)
+    per_image = widest * -(-height // 2) * -(-width // 2) * pixel_values.element_size()
+    return max(1, MICRO_BATCH_BYTES // per_image)
+
+
 def backbone(model: nn.Module, pixel_values: torch.Tensor, keep_stages: bool):
     """`MobileViTModel` minus the pooling: (last feature map, stage outputs if `keep_stages`), channels_last."""
+    size = micro_batch_size(model, pixel_values)
+    if pixel_values.shape[0] <= size:
+        return _backbone(model, pixel_values, keep_stages)
+    parts = [_backbone(model, chunk, keep_stages) for chunk in pixel_values.split(size)]
+    features = torch.cat([last for last, _ in parts])
+    stages = [torch.cat(maps) for maps in zip(*(stages for _, stages in parts))]
+    return features, stages
+
+
+def _backbone(model: nn.Module, pixel_values: torch.Tensor, keep_stages: bool):
     features = conv_layer(model.conv_stem, pixel_values.contiguous(memory_format=CHANNELS_LAST))
     stages = []
     for stage in model.encoder.layer:

@@ -461,8 +461,8 @@ class MobileViTModel(MobileViTPreTrainedModel):
             last_hidden_state, hidden_states = encoder_outputs.last_hidden_state, encoder_outputs.hidden_states
             if self.expand_output:
                 last_hidden_state = self.conv_1x1_exp(last_hidden_state)
+        last_hidden_state = last_hidden_state.contiguous()  # the fast path's NHWC layout stays internal
         pooled_output = last_hidden_state.mean(dim=(-2, -1)) if self.expand_output else None
-        last_hidden_state = last_hidden_state.contiguous()
 
         if not return_dict:
             outputs = (last_hidden_state, pooled_output, hidden_states)

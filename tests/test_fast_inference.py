@@ -163,3 +163,16 @@ def test_cache_stays_out_of_the_state_dict():
     assert any(fast_inference.CACHE_ATTR in m.__dict__ for m in model.modules())
     model.train()
     assert not any(fast_inference.CACHE_ATTR in m.__dict__ for m in model.modules())
+
+
+def test_large_batches_run_in_micro_batches(monkeypatch, count_fast_calls):
+    model = build()
+    x = torch.rand(5, 3, 64, 64)
+    assert fast_inference.micro_batch_size(model.mobilevit, x) >= 5  # tiny images: one micro-batch
+    monkeypatch.setattr(fast_inference, "MICRO_BATCH_BYTES", 2 * 32 * 32 * 32 * 4)  # two 64x64 images
+    assert fast_inference.micro_batch_size(model.mobilevit, x) == 2
+    fast, plain = assert_same(model, x)  # 2 + 2 + 1 images, stitched back together
+    assert count_fast_calls == [1]
+    for mine, reference in zip(fast.hidden_states, plain.hidden_states):
+        assert mine.shape == reference.shape and mine.is_contiguous()
+        torch.testing.assert_close(mine, reference, **TOL)
