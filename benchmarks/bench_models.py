@@ -80,7 +80,8 @@ def main(argv=None) -> int:
     def pick(rows, candidate, variant, batch):
         return next(r for r in rows if (r.candidate, r.variant, r.batch_size) == (candidate, variant, batch))
 
-    print(f"\nclassification 256x256 and segmentation 512x512, {args.threads} threads, fp32, torch {torch.__version__}\n")
+    print(f"\nclassification 256x256 and segmentation 512x512, {args.threads} threads, fp32, torch {torch.__version__}; "
+          f"{bench.machine_load()}\n")
     print(bench.format_table(results + segmentation))
     print("\nGoals (ratios; > 1 means this package is faster)")
     passed = True

@@ -104,7 +104,9 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def count_flops(model: nn.Module, image_size: int) -> int:
-    """FLOPs (2 x multiply-adds) of one image, counted on the plain path (the fast path does the same math)."""
+    """FLOPs (2 x multiply-adds) of one image, counted on the plain path (the fast path does the same math).
+    Attention runs on SDPA's math backend here: the counter has no formula for the fused CPU kernel."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
     switch = getattr(model, "set_fast_inference", None)
@@ -112,7 +114,7 @@ def count_flops(model: nn.Module, image_size: int) -> int:
         switch(False)
     try:
         counter = FlopCounterMode(display=False)
-        with counter, torch.no_grad():
+        with counter, torch.no_grad(), sdpa_kernel([SDPBackend.MATH]):
             model(torch.rand(1, 3, image_size, image_size))
     finally:
         if switch:
@@ -240,6 +242,12 @@ def benchmark(
 # --------------------------------------------------------------------------------------------------------
 # Reporting
 # --------------------------------------------------------------------------------------------------------
+def machine_load() -> str:
+    """Other processes' load skews every timing; say how busy the machine was."""
+    one, five, _ = os.getloadavg()
+    return f"{os.cpu_count()} CPUs, load average {one:.1f} (1 min) / {five:.1f} (5 min)"
+
+
 TABLE_HEADER = (
     "| model | variant | params (M) | GFLOPs | batch | latency ms (median, p10-p90) | images/s | vs transformers |\n"
     "|---|---|---:|---:|---:|---:|---:|---:|"
@@ -337,7 +345,7 @@ def run(args: argparse.Namespace) -> int:
         image_size=args.image_size, repeats=args.repeats, warmup=args.warmup, candidates=args.candidates,
     )
     print(f"\n{results[0].task}, {results[0].image_size}x{results[0].image_size}, {args.threads} threads, fp32, "
-          f"torch {torch.__version__}\n")
+          f"torch {torch.__version__}; {machine_load()}\n")
     print(format_table(results))
     if args.output is not None:
         paths = write_outputs(results, args.output, args.overwrite)
