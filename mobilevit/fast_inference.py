@@ -51,8 +51,8 @@ def is_enabled(model: nn.Module) -> bool:
 
 def applies(model: nn.Module, pixel_values: torch.Tensor) -> bool:
     """True when `model` may run the fast path on `pixel_values` right now."""
-    if model.training or not is_enabled(model):
-        return False
+    if not is_enabled(model) or any(module.training for module in model.modules()):
+        return False  # a submodule in train mode (say BatchNorm for test-time adaptation) needs the plain path
     if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling():
         return False  # exporters and compilers see the plain graph (and fold it themselves)
     if torch.is_grad_enabled():

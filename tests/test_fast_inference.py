@@ -102,7 +102,11 @@ def test_switches_and_when_the_fast_path_runs(count_fast_calls, monkeypatch):
     model.train()
     with torch.no_grad():
         model(x)
-    assert len(count_fast_calls) == 1  # none of the three ran it
+    model.eval()
+    model.mobilevit.encoder.layer[1].layer[0].conv_3x3.normalization.train()  # batch statistics wanted there
+    with torch.no_grad():
+        model(x)
+    assert len(count_fast_calls) == 1  # none of the four ran it
     model.eval()
     logits = model(x).logits  # eval but autograd on, parameters require grad: the plain path, with gradients
     assert len(count_fast_calls) == 1 and logits.requires_grad
