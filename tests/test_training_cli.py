@@ -68,6 +68,7 @@ def test_torchrun_two_processes_train_one_loadable_model(tmp_path):
     from mobilevit import MobileViTImageProcessor
 
     model = MobileViTForImageClassification.from_pretrained(out)
-    classifier = pipeline("image-classification", model=model, image_processor=MobileViTImageProcessor.from_pretrained(out), device="cpu")
+    processor = MobileViTImageProcessor.from_pretrained(out)
+    classifier = pipeline("image-classification", model=model, image_processor=processor, device="cpu")
     prediction = classifier(Image.open(data / "red" / "0.png"), top_k=2)
     assert {p["label"] for p in prediction} == {"red", "blue"}

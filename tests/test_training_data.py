@@ -9,7 +9,7 @@ from PIL import Image
 from mobilevit.training import TrainJob, train_and_save
 from mobilevit.training.data import DataError, MobileViTDataset, collate, prepare_task_data
 from mobilevit.training.sampler import MultiScaleBatchSampler
-from mobilevit.training.transforms import EvalTransform, TrainAugmentation, image_to_tensor, mask_to_tensor
+from mobilevit.training.transforms import EvalTransform, TrainAugmentation, image_to_tensor
 
 
 def _image_folder(root, classes=("cat", "dog"), per_class=6, size=(40, 30)):

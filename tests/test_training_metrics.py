@@ -1,8 +1,5 @@
 """Streaming metrics against numbers worked out by hand."""
 
-import math
-
-import numpy as np
 import pytest
 import torch
 from transformers import EvalPrediction

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .job import MULTI_SCALE_DEFAULT, TrainJob, train_and_save
+from .job import TrainJob, train_and_save
 
 
 def _pair(kind):
@@ -98,4 +98,4 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["add_arguments", "run", "job_from_args", "MULTI_SCALE_DEFAULT"]
+__all__ = ["add_arguments", "run", "job_from_args"]

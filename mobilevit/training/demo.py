@@ -62,7 +62,8 @@ def _pipeline_classification(folder: Path, test) -> tuple[float, list]:
     from .. import MobileViTImageProcessor
 
     model = MobileViTForImageClassification.from_pretrained(folder).eval()
-    classifier = pipeline("image-classification", model=model, image_processor=MobileViTImageProcessor.from_pretrained(folder), device="cpu")
+    processor = MobileViTImageProcessor.from_pretrained(folder)
+    classifier = pipeline("image-classification", model=model, image_processor=processor, device="cpu")
     images = list(test["image"])
     predictions = classifier(images, batch_size=64, top_k=1)
     names = [p[0]["label"] for p in predictions]
@@ -78,7 +79,8 @@ def _pipeline_segmentation(folder: Path, test) -> tuple[dict, list]:
     from .. import MobileViTImageProcessor
 
     model = MobileViTForSemanticSegmentation.from_pretrained(folder).eval()
-    segmenter = pipeline("image-segmentation", model=model, image_processor=MobileViTImageProcessor.from_pretrained(folder), device="cpu")
+    processor = MobileViTImageProcessor.from_pretrained(folder)
+    segmenter = pipeline("image-segmentation", model=model, image_processor=processor, device="cpu")
     images, truths = list(test["image"]), [np.asarray(m, dtype=np.int64) for m in test["annotation"]]
     metrics = SegmentationMetrics(len(model.config.id2label), id2label=model.config.id2label)
     examples = []
@@ -110,7 +112,8 @@ def _plot_segmentations(examples: list, path: Path, count: int = 8) -> None:
             axes[row, column].set_axis_off()
             if column == 0:
                 axes[row, column].set_title(title, loc="left", fontsize=10)
-    handles = [matplotlib.patches.Patch(color=PALETTE[i] / 255, label=name) for i, name in enumerate(SHAPES_LABELS) if i]
+    handles = [matplotlib.patches.Patch(color=PALETTE[i] / 255, label=name)
+               for i, name in enumerate(SHAPES_LABELS) if i]
     fig.legend(handles=handles, loc="lower center", ncol=len(handles))
     fig.suptitle("MobileViT-XXS DeepLabV3 on held-out shapes scenes (pipeline output)")
     fig.tight_layout(rect=(0, 0.05, 1, 1))

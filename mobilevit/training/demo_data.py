@@ -4,8 +4,9 @@ packages, so the demo needs no download:
 * digits: scikit-learn's `load_digits` (1797 real 8x8 handwritten digits, 10 classes), upsampled to 64x64
   RGB, with a fixed stratified train / validation / test split;
 * shapes: scenes drawn by the code, circles, squares and triangles (3 classes + background) with random
-  sizes, colours and textures, whole and apart (so each shows its outline), over crops of the real photos shipped by scikit-image (`skimage.data`) and
-  scikit-learn (`load_sample_images`); fixed seeds, so every run sees the same images.
+  sizes, colours and textures, whole and apart (so each shows its outline), over crops of the real photos
+  shipped by scikit-image (`skimage.data`) and scikit-learn (`load_sample_images`); fixed seeds, so every
+  run sees the same images.
 
 Both come back as `datasets.DatasetDict`s with the columns a user's own data would have ("image" + "label"
 for classification, "image" + "annotation" for segmentation), so the demo walks the same code path.

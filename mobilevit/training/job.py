@@ -13,12 +13,11 @@ folder and move it into place whole. A killed run restarts from its last checkpo
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -27,7 +26,7 @@ from transformers import set_seed
 from ..configuration_mobilevit import MobileViTConfig, canonical_task, canonical_variant
 from ..image_processing_mobilevit import MobileViTImageProcessor
 from ..modeling_mobilevit import MobileViTForImageClassification, MobileViTForSemanticSegmentation
-from .data import DataError, MobileViTDataset, prepare_task_data
+from .data import MobileViTDataset, prepare_task_data
 from .history import epoch_history, plot_history
 from .metrics import ClassificationMetrics, SegmentationMetrics
 from .trainer import MobileViTTrainer, MultiScaleOptions
