@@ -80,9 +80,10 @@ class _KillAfterFirstCheckpoint(TrainerCallback):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("multi_scale", [False, True])
-def test_resume_after_interruption_reproduces_the_uninterrupted_run(digits, tmp_path, multi_scale):
-    settings = dict(epochs=2, multi_scale=multi_scale, multi_scale_range=(32, 64))
+def test_resume_after_interruption_reproduces_the_uninterrupted_run(digits, tmp_path):
+    # with the multi-scale sampler: the resumed epoch must redraw the same resolutions and crops (the
+    # fixed-size path is the same sampler with a one-entry table)
+    settings = dict(epochs=2, multi_scale=True, multi_scale_range=(32, 64))
     train_and_save(_digits_job(digits, tmp_path / "straight", **settings))
     with pytest.raises(_Interrupt):
         train_and_save(_digits_job(digits, tmp_path / "resumed", callbacks=[_KillAfterFirstCheckpoint()], **settings))
