@@ -1,0 +1,101 @@
+"""`mobilevit train`: fine-tune a checkpoint folder or train a variant from scratch with transformers' Trainer.
+
+    mobilevit train --task classification --data my_images/ --variant xx-small --epochs 30 --output-dir out
+    mobilevit train --task segmentation --data my_masks_dataset/ --model deeplabv3-mobilevit-small/ \\
+        --labels background,road,car --epochs 20 --output-dir out-seg
+    torchrun --nproc_per_node 2 -m mobilevit train ...      # DistributedDataParallel, one output (rank 0)
+
+Checkpoints are written every epoch to `<output-dir>.partial/`; `--resume` continues a killed run from the
+last one. The finished folder (config.json, model.safetensors, preprocessor_config.json, README.md,
+metrics.json, training_history.png) is moved into place only at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .job import TrainJob, train_and_save
+
+
+def _pair(kind):
+    def parse(text: str):
+        parts = text.replace(",", " ").split()
+        if len(parts) != 2:
+            raise argparse.ArgumentTypeError(f"expected two values 'MIN,MAX', got {text!r}")
+        return tuple(kind(p) for p in parts)
+    return parse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    data = parser.add_argument_group("data")
+    data.add_argument("--task", default="classification",
+                      help="classification (image-classification) or segmentation (semantic-segmentation)")
+    data.add_argument("--data", required=True,
+                      help="an image folder tree (class sub-folders) or a datasets.save_to_disk folder")
+    data.add_argument("--labels", type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
+                      help="comma-separated class names in id order (needed for segmentation data without names)")
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", help="a local checkpoint folder to fine-tune (the head is re-initialised for "
+                                       "the new labels); without it, --variant is trained from scratch")
+    model.add_argument("--variant", default="xx-small", help="xx-small, x-small or small (default: xx-small)")
+    model.add_argument("--output-stride", type=int, choices=(8, 16, 32),
+                       help="segmentation models: 8 or 16 (default: the config's; 16 for a new model)")
+    train = parser.add_argument_group("training")
+    train.add_argument("--epochs", type=float, default=10)
+    train.add_argument("--batch-size", type=int, default=32, help="per process, at the base resolution")
+    train.add_argument("--eval-batch-size", type=int)
+    train.add_argument("--learning-rate", "--lr", type=float, default=2e-3, help="peak of the cosine schedule (AdamW)")
+    train.add_argument("--weight-decay", type=float, default=0.01)
+    train.add_argument("--warmup-ratio", type=float, default=0.1)
+    train.add_argument("--image-size", type=int, help="training crop (default: the model config's image_size)")
+    train.add_argument("--eval-resize", type=int, help="shortest edge before the centre crop at evaluation")
+    train.add_argument("--multi-scale", action=argparse.BooleanOptionalAction, default=None,
+                       help="the paper's multi-scale sampler (default: on for classification, off for "
+                            "segmentation, as in ml-cvnets)")
+    train.add_argument("--multi-scale-range", type=_pair(int), metavar="MIN,MAX",
+                       help="resolutions drawn by the sampler (default: 0.625x..1.25x the image size)")
+    train.add_argument("--crop-scale", type=_pair(float), default=(0.08, 1.0), metavar="MIN,MAX",
+                       help="area range of the random resized crop (default: 0.08,1.0)")
+    train.add_argument("--crop-ratio", type=_pair(float), default=(3 / 4, 4 / 3), metavar="MIN,MAX",
+                       help="aspect-ratio range of the random resized crop (default: 0.75,1.333)")
+    train.add_argument("--flip-prob", type=float, default=0.5, help="horizontal flip probability (default: 0.5)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
+    out = parser.add_argument_group("output")
+    out.add_argument("--output-dir", required=True)
+    out.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    out.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
+                     help="continue from the last checkpoint in <output-dir>.partial (or the one given)")
+    out.add_argument("--keep-checkpoints", action="store_true", help="keep <output-dir>.partial after success")
+
+
+def job_from_args(args: argparse.Namespace) -> TrainJob:
+    overrides = {"output_stride": args.output_stride} if args.output_stride else {}
+    return TrainJob(
+        task=args.task, data=args.data, output_dir=args.output_dir, model=args.model, variant=args.variant,
+        epochs=args.epochs, batch_size=args.batch_size, eval_batch_size=args.eval_batch_size,
+        learning_rate=args.learning_rate, weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio,
+        image_size=args.image_size, eval_resize=args.eval_resize, multi_scale=args.multi_scale,
+        multi_scale_range=args.multi_scale_range, crop_scale=args.crop_scale, crop_ratio=args.crop_ratio,
+        flip_prob=args.flip_prob,
+        labels=args.labels, config_overrides=overrides, seed=args.seed, resume=args.resume,
+        overwrite=args.overwrite, keep_checkpoints=args.keep_checkpoints, num_workers=args.num_workers)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        result = train_and_save(job_from_args(args))
+    except (ValueError, TypeError, FileExistsError) as error:
+        print(f"mobilevit train: error: {error}", file=sys.stderr)
+        return 2
+    metrics = result.metrics
+    split = "test" if "test" in metrics else "validation"
+    main = metrics["main_metric"]
+    if result.trainer.is_world_process_zero():
+        print(f"{split} {main}: {metrics[split][main]:.4f}  ({metrics['train_seconds']:.0f} s of training)")
+        print(f"saved to {result.output_dir}")
+    return 0
+
+
+__all__ = ["add_arguments", "run", "job_from_args"]

@@ -1,0 +1,134 @@
+"""Evaluation metrics that stream over batches and need no download.
+
+`evaluate`'s metric scripts live on the Hub, so they cannot load offline. These classes keep a confusion
+matrix (segmentation) or hit counts (classification) as int64 tensors, so any number of batches, of any
+resolution, accumulate exactly; nothing grows with the data set. They plug into `Trainer` with
+`TrainingArguments(batch_eval_metrics=True)`: Trainer calls `compute_metrics(eval_pred, compute_result)`
+once per batch (predictions already gathered from all processes) and uses the dict returned on the last.
+
+    metrics = SegmentationMetrics(num_labels=21, ignore_index=255)
+    trainer = Trainer(..., compute_metrics=metrics, args=TrainingArguments(..., batch_eval_metrics=True))
+
+They also work outside Trainer: `update(logits, labels)` per batch, then `compute()`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .transforms import IGNORE_INDEX
+
+
+def _tensor(value) -> torch.Tensor:
+    return value if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value))
+
+
+class _StreamingMetric:
+    """`Trainer`'s calling convention on top of `update` / `compute` / `reset`. All that is accumulated lives
+    in one int64 tensor, `state`, so processes can sum theirs (`state = all_reduce_sum(state)`)."""
+
+    state: torch.Tensor
+
+    def __call__(self, eval_pred, compute_result: bool = True) -> dict:
+        predictions = eval_pred.predictions
+        predictions = predictions[0] if isinstance(predictions, (tuple, list)) else predictions
+        self.update(predictions, eval_pred.label_ids)
+        if not compute_result:
+            return {}
+        result = self.compute()
+        self.reset()  # the next evaluation starts from zero
+        return result
+
+
+class ClassificationMetrics(_StreamingMetric):
+    """Top-k accuracy (default top-1 as "accuracy" and top-5 as "top5_accuracy"); k larger than the number
+    of classes is skipped."""
+
+    def __init__(self, top_k: tuple[int, ...] = (1, 5)):
+        if not top_k or any(not isinstance(k, int) or k < 1 for k in top_k):
+            raise ValueError(f"top_k: expected positive integers, got {top_k!r}")
+        self.top_k = tuple(sorted(set(top_k)))
+        self.reset()
+
+    def reset(self) -> None:
+        self.state = torch.zeros(1 + len(self.top_k), dtype=torch.int64)  # [examples, hits at each k]
+        self.num_classes = None
+
+    @torch.no_grad()
+    def update(self, logits, labels) -> None:
+        logits, labels = _tensor(logits).detach(), _tensor(labels).detach().reshape(-1).long()
+        if logits.ndim != 2 or logits.shape[0] != labels.shape[0]:
+            raise ValueError(f"logits: expected (batch, num_classes) matching labels of length {labels.shape[0]}, "
+                             f"got shape {tuple(logits.shape)}")
+        self.num_classes = logits.shape[1]
+        ranked = logits.topk(min(max(self.top_k), logits.shape[1]), dim=1).indices.cpu()
+        correct = ranked == labels.cpu()[:, None]
+        self.state[0] += labels.shape[0]
+        for slot, k in enumerate(self.top_k, start=1):
+            self.state[slot] += int(correct[:, :k].any(dim=1).sum())
+
+    def compute(self) -> dict[str, float]:
+        count = int(self.state[0])
+        if count == 0:
+            raise ValueError("ClassificationMetrics.compute: expected at least one update, got none")
+        return {("accuracy" if k == 1 else f"top{k}_accuracy"): int(self.state[slot]) / count
+                for slot, k in enumerate(self.top_k, start=1)
+                if self.num_classes is None or k == 1 or k < self.num_classes}
+
+
+class SegmentationMetrics(_StreamingMetric):
+    """Mean IoU, pixel accuracy and per-class IoU from a confusion matrix; label pixels equal to
+    `ignore_index` are left out. Logits at a lower resolution than the labels (DeepLabV3 predicts at
+    1/output_stride) are upsampled bilinearly first, as the model's loss does.
+
+    Per-class IoU is NaN for a class absent from both labels and predictions; `mean_iou` averages the
+    others (the convention of `evaluate`'s mean_iou and ml-cvnets).
+    """
+
+    def __init__(self, num_labels: int, ignore_index: int = IGNORE_INDEX, id2label: dict[int, str] | None = None):
+        if isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 1:
+            raise ValueError(f"num_labels: expected a positive integer, got {num_labels!r}")
+        self.num_labels, self.ignore_index = num_labels, ignore_index
+        self.id2label = {int(k): str(v) for k, v in (id2label or {}).items()}
+        self.reset()
+
+    def reset(self) -> None:
+        self.state = torch.zeros(self.num_labels, self.num_labels, dtype=torch.int64)  # [label, prediction]
+
+    @torch.no_grad()
+    def update(self, logits, labels) -> None:
+        """`logits` (B, C, h, w) or already-decided predictions (B, H, W); `labels` (B, H, W)."""
+        predictions, labels = _tensor(logits).detach(), _tensor(labels).detach().long()
+        if predictions.ndim == 4:
+            if predictions.shape[-2:] != labels.shape[-2:]:
+                predictions = F.interpolate(predictions.float(), size=labels.shape[-2:], mode="bilinear",
+                                            align_corners=False)
+            predictions = predictions.argmax(dim=1)
+        if predictions.shape != labels.shape:
+            raise ValueError(f"predictions: expected the shape of labels {tuple(labels.shape)}, got "
+                             f"{tuple(predictions.shape)}")
+        valid = labels != self.ignore_index
+        labels, predictions = labels[valid].cpu(), predictions[valid].cpu().long()
+        if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_labels):
+            raise ValueError(f"labels: expected class ids in [0, {self.num_labels}) or {self.ignore_index} "
+                             f"(ignored), got {int(labels.min())}..{int(labels.max())}")
+        flat = labels * self.num_labels + predictions
+        self.state += torch.bincount(flat, minlength=self.num_labels ** 2).reshape(self.num_labels, -1)
+
+    def compute(self) -> dict[str, float | None]:
+        confusion = self.state.double()
+        total = confusion.sum()
+        if total == 0:
+            raise ValueError("SegmentationMetrics.compute: expected at least one labelled pixel, got none")
+        true_positive = confusion.diag()
+        union = confusion.sum(0) + confusion.sum(1) - true_positive
+        iou = true_positive / union  # NaN where a class never occurs
+        result = {"mean_iou": float(iou[~iou.isnan()].mean()), "pixel_accuracy": float(true_positive.sum() / total)}
+        for index, value in enumerate(iou.tolist()):
+            name = self.id2label.get(index, str(index))
+            result[f"iou_{name}"] = None if math.isnan(value) else value
+        return result

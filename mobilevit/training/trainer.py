@@ -1,0 +1,130 @@
+"""`MobileViTTrainer`: `transformers.Trainer` with the multi-scale sampler and per-epoch training metrics.
+
+Everything else (optimizer, schedule, checkpoints, resume, DDP via torchrun / accelerate, progress bars) is
+stock Trainer. The sampler is a plug-in: with a `MobileViTDataset` as training set, batches come from
+`MultiScaleBatchSampler` (multi-scale or fixed size); any other training set falls back to Trainer's own
+loader. And `MultiScaleBatchSampler` + `MobileViTDataset` also work with a plain `DataLoader`:
+
+    loader = DataLoader(dataset, batch_sampler=MultiScaleBatchSampler(len(dataset), 32, 256), collate_fn=collate)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader
+from transformers import Trainer, TrainerCallback
+
+from .data import MobileViTDataset, collate
+from .sampler import MultiScaleBatchSampler
+
+
+@dataclass
+class MultiScaleOptions:
+    """The sampler's table (see `multiscale_batch_table`); `enabled=False` trains at the base size only."""
+
+    enabled: bool = True
+    min_size: int | None = None
+    max_size: int | None = None
+    num_scales: int = 5
+    divisor: int = 32
+
+
+class _EpochAwareLoader(DataLoader):
+    """A DataLoader whose `set_epoch` reaches its batch sampler (Trainer calls it on the loader)."""
+
+    def set_epoch(self, epoch: int) -> None:
+        self.batch_sampler.set_epoch(epoch)
+
+
+class _TrainMetricsCallback(TrainerCallback):
+    """Logs the mean training loss and the training metric of each epoch (over the augmented batches)."""
+
+    def __init__(self, trainer: "MobileViTTrainer"):
+        self.trainer = trainer
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.trainer._reset_train_tracking()
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        logs = self.trainer._train_epoch_logs()
+        if logs:
+            self.trainer.log(logs)
+
+
+class MobileViTTrainer(Trainer):
+    """`Trainer` plus the multi-scale sampler and per-epoch training metrics.
+
+    Args (beyond Trainer's):
+        multi_scale: `MultiScaleOptions`, True (paper defaults) or False/None (fixed size, still with
+            per-example seeded augmentation, so resumed runs repeat exactly).
+        train_metrics: an object with `update(logits, labels)`, `compute()` and `reset()` (e.g. a
+            `ClassificationMetrics`); its results are logged per epoch as "train_<name>".
+    """
+
+    def __init__(self, *args, multi_scale: MultiScaleOptions | bool | None = None, train_metrics=None, **kwargs):
+        if isinstance(multi_scale, bool) or multi_scale is None:
+            multi_scale = MultiScaleOptions(enabled=bool(multi_scale))
+        if not isinstance(multi_scale, MultiScaleOptions):
+            raise TypeError(f"multi_scale: expected MultiScaleOptions, bool or None, got {type(multi_scale).__name__}")
+        kwargs.setdefault("data_collator", collate)
+        super().__init__(*args, **kwargs)
+        self.multi_scale = multi_scale
+        self.train_metrics = train_metrics
+        self._loss_sum = torch.zeros(2, dtype=torch.float64)  # (sum of losses, number of steps) this epoch
+        self.add_callback(_TrainMetricsCallback(self))
+
+    # -- data -----------------------------------------------------------------------------------------------------
+    def build_train_sampler(self, dataset: MobileViTDataset) -> MultiScaleBatchSampler:
+        height, width = dataset.image_size
+        if height != width:
+            raise ValueError(f"image_size: the multi-scale sampler works on square crops, got {height}x{width}")
+        options = self.multi_scale
+        return MultiScaleBatchSampler(
+            len(dataset), self._train_batch_size, height, multi_scale=options.enabled,
+            min_size=options.min_size, max_size=options.max_size, num_scales=options.num_scales,
+            divisor=options.divisor, num_replicas=self.args.world_size, rank=self.args.process_index,
+            seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed)
+
+    def get_train_dataloader(self) -> DataLoader:
+        if not isinstance(self.train_dataset, MobileViTDataset):
+            return super().get_train_dataloader()
+        # Not passed through `accelerator.prepare`: the sampler already shards across ranks (accelerate's
+        # shard wrapper would shard a second time), and Trainer moves each batch to the device itself.
+        return _EpochAwareLoader(
+            self.train_dataset, batch_sampler=self.build_train_sampler(self.train_dataset),
+            collate_fn=self.data_collator, num_workers=self.args.dataloader_num_workers,
+            pin_memory=self.args.dataloader_pin_memory,
+            persistent_workers=self.args.dataloader_persistent_workers and self.args.dataloader_num_workers > 0)
+
+    # -- per-epoch training metrics ----------------------------------------------------------------------------------
+    def _reset_train_tracking(self) -> None:
+        self._loss_sum.zero_()
+        if self.train_metrics is not None:
+            self.train_metrics.reset()
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        if model.training:
+            self._loss_sum += torch.tensor([float(loss.detach()), 1.0], dtype=torch.float64)
+            if self.train_metrics is not None and "labels" in inputs:
+                logits = outputs["logits"] if isinstance(outputs, dict) else outputs[1]
+                self.train_metrics.update(logits.detach(), inputs["labels"])
+        return (loss, outputs) if return_outputs else loss
+
+    def _train_epoch_logs(self) -> dict[str, float]:
+        """Mean loss and metrics of the epoch, summed over all processes (every rank must call this)."""
+        totals = self._loss_sum.clone()
+        if self.args.world_size > 1:
+            totals = self.accelerator.reduce(totals.to(self.args.device), reduction="sum").cpu()
+            if self.train_metrics is not None:
+                state = self.train_metrics.state.to(self.args.device)
+                self.train_metrics.state = self.accelerator.reduce(state, reduction="sum").cpu()
+        if totals[1] == 0:
+            return {}
+        logs = {"train_loss_epoch": float(totals[0] / totals[1])}
+        if self.train_metrics is not None:
+            logs.update({f"train_{name}": value for name, value in self.train_metrics.compute().items()
+                         if value is not None and not name.startswith("iou_")})
+        return logs

@@ -1,0 +1,135 @@
+"""Data loading, checks before training, and the torch-side augmentation."""
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mobilevit.training import TrainJob, train_and_save
+from mobilevit.training.data import DataError, MobileViTDataset, collate, prepare_task_data
+from mobilevit.training.sampler import MultiScaleBatchSampler
+from mobilevit.training.transforms import EvalTransform, TrainAugmentation, image_to_tensor
+
+
+def _image_folder(root, classes=("cat", "dog"), per_class=6, size=(40, 30)):
+    rng = np.random.default_rng(0)
+    for name in classes:
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(root / name / f"{i}.png")
+    return root
+
+
+def _segmentation_dataset(n=6, size=32, mask_size=None, bad_value=None):
+    rng = np.random.default_rng(0)
+    images, masks = [], []
+    for i in range(n):
+        images.append(Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)))
+        mask = rng.integers(0, 3, (mask_size or size, mask_size or size), dtype=np.uint8)
+        if bad_value is not None and i == n - 1:
+            mask[0, 0] = bad_value
+        masks.append(Image.fromarray(mask))
+    features = datasets.Features({"image": datasets.Image(), "annotation": datasets.Image()})
+    return datasets.Dataset.from_dict({"image": images, "annotation": masks}, features=features)
+
+
+def test_image_to_tensor_gives_bgr_in_unit_range():
+    rgb = np.zeros((4, 5, 3), dtype=np.uint8)
+    rgb[..., 0] = 255  # pure red
+    for image in (Image.fromarray(rgb), rgb, torch.from_numpy(rgb).permute(2, 0, 1)):
+        pixels = image_to_tensor(image)
+        assert pixels.shape == (3, 4, 5) and pixels.dtype == torch.float32
+        assert torch.all(pixels[2] == 1.0) and torch.all(pixels[:2] == 0.0)  # red is the last channel in BGR
+    grey = image_to_tensor(Image.fromarray(np.full((3, 3), 128, dtype=np.uint8)))
+    assert grey.shape == (3, 3, 3) and torch.allclose(grey, torch.full_like(grey, 128 / 255))
+    with pytest.raises(TypeError, match="image"):
+        image_to_tensor("not an image")
+
+
+def test_augmentation_moves_image_and_mask_together():
+    mask = torch.zeros(64, 64, dtype=torch.long)
+    mask[:, 32:] = 1
+    mask[40:, :] = 2
+    pixels = (mask.float() / 2).expand(3, -1, -1).clone()  # the image encodes its own mask
+    augment = TrainAugmentation(size=48, scale=(0.2, 1.0), flip_prob=0.5)
+    for seed in range(20):
+        out_pixels, out_mask = augment(pixels, mask, generator=torch.Generator().manual_seed(seed))
+        assert out_pixels.shape == (3, 48, 48) and out_mask.shape == (48, 48) and out_mask.dtype == torch.long
+        agree = (torch.round(out_pixels[0] * 2).long() == out_mask).float().mean()
+        assert agree > 0.9  # only pixels on an interpolated edge may differ
+        assert set(out_mask.unique().tolist()) <= {0, 1, 2}  # nearest neighbour: no blended class ids
+
+
+def test_augmentation_is_reproducible_from_its_seed_and_resizes_to_the_batch_size():
+    augment = TrainAugmentation(size=32)
+    pixels = torch.rand(3, 50, 70)
+    first, _ = augment(pixels, generator=torch.Generator().manual_seed(5))
+    again, _ = augment(pixels, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(first, again)
+    bigger, _ = augment(pixels, size=(64, 64), generator=torch.Generator().manual_seed(5))
+    assert bigger.shape == (3, 64, 64)
+
+
+def test_eval_transform_resizes_shortest_edge_then_centre_crops():
+    pixels, mask = EvalTransform(resize=40, crop_size=32)(torch.rand(3, 60, 90), torch.zeros(60, 90, dtype=torch.long))
+    assert pixels.shape == (3, 32, 32) and mask.shape == (32, 32)
+
+
+def test_image_folder_loads_offline_with_class_names_and_a_validation_split(tmp_path):
+    data = prepare_task_data(_image_folder(tmp_path / "pets"), "image-classification", seed=0)
+    assert data.id2label == {0: "cat", 1: "dog"}
+    assert len(data.train) + len(data.validation) == 12 and len(data.validation) >= 1
+    dataset = MobileViTDataset(data.train, data.task, TrainAugmentation(32), data.image_column, data.label_column)
+    sampler = MultiScaleBatchSampler(len(dataset), 4, 32, multi_scale=False)
+    batch = collate([dataset[key] for key in next(iter(sampler))])
+    assert batch["pixel_values"].shape == (4, 3, 32, 32) and batch["labels"].dtype == torch.long
+
+
+def test_saved_segmentation_dataset_loads_with_label_file(tmp_path):
+    _segmentation_dataset().save_to_disk(str(tmp_path / "seg"))
+    (tmp_path / "seg" / "id2label.json").write_text('["background", "a", "b"]')
+    data = prepare_task_data(tmp_path / "seg", "semantic-segmentation")
+    assert data.id2label == {0: "background", 1: "a", 2: "b"} and data.label_column == "annotation"
+    item = MobileViTDataset(data.train, data.task, EvalTransform(32, 32), data.image_column, data.label_column)[0]
+    assert item["labels"].shape == (32, 32) and item["pixel_values"].shape == (3, 32, 32)
+
+
+def test_folder_without_images_is_refused(tmp_path):
+    (tmp_path / "empty" / "cat").mkdir(parents=True)
+    (tmp_path / "empty" / "cat" / "notes.txt").write_text("no pictures here")
+    with pytest.raises(DataError, match="found no images"):
+        prepare_task_data(tmp_path / "empty", "image-classification")
+    with pytest.raises(DataError, match="does not exist"):
+        prepare_task_data(tmp_path / "missing", "image-classification")
+
+
+def test_mask_of_another_size_is_refused():
+    with pytest.raises(DataError, match="the size of its image"):
+        prepare_task_data(_segmentation_dataset(mask_size=16), "semantic-segmentation", labels=["a", "b", "c"])
+
+
+def test_mask_values_outside_the_label_set_are_refused():
+    with pytest.raises(DataError, match=r"mask values in \[0, 3\).*got \[7\]"):
+        prepare_task_data(_segmentation_dataset(bad_value=7), "semantic-segmentation", labels=["a", "b", "c"])
+    # 255 is the ignore index, not an error
+    prepare_task_data(_segmentation_dataset(bad_value=255), "semantic-segmentation", labels=["a", "b", "c"])
+
+
+def test_class_ids_outside_the_label_set_are_refused():
+    images = [Image.new("RGB", (8, 8)) for _ in range(10)]
+    dataset = datasets.Dataset.from_dict({"image": images, "label": [0, 1, 2, 0, 1, 2, 0, 1, 2, 5]},
+                                         features=datasets.Features({"image": datasets.Image(),
+                                                                     "label": datasets.Value("int64")}))
+    with pytest.raises(DataError, match=r"class ids in \[0, 3\).*got 5"):
+        prepare_task_data(dataset, "image-classification", labels=["a", "b", "c"])
+
+
+def test_bad_arguments_fail_before_any_training(tmp_path):
+    folder = _image_folder(tmp_path / "pets")
+    for field, value in (("batch_size", 0), ("epochs", -1), ("learning_rate", 0.0)):
+        with pytest.raises(ValueError, match=field):
+            train_and_save(TrainJob(task="classification", data=folder, output_dir=tmp_path / "out", **{field: value}))
+    with pytest.raises(ValueError, match="variant"):
+        train_and_save(TrainJob(task="classification", data=folder, output_dir=tmp_path / "out", variant="huge"))
+    assert not (tmp_path / "out").exists()
