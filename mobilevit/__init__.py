@@ -7,6 +7,7 @@ from .modeling_mobilevit import (
     MobileViTModel,
     MobileViTPreTrainedModel,
 )
+from .pipelines import pipeline
 
 __version__ = "0.1.0"
 
@@ -17,5 +18,6 @@ __all__ = [
     "MobileViTModel",
     "MobileViTForImageClassification",
     "MobileViTForSemanticSegmentation",
+    "pipeline",
     "__version__",
 ]
