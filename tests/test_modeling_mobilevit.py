@@ -170,7 +170,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     model(x, labels=labels).loss.backward()
     plain = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
-    model.gradient_checkpointing_enable()
+    model.activation_checkpointing_enable()
     assert model.mobilevit.encoder.layer[2].gradient_checkpointing
     model(x, labels=labels).loss.backward()
     for name, param in model.named_parameters():

@@ -1,0 +1,38 @@
+"""The label files are the Hub's `huggingface/label-files` lists, byte for byte."""
+
+import hashlib
+
+from mobilevit.labels import LABELS_DIR, imagenet_1k_id2label, label2id, pascal_voc_id2label
+
+# sha256 of the files as committed: imagenet-1k-id2label.json and pascal-voc-id2label.json of the Hub's
+# `huggingface/label-files` (pretty-printed with indent 2, 33,567 and 370 bytes). A change here is a change of
+# the labels every converted config carries.
+SHA256 = {
+    "imagenet-1k.json": "049f05e28ba530eb6acd9ead0f3430b58df45097188669c7117f7bed2b9ef774",
+    "pascal-voc.json": "9ee9fc559da57153410dfee64e0fc67f5116b85b2811af94f043530596446f25",
+}
+
+
+def test_files_are_unchanged():
+    for name, digest in SHA256.items():
+        assert hashlib.sha256((LABELS_DIR / name).read_bytes()).hexdigest() == digest, name
+
+
+def test_imagenet_1k():
+    labels = imagenet_1k_id2label()
+    assert list(labels) == list(range(1000))
+    assert labels[0] == "tench, Tinca tinca"
+    assert labels[134] == labels[517] == "crane"  # the bird and the machine share a name on the Hub
+    assert labels[639] == "maillot, tank suit"
+    assert labels[999] == "toilet tissue, toilet paper, bathroom tissue"
+    inverse = label2id(labels)
+    assert len(inverse) == 999 and inverse["crane"] == 517 and inverse["maillot"] == 638
+    labels[0] = "changed"
+    assert imagenet_1k_id2label()[0] == "tench, Tinca tinca"  # callers get their own copy
+
+
+def test_pascal_voc():
+    assert list(pascal_voc_id2label().values()) == [
+        "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+        "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor"]
+    assert label2id(pascal_voc_id2label())["tvmonitor"] == 20
