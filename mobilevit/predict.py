@@ -208,15 +208,15 @@ def segmentation_figure(image, class_map: np.ndarray, palette: np.ndarray, areas
     """PNG: the photo, then the colour mask blended over it, then a legend with each class's share."""
     import io
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # matplotlib's object API renders without pyplot, so the caller's backend (a notebook's inline plots) is
+    # left alone
+    from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
     photo = np.asarray(image, dtype=np.float32) / 255.0
     overlay = 0.45 * photo + 0.55 * palette[class_map].astype(np.float32) / 255.0
-    figure, axes = plt.subplots(1, 2, figsize=(10, 4.8 * image.height / max(image.width, 1) + 0.6))
+    figure = Figure(figsize=(10, 3.6 * image.height / max(image.width, 1) + 0.8))
+    axes = figure.subplots(1, 2)
     for axis, picture, title in zip(axes, (photo, overlay), ("photo", "predicted classes")):
         axis.imshow(picture)
         axis.set_title(title)
@@ -226,7 +226,6 @@ def segmentation_figure(image, class_map: np.ndarray, palette: np.ndarray, areas
     figure.tight_layout(rect=(0, 0, 0.8, 1))
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100)
-    plt.close(figure)
     return buffer.getvalue()
 
 
