@@ -1,6 +1,7 @@
 """MobileViT (Mehta & Rastegari, ICLR 2022) for the Hugging Face ecosystem."""
 
 from .configuration_mobilevit import VARIANTS, MobileViTConfig
+from .image_processing_mobilevit import MobileViTImageProcessor
 from .modeling_mobilevit import (
     MobileViTForImageClassification,
     MobileViTForSemanticSegmentation,
@@ -14,6 +15,7 @@ __version__ = "0.1.0"
 __all__ = [
     "MobileViTConfig",
     "VARIANTS",
+    "MobileViTImageProcessor",
     "MobileViTPreTrainedModel",
     "MobileViTModel",
     "MobileViTForImageClassification",

@@ -176,7 +176,7 @@ class MobileViTConfig(PreTrainedConfig):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 fail(field, "a positive number")
         if not isinstance(self.hidden_act, str) or self.hidden_act not in ACT2FN:
-            fail("hidden_act", f"an activation name such as 'silu', 'relu', 'gelu' (one of transformers' ACT2FN)")
+            fail("hidden_act", "an activation name such as 'silu', 'relu', 'gelu' (one of transformers' ACT2FN)")
         if not is_int(self.semantic_loss_ignore_index):
             fail("semantic_loss_ignore_index", "an integer")
 

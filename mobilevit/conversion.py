@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -31,6 +30,7 @@ from tqdm.auto import tqdm
 
 from .configuration_mobilevit import VARIANTS, MobileViTConfig, canonical_task, canonical_variant
 from .hub import push_folder_to_hub, write_model_card
+from .image_processing_mobilevit import MobileViTImageProcessor
 from .labels import imagenet_1k_id2label, label2id, pascal_voc_id2label
 from .modeling_mobilevit import MobileViTForImageClassification, MobileViTForSemanticSegmentation
 
@@ -370,20 +370,12 @@ def convert_state_dict(state_dict: dict[str, torch.Tensor], expected: dict[str, 
 # ---------------------------------------------------------------------------------------------------------
 # Writing
 # ---------------------------------------------------------------------------------------------------------
-def preprocessor_config(image_size: int) -> dict:
-    """ml-cvnets' evaluation preprocessing in the form of transformers' `MobileViTImageProcessor` JSON:
-    shortest edge to size + 32, center crop, divide by 255, RGB -> BGR, no mean/std."""
-    return {
-        "do_resize": True,
-        "size": {"shortest_edge": image_size + 32},
-        "resample": 2,  # bilinear
-        "do_center_crop": True,
-        "crop_size": {"height": image_size, "width": image_size},
-        "do_rescale": True,
-        "rescale_factor": 1 / 255,
-        "do_flip_channel_order": True,
-        "image_processor_type": "MobileViTImageProcessor",
-    }
+def image_processor_for(image_size: int) -> MobileViTImageProcessor:
+    """ml-cvnets' evaluation preprocessing for a checkpoint trained at `image_size`: shortest edge to
+    size + 32, centre crop to size, divide by 255, RGB -> BGR, no mean/std."""
+    return MobileViTImageProcessor(
+        size={"shortest_edge": image_size + 32}, crop_size={"height": image_size, "width": image_size}
+    )
 
 
 def check_folder_runs(folder: Path, task: str, expected: dict[str, torch.Tensor]) -> None:
@@ -513,8 +505,7 @@ def convert_checkpoint(
     try:
         num_parameters = sum(p.numel() for p in model.parameters())
         model.save_pretrained(str(work))
-        (work / "preprocessor_config.json").write_text(
-            json.dumps(preprocessor_config(config.image_size), indent=2) + "\n", encoding="utf-8")
+        image_processor_for(config.image_size).save_pretrained(str(work))
         write_model_card(work, task=task, variant=variant, num_parameters=num_parameters,
                          image_size=config.image_size, num_labels=arch.num_labels, dataset=dataset,
                          source=checkpoint.name, source_sha256=source_sha256, repo_id=push_to_hub,

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from .configuration_mobilevit import MobileViTConfig
+from .image_processing_mobilevit import MobileViTImageProcessor
 from .modeling_mobilevit import (
     MobileViTForImageClassification,
     MobileViTForSemanticSegmentation,
@@ -79,11 +80,9 @@ def load_config(model_dir: str | os.PathLike) -> MobileViTConfig:
 def default_image_processor(config: MobileViTConfig):
     """The evaluation preprocessing of the released checkpoints for a model at `config.image_size`
     (shortest edge resized to image_size + 32, centre crop image_size), for folders saved without one."""
-    from . import MobileViTImageProcessor
-    from .conversion import preprocessor_config
+    from .conversion import image_processor_for
 
-    settings = {k: v for k, v in preprocessor_config(int(config.image_size)).items() if k != "image_processor_type"}
-    return MobileViTImageProcessor(**settings)
+    return image_processor_for(int(config.image_size))
 
 
 def load_model_and_processor(model_dir: str | os.PathLike, task: str | None = None, **from_pretrained_kwargs):
@@ -92,8 +91,6 @@ def load_model_and_processor(model_dir: str | os.PathLike, task: str | None = No
     Returns `(model, processor, task)`. The processor is the folder's `preprocessor_config.json`, or the
     checkpoints' default preprocessing when the folder has none.
     """
-    from . import MobileViTImageProcessor
-
     config = load_config(model_dir)
     task = canonical_pipeline_task(task) if task is not None else task_of(config)
     model = TASK_MODEL_CLASSES[task].from_pretrained(str(model_dir), config=config, **from_pretrained_kwargs).eval()

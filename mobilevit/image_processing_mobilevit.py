@@ -1,0 +1,610 @@
+"""`MobileViTImageProcessor`: the ml-cvnets evaluation preprocessing, on torch tensors.
+
+The released MobileViT checkpoints were trained and evaluated with ml-cvnets' own OpenCV pipeline: pixels in
+BGR order, the shortest side resized to 288 with `cv2.INTER_LINEAR` (bilinear, no antialiasing, 8-bit
+fixed-point arithmetic), the long side truncated with `int()`, a centre crop with floor offsets, and a
+division by 255 without mean/std. This processor follows that pipeline: by default with torch's native
+uint8 bilinear resize (within 1/255 of OpenCV), with `resize_bit_exact=True` bit for bit (OpenCV's
+fixed-point arithmetic emulated with integer tensor operations), and with `resize_antialias=True` like
+stock transformers' PIL processor.
+
+Images of the same size are resized together (in batches of up to 8) and stay uint8 until the final
+conversion, which is written straight into the output batch.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers.image_processing_base import BatchFeature
+from transformers.image_processing_outputs import SemanticSegmentationPostProcessorOutput
+from transformers.image_processing_utils import BaseImageProcessor
+from transformers.image_utils import ChannelDimension, PILImageResampling, SizeDict
+from transformers.processing_utils import ImagesKwargs, Unpack
+
+import PIL.Image
+
+# ml-cvnets' `Resize` is cv2.resize(INTER_LINEAR) on uint8: weights are quantised to 11 bits (2048 = 1.0).
+_COEF_BITS = 11
+_COEF_ONE = 1 << _COEF_BITS
+# Largest number of same-size images resized in one call.
+_GROUP_SIZE = 8
+# Label value that losses ignore (PASCAL VOC's border value, transformers' `semantic_loss_ignore_index`).
+IGNORE_INDEX = 255
+# Pillow modes whose samples are 16-bit: scaled to 8 bits (x / 257) instead of Pillow's clipping at 255.
+_PIL_16BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+_RESAMPLE_TO_TORCH_MODE = {
+    PILImageResampling.NEAREST: "nearest-exact",
+    PILImageResampling.BILINEAR: "bilinear",
+    PILImageResampling.BICUBIC: "bicubic",
+}
+
+
+class MobileViTImageProcessorKwargs(ImagesKwargs, total=False):
+    """
+    do_flip_channel_order (`bool`, *optional*, defaults to `self.do_flip_channel_order`):
+        Whether to flip the colour channels from RGB to BGR (the order the MobileViT checkpoints expect).
+    do_reduce_labels (`bool`, *optional*, defaults to `self.do_reduce_labels`):
+        Whether to shift segmentation labels down by one, mapping 0 (background) to 255 (ignored).
+    resize_antialias (`bool`, *optional*, defaults to `self.resize_antialias`):
+        Antialias when downscaling, as stock transformers' PIL processor does, instead of ml-cvnets' plain
+        bilinear resize that the checkpoints were evaluated with.
+    resize_bit_exact (`bool`, *optional*, defaults to `self.resize_bit_exact`):
+        Reproduce OpenCV's fixed-point `INTER_LINEAR` arithmetic bit for bit (ml-cvnets' pixels exactly)
+        instead of torch's native uint8 bilinear resize (within 1/255 of it); several times slower.
+    """
+
+    do_flip_channel_order: bool
+    do_reduce_labels: bool
+    resize_antialias: bool
+    resize_bit_exact: bool
+
+
+class MobileViTImageProcessor(BaseImageProcessor):
+    r"""
+    Prepares images (and segmentation maps) for MobileViT as ml-cvnets did for the released checkpoints.
+
+    Steps, each switchable: resize so the shortest edge is `size["shortest_edge"]` (or to `size["height"] x
+    size["width"]`), centre crop to `crop_size`, divide by 255 (`rescale_factor`), flip RGB to BGR. There is no
+    mean/std normalisation: MobileViT takes BGR pixels in [0, 1].
+
+    Exactness: ml-cvnets resized with OpenCV's `INTER_LINEAR` on 8-bit pixels (bilinear, no antialiasing),
+    truncated the long side with `int()`, floored the crop offsets and divided by 255. The default resize is
+    torch's native uint8 bilinear kernel (no antialiasing), within 1/255 of OpenCV on every pixel (about one
+    value in 5.5 is off by 1/255 on the fixture photo); everything else matches exactly. `resize_bit_exact=True` emulates
+    OpenCV's fixed-point arithmetic (same 11-bit weights, same rounding) and gives ml-cvnets' pixel values
+    bit for bit, at several times the cost. `resize_antialias=True` uses torch's antialiased uint8 resize
+    instead, within 1/255 of Pillow's (what stock `transformers.MobileViTImageProcessor` uses) for bilinear
+    and within 2/255 for bicubic.
+
+    Inputs (`images`): a PIL image of any mode (converted to RGB, alpha dropped, 16-bit grey scaled by 1/257),
+    a NumPy array or torch tensor of shape H x W, H x W x C or C x H x W with C in {1, 3, 4} (the layout is
+    inferred as transformers does, channels first when ambiguous; `input_data_format` forces it), or a list
+    of these with mixed sizes, or a 4-d batch. Pixel values are uint8 (0..255) or float in [0, 1].
+
+    Float inputs: with `do_rescale=True` a float image must lie in [0, 1]; it is quantised to 8 bits
+    (round(x * 255)) because the checkpoints' pipeline works on 8-bit pixels, so it gives the same result as
+    the uint8 image it came from. A float image outside [0, 1] with `do_rescale=True` raises a `ValueError`
+    (transformers only warns, and then the model silently sees out-of-range pixels). With
+    `do_rescale=False` images are resized as floats in their own units and returned without any scaling.
+
+    Segmentation maps (`segmentation_maps`): one per image, of the same height and width, with integer class
+    ids (PIL mode L/P/I, or a H x W array/tensor). They are resized with nearest neighbour (pixel-centre
+    aligned, as Pillow's) and cropped with exactly the geometry of their image, and returned as int64
+    `labels`. Where a crop is larger than the resized image, images are padded with 0 and labels with 255
+    (ignored by the loss).
+
+    Legacy configs (2022 `MobileViTFeatureExtractor` form: `"size": 288`, `"crop_size": 256`,
+    `"do_flip_channels": true`, `"reduce_labels"`) load with the same meaning; they are saved back in the
+    transformers 5.x form, which stock transformers' processor reads with the same settings.
+    """
+
+    valid_kwargs = MobileViTImageProcessorKwargs
+    model_input_names = ["pixel_values"]
+
+    default_to_square = False
+    do_resize = True
+    size = {"shortest_edge": 288}
+    resample = PILImageResampling.BILINEAR
+    resize_antialias = False
+    resize_bit_exact = False
+    do_center_crop = True
+    crop_size = {"height": 256, "width": 256}
+    do_rescale = True
+    rescale_factor = 1 / 255
+    do_flip_channel_order = True
+    do_reduce_labels = False
+
+    # 2022 feature-extractor key -> current key (stock transformers 5.x drops `do_flip_channels` silently).
+    _LEGACY_KEYS = {"do_flip_channels": "do_flip_channel_order", "reduce_labels": "do_reduce_labels"}
+
+    def __init__(self, **kwargs: Unpack[MobileViTImageProcessorKwargs]):
+        for old, new in self._LEGACY_KEYS.items():
+            if old in kwargs:
+                value = kwargs.pop(old)
+                kwargs.setdefault(new, value)
+        _refuse_normalisation(kwargs.get("do_normalize"))
+        super().__init__(**kwargs)
+        self._set_attributes(**kwargs)
+
+    def preprocess(
+        self,
+        images,
+        segmentation_maps=None,
+        **kwargs: Unpack[MobileViTImageProcessorKwargs],
+    ) -> BatchFeature:
+        """Prepare `images` (and optional `segmentation_maps`, one per image) for the model.
+
+        Every option of the constructor can be overridden here for one call. `return_tensors="pt"` gives one
+        float32 `pixel_values` batch (B, 3, H, W) and int64 `labels` (B, H, W); without it, lists of tensors.
+        """
+        return super().preprocess(images, segmentation_maps, **kwargs)
+
+    def _preprocess_image_like_inputs(
+        self,
+        images,
+        segmentation_maps=None,
+        *,
+        do_resize: bool,
+        size: SizeDict,
+        resample,
+        resize_antialias: bool,
+        resize_bit_exact: bool,
+        do_center_crop: bool,
+        crop_size: SizeDict,
+        do_rescale: bool,
+        rescale_factor: float,
+        do_flip_channel_order: bool,
+        do_reduce_labels: bool,
+        input_data_format=None,
+        data_format=None,
+        return_tensors=None,
+        device=None,
+        disable_grouping: bool | None = None,
+        **unused,
+    ) -> BatchFeature:
+        _refuse_normalisation(unused.get("do_normalize"))
+        mode = _torch_mode(resample)
+        pixels = _as_list(images, "images")
+        pixels = [
+            _image_to_hwc(image, f"images[{i}]", input_data_format, quantise=do_rescale)
+            for i, image in enumerate(pixels)
+        ]
+        if device is not None:
+            pixels = [p.to(device) for p in pixels]
+        geometries = [
+            _Geometry.of(p.shape[0], p.shape[1], size if do_resize else None, crop_size if do_center_crop else None)
+            for p in pixels
+        ]
+        channel_order = torch.tensor([2, 1, 0] if do_flip_channel_order else [0, 1, 2])
+        planes = _run_grouped(
+            pixels,
+            geometries,
+            # (N, h, w, C) crops -> (N, 3, h, w) planes in the output's channel order, in one gather per group.
+            lambda group, geometry: _resize_and_crop_images(group, geometry, mode, resize_antialias, resize_bit_exact)
+            .permute(0, 3, 1, 2)
+            .index_select(1, channel_order.to(group[0].device))
+            .contiguous(),  # transpose while still uint8: 4x cheaper than transposing floats
+            grouped=not disable_grouping,
+        )
+        outputs = _finish_pixels(planes, do_rescale, rescale_factor, data_format, batched=return_tensors is not None)
+        data = {"pixel_values": outputs}
+
+        if segmentation_maps is not None:
+            maps = _as_list(segmentation_maps, "segmentation_maps")
+            if len(maps) != len(pixels):
+                raise ValueError(
+                    f"segmentation_maps: expected one map per image ({len(pixels)}), got {len(maps)}"
+                )
+            labels = []
+            for i, (seg, geometry) in enumerate(zip(maps, geometries)):
+                seg = _segmentation_map_to_hw(seg, f"segmentation_maps[{i}]")
+                if tuple(seg.shape) != (geometry.height, geometry.width):
+                    raise ValueError(
+                        f"segmentation_maps[{i}]: expected the size of images[{i}] "
+                        f"({geometry.height}x{geometry.width}), got {seg.shape[0]}x{seg.shape[1]}"
+                    )
+                if device is not None:
+                    seg = seg.to(device)
+                if do_reduce_labels:
+                    seg = reduce_labels(seg)
+                resized = _resize_and_crop(seg[None, :, :, None], geometry, "nearest-exact", False, IGNORE_INDEX)
+                labels.append(resized[0, :, :, 0])
+            data["labels"] = _stack(labels, "labels") if return_tensors is not None else labels
+        return BatchFeature(data=data, tensor_type=return_tensors)
+
+    def post_process_semantic_segmentation(
+        self,
+        outputs,
+        target_sizes: Sequence[tuple[int, int]] | torch.Tensor | None = None,
+        return_segmentation_scores: bool = False,
+    ) -> list[torch.Tensor] | list[SemanticSegmentationPostProcessorOutput]:
+        """Turn `MobileViTForSemanticSegmentation` outputs into one (height, width) class map per image.
+
+        Same contract as stock transformers': the logits of image `i` are resized bilinearly to
+        `target_sizes[i]` (its original size, for example) before the argmax; without `target_sizes` the maps
+        keep the logits' resolution. With `return_segmentation_scores=True` each item is a
+        `SemanticSegmentationPostProcessorOutput` with `segmentation` and the resized `segmentation_scores`.
+        """
+        logits = outputs.logits if hasattr(outputs, "logits") else outputs
+        if target_sizes is not None:
+            if isinstance(target_sizes, torch.Tensor):
+                target_sizes = target_sizes.tolist()
+            if len(target_sizes) != len(logits):
+                raise ValueError(
+                    f"target_sizes: expected one (height, width) per image ({len(logits)}), got {len(target_sizes)}"
+                )
+            scores = [
+                F.interpolate(logits[i : i + 1], size=tuple(int(s) for s in target_sizes[i]), mode="bilinear",
+                              align_corners=False)[0]
+                for i in range(len(logits))
+            ]
+        else:
+            scores = list(logits)
+        if not return_segmentation_scores:
+            return [s.argmax(dim=0) for s in scores]
+        return [
+            SemanticSegmentationPostProcessorOutput(data={"segmentation": s.argmax(dim=0), "segmentation_scores": s})
+            for s in scores
+        ]
+
+
+def _refuse_normalisation(do_normalize) -> None:
+    if do_normalize:
+        raise ValueError(
+            "do_normalize: MobileViT checkpoints take BGR pixels in [0, 1] without mean/std normalisation; "
+            f"got do_normalize={do_normalize!r}"
+        )
+
+
+def reduce_labels(labels: torch.Tensor) -> torch.Tensor:
+    """transformers' `do_reduce_labels`: 0 (background) -> 255 (ignored), 255 stays 255, the rest minus one."""
+    return torch.where((labels == 0) | (labels == IGNORE_INDEX), IGNORE_INDEX, labels - 1)
+
+
+# --------------------------------------------------------------------------------------------------
+# Input conversion: every image becomes a H x W x 3 RGB tensor (uint8, or float when not quantised).
+
+
+def _as_list(images, name: str) -> list:
+    """A single image, a list/tuple of images or a 4-d batch -> a non-empty list of images."""
+    if isinstance(images, (list, tuple)):
+        items = list(images)
+    elif isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
+        items = list(images)
+    else:
+        items = [images]
+    if not items:
+        raise ValueError(f"{name}: expected at least one image, got an empty {type(images).__name__}")
+    return items
+
+
+def _pil_to_numpy(image) -> np.ndarray:
+    """Decode a PIL image of any mode to H x W (grey) or H x W x 3 (RGB) uint8, dropping alpha."""
+    if image.mode in ("RGB", "L"):
+        return np.asarray(image)
+    if image.mode in ("RGBA", "RGBX"):
+        return np.asarray(image)[:, :, :3]
+    if image.mode == "LA":
+        return np.asarray(image)[:, :, 0]
+    if image.mode in _PIL_16BIT_MODES:
+        wide = np.asarray(image).astype(np.float32)
+        return np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8)
+    return np.asarray(image.convert("RGB"))
+
+
+def _channel_layout(shape, name: str, input_data_format) -> ChannelDimension:
+    if input_data_format is not None:
+        layout = ChannelDimension(input_data_format)
+        channels = shape[0] if layout == ChannelDimension.FIRST else shape[-1]
+        if channels not in (1, 3, 4):
+            raise ValueError(
+                f"{name}: expected 1, 3 or 4 channels along the {layout.value} axis, got shape {tuple(shape)}"
+            )
+        return layout
+    if shape[0] in (1, 3, 4):
+        return ChannelDimension.FIRST
+    if shape[-1] in (1, 3, 4):
+        return ChannelDimension.LAST
+    raise ValueError(
+        f"{name}: expected 1 (grey), 3 (RGB) or 4 (RGBA) channels, as H x W x C or C x H x W, "
+        f"got shape {tuple(shape)}"
+    )
+
+
+def _image_to_hwc(image, name: str, input_data_format, quantise: bool) -> torch.Tensor:
+    """One image -> H x W x 3 RGB tensor, uint8 (8-bit pixels stay 8-bit); float images are quantised to
+    uint8 when `quantise` (they must lie in [0, 1]), else kept as float32 in their own units."""
+    if isinstance(image, PIL.Image.Image):
+        image = _pil_to_numpy(image)
+    if isinstance(image, np.ndarray):
+        if image.dtype == np.bool_ or not (np.issubdtype(image.dtype, np.number)):
+            raise TypeError(f"{name}: expected uint8 or float pixels, got a NumPy array of dtype {image.dtype}")
+        with warnings.catch_warnings():
+            # Read-only arrays (np.asarray of a PIL image) are only ever read here, so no copy is needed.
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            tensor = torch.from_numpy(image)
+    elif isinstance(image, torch.Tensor):
+        tensor = image.detach()
+    else:
+        raise TypeError(f"{name}: expected a PIL image, a NumPy array or a torch tensor, got {type(image).__name__}")
+
+    if tensor.ndim == 2:
+        tensor = tensor[:, :, None]
+    elif tensor.ndim == 3:
+        if _channel_layout(tensor.shape, name, input_data_format) == ChannelDimension.FIRST:
+            tensor = tensor.permute(1, 2, 0)
+    else:
+        raise ValueError(f"{name}: expected an image with 2 or 3 dimensions, got shape {tuple(tensor.shape)}")
+    if tensor.shape[0] == 0 or tensor.shape[1] == 0:
+        raise ValueError(f"{name}: the image is empty (height x width = {tensor.shape[0]} x {tensor.shape[1]})")
+
+    channels = tensor.shape[2]
+    tensor = tensor[:, :, :3] if channels == 4 else tensor.expand(-1, -1, 3) if channels == 1 else tensor
+
+    if tensor.dtype == torch.uint8:
+        return tensor
+    if tensor.dtype.is_floating_point:
+        if not quantise:
+            return tensor.float()
+        low, high = tensor.min().item(), tensor.max().item()
+        if not (0 <= low and high <= 1):  # written so that NaN fails too
+            raise ValueError(
+                f"{name}: float pixels must lie in [0, 1] with do_rescale=True, got values in [{low:g}, {high:g}]; "
+                "pass uint8 pixels (0..255), or do_rescale=False for images already in their final scale"
+            )
+        return torch.round(tensor.float() * 255).to(torch.uint8)
+    if tensor.dtype in (torch.bool, torch.complex64, torch.complex128):
+        raise TypeError(f"{name}: expected uint8 or float pixels, got dtype {tensor.dtype}")
+    low, high = tensor.min().item(), tensor.max().item()
+    if low < 0 or high > 255:
+        raise ValueError(
+            f"{name}: integer pixels must lie in 0..255, got values in [{low}, {high}] (dtype {tensor.dtype}); "
+            "scale 16-bit images to 8 bits first"
+        )
+    return tensor.to(torch.uint8)
+
+
+def _segmentation_map_to_hw(seg, name: str) -> torch.Tensor:
+    """One segmentation map -> H x W int64 tensor of class ids."""
+    if isinstance(seg, PIL.Image.Image):
+        if seg.mode not in ("L", "P", "I", "I;16", "1"):
+            raise ValueError(f"{name}: expected a single-channel class-id map (mode L, P or I), got mode {seg.mode}")
+        seg = np.asarray(seg)
+    if isinstance(seg, np.ndarray):
+        seg = torch.from_numpy(np.ascontiguousarray(seg))
+    if not isinstance(seg, torch.Tensor):
+        raise TypeError(f"{name}: expected a PIL image, a NumPy array or a torch tensor, got {type(seg).__name__}")
+    if seg.ndim == 3 and 1 in (seg.shape[0], seg.shape[-1]):
+        seg = seg[0] if seg.shape[0] == 1 else seg[..., 0]
+    if seg.ndim != 2:
+        raise ValueError(f"{name}: expected a H x W map of class ids, got shape {tuple(seg.shape)}")
+    if seg.dtype.is_floating_point:
+        if not torch.equal(seg, seg.round()):
+            raise ValueError(f"{name}: expected integer class ids, got non-integer values (dtype {seg.dtype})")
+    return seg.to(torch.int64)
+
+
+# --------------------------------------------------------------------------------------------------
+# Geometry: where the resized image lands and which part of it the crop keeps.
+
+
+class _Geometry(tuple):
+    """(height, width) of the input, (height, width) after resizing, and the crop's (top, left, h, w)."""
+
+    __slots__ = ()
+
+    @classmethod
+    def of(cls, height: int, width: int, size: SizeDict | None, crop_size: SizeDict | None) -> "_Geometry":
+        for name, sizes in (("size", size), ("crop_size", crop_size)):
+            if sizes is not None and any(v is not None and v <= 0 for v in dict(sizes).values()):
+                raise ValueError(f"{name}: expected positive sizes, got {dict(sizes)}")
+        if size is None:
+            out_h, out_w = height, width
+        elif size.shortest_edge:
+            # ml-cvnets and transformers both truncate the long side: int(288 * 640 / 427) = 431.
+            short, long = min(height, width), max(height, width)
+            new_long = int(size.shortest_edge * long / short)
+            out_h, out_w = (size.shortest_edge, new_long) if height <= width else (new_long, size.shortest_edge)
+        elif size.height and size.width:
+            out_h, out_w = size.height, size.width
+        else:
+            raise ValueError(f"size: expected {{'shortest_edge': int}} or {{'height': int, 'width': int}}, got {dict(size)}")
+        if crop_size is None:
+            crop = (0, 0, out_h, out_w)
+        else:
+            if not (crop_size.height and crop_size.width):
+                raise ValueError(f"crop_size: expected {{'height': int, 'width': int}}, got {dict(crop_size)}")
+            # Floor offsets (ml-cvnets and transformers); negative when the crop is larger (then padded).
+            crop = ((out_h - crop_size.height) // 2, (out_w - crop_size.width) // 2, crop_size.height, crop_size.width)
+        return cls(((height, width), (out_h, out_w), crop))
+
+    height = property(lambda self: self[0][0])
+    width = property(lambda self: self[0][1])
+
+
+def _run_grouped(items: list[torch.Tensor], geometries: list[_Geometry], fn, grouped: bool) -> list[torch.Tensor]:
+    """Call `fn(group, geometry)` once per group of same-size, same-dtype items (each item alone when not
+    `grouped`); `fn` returns one batch for its group. Results come back in input order."""
+    groups: dict = {}
+    for index, (item, geometry) in enumerate(zip(items, geometries)):
+        key = (geometry, item.dtype, item.device) if grouped else index
+        groups.setdefault(key, []).append(index)
+    # Batches of at most _GROUP_SIZE images keep the intermediates cache-sized; one batch of 64 photos
+    # measured slower than 8 batches of 8.
+    chunks = [indices[i : i + _GROUP_SIZE] for indices in groups.values() for i in range(0, len(indices), _GROUP_SIZE)]
+    results: list = [None] * len(items)
+    for indices in chunks:
+        out = fn([items[i] for i in indices], geometries[indices[0]])
+        for position, index in enumerate(indices):
+            results[index] = out[position]
+    return results
+
+
+# --------------------------------------------------------------------------------------------------
+# Resizing: OpenCV-exact bilinear on uint8, torch interpolate for the other modes.
+
+
+@functools.lru_cache(maxsize=256)
+def _linear_taps(in_size: int, out_size: int, start: int, stop: int, clamp_fraction: bool):
+    """Source indices and 11-bit weights of cv2.resize(INTER_LINEAR) for output positions [start, stop).
+
+    Mirrors OpenCV: the source coordinate is computed in double and rounded to float, each weight is rounded
+    separately (so a pair may sum to 2047 or 2049), and horizontally a coordinate outside the image snaps to
+    the edge pixel with weight 1, while vertically only the row indices are clamped.
+    """
+    scale = 1.0 / (out_size / in_size)
+    pos = ((torch.arange(start, stop, dtype=torch.float64) + 0.5) * scale - 0.5).float()
+    first = torch.floor(pos)
+    frac = pos - first
+    first = first.long()
+    if clamp_fraction:
+        outside = (first < 0) | (first >= in_size - 1)
+        frac = torch.where(outside, torch.zeros_like(frac), frac)
+        first = first.clamp(0, in_size - 1)
+    weight0 = torch.round((1 - frac) * _COEF_ONE).int()
+    weight1 = torch.round(frac * _COEF_ONE).int()
+    return first.clamp(0, in_size - 1), (first + 1).clamp(0, in_size - 1), weight0, weight1
+
+
+def _resize_crop_linear_uint8(group: list[torch.Tensor], out_hw, rows: range, cols: range) -> torch.Tensor:
+    """cv2.resize(INTER_LINEAR) of same-size H x W x 3 uint8 images, computed only for output `rows` x `cols`.
+
+    Returns (N, len(rows), len(cols), 4) uint8; channel 3 is padding. Each pixel is packed into one int32
+    (RGB + a pad byte) so that gathering columns moves 4-byte words instead of 3 separate bytes.
+    """
+    in_h, in_w = group[0].shape[:2]
+    out_h, out_w = out_hw
+    device = group[0].device
+    packed = torch.empty((len(group), in_h, in_w, 4), dtype=torch.uint8, device=device)
+    for slot, image in zip(packed, group):
+        slot[:, :, :3].copy_(image)
+    packed = packed.view(torch.int32).squeeze(-1)
+    y0, y1, wy0, wy1 = (t.to(device) for t in _linear_taps(in_h, out_h, rows.start, rows.stop, False))
+    x0, x1, wx0, wx1 = (t.to(device) for t in _linear_taps(in_w, out_w, cols.start, cols.stop, True))
+    # Horizontal pass over the source rows that the output rows read; exact in int32.
+    needed, where = torch.unique(torch.cat([y0, y1]), return_inverse=True)
+    src = packed.index_select(1, needed)
+
+    def weighted_columns(index, weight):
+        columns = src.index_select(2, index).view(torch.uint8).view(*src.shape[:2], len(index), 4)
+        return columns.int().mul_(weight.view(1, 1, -1, 1))
+
+    horizontal = weighted_columns(x0, wx0).add_(weighted_columns(x1, wx1))
+    # Vertical pass as OpenCV's SIMD kernel: drop 4 bits, 16x16-bit multiply keeping the high half, then
+    # round off the last 2 bits (this is what makes it bit-exact, not a plain rounding of the exact sum).
+    # torch.bitwise_right_shift with a Python int is several times faster than the `>>` operator.
+    horizontal = torch.bitwise_right_shift(horizontal, 4)
+
+    def weighted_rows(index, weight):
+        return torch.bitwise_right_shift(horizontal.index_select(1, index).mul_(weight.view(1, -1, 1, 1)), 16)
+
+    out = weighted_rows(where[: len(y0)], wy0).add_(weighted_rows(where[len(y0) :], wy1)).add_(2)
+    return torch.bitwise_right_shift(out, 2).clamp_(0, 255).to(torch.uint8)
+
+
+def _nearest_indices(in_size: int, out_size: int, start: int, stop: int, device) -> torch.Tensor:
+    # Pixel-centre nearest neighbour (Pillow's NEAREST, torch's "nearest-exact").
+    index = ((torch.arange(start, stop, dtype=torch.float64) + 0.5) * (in_size / out_size)).floor().long()
+    return index.clamp_(0, in_size - 1).to(device)
+
+
+def _crop_window(geometry: _Geometry) -> tuple[range, range]:
+    """The output rows and columns of the resized image that the crop keeps."""
+    _, (out_h, out_w), (top, left, crop_h, crop_w) = geometry
+    return range(max(top, 0), min(top + crop_h, out_h)), range(max(left, 0), min(left + crop_w, out_w))
+
+
+def _pad_to_crop(out: torch.Tensor, geometry: _Geometry, rows: range, cols: range, pad_value) -> torch.Tensor:
+    """Pad a (N, h, w, C) crop with `pad_value` where the crop window reaches past the resized image."""
+    _, _, (top, left, crop_h, crop_w) = geometry
+    pad = (cols.start - left, left + crop_w - cols.stop, rows.start - top, top + crop_h - rows.stop)
+    return F.pad(out, (0, 0, *pad), value=pad_value) if any(pad) else out
+
+
+def _resize_and_crop_images(group: list[torch.Tensor], geometry: _Geometry, mode: str, antialias: bool,
+                            bit_exact: bool) -> torch.Tensor:
+    """Same-size H x W x 3 images -> (N, crop_h, crop_w, C >= 3), resized and cropped, padded with 0."""
+    resizes = geometry[0] != geometry[1]
+    if resizes and bit_exact and mode == "bilinear" and not antialias and group[0].dtype == torch.uint8:
+        rows, cols = _crop_window(geometry)
+        out = _resize_crop_linear_uint8(group, geometry[1], rows, cols)
+        return _pad_to_crop(out, geometry, rows, cols, 0)
+    batch = torch.stack(group) if len(group) > 1 else group[0][None]
+    return _resize_and_crop(batch, geometry, mode, antialias, 0)
+
+
+def _resize_and_crop(batch: torch.Tensor, geometry: _Geometry, mode: str, antialias: bool, pad_value) -> torch.Tensor:
+    """Resize a (N, H, W, C) batch to geometry's size and cut its crop (padding with `pad_value` outside)."""
+    (in_h, in_w), (out_h, out_w), _ = geometry
+    rows, cols = _crop_window(geometry)
+    if (in_h, in_w) == (out_h, out_w):
+        out = batch[:, rows.start : rows.stop, cols.start : cols.stop]
+    elif mode == "nearest-exact":
+        out = batch.index_select(1, _nearest_indices(in_h, out_h, rows.start, rows.stop, batch.device))
+        out = out.index_select(2, _nearest_indices(in_w, out_w, cols.start, cols.stop, batch.device))
+    else:
+        out = _interpolate(batch, (out_h, out_w), mode, antialias)[:, rows.start : rows.stop, cols.start : cols.stop]
+    return _pad_to_crop(out, geometry, rows, cols, pad_value)
+
+
+def _interpolate(batch: torch.Tensor, out_hw, mode: str, antialias: bool) -> torch.Tensor:
+    """torch interpolate of a (N, H, W, C) batch; uint8 stays uint8 (torch's rounding uint8 kernels)."""
+    nchw = batch.permute(0, 3, 1, 2)  # a channels-last view: torch's fast uint8 kernels want this layout
+    options = {} if mode == "nearest-exact" else {"antialias": antialias, "align_corners": False}
+    return F.interpolate(nchw, size=out_hw, mode=mode, **options).permute(0, 2, 3, 1)
+
+
+def _torch_mode(resample) -> str:
+    try:
+        return _RESAMPLE_TO_TORCH_MODE[PILImageResampling(int(resample))]
+    except (KeyError, ValueError, TypeError):
+        raise ValueError(
+            f"resample: expected NEAREST (0), BILINEAR (2) or BICUBIC (3), got {resample!r}"
+        ) from None
+
+
+def _finish_pixels(planes: list[torch.Tensor], rescale: bool, factor: float, data_format,
+                   batched: bool) -> torch.Tensor | list[torch.Tensor]:
+    """3 x H x W uint8 (or float) planes -> float32 pixels (3 x H x W, or H x W x 3 for channels-last
+    `data_format`), times `factor` if `rescale`; one (B, ...) tensor when `batched`, else a list."""
+    channels_first = data_format is None or ChannelDimension(data_format) == ChannelDimension.FIRST
+    sources = planes if channels_first else [p.permute(1, 2, 0) for p in planes]
+    if batched:
+        _check_same_shape([tuple(p.shape) for p in sources], "pixel_values")
+        outputs = torch.empty((len(sources), *sources[0].shape), dtype=torch.float32, device=sources[0].device)
+        targets = outputs.unbind(0)
+    else:
+        targets = outputs = [torch.empty(p.shape, dtype=torch.float32, device=p.device) for p in sources]
+    inverse = 1 / factor
+    for source, target in zip(sources, targets):
+        # Converted to float and scaled in one pass, straight into the output batch (no separate stack).
+        if not rescale:
+            target.copy_(source)
+        elif inverse == round(inverse):
+            # ml-cvnets divides by 255; dividing (rather than multiplying by 1/255) keeps its float32 bits.
+            torch.div(source, inverse, out=target)
+        else:
+            torch.mul(source, factor, out=target)
+    return outputs
+
+
+def _check_same_shape(shapes, key: str) -> None:
+    if len(set(shapes)) > 1:
+        raise ValueError(
+            f"return_tensors: cannot batch {key} of different sizes {sorted(set(shapes))}; "
+            "enable do_center_crop (or a fixed size) or leave return_tensors=None for a list"
+        )
+
+
+def _stack(values: list[torch.Tensor], key: str) -> torch.Tensor:
+    _check_same_shape([tuple(v.shape) for v in values], key)
+    return torch.stack(values)
+
+
+__all__ = ["MobileViTImageProcessor"]

@@ -1,0 +1,35 @@
+"""benchmarks/bench_image_processor.py runs end to end on a few photos and keeps existing charts."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_image_processor.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_image_processor", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_sample_photos_are_distinct_real_photos(bench):
+    photos = bench.sample_photos(64)
+    assert len(photos) == 64 and all(p.mode == "RGB" for p in photos)
+    assert len({p.tobytes() for p in photos}) == 64
+    assert max(p.size for p in photos) == (500, 375)
+
+
+def test_benchmark_prints_rates_and_saves_the_chart(bench, tmp_path, capsys):
+    chart = tmp_path / "chart.png"
+    # --threads 0 keeps torch's thread count: the test must not change it for the rest of the session
+    assert bench.main(["--images", "4", "--repeats", "1", "--threads", "0", "--output", str(chart)]) == 0
+    printed = capsys.readouterr().out
+    assert "stock PIL (MobileViTImageProcessorPil)" in printed and "speed-up of ours over stock PIL" in printed
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(SystemExit):  # an existing chart is kept unless --overwrite
+        bench.main(["--images", "4", "--repeats", "1", "--threads", "0", "--output", str(chart)])
+    assert "exists" in capsys.readouterr().err

@@ -1,0 +1,428 @@
+"""MobileViTImageProcessor: ml-cvnets exactness, every input form, segmentation geometry, configs, errors."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from sklearn.datasets import load_sample_image
+from transformers.modeling_outputs import SemanticSegmenterOutput
+from transformers.models.mobilevit.image_processing_pil_mobilevit import MobileViTImageProcessorPil
+
+from mobilevit import MobileViTImageProcessor
+from mobilevit.image_processing_mobilevit import reduce_labels
+from mobilevit.testing_utils import shared_fixtures_dir
+
+ONE_LEVEL = 1 / 255
+# The Hub checkpoints' settings, for stock transformers' processor (its class defaults differ: 224, bicubic).
+HUB_SETTINGS = dict(size={"shortest_edge": 288}, crop_size={"height": 256, "width": 256}, resample=2)
+
+
+@pytest.fixture(scope="module")
+def flower() -> np.ndarray:
+    return load_sample_image("flower.jpg")  # 427 x 640 RGB uint8
+
+
+@pytest.fixture(scope="module")
+def china() -> np.ndarray:
+    return load_sample_image("china.jpg")
+
+
+def pixels(processor, images, **kwargs) -> torch.Tensor:
+    return processor(images, return_tensors="pt", **kwargs)["pixel_values"]
+
+
+# ------------------------------------------------------------------------------------------------
+# Exactness against ml-cvnets (fixture), OpenCV and stock transformers
+
+
+@pytest.fixture(scope="module")
+def photo_fixture():
+    fixtures = shared_fixtures_dir()
+    if fixtures is None:
+        pytest.skip("../shared/fixtures/mlcvnets not found: the ml-cvnets preprocessing fixture is unavailable")
+    from safetensors.torch import load_file
+
+    return load_file(str(fixtures / "photo.expected.safetensors"))
+
+
+def test_default_is_within_one_level_of_mlcvnets(photo_fixture):
+    image = photo_fixture["image_rgb_uint8"].numpy()
+    out = pixels(MobileViTImageProcessor(), PIL.Image.fromarray(image))
+    assert out.shape == photo_fixture["pixel_values"].shape == (1, 3, 256, 256)
+    assert out.dtype == torch.float32
+    difference = (out - photo_fixture["pixel_values"]).abs()
+    assert difference.max().item() <= ONE_LEVEL + 1e-6
+    # and it is the BGR crop, not merely close on average: a channel flip would move it by far more
+    assert (pixels(MobileViTImageProcessor(do_flip_channel_order=False), image) - photo_fixture["pixel_values"]).abs().max() > 0.1
+
+
+def test_bit_exact_option_reproduces_mlcvnets_exactly(photo_fixture):
+    image = photo_fixture["image_rgb_uint8"].numpy()
+    out = pixels(MobileViTImageProcessor(resize_bit_exact=True), [image, image])
+    assert torch.equal(out[0], photo_fixture["pixel_values"][0])
+    assert torch.equal(out[1], photo_fixture["pixel_values"][0])
+
+
+@pytest.mark.parametrize(
+    "in_hw, shortest_edge",
+    [((427, 640), 288), ((375, 500), 288), ((90, 61), 288), ((120, 200), 37), ((576, 768), 288), ((41, 300), 100),
+     ((300, 41), 100), ((288, 301), 288), ((33, 33), 64)],
+)
+def test_resize_matches_opencv_inter_linear(flower, in_hw, shortest_edge):
+    """Downscaling, upscaling, exact 2x, unchanged side, both orientations: bit-exact vs cv2, default within 1."""
+    cv2 = pytest.importorskip("cv2")
+    source = np.ascontiguousarray(
+        PIL.Image.fromarray(flower).resize(in_hw[::-1], PIL.Image.BILINEAR) if max(in_hw) > 427 else flower[: in_hw[0], : in_hw[1]]
+    )
+    source = np.asarray(source)
+    h, w = in_hw
+    out_h, out_w = (shortest_edge, int(shortest_edge * w / h)) if h <= w else (int(shortest_edge * h / w), shortest_edge)
+    expected = torch.from_numpy(cv2.resize(source, (out_w, out_h), interpolation=cv2.INTER_LINEAR)).permute(2, 0, 1).float()
+    options = dict(size={"shortest_edge": shortest_edge}, do_center_crop=False, do_rescale=False, do_flip_channel_order=False)
+    exact = pixels(MobileViTImageProcessor(resize_bit_exact=True, **options), source)[0]
+    default = pixels(MobileViTImageProcessor(**options), source)[0]
+    assert exact.shape == expected.shape == default.shape
+    assert torch.equal(exact, expected)
+    assert (default - expected).abs().max() <= 1
+
+
+def test_bit_exact_crop_window_matches_full_resize_then_crop(china):
+    """The bit-exact path computes only the cropped window; it must equal resizing everything then cropping."""
+    full = pixels(MobileViTImageProcessor(resize_bit_exact=True, do_center_crop=False), china)[0]
+    crop = pixels(MobileViTImageProcessor(resize_bit_exact=True, crop_size={"height": 200, "width": 150}), china)[0]
+    top, left = (full.shape[1] - 200) // 2, (full.shape[2] - 150) // 2
+    assert torch.equal(crop, full[:, top : top + 200, left : left + 150])
+
+
+@pytest.mark.parametrize("resample, tolerance_levels", [(2, 1), (3, 2)])
+def test_antialias_option_matches_stock_transformers_pil(flower, china, resample, tolerance_levels):
+    """torch's antialiased uint8 resize vs Pillow's: at most 1 level (bilinear) / 2 levels (bicubic) apart, because
+    both use 8-bit fixed-point filters but round their intermediate sums slightly differently."""
+    settings = dict(HUB_SETTINGS, resample=resample)
+    stock = MobileViTImageProcessorPil(**settings)(
+        [PIL.Image.fromarray(flower), PIL.Image.fromarray(china)], return_tensors="pt"
+    )["pixel_values"]
+    ours = pixels(MobileViTImageProcessor(resize_antialias=True, **settings), [flower, china])
+    assert ours.shape == stock.shape
+    assert (ours - stock).abs().max().item() <= tolerance_levels * ONE_LEVEL + 1e-6
+    # without the option, ours follows ml-cvnets and visibly differs from stock transformers
+    assert (pixels(MobileViTImageProcessor(**settings), [flower, china]) - stock).abs().max() > 0.05
+
+
+# ------------------------------------------------------------------------------------------------
+# Every input form gives the RGB PIL result
+
+
+def test_pil_modes_match_the_rgb_path(flower):
+    processor = MobileViTImageProcessor()
+    rgb = PIL.Image.fromarray(flower)
+    reference = pixels(processor, rgb)
+    grey = rgb.convert("L")
+    grey_reference = pixels(processor, grey.convert("RGB"))
+    assert torch.equal(pixels(processor, rgb.convert("RGBA")), reference)
+    assert torch.equal(pixels(processor, grey), grey_reference)
+    assert torch.equal(pixels(processor, grey.convert("LA")), grey_reference)
+    sixteen_bit = PIL.Image.fromarray(np.asarray(grey).astype(np.uint16) * 257)
+    assert sixteen_bit.mode == "I;16"
+    assert torch.equal(pixels(processor, sixteen_bit), grey_reference)
+    palette = rgb.convert("P")
+    assert torch.equal(pixels(processor, palette), pixels(processor, palette.convert("RGB")))
+    # grey really is grey in the output: all three channels equal
+    out = pixels(processor, grey)[0]
+    assert torch.equal(out[0], out[1]) and torch.equal(out[1], out[2])
+
+
+def test_numpy_and_tensor_inputs_match_pil(flower):
+    processor = MobileViTImageProcessor()
+    reference = pixels(processor, PIL.Image.fromarray(flower))
+    rgba = np.concatenate([flower, np.full(flower.shape[:2] + (1,), 7, np.uint8)], axis=2)
+    chw = torch.from_numpy(flower).permute(2, 0, 1)
+    for image in [flower, flower.astype(np.float32) / 255, flower.astype(np.float64) / 255, rgba,
+                  chw, chw.contiguous(), torch.from_numpy(flower), chw.float() / 255]:
+        assert torch.equal(pixels(processor, image), reference), type(image)
+    grey = np.asarray(PIL.Image.fromarray(flower).convert("L"))
+    grey_reference = pixels(processor, PIL.Image.fromarray(grey).convert("RGB"))
+    for image in [grey, grey[:, :, None], grey[None], torch.from_numpy(grey)]:
+        assert torch.equal(pixels(processor, image), grey_reference)
+
+
+def test_input_data_format_forces_the_layout():
+    processor = MobileViTImageProcessor(do_resize=False, do_center_crop=False, do_rescale=False)
+    # 3 x 4 x 3 is ambiguous: channels first by default (as transformers), channels last when told
+    image = torch.arange(36, dtype=torch.uint8).reshape(3, 4, 3)
+    assert pixels(processor, image, do_flip_channel_order=False).shape == (1, 3, 4, 3)
+    forced = pixels(processor, image, do_flip_channel_order=False, input_data_format="channels_last")
+    assert torch.equal(forced[0], image.permute(2, 0, 1).float())
+
+
+def test_portrait_landscape_and_mixed_sizes_in_one_batch(flower, china):
+    processor = MobileViTImageProcessor()
+    portrait = np.ascontiguousarray(flower.transpose(1, 0, 2))
+    small = flower[100:350, 200:500]
+    images = [flower, portrait, small, china]
+    batch = pixels(processor, images)
+    assert batch.shape == (4, 3, 256, 256)
+    for image, row in zip(images, batch):
+        assert torch.equal(pixels(processor, image)[0], row)
+    # the portrait crop is the landscape crop transposed (up to the resize's rounding, which is not symmetric)
+    assert (batch[1] - batch[0].transpose(1, 2)).abs().max() <= ONE_LEVEL + 1e-6
+    # a list without return_tensors: one tensor per image
+    listed = processor(images)["pixel_values"]
+    assert isinstance(listed, list) and all(torch.equal(a, b) for a, b in zip(listed, batch))
+
+
+def test_switches_and_output_layout(flower):
+    out = pixels(MobileViTImageProcessor(do_resize=False, do_rescale=False, do_flip_channel_order=False), flower)[0]
+    top, left = (427 - 256) // 2, (640 - 256) // 2
+    assert torch.equal(out, torch.from_numpy(flower[top : top + 256, left : left + 256]).permute(2, 0, 1).float())
+    assert pixels(MobileViTImageProcessor(do_center_crop=False), flower).shape == (1, 3, 288, 431)
+    assert pixels(MobileViTImageProcessor(size={"height": 100, "width": 120}, do_center_crop=False), flower).shape == (1, 3, 100, 120)
+    bgr = pixels(MobileViTImageProcessor(), flower)
+    rgb = pixels(MobileViTImageProcessor(do_flip_channel_order=False), flower)
+    assert torch.equal(bgr, rgb.flip(1))
+    last = pixels(MobileViTImageProcessor(), flower, data_format="channels_last")
+    assert torch.equal(last, bgr.permute(0, 2, 3, 1))
+    assert pixels(MobileViTImageProcessor(), flower, device="cpu").device.type == "cpu"
+
+
+def test_float_images_without_rescale_keep_their_units(flower):
+    processor = MobileViTImageProcessor(do_rescale=False, do_center_crop=False, do_resize=False, do_flip_channel_order=False)
+    signed = torch.linspace(-1, 1, 3 * 20 * 30).reshape(3, 20, 30)
+    assert torch.equal(pixels(processor, signed)[0], signed)
+    as_uint8 = pixels(MobileViTImageProcessor(do_rescale=False), flower)
+    assert as_uint8.max() > 200 and torch.equal(as_uint8, as_uint8.round())
+
+
+def test_crop_larger_than_the_image_pads_with_zeros_and_ignored_labels():
+    image = np.full((20, 30, 3), 200, np.uint8)
+    seg = np.ones((20, 30), np.uint8)
+    processor = MobileViTImageProcessor(do_resize=False, crop_size={"height": 26, "width": 30})
+    out = processor(image, segmentation_maps=seg, return_tensors="pt")
+    assert out["pixel_values"].shape == (1, 3, 26, 30) and out["labels"].shape == (1, 26, 30)
+    # floor offset (20 - 26) // 2 = -3: three padded rows on top, three below
+    assert out["pixel_values"][0, :, :3].eq(0).all() and out["pixel_values"][0, :, -3:].eq(0).all()
+    assert out["pixel_values"][0, :, 3:23].gt(0.7).all()
+    assert out["labels"][0, :3].eq(255).all() and out["labels"][0, 3:23].eq(1).all()
+
+
+# ------------------------------------------------------------------------------------------------
+# Segmentation maps
+
+
+PALETTE = np.array([[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0]], np.uint8)
+
+
+def synthetic_scene(height: int, width: int) -> np.ndarray:
+    """A label map with regions whose positions are known: background, two rectangles, a disc, a stripe."""
+    y, x = np.mgrid[:height, :width]
+    labels = np.zeros((height, width), np.uint8)
+    labels[height // 5 : height // 2, width // 6 : width // 2] = 1
+    labels[height // 2 :, width // 2 : (4 * width) // 5] = 2
+    labels[(y - height * 0.3) ** 2 + (x - width * 0.75) ** 2 < (height * 0.15) ** 2] = 3
+    labels[:, (9 * width) // 10 :] = 4
+    return labels
+
+
+@pytest.mark.parametrize("height, width", [(333, 517), (517, 333), (200, 260)])
+def test_segmentation_maps_stay_aligned_with_their_images(height, width):
+    labels = synthetic_scene(height, width)
+    image = PALETTE[labels]  # each region painted in its own colour
+    out = MobileViTImageProcessor(do_flip_channel_order=False)(image, segmentation_maps=labels, return_tensors="pt")
+    assert out["labels"].dtype == torch.int64 and out["labels"].shape == (1, 256, 256)
+    # read the label back from the resized pixel colour (nearest palette colour)
+    rgb = out["pixel_values"][0].permute(1, 2, 0) * 255
+    distances = (rgb[:, :, None, :] - torch.from_numpy(PALETTE).float()).abs().sum(-1)
+    from_colour = distances.argmin(-1)
+    agree = from_colour == out["labels"][0]
+    # away from region borders (where bilinear mixes colours) the two agree everywhere
+    label_map = out["labels"][0]
+    interior = torch.ones_like(agree)
+    for dy, dx in [(-1, 0), (1, 0), (0, -1), (0, 1)]:
+        interior &= label_map == torch.roll(label_map, (dy, dx), (0, 1))
+    interior[[0, -1], :] = False
+    interior[:, [0, -1]] = False
+    assert agree[interior].all()
+    assert agree.float().mean() > 0.97
+    assert set(label_map.unique().tolist()) >= {0, 1, 2}
+
+
+def test_segmentation_labels_equal_stock_transformers():
+    labels = synthetic_scene(333, 517)
+    image = PALETTE[labels]
+    ours = MobileViTImageProcessor()(image, segmentation_maps=labels, return_tensors="pt")["labels"]
+    stock = MobileViTImageProcessorPil(**HUB_SETTINGS)(image, segmentation_maps=labels, return_tensors="pt")["labels"]
+    assert torch.equal(ours, stock)
+
+
+def test_segmentation_map_forms_and_reduce_labels():
+    labels = synthetic_scene(100, 140)
+    labels[0, 0] = 255
+    processor = MobileViTImageProcessor(do_resize=False, do_center_crop=False)
+    image = PALETTE[labels % 5]
+    reference = processor(image, segmentation_maps=labels)["labels"][0]
+    assert torch.equal(reference, torch.from_numpy(labels).long())
+    palette_image = PIL.Image.fromarray(labels, mode="L").convert("P")
+    for form in [PIL.Image.fromarray(labels), palette_image, labels[:, :, None], labels[None], torch.from_numpy(labels),
+                 labels.astype(np.float32)]:
+        assert torch.equal(processor(image, segmentation_maps=form)["labels"][0], reference)
+    reduced = processor(image, segmentation_maps=labels, do_reduce_labels=True)["labels"][0]
+    expected = torch.from_numpy(labels).long()
+    expected = torch.where((expected == 0) | (expected == 255), 255, expected - 1)
+    assert torch.equal(reduced, expected)
+    assert torch.equal(reduce_labels(torch.tensor([0, 1, 2, 254, 255])), torch.tensor([255, 0, 1, 253, 255]))
+
+
+def test_post_process_semantic_segmentation_round_trip():
+    processor = MobileViTImageProcessor()
+    low = torch.zeros(2, 16, 16, dtype=torch.long)
+    low[0, :, 8:] = 1
+    low[1, 8:, :] = 2
+    logits = torch.nn.functional.one_hot(low, 3).permute(0, 3, 1, 2).float() * 5
+    outputs = SemanticSegmenterOutput(logits=logits)
+    maps = processor.post_process_semantic_segmentation(outputs, target_sizes=[(64, 48), (30, 90)])
+    assert [tuple(m.shape) for m in maps] == [(64, 48), (30, 90)]
+    assert (maps[0][:, :20] == 0).all() and (maps[0][:, 28:] == 1).all()
+    assert (maps[1][:12] == 0).all() and (maps[1][18:] == 2).all()
+    # same contract and numbers as stock transformers
+    stock = MobileViTImageProcessorPil().post_process_semantic_segmentation(outputs, target_sizes=torch.tensor([[64, 48], [30, 90]]))
+    assert all(torch.equal(a, b) for a, b in zip(maps, stock))
+    native = processor.post_process_semantic_segmentation(outputs)
+    assert torch.equal(native[0], low[0]) and torch.equal(native[1], low[1])
+    scored = processor.post_process_semantic_segmentation(outputs, target_sizes=[(64, 48), (30, 90)], return_segmentation_scores=True)
+    assert scored[1]["segmentation_scores"].shape == (3, 30, 90) and torch.equal(scored[1]["segmentation"], maps[1])
+    with pytest.raises(ValueError, match="target_sizes"):
+        processor.post_process_semantic_segmentation(outputs, target_sizes=[(64, 48)])
+
+
+# ------------------------------------------------------------------------------------------------
+# Configs: the 2022 legacy form, the 5.x form, save -> stock load
+
+
+LEGACY_CONFIG = {
+    "crop_size": 256,
+    "do_center_crop": True,
+    "do_flip_channels": True,
+    "do_resize": True,
+    "feature_extractor_type": "MobileViTFeatureExtractor",
+    "resample": 2,
+    "size": 288,
+}
+MODERN_CONFIG = {
+    "crop_size": {"height": 512, "width": 512},
+    "do_center_crop": True,
+    "do_flip_channel_order": True,
+    "do_rescale": True,
+    "do_resize": True,
+    "image_processor_type": "MobileViTImageProcessor",
+    "resample": 2,
+    "rescale_factor": 0.00392156862745098,
+    "size": {"shortest_edge": 544},
+}
+
+
+def write_config(directory, config) -> str:
+    (directory / "preprocessor_config.json").write_text(json.dumps(config))
+    return str(directory)
+
+
+def test_loads_the_legacy_config(tmp_path, flower, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    processor = MobileViTImageProcessor.from_pretrained(write_config(tmp_path, LEGACY_CONFIG))
+    assert dict(processor.size) == {"shortest_edge": 288}
+    assert dict(processor.crop_size) == {"height": 256, "width": 256}
+    assert processor.do_flip_channel_order is True and int(processor.resample) == 2
+    assert torch.equal(pixels(processor, flower), pixels(MobileViTImageProcessor(), flower))
+    # the legacy flip switch is honoured (stock transformers 5.x ignores it and always flips)
+    no_flip = MobileViTImageProcessor.from_pretrained(write_config(tmp_path, dict(LEGACY_CONFIG, do_flip_channels=False)))
+    assert no_flip.do_flip_channel_order is False
+    assert torch.equal(pixels(no_flip, flower), pixels(processor, flower).flip(1))
+    assert MobileViTImageProcessor.from_dict({"reduce_labels": True}).do_reduce_labels is True
+
+
+def test_loads_the_modern_config(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    processor = MobileViTImageProcessor.from_pretrained(write_config(tmp_path, MODERN_CONFIG))
+    assert dict(processor.size) == {"shortest_edge": 544}
+    assert dict(processor.crop_size) == {"height": 512, "width": 512}
+    assert pixels(processor, np.zeros((600, 700, 3), np.uint8)).shape == (1, 3, 512, 512)
+
+
+def test_loads_what_the_checkpoint_converter_writes():
+    from mobilevit.conversion import image_processor_for
+
+    converted = image_processor_for(256)
+    assert converted.to_dict() == MobileViTImageProcessor().to_dict()
+
+
+@pytest.mark.parametrize("source", [LEGACY_CONFIG, MODERN_CONFIG, {"do_flip_channels": False, "size": 320, "crop_size": 300}])
+def test_saved_config_loads_in_stock_transformers_with_the_same_settings(tmp_path, source, monkeypatch, caplog):
+    import transformers
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    ours = MobileViTImageProcessor.from_dict(source)
+    ours.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "preprocessor_config.json").read_text())
+    assert "do_flip_channels" not in saved and saved["image_processor_type"] == "MobileViTImageProcessor"
+    with caplog.at_level(logging.ERROR):
+        stock = transformers.MobileViTImageProcessor.from_pretrained(tmp_path)
+    assert dict(stock.size) == dict(ours.size)
+    assert dict(stock.crop_size) == dict(ours.crop_size)
+    assert stock.do_flip_channel_order == ours.do_flip_channel_order
+    assert int(stock.resample) == int(ours.resample)
+    assert stock.do_center_crop == ours.do_center_crop and stock.do_rescale == ours.do_rescale
+    assert not stock.do_normalize
+    reloaded = MobileViTImageProcessor.from_pretrained(tmp_path)
+    assert reloaded.to_dict() == ours.to_dict()
+
+
+# ------------------------------------------------------------------------------------------------
+# Bad input
+
+
+@pytest.mark.parametrize(
+    "images, kwargs, error, match",
+    [
+        (np.zeros((10, 12, 2), np.uint8), {}, ValueError, r"images\[0\].*1 \(grey\), 3 \(RGB\) or 4.*\(10, 12, 2\)"),
+        (np.zeros((10, 12, 5), np.uint8), {}, ValueError, r"images\[0\].*\(10, 12, 5\)"),
+        (torch.zeros(2, 10, 12), {"input_data_format": "channels_first"}, ValueError, r"images\[0\].*channels_first"),
+        ([], {}, ValueError, r"images: expected at least one image, got an empty list"),
+        (np.zeros((0, 12, 3), np.uint8), {}, ValueError, r"images\[0\].*empty.*0 x 12"),
+        ([np.zeros((10, 12, 3), np.uint8), np.full((10, 12, 3), 1.5, np.float32)], {}, ValueError,
+         r"images\[1\].*\[0, 1\].*do_rescale=True.*\[1\.5, 1\.5\]"),
+        (np.full((10, 12, 3), np.nan, np.float32), {}, ValueError, r"images\[0\].*\[0, 1\].*nan"),
+        (np.full((10, 12, 3), 300, np.int32), {}, ValueError, r"images\[0\].*0\.\.255"),
+        (np.zeros((10, 12, 3), np.uint8), {"size": {"shortest_edge": 0}}, ValueError, r"size: expected positive"),
+        (np.zeros((10, 12, 3), np.uint8), {"crop_size": {"height": 0, "width": 5}}, ValueError, r"crop_size: expected positive"),
+        ("photo.jpg", {}, TypeError, r"images\[0\].*PIL image, a NumPy array or a torch tensor, got str"),
+        (np.zeros((10, 12, 3), np.uint8), {"resample": 5}, ValueError, r"resample: expected NEAREST"),
+        ([np.zeros((10, 12, 3), np.uint8), np.zeros((20, 12, 3), np.uint8)],
+         {"do_resize": False, "do_center_crop": False, "return_tensors": "pt"}, ValueError, r"return_tensors.*different sizes"),
+    ],
+)
+def test_bad_images_raise_clear_errors(images, kwargs, error, match):
+    kwargs.setdefault("return_tensors", "pt")
+    with pytest.raises(error, match=match):
+        MobileViTImageProcessor()(images, **kwargs)
+
+
+def test_bad_segmentation_maps_raise_clear_errors():
+    processor = MobileViTImageProcessor()
+    image = np.zeros((40, 50, 3), np.uint8)
+    with pytest.raises(ValueError, match=r"segmentation_maps\[0\]: expected the size of images\[0\] \(40x50\), got 40x49"):
+        processor(image, segmentation_maps=np.zeros((40, 49), np.uint8))
+    with pytest.raises(ValueError, match=r"segmentation_maps: expected one map per image \(2\), got 1"):
+        processor([image, image], segmentation_maps=[np.zeros((40, 50), np.uint8)])
+    with pytest.raises(ValueError, match=r"segmentation_maps\[0\].*mode RGB"):
+        processor(image, segmentation_maps=PIL.Image.fromarray(image))
+    with pytest.raises(ValueError, match=r"segmentation_maps\[0\].*non-integer"):
+        processor(image, segmentation_maps=np.full((40, 50), 0.5, np.float32))
+
+
+def test_normalisation_is_refused():
+    with pytest.raises(ValueError, match="do_normalize"):
+        MobileViTImageProcessor(do_normalize=True)
