@@ -16,8 +16,6 @@ both ways unchanged. Pixels are BGR in [0, 1] with no mean/std normalisation, as
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -32,6 +30,7 @@ from transformers.modeling_outputs import (
 )
 from transformers.modeling_utils import PreTrainedModel
 
+from . import fast_inference
 from .configuration_mobilevit import MOBILENET_STAGE_DEPTHS, TRANSFORMER_DEPTHS, MobileViTConfig
 
 # The network halves the resolution five times; smaller inputs leave nothing for the last stage to see.
@@ -217,6 +216,11 @@ class MobileViTTransformer(nn.Module):
 # --------------------------------------------------------------------------------------------------------
 # Unfold / fold: the one place where feature maps become patch sequences and back
 # --------------------------------------------------------------------------------------------------------
+def round_up_to_patches(size: int, patch: int) -> int:
+    """The next multiple of `patch` (written without negative floor division, which ONNX would truncate)."""
+    return (size + patch - 1) // patch * patch
+
+
 def unfold_patches(features: torch.Tensor, patch: int) -> torch.Tensor:
     """(B, C, H, W) -> (B * patch * patch, H/patch * W/patch, C).
 
@@ -230,11 +234,18 @@ def unfold_patches(features: torch.Tensor, patch: int) -> torch.Tensor:
     return patches.reshape(batch * patch * patch, rows * cols, channels)
 
 
-def fold_patches(patches: torch.Tensor, batch: int, height: int, width: int, patch: int) -> torch.Tensor:
-    """Exact inverse of `unfold_patches`: (B * patch * patch, H/patch * W/patch, C) -> (B, C, H, W)."""
+def fold_patches(
+    patches: torch.Tensor, batch: int, height: int, width: int, patch: int, channels_last: bool = False
+) -> torch.Tensor:
+    """Exact inverse of `unfold_patches`: (B * patch * patch, H/patch * W/patch, C) -> (B, C, H, W).
+
+    With `channels_last`, the result is laid out NHWC in memory (same shape and values)."""
     channels = patches.shape[-1]
     rows, cols = height // patch, width // patch
     features = patches.reshape(batch, patch, patch, rows, cols, channels)
+    if channels_last:
+        features = features.permute(0, 3, 1, 4, 2, 5).reshape(batch, height, width, channels)
+        return features.permute(0, 3, 1, 2)
     features = features.permute(0, 5, 3, 1, 4, 2)  # (B, C, rows, patch_y, cols, patch_x)
     return features.reshape(batch, channels, height, width)
 
@@ -275,11 +286,12 @@ class MobileViTLayer(GradientCheckpointingLayer):
         features = self.conv_1x1(self.conv_kxk(features))
 
         # Like ml-cvnets, a map that does not split into whole patches is resized (bilinear) to the next
-        # multiple of the patch size and restored after folding.
+        # multiple of the patch size and restored after folding. An exported graph must serve every size,
+        # so it always resizes (a same-size bilinear resize is the identity).
         batch, _, height, width = features.shape
         patch = self.patch_size
-        patched_height, patched_width = math.ceil(height / patch) * patch, math.ceil(width / patch) * patch
-        resized = (patched_height, patched_width) != (height, width)
+        patched_height, patched_width = round_up_to_patches(height, patch), round_up_to_patches(width, patch)
+        resized = torch.compiler.is_exporting() or (patched_height, patched_width) != (height, width)
         if resized:
             features = F.interpolate(features, size=(patched_height, patched_width), mode="bilinear", align_corners=False)
 
@@ -347,6 +359,25 @@ class MobileViTPreTrainedModel(PreTrainedModel):
     input_modalities = ("image",)
     supports_gradient_checkpointing = True
     _no_split_modules = ["MobileViTLayer"]
+
+    # Eval-mode fast path (mobilevit/fast_inference.py): on by default, same outputs as the plain path.
+    def set_fast_inference(self, enabled: bool = True) -> "MobileViTPreTrainedModel":
+        """Turn the eval-mode fast path on or off for this model (`MOBILEVIT_FAST=0` turns it off everywhere)."""
+        if not isinstance(enabled, bool):
+            raise TypeError(f"enabled: expected a bool, got {type(enabled).__name__}")
+        for module in self.modules():
+            if isinstance(module, MobileViTPreTrainedModel):
+                module._fast_inference_enabled = enabled
+        return self
+
+    def train(self, mode: bool = True):
+        if mode:  # training changes BatchNorm statistics: derived weights are rebuilt at the next eval call
+            fast_inference.clear_cache(self)
+        return super().train(mode)
+
+    def _apply(self, fn, *args, **kwargs):  # .to(), .half(), .cuda(), ...: derived weights follow the new ones
+        fast_inference.clear_cache(self)
+        return super()._apply(fn, *args, **kwargs)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -422,22 +453,22 @@ class MobileViTModel(MobileViTPreTrainedModel):
         return_dict = self.config.return_dict if return_dict is None else return_dict
         self._check_pixel_values(pixel_values)
 
-        encoder_outputs = self.encoder(
-            self.conv_stem(pixel_values), output_hidden_states=output_hidden_states, return_dict=return_dict
-        )
-        last_hidden_state = encoder_outputs[0]
-        pooled_output = None
-        if self.expand_output:
-            last_hidden_state = self.conv_1x1_exp(last_hidden_state)
-            pooled_output = last_hidden_state.mean(dim=(-2, -1))
+        if fast_inference.applies(self, pixel_values):
+            last_hidden_state, stages = fast_inference.backbone(self, pixel_values, output_hidden_states)
+            hidden_states = tuple(stage.contiguous() for stage in stages) if output_hidden_states else None
+        else:
+            encoder_outputs = self.encoder(self.conv_stem(pixel_values), output_hidden_states=output_hidden_states)
+            last_hidden_state, hidden_states = encoder_outputs.last_hidden_state, encoder_outputs.hidden_states
+            if self.expand_output:
+                last_hidden_state = self.conv_1x1_exp(last_hidden_state)
+        last_hidden_state = last_hidden_state.contiguous()  # the fast path's NHWC layout stays internal
+        pooled_output = last_hidden_state.mean(dim=(-2, -1)) if self.expand_output else None
 
         if not return_dict:
-            head = (last_hidden_state,) if pooled_output is None else (last_hidden_state, pooled_output)
-            return head + tuple(encoder_outputs[1:])
+            outputs = (last_hidden_state, pooled_output, hidden_states)
+            return tuple(v for v in outputs if v is not None)
         return BaseModelOutputWithPoolingAndNoAttention(
-            last_hidden_state=last_hidden_state,
-            pooler_output=pooled_output,
-            hidden_states=encoder_outputs.hidden_states,
+            last_hidden_state=last_hidden_state, pooler_output=pooled_output, hidden_states=hidden_states
         )
 
 
@@ -593,10 +624,12 @@ class MobileViTForSemanticSegmentation(MobileViTPreTrainedModel):
         if labels is not None:
             self._check_segmentation_labels(labels, pixel_values)
 
-        # the head reads the last stage, which comes with the intermediate states
-        outputs = self.mobilevit(pixel_values, output_hidden_states=True, return_dict=return_dict)
-        encoder_hidden_states = outputs.hidden_states if return_dict else outputs[1]
-        logits = self.segmentation_head(encoder_hidden_states)
+        # without the final expansion, the backbone's last hidden state is the last stage the head reads
+        outputs = self.mobilevit(pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
+        if fast_inference.applies(self, pixel_values):
+            logits = fast_inference.deeplab_head(self.segmentation_head, outputs.last_hidden_state)
+        else:
+            logits = self.segmentation_head((outputs.last_hidden_state,))
 
         loss = None
         if labels is not None:
@@ -604,7 +637,7 @@ class MobileViTForSemanticSegmentation(MobileViTPreTrainedModel):
             loss = F.cross_entropy(upsampled, labels, ignore_index=self.config.semantic_loss_ignore_index)
 
         if not return_dict:
-            output = (logits,) + (tuple(outputs[1:]) if output_hidden_states else tuple(outputs[2:]))
+            output = (logits, outputs.hidden_states) if output_hidden_states else (logits,)
             return ((loss,) + output) if loss is not None else output
         return SemanticSegmenterOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states if output_hidden_states else None

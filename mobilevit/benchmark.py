@@ -1,0 +1,353 @@
+"""`mobilevit benchmark`: this package against stock transformers, ONNX Runtime and a ResNet-50, on one machine.
+
+    mobilevit benchmark [--variants xx-small x-small small] [--batch-sizes 1 32] [--threads 2]
+                        [--task image-classification] [--image-size 256] [--repeats 20] [--output DIR]
+
+Every MobileViT candidate runs the same weights (`fill_realistic_weights_`: activations at a trained
+network's scale, no denormals): this package's model (its default eval path), stock transformers' model
+loaded with that state dict, and ONNX Runtime on the graph `mobilevit export` writes for it. ResNet-50
+(transformers' `ResNetForImageClassification`, the same realistic random weights) is the classic
+reference point. Candidates are timed interleaved in one process (A, B, C, A, B, C, ...) after a warm-up,
+so that drifting machine load hits them alike; the table gives median latency with its 10-90 % spread,
+throughput, and the speed-up over stock transformers (median of per-round ratios). FLOPs are counted
+with `torch.utils.flop_counter.FlopCounterMode` (2 x multiply-adds) on one image.
+
+`--output DIR` also writes results.json, results.md and chart.png there (refusing to replace them
+without `--overwrite`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .configuration_mobilevit import VARIANTS, MobileViTConfig, canonical_task, canonical_variant
+from .modeling_mobilevit import MobileViTForImageClassification, MobileViTForSemanticSegmentation
+from .testing_utils import fill_realistic_weights_
+
+CANDIDATES = ("mobilevit", "transformers", "onnxruntime", "resnet-50")
+LABELS = {
+    "mobilevit": "mobilevit (this package)",
+    "transformers": "transformers (stock)",
+    "onnxruntime": "onnxruntime (exported)",
+    "resnet-50": "ResNet-50 (transformers)",
+}
+REFERENCE = "transformers"
+OUTPUT_FILES = ("results.json", "results.md", "chart.png")
+
+
+@dataclass
+class Result:
+    candidate: str
+    variant: str
+    task: str
+    image_size: int
+    batch_size: int
+    params_m: float
+    gflops: float  # per image
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    images_per_s: float
+    speedup: float | None  # over stock transformers, median of per-round ratios
+
+
+# --------------------------------------------------------------------------------------------------------
+# Models and what to time
+# --------------------------------------------------------------------------------------------------------
+def build_mobilevit(variant: str, task: str, seed: int = 0) -> nn.Module:
+    task = canonical_task(task)
+    if task == "image-classification":
+        config = MobileViTConfig.from_variant(variant, task=task, num_labels=1000)
+        return fill_realistic_weights_(MobileViTForImageClassification(config), seed).eval()
+    config = MobileViTConfig.from_variant(variant, task=task, num_labels=21)
+    return fill_realistic_weights_(MobileViTForSemanticSegmentation(config), seed).eval()
+
+
+def build_stock(model: nn.Module) -> nn.Module:
+    """Stock transformers' class of the same head, holding `model`'s weights."""
+    import transformers
+
+    stock_cls = getattr(transformers, type(model).__name__)
+    stock = stock_cls(transformers.MobileViTConfig(**model.config.to_dict()))
+    stock.load_state_dict(model.state_dict(), strict=True)
+    return stock.eval()
+
+
+def build_resnet50(seed: int = 0) -> nn.Module:
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    config = ResNetConfig(depths=[3, 4, 6, 3], hidden_sizes=[256, 512, 1024, 2048], layer_type="bottleneck", num_labels=1000)
+    return fill_realistic_weights_(ResNetForImageClassification(config), seed).eval()
+
+
+def build_onnxruntime(model: nn.Module, image_size: int, threads: int, workdir: Path):
+    """Export `model` with `mobilevit.export` and open it with non-spinning ONNX Runtime threads."""
+    from .export import export_onnx, ort_session
+
+    path = workdir / f"{model.config.variant}-{type(model).__name__}.onnx"
+    export_onnx(model, path, overwrite=True, check_shapes=((1, image_size, image_size),))
+    return ort_session(path, threads=threads)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_flops(model: nn.Module, image_size: int) -> int:
+    """FLOPs (2 x multiply-adds) of one image, counted on the plain path (the fast path does the same math).
+    Attention runs on SDPA's math backend here: the counter has no formula for the fused CPU kernel."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    switch = getattr(model, "set_fast_inference", None)
+    if switch:
+        switch(False)
+    try:
+        counter = FlopCounterMode(display=False)
+        with counter, torch.no_grad(), sdpa_kernel([SDPBackend.MATH]):
+            model(torch.rand(1, 3, image_size, image_size))
+    finally:
+        if switch:
+            switch(True)
+    return counter.get_total_flops()
+
+
+def torch_runner(model: nn.Module):
+    def forward(pixel_values):
+        with torch.inference_mode():
+            return model(pixel_values)
+
+    return forward
+
+
+def ort_runner(session):
+    def forward(pixel_values):
+        return session.run(None, {"pixel_values": pixel_values.numpy()})
+
+    return forward
+
+
+# --------------------------------------------------------------------------------------------------------
+# Timing
+# --------------------------------------------------------------------------------------------------------
+def time_interleaved(runners: dict, make_input, repeats: int, warmup: int, progress: bool = True) -> dict[str, list[float]]:
+    """Seconds per call of each runner, measured round by round (order reversed every other round)."""
+    from tqdm.auto import tqdm
+
+    for name, runner in runners.items():
+        for _ in range(warmup):
+            runner(make_input(name))
+    times = {name: [] for name in runners}
+    names = list(runners)
+    for round_index in tqdm(range(repeats), desc="timing " + ", ".join(names), disable=not progress, leave=False):
+        for name in names if round_index % 2 == 0 else reversed(names):
+            pixel_values = make_input(name)
+            start = time.perf_counter()
+            runners[name](pixel_values)
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def summarise(times: dict[str, list[float]], reference: str | None) -> dict[str, dict]:
+    """Median and 10-90 % spread in ms, and the median per-round speed-up over `reference`."""
+    summary = {}
+    for name, samples in times.items():
+        ms = sorted(1000 * t for t in samples)
+        speedup = None
+        if reference in times:
+            speedup = statistics.median(r / t for r, t in zip(times[reference], samples))
+        summary[name] = {
+            "median_ms": statistics.median(ms),
+            "p10_ms": ms[int(0.1 * (len(ms) - 1))],
+            "p90_ms": ms[int(round(0.9 * (len(ms) - 1)))],
+            "speedup": speedup,
+        }
+    return summary
+
+
+def benchmark(
+    variants=tuple(VARIANTS),
+    batch_sizes=(1, 32),
+    threads: int = 2,
+    task: str = "image-classification",
+    image_size: int | None = None,
+    repeats: int = 20,
+    warmup: int = 3,
+    candidates=CANDIDATES,
+    progress: bool = True,
+) -> list[Result]:
+    """Time `candidates` on every variant and batch size; returns one Result per (candidate, variant, batch)."""
+    task = canonical_task(task)
+    variants = [canonical_variant(v) for v in variants]
+    unknown = sorted(set(candidates) - set(CANDIDATES))
+    if unknown:
+        raise ValueError(f"candidates: expected names from {list(CANDIDATES)}, got {unknown}")
+    if not batch_sizes or any(not isinstance(b, int) or b < 1 for b in batch_sizes):
+        raise ValueError(f"batch_sizes: expected positive ints, got {list(batch_sizes)}")
+    if not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats: expected a positive int, got {repeats!r}")
+    image_size = image_size or (256 if task == "image-classification" else 512)
+    if image_size < 32:
+        raise ValueError(f"image_size: expected at least 32, got {image_size}")
+    torch.set_num_threads(threads)
+
+    results = []
+    with tempfile.TemporaryDirectory(prefix="mobilevit-bench-") as workdir:
+        groups = [(variant, build_mobilevit(variant, task)) for variant in variants]
+        if "resnet-50" in candidates and task == "image-classification":
+            groups.append(("resnet-50", build_resnet50()))
+        for variant, model in groups:
+            runners, stats = {}, {}
+            if variant == "resnet-50":
+                runners["resnet-50"] = torch_runner(model)
+                stats["resnet-50"] = model
+            else:
+                if "mobilevit" in candidates:
+                    runners["mobilevit"] = torch_runner(model)
+                if "transformers" in candidates:
+                    runners["transformers"] = torch_runner(build_stock(model))
+                if "onnxruntime" in candidates:
+                    runners["onnxruntime"] = ort_runner(build_onnxruntime(model, image_size, threads, Path(workdir)))
+                stats.update({name: model for name in runners})
+            if not runners:
+                continue
+            params = count_parameters(model) / 1e6
+            gflops = count_flops(model, image_size) / 1e9
+            for batch in batch_sizes:
+                pixel_values = torch.rand(batch, 3, image_size, image_size, generator=torch.Generator().manual_seed(batch))
+                times = time_interleaved(runners, lambda name: pixel_values, repeats, warmup, progress)
+                for name, s in summarise(times, REFERENCE).items():
+                    results.append(
+                        Result(
+                            candidate=name, variant=variant, task=task, image_size=image_size, batch_size=batch,
+                            params_m=params, gflops=gflops, median_ms=s["median_ms"], p10_ms=s["p10_ms"],
+                            p90_ms=s["p90_ms"], images_per_s=1000 * batch / s["median_ms"], speedup=s["speedup"],
+                        )
+                    )
+                if progress:
+                    print(format_table([r for r in results if r.variant == variant and r.batch_size == batch], header=False))
+    return results
+
+
+# --------------------------------------------------------------------------------------------------------
+# Reporting
+# --------------------------------------------------------------------------------------------------------
+def machine_load() -> str:
+    """Other processes' load skews every timing; say how busy the machine was."""
+    one, five, _ = os.getloadavg()
+    return f"{os.cpu_count()} CPUs, load average {one:.1f} (1 min) / {five:.1f} (5 min)"
+
+
+TABLE_HEADER = (
+    "| model | variant | params (M) | GFLOPs | batch | latency ms (median, p10-p90) | images/s | vs transformers |\n"
+    "|---|---|---:|---:|---:|---:|---:|---:|"
+)
+
+
+def format_table(results: list[Result], header: bool = True) -> str:
+    lines = [TABLE_HEADER] if header else []
+    for r in results:
+        speedup = f"{r.speedup:.2f}x" if r.speedup is not None else ""
+        lines.append(
+            f"| {LABELS[r.candidate]} | {r.variant} | {r.params_m:.2f} | {r.gflops:.2f} | {r.batch_size} | "
+            f"{r.median_ms:.1f} ({r.p10_ms:.1f}-{r.p90_ms:.1f}) | {r.images_per_s:.1f} | {speedup} |"
+        )
+    return "\n".join(lines)
+
+
+def save_chart(results: list[Result], path: Path) -> None:
+    """Latency at the smallest batch and throughput at the largest, per candidate and variant."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    batches = sorted({r.batch_size for r in results})
+    panels = [(batches[0], "median_ms", f"latency at batch {batches[0]} (ms, lower is better)")]
+    if len(batches) > 1:
+        panels.append((batches[-1], "images_per_s", f"throughput at batch {batches[-1]} (images/s, higher is better)"))
+    variants = list(dict.fromkeys(r.variant for r in results))
+    candidates = list(dict.fromkeys(r.candidate for r in results))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.2), squeeze=False)
+    width = 0.8 / max(1, len(candidates))
+    for ax, (batch, field, title) in zip(axes[0], panels):
+        for i, candidate in enumerate(candidates):
+            values = {r.variant: getattr(r, field) for r in results if r.candidate == candidate and r.batch_size == batch}
+            xs = [j + i * width for j, v in enumerate(variants) if v in values]
+            bars = ax.bar(xs, [values[v] for v in variants if v in values], width, label=LABELS[candidate])
+            ax.bar_label(bars, fmt="%.1f", fontsize=7)
+        ax.set_xticks([j + width * (len(candidates) - 1) / 2 for j in range(len(variants))], variants)
+        ax.set_title(title, fontsize=10)
+    axes[0][0].legend(fontsize=8)
+    r0 = results[0]
+    fig.suptitle(f"MobileViT {r0.task}, {r0.image_size}x{r0.image_size}, {torch.get_num_threads()} threads, fp32", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_outputs(results: list[Result], output: Path, overwrite: bool) -> list[Path]:
+    """results.json / results.md / chart.png in `output`, each written to a temporary file and moved into place."""
+    output.mkdir(parents=True, exist_ok=True)
+    targets = [output / name for name in OUTPUT_FILES]
+    existing = [str(t) for t in targets if t.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"output: {existing} already exist (pass --overwrite to replace them)")
+    writers = {
+        "results.json": lambda p: p.write_text(json.dumps([asdict(r) for r in results], indent=2)),
+        "results.md": lambda p: p.write_text(format_table(results) + "\n"),
+        "chart.png": lambda p: save_chart(results, p),
+    }
+    for target in targets:
+        tmp = target.with_name(f".{target.stem}.tmp{target.suffix}")
+        try:
+            writers[target.name](tmp)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return targets
+
+
+# --------------------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), help="MobileViT variants (default: all three)")
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 32], help="batch sizes (default: 1 32)")
+    parser.add_argument("--threads", type=int, default=2, help="intra-op threads for PyTorch and ONNX Runtime")
+    parser.add_argument("--task", default="image-classification", help="image-classification or semantic-segmentation")
+    parser.add_argument("--image-size", type=int, default=None, help="square input side (default 256, 512 for segmentation)")
+    parser.add_argument("--repeats", type=int, default=20, help="timed rounds per batch size")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed calls per candidate first")
+    parser.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=CANDIDATES, help="what to time")
+    parser.add_argument("--output", type=Path, default=None, help="folder for results.json, results.md, chart.png")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing files in --output")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.output is not None and not args.overwrite:
+        existing = [name for name in OUTPUT_FILES if (args.output / name).exists()]
+        if existing:  # say so before minutes of timing, not after
+            print(f"mobilevit benchmark: error: output: {existing} exist in {args.output} (pass --overwrite)")
+            return 1
+    results = benchmark(
+        variants=args.variants, batch_sizes=args.batch_sizes, threads=args.threads, task=args.task,
+        image_size=args.image_size, repeats=args.repeats, warmup=args.warmup, candidates=args.candidates,
+    )
+    print(f"\n{results[0].task}, {results[0].image_size}x{results[0].image_size}, {args.threads} threads, fp32, "
+          f"torch {torch.__version__}; {machine_load()}\n")
+    print(format_table(results))
+    if args.output is not None:
+        paths = write_outputs(results, args.output, args.overwrite)
+        print("\nwrote " + ", ".join(str(p) for p in paths))
+    return 0

@@ -1,0 +1,262 @@
+"""The eval-mode fast path of the MobileViT models: same weights, same math, less work.
+
+The plain forward in `modeling_mobilevit.py` is the reference and the only path used for training. When a
+model is in eval mode and autograd is not needed, `MobileViTModel` and `MobileViTForSemanticSegmentation`
+hand their input to the functions below instead, which walk the same modules with these changes:
+
+- BatchNorm is folded into the convolution before it (w' = w * gamma / sqrt(var + eps), b' = ...),
+- activations stay channels_last (NHWC) from the stem to the head, which oneDNN convolves fastest and
+  which turns unfold/fold into one copy each (`unfold_patches`/`fold_patches` on an NHWC layout),
+- q, k and v come from one fused projection into `scaled_dot_product_attention`,
+- activations and residual additions happen in place on tensors this path owns,
+- large batches run as micro-batches small enough for the allocator to reuse memory (`micro_batch_size`).
+
+Derived weights (folded convolutions, fused q/k/v) are cached on the module they come from, under the
+attribute `_fast_inference_cache`, never as parameters or buffers, so the state dict does not change. Each
+entry is keyed on the identity, storage address, version counter and dtype of every source tensor: an
+optimizer step, `load_state_dict`, an in-place edit, a replaced parameter or a dtype/device move changes
+the key and the entry is rebuilt on its next use. `model.train()` and `.to()`/`.half()`/... drop every
+entry outright (see `MobileViTPreTrainedModel`). Cached tensors are computed without autograd and are
+never used when gradients are wanted, so no gradient can flow through them.
+
+Switching it off (to debug, or to compare): `model.set_fast_inference(False)`, or `MOBILEVIT_FAST=0` in the
+environment (read at every call). Outputs returned to the caller are NCHW-contiguous, like the plain path's.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from transformers.activations import SiLUActivation
+
+from . import modeling_mobilevit as modeling  # a cycle Python resolves: used at call time only
+
+ENV_SWITCH = "MOBILEVIT_FAST"
+CACHE_ATTR = "_fast_inference_cache"
+CHANNELS_LAST = torch.channels_last
+MICRO_BATCH_BYTES = 16 << 20  # below glibc's largest dynamic mmap threshold (32 MiB), so blocks get reused
+
+
+# --------------------------------------------------------------------------------------------------------
+# When the fast path runs
+# --------------------------------------------------------------------------------------------------------
+def is_enabled(model: nn.Module) -> bool:
+    """The user's switches: `model.set_fast_inference(...)` and the environment variable."""
+    return getattr(model, "_fast_inference_enabled", True) and os.environ.get(ENV_SWITCH, "1").strip() != "0"
+
+
+def applies(model: nn.Module, pixel_values: torch.Tensor) -> bool:
+    """True when `model` may run the fast path on `pixel_values` right now."""
+    if not is_enabled(model) or any(module.training for module in model.modules()):
+        return False  # a submodule in train mode (say BatchNorm for test-time adaptation) needs the plain path
+    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling():
+        return False  # exporters and compilers see the plain graph (and fold it themselves)
+    if torch.is_grad_enabled():
+        # someone may want gradients (saliency maps, eval-mode fine-tuning): only the plain path has them
+        if pixel_values.requires_grad or any(p.requires_grad for p in model.parameters()):
+            return False
+    return True
+
+
+# --------------------------------------------------------------------------------------------------------
+# The cache of derived weights
+# --------------------------------------------------------------------------------------------------------
+def _signature(tensors) -> tuple:
+    return tuple(
+        None if t is None else (id(t), t.data_ptr(), t._version, t.dtype, t.device.type) for t in tensors
+    )
+
+
+def _cached(module: nn.Module, sources: tuple, build, extra: tuple = ()):
+    """`build()` for `module`, recomputed only when one of `sources` (or `extra`) changed since the last call."""
+    key = _signature(sources) + extra
+    entry = module.__dict__.get(CACHE_ATTR)
+    if entry is not None and entry[0] == key:
+        return entry[1]
+    # plain tensors even when the caller runs under inference_mode, so the cache is usable outside it too
+    with torch.inference_mode(False), torch.no_grad():
+        value = build()
+    module.__dict__[CACHE_ATTR] = (key, value)
+    return value
+
+
+def clear_cache(model: nn.Module) -> None:
+    """Drop every derived weight under `model` (they are rebuilt on the next fast call)."""
+    for module in model.modules():
+        module.__dict__.pop(CACHE_ATTR, None)
+
+
+def folded_convolution(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weight, bias) of a `MobileViTConvLayer` with its BatchNorm (if any) folded in, channels_last."""
+    conv, norm = layer.convolution, layer.normalization
+    sources = (conv.weight, conv.bias)
+    if norm is not None:
+        # the BatchNorm kernel updates running statistics without bumping their version counters; the
+        # batch counter next to them is bumped by every training-mode forward
+        sources += (norm.weight, norm.bias, norm.running_mean, norm.running_var, norm.num_batches_tracked)
+
+    def build():
+        weight = conv.weight.double()
+        bias = conv.bias.double() if conv.bias is not None else weight.new_zeros(weight.shape[0])
+        if norm is not None:
+            scale = torch.rsqrt(norm.running_var.double() + norm.eps)
+            if norm.weight is not None:
+                scale = scale * norm.weight.double()
+            shift = -norm.running_mean.double() * scale
+            if norm.bias is not None:
+                shift = shift + norm.bias.double()
+            weight = weight * scale.view(-1, 1, 1, 1)
+            bias = bias * scale + shift
+        dtype = conv.weight.dtype
+        return weight.to(dtype).contiguous(memory_format=CHANNELS_LAST), bias.to(dtype)
+
+    return _cached(layer, sources, build, extra=(norm.eps,) if norm is not None else ())
+
+
+def fused_qkv(attention: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One (3 * width, width) projection for a `MobileViTSelfAttention`'s query, key and value."""
+    parts = (attention.query, attention.key, attention.value)
+    sources = tuple(p.weight for p in parts) + tuple(p.bias for p in parts)
+
+    def build():
+        weight = torch.cat([p.weight for p in parts])
+        bias = torch.cat([p.bias for p in parts]) if all(p.bias is not None for p in parts) else None
+        return weight, bias
+
+    return _cached(attention, sources, build)
+
+
+# --------------------------------------------------------------------------------------------------------
+# The layers, in the order of the model file
+# --------------------------------------------------------------------------------------------------------
+def _activate_(activation: nn.Module | None, features: torch.Tensor) -> torch.Tensor:
+    """Apply `activation` in place where it has an in-place form (features belong to this path)."""
+    if activation is None:
+        return features
+    if isinstance(activation, (SiLUActivation, nn.SiLU)):
+        return F.silu(features, inplace=True)
+    if isinstance(activation, nn.ReLU):
+        return features.relu_()
+    return activation(features)
+
+
+def conv_layer(layer: nn.Module, features: torch.Tensor) -> torch.Tensor:
+    """`MobileViTConvLayer`: folded conv (+ bias) and activation."""
+    weight, bias = folded_convolution(layer)
+    conv = layer.convolution
+    pointwise = weight.shape[-2:] == (1, 1) and conv.stride == (1, 1) and conv.groups == 1
+    if pointwise and features.is_contiguous(memory_format=CHANNELS_LAST):
+        # a pointwise conv on NHWC is one GEMM over the pixels, without the conv machinery's overhead
+        out = F.linear(features.permute(0, 2, 3, 1), weight.view(weight.shape[0], -1), bias).permute(0, 3, 1, 2)
+    else:
+        out = F.conv2d(features, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+    return _activate_(layer.activation, out)
+
+
+def inverted_residual(block: nn.Module, features: torch.Tensor) -> torch.Tensor:
+    out = conv_layer(block.reduce_1x1, conv_layer(block.conv_3x3, conv_layer(block.expand_1x1, features)))
+    return out.add_(features) if block.use_residual else out
+
+
+def transformer_layer(layer: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """Pre-norm transformer layer on `hidden` (B', N, width), which it updates in place."""
+    batch, tokens, width = hidden.shape
+    self_attention = layer.attention.attention
+    heads, head_size = self_attention.num_heads, self_attention.head_size
+
+    normed = layer.layernorm_before(hidden)
+    qkv_weight, qkv_bias = fused_qkv(self_attention)
+    qkv = F.linear(normed, qkv_weight, qkv_bias).view(batch, tokens, 3, heads, head_size).permute(2, 0, 3, 1, 4)
+    context = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
+    context = context.transpose(1, 2).reshape(batch, tokens, width)
+    out_proj = layer.attention.output.dense
+    hidden += F.linear(context, out_proj.weight, out_proj.bias)
+
+    intermediate = layer.intermediate.dense
+    ffn = F.linear(layer.layernorm_after(hidden), intermediate.weight, intermediate.bias)
+    ffn = _activate_(layer.intermediate.intermediate_act_fn, ffn)
+    output = layer.output.dense
+    hidden += F.linear(ffn, output.weight, output.bias)
+    return hidden
+
+
+def mobilevit_block(stage: nn.Module, features: torch.Tensor) -> torch.Tensor:
+    """`MobileViTLayer`: downsampling block, local convs, transformer over patches, fusion."""
+    features = inverted_residual(stage.downsampling_layer, features)
+    block_input = features
+    features = conv_layer(stage.conv_1x1, conv_layer(stage.conv_kxk, features))
+
+    batch, _, height, width = features.shape
+    patch = stage.patch_size
+    patched_height, patched_width = modeling.round_up_to_patches(height, patch), modeling.round_up_to_patches(width, patch)
+    resized = (patched_height, patched_width) != (height, width)
+    if resized:
+        features = F.interpolate(features, size=(patched_height, patched_width), mode="bilinear", align_corners=False)
+
+    patches = modeling.unfold_patches(features, patch)  # one copy out of NHWC
+    for layer in stage.transformer.layer:
+        patches = transformer_layer(layer, patches)
+    patches = stage.layernorm(patches)
+    features = modeling.fold_patches(patches, batch, patched_height, patched_width, patch, channels_last=True)
+
+    if resized:
+        features = F.interpolate(features, size=(height, width), mode="bilinear", align_corners=False)
+    features = conv_layer(stage.conv_projection, features)
+    return conv_layer(stage.fusion, torch.cat((block_input, features), dim=1))
+
+
+def micro_batch_size(model: nn.Module, pixel_values: torch.Tensor) -> int:
+    """Images per micro-batch such that the widest map (layer_1's expansion, at half resolution) stays
+    under MICRO_BATCH_BYTES: glibc malloc serves larger blocks with fresh, page-faulting mmap'd memory on
+    every call, which made batch 32 slower per image than batch 1. Eval outputs do not depend on batching."""
+    _, _, height, width = pixel_values.shape
+    widest = max(block.expand_1x1.convolution.out_channels for block in model.encoder.layer[0].layer)
+    per_image = widest * -(-height // 2) * -(-width // 2) * pixel_values.element_size()
+    return max(1, MICRO_BATCH_BYTES // per_image)
+
+
+def backbone(model: nn.Module, pixel_values: torch.Tensor, keep_stages: bool):
+    """`MobileViTModel` minus the pooling: (last feature map, stage outputs if `keep_stages`), channels_last."""
+    size = micro_batch_size(model, pixel_values)
+    if pixel_values.shape[0] <= size:
+        return _backbone(model, pixel_values, keep_stages)
+    parts = [_backbone(model, chunk, keep_stages) for chunk in pixel_values.split(size)]
+    features = torch.cat([last for last, _ in parts])
+    stages = [torch.cat(maps) for maps in zip(*(stages for _, stages in parts))]
+    return features, stages
+
+
+def _backbone(model: nn.Module, pixel_values: torch.Tensor, keep_stages: bool):
+    features = conv_layer(model.conv_stem, pixel_values.contiguous(memory_format=CHANNELS_LAST))
+    stages = []
+    for stage in model.encoder.layer:
+        if isinstance(stage, modeling.MobileViTLayer):
+            features = mobilevit_block(stage, features)
+        else:
+            for block in stage.layer:
+                features = inverted_residual(block, features)
+        if keep_stages:
+            stages.append(features)
+    if model.expand_output:
+        features = conv_layer(model.conv_1x1_exp, features)
+    return features, stages
+
+
+def deeplab_head(head: nn.Module, features: torch.Tensor) -> torch.Tensor:
+    """`MobileViTDeepLabV3`: ASPP (the image-pooling branch as a broadcast) and the per-pixel classifier."""
+    features = features.contiguous(memory_format=CHANNELS_LAST)
+    batch, _, height, width = features.shape
+    branches = []
+    for branch in head.aspp.convs:
+        if isinstance(branch, modeling.MobileViTASPPPooling):
+            pooled = conv_layer(branch.conv_1x1, features.mean(dim=(2, 3), keepdim=True))
+            # bilinear resizing of a 1x1 map is a broadcast
+            branches.append(pooled.expand(batch, pooled.shape[1], height, width))
+        else:
+            branches.append(conv_layer(branch, features))
+    projected = conv_layer(head.aspp.project, torch.cat(branches, dim=1))
+    return conv_layer(head.classifier, projected).contiguous()

@@ -1,0 +1,63 @@
+"""`mobilevit benchmark`: a tiny smoke run (xx-small, 64x64, 2 rounds) and its outputs; never asserts on time."""
+
+import json
+
+import pytest
+
+from mobilevit import benchmark
+from mobilevit.cli import main as cli_main
+
+
+def test_smoke_run_writes_table_json_and_chart(tmp_path, capsys):
+    args = ["benchmark", "--variants", "xx-small", "--batch-sizes", "1", "2", "--image-size", "64",
+            "--repeats", "2", "--warmup", "1", "--candidates", "mobilevit", "transformers", "--output", str(tmp_path)]
+    assert cli_main(args) == 0
+    printed = capsys.readouterr().out
+    assert "| mobilevit (this package) | xx-small |" in printed and "| transformers (stock) | xx-small |" in printed
+
+    rows = json.loads((tmp_path / "results.json").read_text())
+    assert {(r["candidate"], r["batch_size"]) for r in rows} == {
+        (c, b) for c in ("mobilevit", "transformers") for b in (1, 2)
+    }
+    for row in rows:
+        assert row["median_ms"] > 0 and row["p10_ms"] <= row["median_ms"] <= row["p90_ms"]
+        assert row["params_m"] == pytest.approx(1.27, abs=0.01)  # xx-small with a 1000-class head
+        assert 0.02 < row["gflops"] < 0.1  # 0.81 GFLOPs at 256x256, scaled by (64/256)^2
+        assert row["speedup"] > 0
+    assert (tmp_path / "results.md").read_text().startswith("| model |")
+    assert (tmp_path / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # a second run refuses to replace the results before timing anything
+    assert cli_main(args) == 1
+    assert "--overwrite" in capsys.readouterr().out
+
+
+def test_flops_include_attention():
+    # 0.81 GFLOPs (2 x multiply-adds) for XXS at 256x256, attention matmuls included (0.66 without them)
+    model = benchmark.build_mobilevit("xx-small", "image-classification")
+    assert benchmark.count_flops(model, 256) / 1e9 == pytest.approx(0.81, abs=0.03)
+    assert model.__dict__.get("_fast_inference_enabled", True)  # counting switched the fast path back on
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="candidates"):
+        benchmark.benchmark(variants=["xx-small"], candidates=["tensorflow"])
+    with pytest.raises(ValueError, match="batch_sizes"):
+        benchmark.benchmark(variants=["xx-small"], batch_sizes=[0])
+    with pytest.raises(ValueError, match="variant"):
+        benchmark.benchmark(variants=["huge"])
+
+
+@pytest.mark.slow
+def test_smoke_run_with_onnxruntime_and_resnet(tmp_path):
+    results = benchmark.benchmark(
+        variants=["xx-small"], batch_sizes=[1], image_size=64, repeats=1, warmup=1, progress=False,
+        candidates=["mobilevit", "onnxruntime", "resnet-50"],
+    )
+    assert [(r.candidate, r.variant) for r in results] == [
+        ("mobilevit", "xx-small"), ("onnxruntime", "xx-small"), ("resnet-50", "resnet-50")
+    ]
+    assert results[-1].params_m == pytest.approx(25.56, abs=0.05)  # ResNet-50 at its real size
+    benchmark.write_outputs(results, tmp_path, overwrite=False)
+    with pytest.raises(FileExistsError, match="overwrite"):
+        benchmark.write_outputs(results, tmp_path, overwrite=False)

@@ -1,0 +1,182 @@
+"""The eval-mode fast path (mobilevit/fast_inference.py) against the plain path of the same model: equal
+outputs for every variant and head, and a cache that follows every way weights or modes can change."""
+
+import pytest
+import torch
+
+from mobilevit import (
+    MobileViTConfig,
+    MobileViTForImageClassification,
+    MobileViTForSemanticSegmentation,
+    MobileViTModel,
+)
+from mobilevit import fast_inference
+from mobilevit.testing_utils import fill_realistic_weights_
+
+# float32 re-association (folded BatchNorm, NHWC convolution order) moves outputs of magnitude ~5 by a few 1e-6
+TOL = dict(atol=1e-5, rtol=1e-5)
+HEADS = {
+    "base": (MobileViTModel, {}),
+    "classification": (MobileViTForImageClassification, {"num_labels": 1000}),
+    "segmentation": (MobileViTForSemanticSegmentation, {"task": "semantic-segmentation", "num_labels": 21}),
+}
+
+
+def build(variant="xx-small", head="classification", seed=0):
+    cls, overrides = HEADS[head]
+    return fill_realistic_weights_(cls(MobileViTConfig.from_variant(variant, **overrides)), seed).eval()
+
+
+def main_output(outputs):
+    return outputs.logits if hasattr(outputs, "logits") else outputs.last_hidden_state
+
+
+def run_both(model, pixel_values, **kwargs):
+    """(fast outputs, plain outputs) of `model` on `pixel_values`, without autograd."""
+    with torch.no_grad():
+        fast = model(pixel_values, **kwargs)
+        model.set_fast_inference(False)
+        try:
+            plain = model(pixel_values, **kwargs)
+        finally:
+            model.set_fast_inference(True)
+    return fast, plain
+
+
+def assert_same(model, pixel_values):
+    fast, plain = run_both(model, pixel_values, output_hidden_states=True)
+    assert main_output(plain).abs().max() > 0.3  # realistic magnitudes, so the tolerance means something
+    torch.testing.assert_close(main_output(fast), main_output(plain), **TOL)
+    return fast, plain
+
+
+@pytest.fixture
+def count_fast_calls(monkeypatch):
+    calls = []
+    original = fast_inference.backbone
+    monkeypatch.setattr(fast_inference, "backbone", lambda *a, **k: calls.append(1) or original(*a, **k))
+    return calls
+
+
+@pytest.mark.parametrize("head", list(HEADS))
+@pytest.mark.parametrize("variant", ["xx-small", "x-small", "small"])
+def test_fast_equals_plain_at_odd_size(variant, head, count_fast_calls):
+    model = build(variant, head)
+    # 130x162: the maps of layer_3 (17x21) and layer_4 (9x11) take the resize path of the MobileViT blocks
+    fast, plain = assert_same(model, torch.rand(1, 3, 130, 162, generator=torch.Generator().manual_seed(0)))
+    assert count_fast_calls == [1]  # the fast path really ran (once; the plain run did not use it)
+    assert len(fast.hidden_states) == len(plain.hidden_states) == 5
+    for mine, reference in zip(fast.hidden_states, plain.hidden_states):
+        assert mine.shape == reference.shape and mine.is_contiguous()
+        torch.testing.assert_close(mine, reference, **TOL)
+    if head == "base":
+        torch.testing.assert_close(fast.pooler_output, plain.pooler_output, **TOL)
+    assert main_output(fast).is_contiguous()
+
+
+def test_output_stride_8_and_tuple_outputs():
+    model = fill_realistic_weights_(
+        MobileViTForSemanticSegmentation(
+            MobileViTConfig.from_variant("xx-small", task="semantic-segmentation", num_labels=21, output_stride=8)
+        )
+    ).eval()
+    fast, plain = run_both(model, torch.rand(2, 3, 96, 128), return_dict=False)
+    assert len(fast) == len(plain) == 1
+    torch.testing.assert_close(fast[0], plain[0], **TOL)
+
+
+def test_switches_and_when_the_fast_path_runs(count_fast_calls, monkeypatch):
+    model = build()
+    x = torch.rand(1, 3, 64, 64)
+    with torch.inference_mode():
+        model(x)
+    assert len(count_fast_calls) == 1
+    model.set_fast_inference(False)
+    with torch.no_grad():
+        model(x)
+    model.set_fast_inference(True)
+    monkeypatch.setenv("MOBILEVIT_FAST", "0")
+    with torch.no_grad():
+        model(x)
+    monkeypatch.delenv("MOBILEVIT_FAST")
+    model.train()
+    with torch.no_grad():
+        model(x)
+    model.eval()
+    model.mobilevit.encoder.layer[1].layer[0].conv_3x3.normalization.train()  # batch statistics wanted there
+    with torch.no_grad():
+        model(x)
+    assert len(count_fast_calls) == 1  # none of the four ran it
+    model.eval()
+    logits = model(x).logits  # eval but autograd on, parameters require grad: the plain path, with gradients
+    assert len(count_fast_calls) == 1 and logits.requires_grad
+    logits.sum().backward()
+    assert model.classifier.weight.grad is not None
+    assert model.mobilevit.conv_stem.convolution.weight.grad.abs().sum() > 0
+    with pytest.raises(TypeError, match="enabled"):
+        model.set_fast_inference("no")
+
+
+def test_cache_follows_optimizer_step_and_train_eval_switches():
+    model = build()
+    x = torch.rand(2, 3, 96, 96)
+    before, _ = run_both(model, x)  # fills the cache
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    model.train()
+    model(x, labels=torch.tensor([1, 2])).loss.backward()  # also moves the BatchNorm running statistics
+    optimizer.step()
+    model.eval()
+    after, _ = assert_same(model, x)
+    assert (after.logits - before.logits).abs().max() > 1e-3  # the step changed the outputs, the cache followed
+    # BatchNorm statistics changed behind the model's back (a submodule put in train mode alone)
+    model.mobilevit.conv_stem.normalization.train()
+    with torch.no_grad():
+        model.mobilevit.conv_stem(torch.rand(4, 3, 32, 32))
+    model.mobilevit.conv_stem.normalization.eval()
+    assert_same(model, x)
+
+
+def test_cache_follows_load_state_dict_edits_and_moves():
+    model, other = build(seed=0), build(seed=1)
+    x = torch.rand(1, 3, 64, 64)
+    assert_same(model, x)
+    model.load_state_dict(other.state_dict())
+    fast, _ = assert_same(model, x)
+    with torch.no_grad():
+        torch.testing.assert_close(fast.logits, other(x).logits, **TOL)
+    model.load_state_dict(build(seed=2).state_dict(), assign=True)  # replaced parameters, not copied into
+    assert_same(model, x)
+    with torch.no_grad():  # in-place edits of a weight, a BatchNorm buffer and an attention projection
+        model.mobilevit.encoder.layer[2].conv_kxk.convolution.weight.mul_(1.5)
+        model.mobilevit.encoder.layer[2].downsampling_layer.conv_3x3.normalization.running_var.add_(0.3)
+        model.mobilevit.encoder.layer[3].transformer.layer[0].attention.attention.value.weight.mul_(-1)
+    assert_same(model, x)
+    model.double()
+    fast, plain = run_both(model, x.double())
+    assert fast.logits.dtype == torch.float64
+    torch.testing.assert_close(fast.logits, plain.logits, atol=1e-9, rtol=1e-9)
+    model.float()
+    assert_same(model, x)
+
+
+def test_cache_stays_out_of_the_state_dict():
+    model = build()
+    keys = set(model.state_dict())
+    run_both(model, torch.rand(1, 3, 64, 64))
+    assert set(model.state_dict()) == keys
+    assert any(fast_inference.CACHE_ATTR in m.__dict__ for m in model.modules())
+    model.train()
+    assert not any(fast_inference.CACHE_ATTR in m.__dict__ for m in model.modules())
+
+
+def test_large_batches_run_in_micro_batches(monkeypatch, count_fast_calls):
+    model = build()
+    x = torch.rand(5, 3, 64, 64)
+    assert fast_inference.micro_batch_size(model.mobilevit, x) >= 5  # tiny images: one micro-batch
+    monkeypatch.setattr(fast_inference, "MICRO_BATCH_BYTES", 2 * 32 * 32 * 32 * 4)  # two 64x64 images
+    assert fast_inference.micro_batch_size(model.mobilevit, x) == 2
+    fast, plain = assert_same(model, x)  # 2 + 2 + 1 images, stitched back together
+    assert count_fast_calls == [1]
+    for mine, reference in zip(fast.hidden_states, plain.hidden_states):
+        assert mine.shape == reference.shape and mine.is_contiguous()
+        torch.testing.assert_close(mine, reference, **TOL)
