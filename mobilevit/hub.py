@@ -26,6 +26,8 @@ TASK_CARD_INFO = {
     ),
 }
 
+# What a card written before the folder had a Hub name says to load (a push puts the repository id in its place).
+LOCAL_FOLDER_PLACEHOLDER = "path/to/this/folder"
 # What training leaves in its output folder that the card shows or quotes.
 TRAINING_CURVES_FILE = "training_history.png"
 METRICS_FILES = ("metrics.json", "all_results.json", "test_results.json", "eval_results.json")
@@ -68,7 +70,7 @@ def model_card_text(
         raise ValueError(f"task: expected one of {sorted(TASK_CARD_INFO)}, got {task!r}")
     pipeline_tag, output_text, model_class = TASK_CARD_INFO[task]
     variant_text = variant or "custom widths"
-    load_from = repo_id or "path/to/this/folder"
+    load_from = repo_id or LOCAL_FOLDER_PLACEHOLDER
 
     front = ["---", "library_name: transformers", f"pipeline_tag: {pipeline_tag}", "tags:", "- vision",
              "- mobilevit", f"- {pipeline_tag}"]
@@ -249,7 +251,8 @@ def push_folder_to_hub(
     The folder must hold `config.json` and safetensors weights. What goes up: its top-level config,
     weights, processor config, card, metrics and pictures (see `UPLOADED_SUFFIXES`). A folder without
     `preprocessor_config.json` gets the checkpoints' default preprocessing; one without `README.md` (or with
-    `regenerate_card=True`) gets the card of `model_card_for_folder`. The folder itself is not modified.
+    `regenerate_card=True`) gets the card of `model_card_for_folder`; an existing card goes up with the
+    repository id in its loading example. The folder itself is not modified.
     """
     from huggingface_hub import CommitOperationAdd, HfApi
 
@@ -264,14 +267,16 @@ def push_folder_to_hub(
     if not any(p.suffix == ".safetensors" for p in files):
         raise ValueError(f"folder: expected safetensors weights (model.safetensors) in {str(folder)!r}, found none")
     operations = [CommitOperationAdd(path_in_repo=p.name, path_or_fileobj=str(p)) for p in files
-                  if not (regenerate_card and p.name == "README.md")]
+                  if p.name != "README.md"]
     names = {p.name for p in files}
     if "preprocessor_config.json" not in names:
         processor_json = default_image_processor(config).to_json_string().encode("utf-8")
         operations.append(CommitOperationAdd(path_in_repo="preprocessor_config.json", path_or_fileobj=processor_json))
     if regenerate_card or "README.md" not in names:
-        card = model_card_for_folder(folder, repo_id=repo_id).encode("utf-8")
-        operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card))
+        card = model_card_for_folder(folder, repo_id=repo_id)
+    else:  # the card the converter or training wrote, now naming the repository in its loading example
+        card = (folder / "README.md").read_text(encoding="utf-8").replace(f'"{LOCAL_FOLDER_PLACEHOLDER}"', f'"{repo_id}"')
+    operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode("utf-8")))
 
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")

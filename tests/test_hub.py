@@ -211,6 +211,37 @@ def test_push_then_pull_round_trip_is_byte_identical_with_equal_outputs(saved_cl
     assert f'from_pretrained("{REPO_ID}-object")' in pushed_object["README.md"].decode()
 
 
+def test_an_existing_card_goes_up_naming_the_repository(saved_segmenter, tmp_path, monkeypatch):
+    import shutil
+
+    import huggingface_hub
+
+    folder = tmp_path / "converted"
+    shutil.copytree(saved_segmenter, folder)
+    hub.write_model_card(folder, task="semantic-segmentation", variant="xx-small", num_parameters=1,
+                         image_size=64, num_labels=4, notes="written by the converter")
+    uploaded = {}
+
+    class RecordingApi:
+        def __init__(self, token=None):
+            pass
+
+        def create_repo(self, repo_id, **kwargs):
+            pass
+
+        def create_commit(self, repo_id, operations, **kwargs):
+            uploaded.update({op.path_in_repo: op.path_or_fileobj for op in operations})
+            return type("Info", (), {"commit_url": "u"})()
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", RecordingApi)
+    hub.push_to_hub(folder, "me/seg")
+    card = uploaded["README.md"].decode()
+    assert "written by the converter" in card and 'from_pretrained("me/seg")' in card
+    assert hub.LOCAL_FOLDER_PLACEHOLDER in (folder / "README.md").read_text()  # the folder is left as it was
+    hub.push_to_hub(folder, "me/seg", regenerate_card=True)
+    assert "written by the converter" not in uploaded["README.md"].decode()
+
+
 def test_model_card_for_a_folder_without_training_results(saved_segmenter):
     card = hub.model_card_for_folder(saved_segmenter)
     assert "pipeline_tag: image-segmentation" in card and "| variant | xx-small |" in card
