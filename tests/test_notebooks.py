@@ -51,7 +51,7 @@ def test_notebook_runs(path, tmp_path_factory, tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [repo_root, os.environ.get("PYTHONPATH")])),
            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     kernel_manager = KernelManager(kernel_name=kernel_name, kernel_spec_manager=spec_manager)
-    client = NotebookClient(notebook, timeout=600, km=kernel_manager, resources={"metadata": {"path": str(NOTEBOOKS_DIR)}})
+    client = NotebookClient(notebook, timeout=1500, km=kernel_manager, resources={"metadata": {"path": str(NOTEBOOKS_DIR)}})
     # the kernel runs this interpreter in notebooks/, with the repository on its path and no network;
     # a failing cell raises CellExecutionError with the cell and its traceback
     client.execute(env=env)
