@@ -8,6 +8,7 @@ from .modeling_mobilevit import (
     MobileViTModel,
     MobileViTPreTrainedModel,
 )
+from .pipelines import pipeline
 
 __version__ = "0.1.0"
 
@@ -19,5 +20,6 @@ __all__ = [
     "MobileViTModel",
     "MobileViTForImageClassification",
     "MobileViTForSemanticSegmentation",
+    "pipeline",
     "__version__",
 ]

@@ -1,12 +1,19 @@
-"""Hub helpers: the model card every saved MobileViT folder gets, and pushing a finished folder.
+"""Hub helpers: the model card every saved MobileViT folder gets, and pushing model, config and processor.
 
 `write_model_card` is used by the checkpoint converter and by training; it describes what the folder holds
-(task, variant, size, metrics when known, where the weights came from) and how to use it, including the
-one thing MobileViT users trip over: the model takes BGR pixels in [0, 1] with no mean/std normalisation.
+(task, variant, size, metrics when known, where the weights came from, training curves) and how to use it,
+including the one thing MobileViT users trip over: the model takes BGR pixels in [0, 1] with no mean/std
+normalisation. `model_card_for_folder` reads those facts from a saved folder.
+
+`push_to_hub` uploads a saved folder (or a model and its processor) as one commit: config, safetensors
+weights, `preprocessor_config.json`, the model card and, for folders that come from training, the curves.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import tempfile
 from pathlib import Path
 
 TASK_CARD_INFO = {
@@ -18,6 +25,12 @@ TASK_CARD_INFO = {
         "MobileViTForSemanticSegmentation",
     ),
 }
+
+# What a card written before the folder had a Hub name says to load (a push puts the repository id in its place).
+LOCAL_FOLDER_PLACEHOLDER = "path/to/this/folder"
+# What training leaves in its output folder that the card shows or quotes.
+TRAINING_CURVES_FILE = "training_history.png"
+METRICS_FILES = ("metrics.json", "all_results.json", "test_results.json", "eval_results.json")
 
 CITATION = """@inproceedings{mehta2022mobilevit,
   title     = {MobileViT: Light-weight, General-purpose, and Mobile-friendly Vision Transformer},
@@ -45,13 +58,19 @@ def model_card_text(
     source_sha256: str | None = None,
     repo_id: str | None = None,
     notes: str | None = None,
+    preprocessing: dict | None = None,
+    training_curves: str | None = None,
 ) -> str:
-    """The README.md of a model folder (YAML front matter for the Hub, then the card)."""
+    """The README.md of a model folder (YAML front matter for the Hub, then the card).
+
+    `preprocessing` is the folder's `preprocessor_config.json` (its resize and crop sizes are quoted; the
+    checkpoints' defaults for `image_size` otherwise); `training_curves` names an image file in the folder
+    that the card shows under "Training"."""
     if task not in TASK_CARD_INFO:
         raise ValueError(f"task: expected one of {sorted(TASK_CARD_INFO)}, got {task!r}")
     pipeline_tag, output_text, model_class = TASK_CARD_INFO[task]
     variant_text = variant or "custom widths"
-    load_from = repo_id or "path/to/this/folder"
+    load_from = repo_id or LOCAL_FOLDER_PLACEHOLDER
 
     front = ["---", "library_name: transformers", f"pipeline_tag: {pipeline_tag}", "tags:", "- vision",
              "- mobilevit", f"- {pipeline_tag}"]
@@ -87,13 +106,17 @@ def model_card_text(
     else:
         lines.append("Not measured for this folder.")
 
+    if training_curves:
+        lines += ["", "## Training", "", f"![training curves]({training_curves})"]
+
+    resize_to, crop_to = _preprocessing_sizes(preprocessing, image_size)
     lines += [
         "",
         "## Preprocessing",
         "",
         "The model takes **BGR** images with values in **[0, 1]** and **no mean/std normalisation** "
         "(ml-cvnets reads images with OpenCV and only divides by 255). `preprocessor_config.json` does this: "
-        f"resize the shortest edge to {image_size + 32}, center-crop {image_size}x{image_size}, rescale by "
+        f"resize the shortest edge to {resize_to}, center-crop {crop_to}, rescale by "
         "1/255 and flip RGB to BGR.",
         "",
         "## How to use",
@@ -122,13 +145,98 @@ def model_card_text(
     return "\n".join(lines)
 
 
+def _preprocessing_sizes(preprocessing: dict | None, image_size: int) -> tuple[str, str]:
+    """("288", "256x256") from a processor config's `size` / `crop_size`, or the checkpoints' defaults."""
+    preprocessing = preprocessing or {}
+    size, crop = preprocessing.get("size"), preprocessing.get("crop_size")
+    if isinstance(size, dict) and "shortest_edge" in size:
+        resize_to = str(size["shortest_edge"])
+    elif isinstance(size, dict) and {"height", "width"} <= set(size):
+        resize_to = f"{size['height']}x{size['width']} (height x width)"
+    else:
+        resize_to = str(image_size + 32)
+    if isinstance(crop, dict) and {"height", "width"} <= set(crop):
+        crop_to = f"{crop['height']}x{crop['width']}"
+    else:
+        crop_to = f"{image_size}x{image_size}"
+    return resize_to, crop_to
+
+
 def write_model_card(folder: str | Path, **card) -> Path:
-    """Write `README.md` into `folder` (see `model_card_text` for the fields) and return its path."""
-    path = Path(folder) / "README.md"
+    """Write `README.md` into `folder` (see `model_card_text` for the fields) and return its path.
+
+    Training curves saved in the folder (`training_history.png`) are shown unless `training_curves` says
+    otherwise."""
+    folder = Path(folder)
+    if "training_curves" not in card and (folder / TRAINING_CURVES_FILE).is_file():
+        card["training_curves"] = TRAINING_CURVES_FILE
+    path = folder / "README.md"
     path.write_text(model_card_text(**card), encoding="utf-8")
     return path
 
 
+# -- reading a saved folder ----------------------------------------------------------------------------------
+# pipeline-task names (config `architectures`) -> card task names
+_CARD_TASKS = {"image-classification": "image-classification", "image-segmentation": "semantic-segmentation"}
+# What a push uploads from a folder: top-level files of these kinds. Sub-folders (Trainer checkpoints, logs)
+# and pickles (`training_args.bin`, optimizer states) stay local.
+UPLOADED_SUFFIXES = (".json", ".safetensors", ".md", ".png", ".txt", ".csv")
+
+
+def read_metrics(folder: str | Path) -> dict | None:
+    """The scalar results training wrote into `folder` (the first of `METRICS_FILES` that exists).
+
+    `mobilevit train` nests them by split (`{"validation": {...}, "test": {...}}`; the test split is quoted
+    when there is one); transformers' `Trainer.save_metrics` writes them flat (`{"eval_accuracy": ...}`)."""
+
+    def scalars(values: dict, prefix: str = "") -> dict:
+        return {f"{prefix}{k}": v for k, v in values.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+    for name in METRICS_FILES:
+        path = Path(folder) / name
+        if not path.is_file():
+            continue
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            continue
+        for split in ("test", "validation"):
+            if isinstance(data.get(split), dict):
+                return scalars(data[split], prefix=f"{split} ") or None
+        return scalars(data) or None
+    return None
+
+
+def model_card_for_folder(folder: str | Path, repo_id: str | None = None) -> str:
+    """The model card of a saved folder: task and variant from `config.json`, the parameter count of the
+    weights, metrics and training curves when training left them, preprocessing from the processor config."""
+    from .pipelines import TASK_MODEL_CLASSES, load_config, task_of
+
+    folder = Path(folder)
+    config = load_config(folder)
+    task = task_of(config)
+    model = TASK_MODEL_CLASSES[task].from_pretrained(str(folder), config=config)
+    processor_file = folder / "preprocessor_config.json"
+    return model_card_text(
+        task=_CARD_TASKS[task],
+        variant=config.variant,
+        num_parameters=model.num_parameters(),
+        image_size=int(config.image_size),
+        num_labels=config.num_labels,
+        metrics=read_metrics(folder),
+        repo_id=repo_id,
+        preprocessing=json.loads(processor_file.read_text(encoding="utf-8")) if processor_file.is_file() else None,
+        training_curves=TRAINING_CURVES_FILE if (folder / TRAINING_CURVES_FILE).is_file() else None,
+    )
+
+
+def _check_repo_id(repo_id) -> str:
+    if not isinstance(repo_id, str) or not repo_id.strip() or repo_id.count("/") > 1:
+        raise ValueError(f"repo_id: expected a Hub repository name such as 'user/mobilevit-small', got {repo_id!r}")
+    return repo_id.strip()
+
+
+# -- pushing ---------------------------------------------------------------------------------------------------
 def push_folder_to_hub(
     folder: str | Path,
     repo_id: str,
@@ -136,20 +244,83 @@ def push_folder_to_hub(
     private: bool | None = None,
     token: str | None = None,
     commit_message: str = "Upload MobileViT model",
+    regenerate_card: bool = False,
 ) -> str:
-    """Create `repo_id` (if needed) and upload every file of the finished `folder`; returns the commit URL."""
-    from huggingface_hub import HfApi
+    """Upload a saved model folder to `repo_id` (created if needed) in one commit; returns the commit URL.
+
+    The folder must hold `config.json` and safetensors weights. What goes up: its top-level config,
+    weights, processor config, card, metrics and pictures (see `UPLOADED_SUFFIXES`). A folder without
+    `preprocessor_config.json` gets the checkpoints' default preprocessing; one without `README.md` (or with
+    `regenerate_card=True`) gets the card of `model_card_for_folder`; an existing card goes up with the
+    repository id in its loading example. The folder itself is not modified.
+    """
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    from .pipelines import default_image_processor, load_config
 
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"folder: expected an existing model folder, got {str(folder)!r}")
-    if not isinstance(repo_id, str) or not repo_id.strip():
-        raise ValueError(f"repo_id: expected a Hub repository name such as 'user/mobilevit-small', got {repo_id!r}")
+    repo_id = _check_repo_id(repo_id)
+    config = load_config(folder)  # a clear error for a folder that is not a model
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in UPLOADED_SUFFIXES)
+    if not any(p.suffix == ".safetensors" for p in files):
+        raise ValueError(f"folder: expected safetensors weights (model.safetensors) in {str(folder)!r}, found none")
+    operations = [CommitOperationAdd(path_in_repo=p.name, path_or_fileobj=str(p)) for p in files
+                  if p.name != "README.md"]
+    names = {p.name for p in files}
+    if "preprocessor_config.json" not in names:
+        processor_json = default_image_processor(config).to_json_string().encode("utf-8")
+        operations.append(CommitOperationAdd(path_in_repo="preprocessor_config.json", path_or_fileobj=processor_json))
+    if regenerate_card or "README.md" not in names:
+        card = model_card_for_folder(folder, repo_id=repo_id)
+    else:  # the card the converter or training wrote, now naming the repository in its loading example
+        card = (folder / "README.md").read_text(encoding="utf-8").replace(f'"{LOCAL_FOLDER_PLACEHOLDER}"', f'"{repo_id}"')
+    operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode("utf-8")))
+
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-    info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
+    info = api.create_commit(repo_id=repo_id, repo_type="model", operations=operations,
                              commit_message=commit_message)
     return str(getattr(info, "commit_url", info))
 
 
-__all__ = ["write_model_card", "model_card_text", "push_folder_to_hub", "CITATION"]
+def push_to_hub(
+    model_or_folder,
+    repo_id: str,
+    *,
+    image_processor=None,
+    private: bool | None = None,
+    token: str | None = None,
+    commit_message: str = "Upload MobileViT model",
+    regenerate_card: bool = False,
+) -> str:
+    """Push model, config and image processor together, with a generated model card; returns the commit URL.
+
+    `model_or_folder` is a folder saved by this package (`mobilevit train`, `mobilevit convert`,
+    `save_pretrained`) or a MobileViT model object; for a model, `image_processor` is saved beside it (the
+    checkpoints' default preprocessing when None). Point `HF_ENDPOINT` elsewhere to use another Hub.
+    """
+    from .modeling_mobilevit import MobileViTPreTrainedModel
+
+    if isinstance(model_or_folder, (str, os.PathLike)):
+        if image_processor is not None:
+            raise ValueError("image_processor: pass it only with a model object; a folder brings its own "
+                             "preprocessor_config.json")
+        return push_folder_to_hub(model_or_folder, repo_id, private=private, token=token,
+                                  commit_message=commit_message, regenerate_card=regenerate_card)
+    if not isinstance(model_or_folder, MobileViTPreTrainedModel):
+        raise TypeError(f"model_or_folder: expected a model folder or a MobileViT model, "
+                        f"got {type(model_or_folder).__name__}")
+    from .pipelines import default_image_processor
+
+    _check_repo_id(repo_id)
+    with tempfile.TemporaryDirectory(prefix="mobilevit-push-") as staging:
+        model_or_folder.save_pretrained(staging)
+        (image_processor or default_image_processor(model_or_folder.config)).save_pretrained(staging)
+        return push_folder_to_hub(staging, repo_id, private=private, token=token, commit_message=commit_message,
+                                  regenerate_card=True)
+
+
+__all__ = ["write_model_card", "model_card_text", "model_card_for_folder", "read_metrics", "push_folder_to_hub",
+           "push_to_hub", "CITATION", "TRAINING_CURVES_FILE"]

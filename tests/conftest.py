@@ -19,3 +19,44 @@ def mlcvnets_fixtures():
     if path is None:
         pytest.skip("../shared/fixtures/mlcvnets not found (set MOBILEVIT_FIXTURES to its path to run this test)")
     return path
+
+
+# -- small saved model folders (pipelines, predict, hub): xx-small widths at 64x64 so they run in a second ------
+SMALL_IMAGE_SIZE = 64
+CLASS_NAMES = ["cat", "dog", "bird"]
+SHAPE_NAMES = ["background", "circle", "square", "triangle"]
+
+
+def _save_small_model(folder, task, names, seed):
+    from mobilevit import MobileViTConfig, MobileViTForImageClassification, MobileViTForSemanticSegmentation
+    from mobilevit.pipelines import default_image_processor
+    from mobilevit.testing_utils import fill_realistic_weights_
+
+    config = MobileViTConfig.from_variant("xx-small", task=task, image_size=SMALL_IMAGE_SIZE,
+                                          id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
+    cls = MobileViTForImageClassification if task == "image-classification" else MobileViTForSemanticSegmentation
+    model = fill_realistic_weights_(cls(config), seed=seed).eval()
+    model.save_pretrained(folder)
+    default_image_processor(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def saved_classifier(tmp_path_factory):
+    """A folder with a 3-class xx-small classifier (realistic random weights) and its processor config."""
+    return _save_small_model(tmp_path_factory.mktemp("classifier"), "image-classification", CLASS_NAMES, seed=1)
+
+
+@pytest.fixture(scope="session")
+def saved_segmenter(tmp_path_factory):
+    """A folder with a 4-class xx-small DeepLabV3 segmenter (realistic random weights) and its processor config."""
+    return _save_small_model(tmp_path_factory.mktemp("segmenter"), "semantic-segmentation", SHAPE_NAMES, seed=2)
+
+
+@pytest.fixture(scope="session")
+def photo():
+    """A real photo (scikit-learn's china.jpg, 640x427 RGB), shrunk to keep the tests quick."""
+    from PIL import Image
+    from sklearn.datasets import load_sample_image
+
+    return Image.fromarray(load_sample_image("china.jpg")).resize((160, 107), Image.BILINEAR)

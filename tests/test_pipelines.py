@@ -1,0 +1,100 @@
+"""transformers pipelines over this package's classes: `mobilevit.pipeline` and plain `transformers.pipeline`."""
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+import mobilevit
+from mobilevit import MobileViTForImageClassification, MobileViTForSemanticSegmentation, MobileViTImageProcessor
+from mobilevit.pipelines import NotAModelError, load_model_and_processor, pipeline, task_of
+
+
+def direct_top_k(folder, image, k):
+    model, processor, _ = load_model_and_processor(folder)
+    with torch.no_grad():
+        probabilities = model(**processor(images=image, return_tensors="pt")).logits.softmax(-1)[0]
+    scores, indices = probabilities.topk(k)
+    return [(model.config.id2label[int(i)], float(s)) for s, i in zip(scores, indices)]
+
+
+def direct_class_map(folder, image):
+    model, processor, _ = load_model_and_processor(folder)
+    with torch.no_grad():
+        outputs = model(**processor(images=image, return_tensors="pt"))
+    return processor.post_process_semantic_segmentation(outputs, target_sizes=[(image.height, image.width)])[0].numpy()
+
+
+def test_classification_pipeline_from_folder_equals_a_direct_model_call(saved_classifier, photo):
+    classify = pipeline(model=str(saved_classifier))  # task inferred from config.architectures
+    assert type(classify.model) is MobileViTForImageClassification  # ours, not stock transformers'
+    assert type(classify.image_processor) is MobileViTImageProcessor
+    got = [(p["label"], p["score"]) for p in classify(photo, top_k=3)]
+    expected = direct_top_k(saved_classifier, photo, 3)
+    assert [label for label, _ in got] == [label for label, _ in expected]
+    np.testing.assert_allclose([s for _, s in got], [s for _, s in expected], rtol=1e-5, atol=1e-7)
+
+
+def test_segmentation_pipeline_gives_one_mask_per_class_present_equal_to_the_argmax(saved_segmenter, photo):
+    segment = pipeline("semantic-segmentation", model=saved_segmenter)
+    assert type(segment.model) is MobileViTForSemanticSegmentation
+    annotations = segment(photo)
+    class_map = direct_class_map(saved_segmenter, photo)
+    names = segment.model.config.id2label
+    present = [names[int(c)] for c in np.unique(class_map)]
+    assert len(present) >= 2, "the test model should predict more than one class on the photo"
+    assert [a["label"] for a in annotations] == present
+    for annotation in annotations:
+        class_id = segment.model.config.label2id[annotation["label"]]
+        assert annotation["mask"].size == photo.size
+        np.testing.assert_array_equal(np.asarray(annotation["mask"]), (class_map == class_id).astype(np.uint8) * 255)
+
+
+def test_pipeline_with_model_and_processor_objects(saved_classifier, saved_segmenter, photo):
+    model = MobileViTForImageClassification.from_pretrained(saved_classifier).eval()
+    processor = MobileViTImageProcessor.from_pretrained(saved_classifier)
+    via_transformers = transformers.pipeline("image-classification", model=model, image_processor=processor)
+    via_helper = mobilevit.pipeline(model=model, image_processor=processor)
+    assert via_transformers(photo, top_k=2) == via_helper(photo, top_k=2)
+    assert [p["label"] for p in via_helper(photo, top_k=2)] == [l for l, _ in direct_top_k(saved_classifier, photo, 2)]
+
+    segmenter = MobileViTForSemanticSegmentation.from_pretrained(saved_segmenter).eval()
+    segment = transformers.pipeline("image-segmentation", model=segmenter,
+                                    image_processor=MobileViTImageProcessor.from_pretrained(saved_segmenter))
+    class_map = direct_class_map(saved_segmenter, photo)
+    assert [a["label"] for a in segment(photo)] == [segmenter.config.id2label[int(c)] for c in np.unique(class_map)]
+
+
+def test_plain_transformers_pipeline_on_the_folder_loads_stock_classes_that_agree(saved_classifier, saved_segmenter, photo):
+    stock = transformers.pipeline("image-classification", model=str(saved_classifier))
+    assert type(stock.model).__module__.startswith("transformers.")  # the folder is interchangeable
+    ours = pipeline(model=saved_classifier)
+    assert stock(photo, top_k=1)[0]["label"] == ours(photo, top_k=1)[0]["label"]
+
+    stock_segment = transformers.pipeline("image-segmentation", model=str(saved_segmenter))
+    assert type(stock_segment.model).__module__.startswith("transformers.")
+    stock_masks = {a["label"]: np.asarray(a["mask"]) > 0 for a in stock_segment(photo)}
+    class_map = direct_class_map(saved_segmenter, photo)
+    names = stock_segment.model.config.id2label
+    stock_map = np.full(class_map.shape, -1)
+    for label, mask in stock_masks.items():
+        stock_map[mask] = stock_segment.model.config.label2id[label]
+    # stock transformers resizes with Pillow (antialiased), this package as ml-cvnets (OpenCV bilinear): the
+    # pixels differ by ~1/255, so a few boundary pixels may flip; the maps must otherwise agree.
+    assert (stock_map == class_map).mean() > 0.98, names
+
+
+def test_task_inference_and_bad_inputs(saved_classifier, tmp_path):
+    config = mobilevit.MobileViTConfig.from_pretrained(saved_classifier)
+    assert task_of(config) == "image-classification"
+    with pytest.raises(ValueError, match="task: expected one of"):
+        pipeline("object-detection", model=saved_classifier)
+    with pytest.raises(TypeError, match="MobileViTForSemanticSegmentation for task 'image-segmentation'"):
+        pipeline("image-segmentation", model=MobileViTForImageClassification(config))
+    with pytest.raises(NotAModelError, match="has no config.json"):
+        pipeline(model=tmp_path)
+    with pytest.raises(TypeError, match="model: expected a folder path"):
+        pipeline(model=42)
+    config.architectures = None
+    with pytest.raises(ValueError, match="config.architectures: expected one of"):
+        task_of(config)
