@@ -97,12 +97,12 @@ PALETTE = np.array([[0, 0, 0], [230, 25, 75], [60, 180, 75], [0, 130, 200]], dty
 
 
 def _plot_segmentations(examples: list, path: Path, count: int = 8) -> None:
-    import matplotlib
+    # a pyplot-free Figure: no global backend switch, so a notebook's inline plots keep working
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(3, count, figsize=(2 * count, 6.4))
+    fig = Figure(figsize=(2 * count, 6.4))
+    axes = fig.subplots(3, count)
     for column, (image, predicted, truth) in enumerate(examples[:count]):
         pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
         for row, (title, labels) in enumerate((("image", None), ("predicted", predicted), ("true", truth))):
@@ -112,22 +112,20 @@ def _plot_segmentations(examples: list, path: Path, count: int = 8) -> None:
             axes[row, column].set_axis_off()
             if column == 0:
                 axes[row, column].set_title(title, loc="left", fontsize=10)
-    handles = [matplotlib.patches.Patch(color=PALETTE[i] / 255, label=name)
+    handles = [Patch(color=PALETTE[i] / 255, label=name)
                for i, name in enumerate(SHAPES_LABELS) if i]
     fig.legend(handles=handles, loc="lower center", ncol=len(handles))
     fig.suptitle("MobileViT-XXS DeepLabV3 on held-out shapes scenes (pipeline output)")
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     fig.savefig(path, dpi=80)
-    plt.close(fig)
 
 
 def _plot_digits(examples: list, path: Path, count: int = 24) -> None:
-    import matplotlib
+    # a pyplot-free Figure: no global backend switch, so a notebook's inline plots keep working
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(3, count // 3, figsize=(count // 3 * 1.2, 4.2))
+    fig = Figure(figsize=(count // 3 * 1.2, 4.2))
+    axes = fig.subplots(3, count // 3)
     for ax, (image, predicted, truth) in zip(axes.flat, examples[:count]):
         ax.imshow(np.asarray(image.convert("L")), cmap="gray")
         ax.set_title(f"{predicted}" + ("" if predicted == truth else f" (true {truth})"),
@@ -136,7 +134,6 @@ def _plot_digits(examples: list, path: Path, count: int = 24) -> None:
     fig.suptitle("MobileViT-XXS on held-out digits (pipeline predictions)")
     fig.tight_layout()
     fig.savefig(path, dpi=80)
-    plt.close(fig)
 
 
 def run_demo(output_dir: Path, overwrite: bool = False, seed: int = 0) -> dict:

@@ -41,19 +41,17 @@ def _draw(axes, history: list[dict], metric: str, label: str = "") -> None:
 
 def plot_histories(runs: list[tuple[str, list[dict], str]], path: str | Path, title: str = "") -> None:
     """One row per run (label, history, metric): loss and metric per epoch, train and eval; saved as PNG."""
-    import matplotlib
+    # a pyplot-free Figure: no global backend switch, so a notebook's inline plots keep working
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(len(runs), 2, figsize=(10, 4 * len(runs)), squeeze=False)
+    fig = Figure(figsize=(10, 4 * len(runs)))
+    axes = fig.subplots(len(runs), 2, squeeze=False)
     for row, (label, history, metric) in zip(axes, runs):
         _draw(row, history, metric, label)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def plot_history(history: list[dict], metric: str, path: str | Path, title: str = "") -> None:
