@@ -21,7 +21,7 @@ TASK_CARD_INFO = {
     "image-classification": ("image-classification", "class logits", "MobileViTForImageClassification"),
     "semantic-segmentation": (
         "image-segmentation",
-        "per-pixel class logits at 1/16 of the input resolution",
+        "per-pixel class logits at 1/{output_stride} of the input resolution",
         "MobileViTForSemanticSegmentation",
     ),
 }
@@ -60,6 +60,7 @@ def model_card_text(
     notes: str | None = None,
     preprocessing: dict | None = None,
     training_curves: str | None = None,
+    output_stride: int = 16,
 ) -> str:
     """The README.md of a model folder (YAML front matter for the Hub, then the card).
 
@@ -69,6 +70,7 @@ def model_card_text(
     if task not in TASK_CARD_INFO:
         raise ValueError(f"task: expected one of {sorted(TASK_CARD_INFO)}, got {task!r}")
     pipeline_tag, output_text, model_class = TASK_CARD_INFO[task]
+    output_text = output_text.format(output_stride=output_stride)
     variant_text = variant or "custom widths"
     load_from = repo_id or LOCAL_FOLDER_PLACEHOLDER
 
@@ -133,7 +135,8 @@ def model_card_text(
     if task == "image-classification":
         lines.append("print(model.config.id2label[logits.argmax(-1).item()])")
     else:
-        lines.append("mask = logits.argmax(1)[0]  # (H/16, W/16) class indices; upsample logits first for full size")
+        lines.append(f"mask = logits.argmax(1)[0]  # (H/{output_stride}, W/{output_stride}) class indices; "
+                     "upsample logits first for full size")
     lines += [
         "```",
         "",
@@ -170,6 +173,11 @@ def write_model_card(folder: str | Path, **card) -> Path:
     folder = Path(folder)
     if "training_curves" not in card and (folder / TRAINING_CURVES_FILE).is_file():
         card["training_curves"] = TRAINING_CURVES_FILE
+    # the folder's own processor and config, when already written, say what the card quotes
+    if "preprocessing" not in card and (folder / "preprocessor_config.json").is_file():
+        card["preprocessing"] = json.loads((folder / "preprocessor_config.json").read_text(encoding="utf-8"))
+    if "output_stride" not in card and (folder / "config.json").is_file():
+        card["output_stride"] = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("output_stride", 16)
     path = folder / "README.md"
     path.write_text(model_card_text(**card), encoding="utf-8")
     return path
@@ -227,6 +235,7 @@ def model_card_for_folder(folder: str | Path, repo_id: str | None = None) -> str
         repo_id=repo_id,
         preprocessing=json.loads(processor_file.read_text(encoding="utf-8")) if processor_file.is_file() else None,
         training_curves=TRAINING_CURVES_FILE if (folder / TRAINING_CURVES_FILE).is_file() else None,
+        output_stride=int(config.output_stride),
     )
 
 

@@ -275,3 +275,15 @@ def test_read_metrics_understands_both_layouts(tmp_path):
                                                        "validation": {"accuracy": 0.7}, "test": {"accuracy": 0.6,
                                                                                                  "loss": 1.1}}))
     assert hub.read_metrics(tmp_path) == {"test accuracy": 0.6, "test loss": 1.1}  # metrics.json comes first
+
+
+def test_card_quotes_the_folders_own_processor_sizes_and_output_stride(tmp_path):
+    from mobilevit.hub import write_model_card
+
+    (tmp_path / "preprocessor_config.json").write_text(
+        json.dumps({"size": {"shortest_edge": 64}, "crop_size": {"height": 64, "width": 64}}))
+    (tmp_path / "config.json").write_text(json.dumps({"output_stride": 8}))
+    card = write_model_card(tmp_path, task="semantic-segmentation", variant="xx-small", num_parameters=1,
+                            image_size=64, num_labels=4).read_text()
+    assert "resize the shortest edge to 64" in card and "1/8 of the input resolution" in card
+    assert "(H/8, W/8)" in card and "to 96" not in card
