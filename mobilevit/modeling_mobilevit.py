@@ -340,14 +340,12 @@ class MobileViTEncoder(nn.Module):
                 )
             )
 
-    def forward(self, hidden_states: torch.Tensor, output_hidden_states: bool = False, return_dict: bool = True):
+    def forward(self, hidden_states: torch.Tensor, output_hidden_states: bool = False) -> BaseModelOutputWithNoAttention:
         all_hidden_states = () if output_hidden_states else None
         for layer in self.layer:
             hidden_states = layer(hidden_states)
             if output_hidden_states:
                 all_hidden_states = all_hidden_states + (hidden_states,)
-        if not return_dict:
-            return tuple(v for v in (hidden_states, all_hidden_states) if v is not None)
         return BaseModelOutputWithNoAttention(last_hidden_state=hidden_states, hidden_states=all_hidden_states)
 
 
@@ -597,8 +595,9 @@ class MobileViTDeepLabV3(nn.Module):
         # initialised like the classification head's linear layer, not like a feature conv (_init_weights)
         self.classifier.convolution.predicts_classes = True
 
-    def forward(self, hidden_states: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        return self.classifier(self.dropout(self.aspp(hidden_states[-1])))
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits from the backbone's last feature map."""
+        return self.classifier(self.dropout(self.aspp(features)))
 
 
 class MobileViTForSemanticSegmentation(MobileViTPreTrainedModel):
@@ -629,7 +628,7 @@ class MobileViTForSemanticSegmentation(MobileViTPreTrainedModel):
         if fast_inference.applies(self, pixel_values):
             logits = fast_inference.deeplab_head(self.segmentation_head, outputs.last_hidden_state)
         else:
-            logits = self.segmentation_head((outputs.last_hidden_state,))
+            logits = self.segmentation_head(outputs.last_hidden_state)
 
         loss = None
         if labels is not None:
