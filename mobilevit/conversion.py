@@ -16,11 +16,8 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import re
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,11 +25,20 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .configuration_mobilevit import VARIANTS, MobileViTConfig, canonical_task, canonical_variant
+from .configuration_mobilevit import (
+    VARIANTS,
+    MobileViTConfig,
+    canonical_task,
+    canonical_variant,
+)
+from .file_utils import staged_directory
 from .hub import push_folder_to_hub, write_model_card
 from .image_processing_mobilevit import MobileViTImageProcessor
 from .labels import imagenet_1k_id2label, label2id, pascal_voc_id2label
-from .modeling_mobilevit import MobileViTForImageClassification, MobileViTForSemanticSegmentation
+from .modeling_mobilevit import (
+    MobileViTForImageClassification,
+    MobileViTForSemanticSegmentation,
+)
 
 MODEL_CLASSES = {
     "image-classification": MobileViTForImageClassification,
@@ -436,12 +442,6 @@ class ConversionResult:
         return "\n".join(lines)
 
 
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _labels_for(task: str, num_labels: int) -> tuple[dict[int, str], str | None, str]:
     """id2label, the data set it comes from (None when the class count matches none) and a line for the summary."""
     dataset, id2label_fn = TASK_DATASETS[task]
@@ -496,40 +496,20 @@ def convert_checkpoint(
         model.load_state_dict(mapping.tensors, strict=True)
         step("renamed and checked")
 
-        output_dir.parent.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".tmp", dir=output_dir.parent))
-        work.chmod(0o777 & ~_current_umask())  # mkdtemp makes it private; the result is an ordinary folder
-    except BaseException:
-        steps.close()
-        raise
-    try:
-        num_parameters = sum(p.numel() for p in model.parameters())
-        model.save_pretrained(str(work))
-        image_processor_for(config.image_size).save_pretrained(str(work))
-        write_model_card(work, task=task, variant=variant, num_parameters=num_parameters,
-                         image_size=config.image_size, num_labels=arch.num_labels, dataset=dataset,
-                         source=checkpoint.name, source_sha256=source_sha256, repo_id=push_to_hub,
-                         notes=f"Converted from the ml-cvnets checkpoint `{checkpoint.name}` ({weights_from}) "
-                               "with `mobilevit convert`.")
-        step("written")
-        check_folder_runs(work, task, mapping.tensors)
-        step("reloaded and ran")
-        if output_dir.exists():  # --overwrite: swap the old folder out only now that the new one is whole
-            old = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".old", dir=output_dir.parent))
-            output_dir.rename(old / output_dir.name)
-            try:
-                work.rename(output_dir)
-            except BaseException:
-                (old / output_dir.name).rename(output_dir)
-                raise
-            finally:
-                shutil.rmtree(old, ignore_errors=True)
-        else:
-            work.rename(output_dir)
+        with staged_directory(output_dir) as work:
+            num_parameters = sum(p.numel() for p in model.parameters())
+            model.save_pretrained(str(work))
+            image_processor_for(config.image_size).save_pretrained(str(work))
+            write_model_card(work, task=task, variant=variant, num_parameters=num_parameters,
+                             image_size=config.image_size, num_labels=arch.num_labels, dataset=dataset,
+                             source=checkpoint.name, source_sha256=source_sha256, repo_id=push_to_hub,
+                             notes=f"Converted from the ml-cvnets checkpoint `{checkpoint.name}` ({weights_from}) "
+                                   "with `mobilevit convert`.")
+            step("written")
+            check_folder_runs(work, task, mapping.tensors)
+            step("reloaded and ran")
+        # --overwrite: the old folder was swapped out only once the new one was whole
         step("moved into place")
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
     finally:
         steps.close()
 

@@ -19,15 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..file_utils import staged_directory
 from .demo_data import SHAPES_LABELS, load_digits_dataset, load_shapes_dataset
 from .history import plot_histories
 from .job import TrainJob, train_and_save
@@ -58,8 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _pipeline_classification(folder: Path, test) -> tuple[float, list]:
     from transformers import pipeline
 
-    from .. import MobileViTForImageClassification
-    from .. import MobileViTImageProcessor
+    from .. import MobileViTForImageClassification, MobileViTImageProcessor
 
     model = MobileViTForImageClassification.from_pretrained(folder).eval()
     processor = MobileViTImageProcessor.from_pretrained(folder)
@@ -75,8 +73,7 @@ def _pipeline_classification(folder: Path, test) -> tuple[float, list]:
 def _pipeline_segmentation(folder: Path, test) -> tuple[dict, list]:
     from transformers import pipeline
 
-    from .. import MobileViTForSemanticSegmentation
-    from .. import MobileViTImageProcessor
+    from .. import MobileViTForSemanticSegmentation, MobileViTImageProcessor
 
     model = MobileViTForSemanticSegmentation.from_pretrained(folder).eval()
     processor = MobileViTImageProcessor.from_pretrained(folder)
@@ -142,9 +139,7 @@ def run_demo(output_dir: Path, overwrite: bool = False, seed: int = 0) -> dict:
         raise FileExistsError(f"output_dir: expected an empty or new folder, got {str(output_dir)!r} which holds "
                               f"files (pass --overwrite to replace it)")
     started = time.perf_counter()
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
-    try:
+    with staged_directory(output_dir) as staging:
         summary, histories = {}, []
         print("== 1/2 image classification: scikit-learn digits, MobileViT-XXS from scratch ==", flush=True)
         digits = load_digits_dataset(seed=seed)
@@ -176,12 +171,6 @@ def run_demo(output_dir: Path, overwrite: bool = False, seed: int = 0) -> dict:
         summary["total_seconds"] = round(time.perf_counter() - started, 1)
         summary["threads"] = torch.get_num_threads()
         (staging / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
-        staging.rename(output_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return summary
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,8 +23,12 @@ import torch
 from transformers import set_seed
 
 from ..configuration_mobilevit import MobileViTConfig, canonical_task, canonical_variant
+from ..file_utils import staged_directory
 from ..image_processing_mobilevit import MobileViTImageProcessor
-from ..modeling_mobilevit import MobileViTForImageClassification, MobileViTForSemanticSegmentation
+from ..modeling_mobilevit import (
+    MobileViTForImageClassification,
+    MobileViTForSemanticSegmentation,
+)
 from .data import MobileViTDataset, prepare_task_data
 from .history import epoch_history, plot_history
 from .metrics import ClassificationMetrics, SegmentationMetrics
@@ -254,26 +257,14 @@ def _resume_checkpoint(job: TrainJob, work_dir: Path) -> str | None:
 
 def _write_output(model, processor, metrics: dict, job: TrainJob, output_dir: Path, work_dir: Path) -> None:
     """Write the Hub folder into a temporary sibling, then swap it into place whole."""
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
-    try:
+    # an existing output_dir is only reached with overwrite (checked before training)
+    with staged_directory(output_dir) as staging:
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
         (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         plot_history(metrics["history"], MAIN_METRIC[job.task], staging / "training_history.png",
                      title=f"MobileViT {model.config.variant or 'custom'} {job.task}")
         _write_card(model, metrics, job, staging)
-        if output_dir.exists():  # only reached with overwrite (checked before training)
-            old = output_dir.with_name(f".{output_dir.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            output_dir.rename(old)
-            staging.rename(output_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            staging.rename(output_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     if not job.keep_checkpoints:
         shutil.rmtree(work_dir, ignore_errors=True)
 
