@@ -180,3 +180,43 @@ def test_large_batches_run_in_micro_batches(monkeypatch, count_fast_calls):
     for mine, reference in zip(fast.hidden_states, plain.hidden_states):
         assert mine.shape == reference.shape and mine.is_contiguous()
         torch.testing.assert_close(mine, reference, **TOL)
+
+
+def packed_shapes(model):
+    """Input shapes for which oneDNN-packed convolution weights are cached, per convolution layer."""
+    entries = [m.__dict__.get(fast_inference.CACHE_ATTR) for m in model.modules()]
+    return [set(entry[1].packed) for entry in entries if entry and isinstance(entry[1], fast_inference.FoldedConvolution)]
+
+
+@pytest.mark.skipif(fast_inference._ONEDNN_CONV is None, reason="this PyTorch build has no oneDNN fused convolution")
+def test_onednn_convolutions_pack_per_input_shape_and_forget_old_shapes():
+    model = build()
+    sizes = [64, 72, 80, 88, 96, 104]
+    for side in sizes:
+        assert_same(model, torch.rand(1, 3, side, side))
+    stem_shapes = packed_shapes(model)[0]  # the stem sees the input itself
+    assert stem_shapes == {(1, 3, side, side) for side in sizes[-fast_inference.MAX_PACKED_SHAPES :]}
+    assert all(len(shapes) <= fast_inference.MAX_PACKED_SHAPES for shapes in packed_shapes(model))
+
+
+def test_without_onednn_every_convolution_takes_the_plain_route(monkeypatch):
+    monkeypatch.setattr(fast_inference, "_ONEDNN_CONV", None)
+    model = build(head="segmentation")
+    assert_same(model, torch.rand(2, 3, 70, 90))
+    folded = [entry[1] for m in model.modules() if (entry := m.__dict__.get(fast_inference.CACHE_ATTR))]
+    folded = [entry for entry in folded if isinstance(entry, fast_inference.FoldedConvolution)]
+    assert len(folded) > 30 and all(entry.packed is None for entry in folded)
+
+
+def test_models_copy_and_pickle_after_a_fast_call():
+    import copy
+    import pickle
+
+    model = build()
+    x = torch.rand(1, 3, 64, 64)
+    fast, _ = assert_same(model, x)  # the cache now holds derived (and, on CPU, oneDNN-packed) weights
+    # oneDNN's packed tensors can be neither deep-copied nor pickled: copies must start without the cache
+    for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert not any(fast_inference.CACHE_ATTR in m.__dict__ and m.__dict__[fast_inference.CACHE_ATTR] for m in clone.modules())
+        with torch.no_grad():
+            torch.testing.assert_close(clone(x).logits, fast.logits, **TOL)
