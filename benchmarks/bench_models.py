@@ -65,22 +65,25 @@ def main(argv=None) -> int:
     parser.add_argument("--train-batch", type=int, default=8)
     parser.add_argument("--output", type=Path, default=None, help="also write the classification table/chart here")
     parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--allocator", default="tuned", choices=bench.ALLOCATORS, help="see mobilevit/benchmark.py")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
 
     candidates = ["mobilevit", "transformers", "onnxruntime"]
-    results = bench.benchmark(args.variants, [1], args.threads, repeats=args.repeats, candidates=candidates)
-    results += bench.benchmark(args.variants, [32], args.threads, repeats=max(3, args.repeats // 3), candidates=candidates)
+    common = dict(threads=args.threads, allocator=args.allocator)
+    results = bench.benchmark(args.variants, [1], repeats=args.repeats, candidates=candidates, **common)
+    results += bench.benchmark(args.variants, [32], repeats=max(3, args.repeats // 3), candidates=candidates, **common)
     segmentation = bench.benchmark(
-        args.variants, [1], args.threads, task="semantic-segmentation", repeats=max(5, args.repeats // 2),
-        candidates=["mobilevit", "transformers"],
+        args.variants, [1], task="semantic-segmentation", repeats=max(5, args.repeats // 2),
+        candidates=["mobilevit", "transformers"], **common,
     )
     training = {v: training_ratio(v, args.train_batch, 256, max(5, args.repeats // 2)) for v in args.variants}
 
     def pick(rows, candidate, variant, batch):
         return next(r for r in rows if (r.candidate, r.variant, r.batch_size) == (candidate, variant, batch))
 
-    print(f"\nclassification 256x256 and segmentation 512x512, {args.threads} threads, fp32, torch {torch.__version__}; "
+    print(f"\nclassification 256x256 and segmentation 512x512, {args.threads} threads, fp32, {args.allocator} allocator, "
+          f"torch {torch.__version__}; "
           f"{bench.machine_load()}\n")
     print(bench.format_table(results + segmentation))
     print("\nGoals (ratios; > 1 means this package is faster)")

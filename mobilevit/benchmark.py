@@ -12,6 +12,18 @@ so that drifting machine load hits them alike; the table gives median latency wi
 throughput, and the speed-up over stock transformers (median of per-round ratios). FLOPs are counted
 with `torch.utils.flop_counter.FlopCounterMode` (2 x multiply-adds) on one image.
 
+Memory allocation decides much of the result, so it is a stated condition (`--allocator`):
+
+- `tuned` (the default): glibc malloc told (mallopt) to keep freed memory for reuse, as jemalloc or
+  GLIBC_TUNABLES would on a server. No candidate page-faults: stock transformers at its best, the
+  conservative comparison.
+- `default`: glibc malloc as the process has it. glibc hands large freed blocks back to the system and
+  page-faults them in again on the next call; stock transformers pays that on most calls (about 20,000 page
+  faults per small-variant forward in a fresh process, most of its batch-32 time), this package's fast path
+  hardly at all. How much depends on what the process allocated before (glibc adapts its thresholds to the
+  largest blocks freed so far), so these numbers move with the order of the runs. ONNX export runs in a
+  child process so that its large allocations do not retune the timed process.
+
 `--output DIR` also writes results.json, results.md and chart.png there (refusing to replace them
 without `--overwrite`).
 """
@@ -19,7 +31,10 @@ without `--overwrite`).
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import json
+import multiprocessing
 import os
 import statistics
 import tempfile
@@ -42,6 +57,7 @@ LABELS = {
     "resnet-50": "ResNet-50 (transformers)",
 }
 REFERENCE = "transformers"
+ALLOCATORS = ("tuned", "default")
 OUTPUT_FILES = ("results.json", "results.md", "chart.png")
 
 
@@ -59,6 +75,7 @@ class Result:
     p90_ms: float
     images_per_s: float
     speedup: float | None  # over stock transformers, median of per-round ratios
+    allocator: str = "tuned"  # see the module docstring
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -91,12 +108,31 @@ def build_resnet50(seed: int = 0) -> nn.Module:
 
 
 def build_onnxruntime(model: nn.Module, image_size: int, threads: int, workdir: Path):
-    """Export `model` with `mobilevit.export` and open it with non-spinning ONNX Runtime threads."""
-    from .export import export_onnx, ort_session
+    """Export `model` with `mobilevit.export` in a child process (see `--allocator`) and open it with
+    non-spinning ONNX Runtime threads."""
+    from .export import ort_session
 
     path = workdir / f"{model.config.variant}-{type(model).__name__}.onnx"
-    export_onnx(model, path, overwrite=True, check_shapes=((1, image_size, image_size),))
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        pool.apply(_export_for_benchmark, (model, path, image_size))
     return ort_session(path, threads=threads)
+
+
+def _export_for_benchmark(model: nn.Module, path: Path, image_size: int) -> None:
+    from .export import export_onnx
+
+    export_onnx(model, path, overwrite=True, check_shapes=((1, image_size, image_size),))
+
+
+def tune_allocator() -> None:
+    """Have glibc malloc keep freed memory for reuse (no trimming, no per-block mmap): the `tuned` condition."""
+    libc_name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(libc_name) if libc_name else None
+    if libc is None or not hasattr(libc, "mallopt"):
+        raise RuntimeError("allocator: 'tuned' needs glibc's mallopt, which this system's C library lacks")
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
+    if not (libc.mallopt(m_mmap_threshold, 1 << 30) and libc.mallopt(m_trim_threshold, 1 << 30)):
+        raise RuntimeError("allocator: glibc refused the 'tuned' settings (mallopt returned 0)")
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -185,8 +221,10 @@ def benchmark(
     warmup: int = 3,
     candidates=CANDIDATES,
     progress: bool = True,
+    allocator: str = "tuned",
 ) -> list[Result]:
-    """Time `candidates` on every variant and batch size; returns one Result per (candidate, variant, batch)."""
+    """Time `candidates` on every variant and batch size; returns one Result per (candidate, variant, batch).
+    `allocator="tuned"` changes this process's malloc settings for good (there is no way back)."""
     task = canonical_task(task)
     variants = [canonical_variant(v) for v in variants]
     unknown = sorted(set(candidates) - set(CANDIDATES))
@@ -196,10 +234,14 @@ def benchmark(
         raise ValueError(f"batch_sizes: expected positive ints, got {list(batch_sizes)}")
     if not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"repeats: expected a positive int, got {repeats!r}")
+    if allocator not in ALLOCATORS:
+        raise ValueError(f"allocator: expected one of {list(ALLOCATORS)}, got {allocator!r}")
     image_size = image_size or (256 if task == "image-classification" else 512)
     if image_size < 32:
         raise ValueError(f"image_size: expected at least 32, got {image_size}")
     torch.set_num_threads(threads)
+    if allocator == "tuned":
+        tune_allocator()
 
     results = []
     with tempfile.TemporaryDirectory(prefix="mobilevit-bench-") as workdir:
@@ -232,6 +274,7 @@ def benchmark(
                             candidate=name, variant=variant, task=task, image_size=image_size, batch_size=batch,
                             params_m=params, gflops=gflops, median_ms=s["median_ms"], p10_ms=s["p10_ms"],
                             p90_ms=s["p90_ms"], images_per_s=1000 * batch / s["median_ms"], speedup=s["speedup"],
+                            allocator=allocator,
                         )
                     )
                 if progress:
@@ -330,6 +373,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=20, help="timed rounds per batch size")
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls per candidate first")
     parser.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=CANDIDATES, help="what to time")
+    parser.add_argument(
+        "--allocator", default="tuned", choices=ALLOCATORS,
+        help="glibc malloc tuned to keep freed memory (default; stock at its best) or as the process has it",
+    )
     parser.add_argument("--output", type=Path, default=None, help="folder for results.json, results.md, chart.png")
     parser.add_argument("--overwrite", action="store_true", help="replace existing files in --output")
 
@@ -343,9 +390,10 @@ def run(args: argparse.Namespace) -> int:
     results = benchmark(
         variants=args.variants, batch_sizes=args.batch_sizes, threads=args.threads, task=args.task,
         image_size=args.image_size, repeats=args.repeats, warmup=args.warmup, candidates=args.candidates,
+        allocator=args.allocator,
     )
     print(f"\n{results[0].task}, {results[0].image_size}x{results[0].image_size}, {args.threads} threads, fp32, "
-          f"torch {torch.__version__}; {machine_load()}\n")
+          f"{args.allocator} allocator, torch {torch.__version__}; {machine_load()}\n")
     print(format_table(results))
     if args.output is not None:
         paths = write_outputs(results, args.output, args.overwrite)

@@ -1,6 +1,8 @@
 """`mobilevit benchmark`: a tiny smoke run (xx-small, 64x64, 2 rounds) and its outputs; never asserts on time."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -10,7 +12,8 @@ from mobilevit.cli import main as cli_main
 
 def test_smoke_run_writes_table_json_and_chart(tmp_path, capsys):
     args = ["benchmark", "--variants", "xx-small", "--batch-sizes", "1", "2", "--image-size", "64",
-            "--repeats", "2", "--warmup", "1", "--candidates", "mobilevit", "transformers", "--output", str(tmp_path)]
+            "--repeats", "2", "--warmup", "1", "--candidates", "mobilevit", "transformers", "--output", str(tmp_path),
+            "--allocator", "default"]  # "tuned" would change the test process's malloc for good
     assert cli_main(args) == 0
     printed = capsys.readouterr().out
     assert "| mobilevit (this package) | xx-small |" in printed and "| transformers (stock) | xx-small |" in printed
@@ -46,13 +49,37 @@ def test_bad_arguments():
         benchmark.benchmark(variants=["xx-small"], batch_sizes=[0])
     with pytest.raises(ValueError, match="variant"):
         benchmark.benchmark(variants=["huge"])
+    with pytest.raises(ValueError, match="allocator.*jemalloc"):
+        benchmark.benchmark(variants=["xx-small"], allocator="jemalloc")
+
+
+def test_tuned_allocator_keeps_freed_memory_for_reuse():
+    # in a child process: the setting is process-wide and cannot be undone
+    code = """
+import resource, torch
+from mobilevit.benchmark import tune_allocator
+def faults_per_call():
+    torch.empty(8 << 20).fill_(1)  # 32 MiB, above glibc's default mmap threshold
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(5):
+        torch.empty(8 << 20).fill_(1)
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5
+plain = faults_per_call()
+tune_allocator()
+faults_per_call()
+print(plain, faults_per_call())
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    plain, tuned = map(float, result.stdout.split())
+    assert plain > 4000  # 32 MiB = 8192 pages, faulted in again on every call
+    assert tuned < 100
 
 
 @pytest.mark.slow
 def test_smoke_run_with_onnxruntime_and_resnet(tmp_path):
     results = benchmark.benchmark(
         variants=["xx-small"], batch_sizes=[1], image_size=64, repeats=1, warmup=1, progress=False,
-        candidates=["mobilevit", "onnxruntime", "resnet-50"],
+        candidates=["mobilevit", "onnxruntime", "resnet-50"], allocator="default",  # leaves pytest's malloc alone
     )
     assert [(r.candidate, r.variant) for r in results] == [
         ("mobilevit", "xx-small"), ("onnxruntime", "xx-small"), ("resnet-50", "resnet-50")
