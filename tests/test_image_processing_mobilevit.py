@@ -426,3 +426,19 @@ def test_bad_segmentation_maps_raise_clear_errors():
 def test_normalisation_is_refused():
     with pytest.raises(ValueError, match="do_normalize"):
         MobileViTImageProcessor(do_normalize=True)
+
+
+def test_large_batches_on_huge_pages_equal_the_per_image_outputs(flower, china, monkeypatch):
+    import pickle
+
+    from mobilevit import image_processing_mobilevit
+
+    monkeypatch.setattr(image_processing_mobilevit, "_HUGE_PAGE_MIN_BYTES", 0)  # every batch takes that route
+    processor = MobileViTImageProcessor()
+    images = [flower, china, np.ascontiguousarray(flower[:, ::-1])]
+    batch = processor(images, return_tensors="pt")["pixel_values"]
+    singles = processor(images)["pixel_values"]
+    assert batch.shape == (3, 3, 256, 256) and batch.dtype == torch.float32
+    for row, single in zip(batch, singles):
+        torch.testing.assert_close(row, torch.as_tensor(single), atol=0, rtol=0)
+    assert torch.equal(pickle.loads(pickle.dumps(batch)), batch)  # DataLoader workers send batches this way
