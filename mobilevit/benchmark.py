@@ -39,6 +39,7 @@ import os
 import statistics
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -113,8 +114,8 @@ def build_onnxruntime(model: nn.Module, image_size: int, threads: int, workdir: 
     from .export import ort_session
 
     path = workdir / f"{model.config.variant}-{type(model).__name__}.onnx"
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        pool.apply(_export_for_benchmark, (model, path, image_size))
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as child:
+        child.submit(_export_for_benchmark, model, path, image_size).result()
     return ort_session(path, threads=threads)
 
 

@@ -199,7 +199,7 @@ def packed_weight(folded: FoldedConvolution, features: torch.Tensor) -> torch.Te
     packed = folded.packed.get(shape)
     if packed is None:
         if len(folded.packed) >= MAX_PACKED_SHAPES:
-            folded.packed.pop(next(iter(folded.packed)))  # the oldest shape
+            folded.packed.pop(next(iter(folded.packed), None), None)  # the oldest shape (another thread may race us)
         with torch.inference_mode(False), torch.no_grad():
             packed = torch._C._nn.mkldnn_reorder_conv2d_weight(folded.weight.to_mkldnn(), *folded.geometry, list(shape))
         folded.packed[shape] = packed
