@@ -19,7 +19,6 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -71,15 +70,10 @@ def candidates() -> tuple[dict, dict, str]:
 
 
 def measure(runs: dict, images, repeats: int) -> dict[str, float]:
-    """Median images/s of each candidate, interleaving them within every repeat."""
-    times = {name: [] for name in runs}
-    for fn in runs.values():  # warm-up: caches, first-call allocations
-        fn(images)
-    for _ in range(repeats):
-        for name, fn in runs.items():
-            start = time.perf_counter()
-            fn(images)
-            times[name].append(time.perf_counter() - start)
+    """Median images/s of each candidate, interleaved round by round (mobilevit.benchmark's timing loop)."""
+    from mobilevit.benchmark import time_interleaved
+
+    times = time_interleaved(runs, lambda name: images, repeats, warmup=1, progress=False)
     return {name: len(images) / statistics.median(t) for name, t in times.items()}
 
 
