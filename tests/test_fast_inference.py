@@ -182,10 +182,15 @@ def test_large_batches_run_in_micro_batches(monkeypatch, count_fast_calls):
         torch.testing.assert_close(mine, reference, **TOL)
 
 
+def folded_convolutions(model):
+    """The cached FoldedConvolution of every convolution layer that has run on the fast path."""
+    entries = [m.__dict__.get(fast_inference.CACHE_ATTR) for m in model.modules()]
+    return [entry[1] for entry in entries if entry and isinstance(entry[1], fast_inference.FoldedConvolution)]
+
+
 def packed_shapes(model):
     """Input shapes for which oneDNN-packed convolution weights are cached, per convolution layer."""
-    entries = [m.__dict__.get(fast_inference.CACHE_ATTR) for m in model.modules()]
-    return [set(entry[1].packed) for entry in entries if entry and isinstance(entry[1], fast_inference.FoldedConvolution)]
+    return [set(folded.packed) for folded in folded_convolutions(model)]
 
 
 @pytest.mark.skipif(fast_inference._ONEDNN_CONV is None, reason="this PyTorch build has no oneDNN fused convolution")
@@ -203,8 +208,7 @@ def test_without_onednn_every_convolution_takes_the_plain_route(monkeypatch):
     monkeypatch.setattr(fast_inference, "_ONEDNN_CONV", None)
     model = build(head="segmentation")
     assert_same(model, torch.rand(2, 3, 70, 90))
-    folded = [entry[1] for m in model.modules() if (entry := m.__dict__.get(fast_inference.CACHE_ATTR))]
-    folded = [entry for entry in folded if isinstance(entry, fast_inference.FoldedConvolution)]
+    folded = folded_convolutions(model)
     assert len(folded) > 30 and all(entry.packed is None for entry in folded)
 
 
@@ -217,6 +221,6 @@ def test_models_copy_and_pickle_after_a_fast_call():
     fast, _ = assert_same(model, x)  # the cache now holds derived (and, on CPU, oneDNN-packed) weights
     # oneDNN's packed tensors can be neither deep-copied nor pickled: copies must start without the cache
     for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
-        assert not any(fast_inference.CACHE_ATTR in m.__dict__ and m.__dict__[fast_inference.CACHE_ATTR] for m in clone.modules())
+        assert not any(m.__dict__.get(fast_inference.CACHE_ATTR) for m in clone.modules())
         with torch.no_grad():
             torch.testing.assert_close(clone(x).logits, fast.logits, **TOL)
