@@ -8,15 +8,21 @@ uint8 bilinear resize (within 1/255 of OpenCV), with `resize_bit_exact=True` bit
 fixed-point arithmetic emulated with integer tensor operations), and with `resize_antialias=True` like
 stock transformers' PIL processor.
 
-Images of the same size are resized together (in batches of up to 8) and stay uint8 until the final
-conversion, which is written straight into the output batch.
+Speed (the hot path, 8-bit RGB photos): Pillow's pixels are read in place (its Arrow export, no copy); each
+image goes from resize to output on its own, in 8 bits until the final conversion, which is written
+straight into the output batch; the resize skips the input rows that the crop never reads; intermediates
+live in per-thread scratch memory, and a freed output batch's memory serves the next batch. Page faults on
+fresh memory had cost as much as the arithmetic.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import mmap
+import threading
 import warnings
+import weakref
 from collections.abc import Sequence
 
 import numpy as np
@@ -33,8 +39,9 @@ import PIL.Image
 # ml-cvnets' `Resize` is cv2.resize(INTER_LINEAR) on uint8: weights are quantised to 11 bits (2048 = 1.0).
 _COEF_BITS = 11
 _COEF_ONE = 1 << _COEF_BITS
-# Largest number of same-size images resized in one call.
-_GROUP_SIZE = 8
+# Intermediates up to this size are kept per thread for the next image (a resized 4000-pixel panorama is 5 MB).
+_SCRATCH_MAX_BYTES = 16 << 20
+_SCRATCH_MAX_VIEWS = 64  # shapes remembered per thread
 _HUGE_PAGE_MIN_BYTES = 8 << 20  # smaller outputs come from malloc's reused memory
 # Label value that losses ignore (PASCAL VOC's border value, transformers' `semantic_loss_ignore_index`).
 IGNORE_INDEX = 255
@@ -167,34 +174,29 @@ class MobileViTImageProcessor(BaseImageProcessor):
         data_format=None,
         return_tensors=None,
         device=None,
-        disable_grouping: bool | None = None,
         **unused,
     ) -> BatchFeature:
         _refuse_normalisation(unused.get("do_normalize"))
         mode = _torch_mode(resample)
         pixels = _as_list(images, "images")
-        pixels = [
-            _image_to_hwc(image, f"images[{i}]", input_data_format, quantise=do_rescale)
-            for i, image in enumerate(pixels)
-        ]
+        with warnings.catch_warnings():
+            # Read-only pixels (Pillow's, or np.asarray of a PIL image) are only ever read here: no copy needed.
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            pixels = [
+                _image_to_hwc(image, f"images[{i}]", input_data_format, quantise=do_rescale)
+                for i, image in enumerate(pixels)
+            ]
         if device is not None:
             pixels = [p.to(device) for p in pixels]
-        geometries = [
-            _Geometry.of(p.shape[0], p.shape[1], size if do_resize else None, crop_size if do_center_crop else None)
-            for p in pixels
-        ]
+        geometries = _Geometry.of_each(pixels, size if do_resize else None, crop_size if do_center_crop else None)
+        channels_first = data_format is None or ChannelDimension(data_format) == ChannelDimension.FIRST
+        outputs, targets = _new_outputs(pixels, geometries, channels_first, batched=return_tensors is not None)
         channel_order = torch.tensor([2, 1, 0] if do_flip_channel_order else [0, 1, 2])
-        planes = _run_grouped(
-            pixels,
-            geometries,
-            # (N, h, w, C) crops -> (N, 3, h, w) planes in the output's channel order, in one gather per group.
-            lambda group, geometry: _resize_and_crop_images(group, geometry, mode, resize_antialias, resize_bit_exact)
-            .permute(0, 3, 1, 2)
-            .index_select(1, channel_order.to(group[0].device))
-            .contiguous(),  # transpose while still uint8: 4x cheaper than transposing floats
-            grouped=not disable_grouping,
-        )
-        outputs = _finish_pixels(planes, do_rescale, rescale_factor, data_format, batched=return_tensors is not None)
+        # One image at a time from resize to output: its intermediates stay in this thread's scratch memory
+        # (cache-sized and reused), and the only fresh memory is the output itself.
+        for image, geometry, target in zip(pixels, geometries, targets):
+            crop = _resize_and_crop_image(image, geometry, mode, resize_antialias, resize_bit_exact)
+            _write_pixels(crop, channel_order.to(crop.device), target, do_rescale, rescale_factor)
         data = {"pixel_values": outputs}
 
         if segmentation_maps is not None:
@@ -286,18 +288,51 @@ def _as_list(images, name: str) -> list:
     return items
 
 
-def _pil_to_numpy(image) -> np.ndarray:
-    """Decode a PIL image of any mode to H x W (grey) or H x W x 3 (RGB) uint8, dropping alpha."""
-    if image.mode in ("RGB", "L"):
+def _pil_pixels(image) -> np.ndarray | torch.Tensor:
+    """Decode a PIL image of any mode to H x W (grey), H x W x 3 (RGB) or H x W x 4 (RGB and a fourth channel,
+    alpha or padding, that is never read) uint8 pixels."""
+    if image.mode in ("RGB", "RGBA", "RGBX"):
+        view = _arrow_view(image)
+        return view if view is not None else np.asarray(image)
+    if image.mode == "L":
         return np.asarray(image)
-    if image.mode in ("RGBA", "RGBX"):
-        return np.asarray(image)[:, :, :3]
     if image.mode == "LA":
         return np.asarray(image)[:, :, 0]
     if image.mode in _PIL_16BIT_MODES:
         wide = np.asarray(image).astype(np.float32)
         return np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8)
     return np.asarray(image.convert("RGB"))
+
+
+def _arrow_view(image) -> torch.Tensor | None:
+    """The H x W x 4 uint8 pixels of an RGB(A/X) Pillow image without copying them, or None where that is
+    not possible (no pyarrow, a Pillow without Arrow export, an image stored in several memory blocks).
+
+    Pillow keeps such images as 4 bytes per pixel; its Arrow export (Pillow >= 11.2) hands out that memory
+    itself, where `np.asarray` copies it byte by byte into 3 bytes per pixel (a third of this processor's
+    time on 500x375 photos). The tensor keeps the Arrow array alive, which keeps the image memory alive.
+    """
+    pyarrow = _pyarrow()
+    if pyarrow is None or not hasattr(image, "__arrow_c_array__"):
+        return None
+    try:
+        pixels = pyarrow.array(image)
+    except (ValueError, TypeError, NotImplementedError, pyarrow.ArrowException):
+        return None
+    kind = pixels.type
+    four_bytes = pyarrow.types.is_fixed_size_list(kind) and kind.list_size == 4 and kind.value_type == pyarrow.uint8()
+    if not four_bytes or pixels.offset or len(pixels) != image.width * image.height:
+        return None  # not 4 x uint8 per pixel: modes other than RGB, RGBA and RGBX
+    return torch.from_numpy(pixels.values.to_numpy(zero_copy_only=True)).view(image.height, image.width, 4)
+
+
+@functools.cache
+def _pyarrow():
+    try:
+        import pyarrow
+    except ImportError:  # installed with `datasets`; without it PIL images are read with np.asarray
+        return None
+    return pyarrow
 
 
 def _channel_layout(shape, name: str, input_data_format) -> ChannelDimension:
@@ -320,17 +355,15 @@ def _channel_layout(shape, name: str, input_data_format) -> ChannelDimension:
 
 
 def _image_to_hwc(image, name: str, input_data_format, quantise: bool) -> torch.Tensor:
-    """One image -> H x W x 3 RGB tensor, uint8 (8-bit pixels stay 8-bit); float images are quantised to
-    uint8 when `quantise` (they must lie in [0, 1]), else kept as float32 in their own units."""
+    """One image -> H x W x C RGB tensor (C = 3, or 4 for 8-bit pixels with a fourth channel that is never
+    read), uint8 (8-bit pixels stay 8-bit); float images are quantised to uint8 when `quantise` (they must lie
+    in [0, 1]), else kept as float32 in their own units."""
     if isinstance(image, PIL.Image.Image):
-        image = _pil_to_numpy(image)
+        image = _pil_pixels(image)
     if isinstance(image, np.ndarray):
         if image.dtype == np.bool_ or not (np.issubdtype(image.dtype, np.number)):
             raise TypeError(f"{name}: expected uint8 or float pixels, got a NumPy array of dtype {image.dtype}")
-        with warnings.catch_warnings():
-            # Read-only arrays (np.asarray of a PIL image) are only ever read here, so no copy is needed.
-            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            tensor = torch.from_numpy(image)
+        tensor = torch.from_numpy(image)
     elif isinstance(image, torch.Tensor):
         tensor = image.detach()
     else:
@@ -346,30 +379,32 @@ def _image_to_hwc(image, name: str, input_data_format, quantise: bool) -> torch.
     if tensor.shape[0] == 0 or tensor.shape[1] == 0:
         raise ValueError(f"{name}: the image is empty (height x width = {tensor.shape[0]} x {tensor.shape[1]})")
 
-    channels = tensor.shape[2]
-    tensor = tensor[:, :, :3] if channels == 4 else tensor.expand(-1, -1, 3) if channels == 1 else tensor
-
+    if tensor.shape[2] == 1:
+        tensor = tensor.expand(-1, -1, 3)
     if tensor.dtype == torch.uint8:
+        # A fourth channel (alpha, or Pillow's padding byte) stays: 4-byte pixels resize fastest, and only
+        # channels 0-2 are ever written out.
         return tensor
+    colours = tensor[:, :, :3]
     if tensor.dtype.is_floating_point:
         if not quantise:
-            return tensor.float()
-        low, high = tensor.min().item(), tensor.max().item()
+            return colours.float()
+        low, high = colours.min().item(), colours.max().item()
         if not (0 <= low and high <= 1):  # written so that NaN fails too
             raise ValueError(
                 f"{name}: float pixels must lie in [0, 1] with do_rescale=True, got values in [{low:g}, {high:g}]; "
                 "pass uint8 pixels (0..255), or do_rescale=False for images already in their final scale"
             )
-        return torch.round(tensor.float() * 255).to(torch.uint8)
+        return torch.round(colours.float() * 255).to(torch.uint8)
     if tensor.dtype in (torch.bool, torch.complex64, torch.complex128):
         raise TypeError(f"{name}: expected uint8 or float pixels, got dtype {tensor.dtype}")
-    low, high = tensor.min().item(), tensor.max().item()
+    low, high = colours.min().item(), colours.max().item()
     if low < 0 or high > 255:
         raise ValueError(
             f"{name}: integer pixels must lie in 0..255, got values in [{low}, {high}] (dtype {tensor.dtype}); "
             "scale 16-bit images to 8 bits first"
         )
-    return tensor.to(torch.uint8)
+    return colours.to(torch.uint8)
 
 
 def _segmentation_map_to_hw(seg, name: str) -> torch.Tensor:
@@ -426,26 +461,18 @@ class _Geometry(tuple):
             crop = ((out_h - crop_size.height) // 2, (out_w - crop_size.width) // 2, crop_size.height, crop_size.width)
         return cls(((height, width), (out_h, out_w), crop))
 
+    @classmethod
+    def of_each(cls, pixels: list[torch.Tensor], size: SizeDict | None, crop_size: SizeDict | None) -> list:
+        """The geometry of each H x W x C image (worked out once per distinct input size)."""
+        by_size: dict = {}
+        for p in pixels:
+            if p.shape[:2] not in by_size:
+                by_size[p.shape[:2]] = cls.of(p.shape[0], p.shape[1], size, crop_size)
+        return [by_size[p.shape[:2]] for p in pixels]
+
     height = property(lambda self: self[0][0])
     width = property(lambda self: self[0][1])
-
-
-def _run_grouped(items: list[torch.Tensor], geometries: list[_Geometry], fn, grouped: bool) -> list[torch.Tensor]:
-    """Call `fn(group, geometry)` once per group of same-size, same-dtype items (each item alone when not
-    `grouped`); `fn` returns one batch for its group. Results come back in input order."""
-    groups: dict = {}
-    for index, (item, geometry) in enumerate(zip(items, geometries)):
-        key = (geometry, item.dtype, item.device) if grouped else index
-        groups.setdefault(key, []).append(index)
-    # Batches of at most _GROUP_SIZE images keep the intermediates cache-sized; one batch of 64 photos
-    # measured slower than 8 batches of 8.
-    chunks = [indices[i : i + _GROUP_SIZE] for indices in groups.values() for i in range(0, len(indices), _GROUP_SIZE)]
-    results: list = [None] * len(items)
-    for indices in chunks:
-        out = fn([items[i] for i in indices], geometries[indices[0]])
-        for position, index in enumerate(indices):
-            results[index] = out[position]
-    return results
+    crop_hw = property(lambda self: self[2][2:])  # the output size
 
 
 # --------------------------------------------------------------------------------------------------
@@ -474,18 +501,20 @@ def _linear_taps(in_size: int, out_size: int, start: int, stop: int, clamp_fract
     return first.clamp(0, in_size - 1), (first + 1).clamp(0, in_size - 1), weight0, weight1
 
 
-def _resize_crop_linear_uint8(group: list[torch.Tensor], out_hw, rows: range, cols: range) -> torch.Tensor:
-    """cv2.resize(INTER_LINEAR) of same-size H x W x 3 uint8 images, computed only for output `rows` x `cols`.
+def _resize_crop_linear_uint8(image: torch.Tensor, out_hw, rows: range, cols: range) -> torch.Tensor:
+    """cv2.resize(INTER_LINEAR) of one H x W x C uint8 image, computed only for output `rows` x `cols`.
 
-    Returns (N, len(rows), len(cols), 4) uint8; channel 3 is padding. Each pixel is packed into one int32
+    Returns (1, len(rows), len(cols), 4) uint8; channel 3 is padding. Each pixel is packed into one int32
     (RGB + a pad byte) so that gathering columns moves 4-byte words instead of 3 separate bytes.
     """
-    in_h, in_w = group[0].shape[:2]
+    in_h, in_w = image.shape[:2]
     out_h, out_w = out_hw
-    device = group[0].device
-    packed = torch.empty((len(group), in_h, in_w, 4), dtype=torch.uint8, device=device)
-    for slot, image in zip(packed, group):
-        slot[:, :, :3].copy_(image)
+    device = image.device
+    if image.shape[2] == 4 and image.is_contiguous():
+        packed = image[None]  # already 4 bytes per pixel; the fourth only ever reaches the padding channel
+    else:
+        packed = torch.empty((1, in_h, in_w, 4), dtype=torch.uint8, device=device)
+        packed[0, :, :, :3].copy_(image[:, :, :3])
     packed = packed.view(torch.int32).squeeze(-1)
     y0, y1, wy0, wy1 = (t.to(device) for t in _linear_taps(in_h, out_h, rows.start, rows.stop, False))
     x0, x1, wx0, wx1 = (t.to(device) for t in _linear_taps(in_w, out_w, cols.start, cols.stop, True))
@@ -529,16 +558,18 @@ def _pad_to_crop(out: torch.Tensor, geometry: _Geometry, rows: range, cols: rang
     return F.pad(out, (0, 0, *pad), value=pad_value) if any(pad) else out
 
 
-def _resize_and_crop_images(group: list[torch.Tensor], geometry: _Geometry, mode: str, antialias: bool,
-                            bit_exact: bool) -> torch.Tensor:
-    """Same-size H x W x 3 images -> (N, crop_h, crop_w, C >= 3), resized and cropped, padded with 0."""
+def _resize_and_crop_image(image: torch.Tensor, geometry: _Geometry, mode: str, antialias: bool,
+                           bit_exact: bool) -> torch.Tensor:
+    """One H x W x C image -> its (crop_h, crop_w, C' >= 3) crop of the resized image, padded with 0.
+
+    The result may be a view of the input or of this thread's scratch memory: copy it before the next image.
+    """
     resizes = geometry[0] != geometry[1]
-    if resizes and bit_exact and mode == "bilinear" and not antialias and group[0].dtype == torch.uint8:
+    if resizes and bit_exact and mode == "bilinear" and not antialias and image.dtype == torch.uint8:
         rows, cols = _crop_window(geometry)
-        out = _resize_crop_linear_uint8(group, geometry[1], rows, cols)
-        return _pad_to_crop(out, geometry, rows, cols, 0)
-    batch = torch.stack(group) if len(group) > 1 else group[0][None]
-    return _resize_and_crop(batch, geometry, mode, antialias, 0)
+        out = _resize_crop_linear_uint8(image, geometry[1], rows, cols)
+        return _pad_to_crop(out, geometry, rows, cols, 0)[0]
+    return _resize_and_crop(image[None], geometry, mode, antialias, 0)[0]
 
 
 def _resize_and_crop(batch: torch.Tensor, geometry: _Geometry, mode: str, antialias: bool, pad_value) -> torch.Tensor:
@@ -551,15 +582,55 @@ def _resize_and_crop(batch: torch.Tensor, geometry: _Geometry, mode: str, antial
         out = batch.index_select(1, _nearest_indices(in_h, out_h, rows.start, rows.stop, batch.device))
         out = out.index_select(2, _nearest_indices(in_w, out_w, cols.start, cols.stop, batch.device))
     else:
-        out = _interpolate(batch, (out_h, out_w), mode, antialias)[:, rows.start : rows.stop, cols.start : cols.stop]
+        out = _interpolate(batch, (out_h, out_w), mode, antialias, rows)
+        out = out[:, rows.start : rows.stop, cols.start : cols.stop]
     return _pad_to_crop(out, geometry, rows, cols, pad_value)
 
 
-def _interpolate(batch: torch.Tensor, out_hw, mode: str, antialias: bool) -> torch.Tensor:
-    """torch interpolate of a (N, H, W, C) batch; uint8 stays uint8 (torch's rounding uint8 kernels)."""
-    nchw = batch.permute(0, 3, 1, 2)  # a channels-last view: torch's fast uint8 kernels want this layout
-    options = {} if mode == "nearest-exact" else {"antialias": antialias, "align_corners": False}
-    return F.interpolate(nchw, size=out_hw, mode=mode, **options).permute(0, 2, 3, 1)
+# Resize operators that write into a given tensor (scratch memory): what F.interpolate calls, with out=.
+_RESIZE_INTO = {
+    ("bilinear", False): torch._C._nn.upsample_bilinear2d,
+    ("bilinear", True): torch._C._nn._upsample_bilinear2d_aa,
+    ("bicubic", False): torch._C._nn.upsample_bicubic2d,
+    ("bicubic", True): torch._C._nn._upsample_bicubic2d_aa,
+}
+
+
+def _interpolate(batch: torch.Tensor, out_hw, mode: str, antialias: bool, rows: range) -> torch.Tensor:
+    """torch's bilinear/bicubic resize (align_corners=False) of a (N, H, W, C) batch, bit for bit what
+    F.interpolate computes in the output `rows` (other rows may hold anything); uint8 stays uint8 (torch's
+    rounding uint8 kernels). The result lives in this thread's scratch memory."""
+    n, in_h, in_w, channels = batch.shape
+    out_h, out_w = out_hw
+    resize = _RESIZE_INTO[mode, antialias]
+    resized = _scratch("resized", (n, out_h, out_w, channels), batch.dtype, batch.device)
+    # Channels-last views throughout: torch's fast uint8 kernels want this layout, and with 4 channels they
+    # read and write it as is (3 channels are repacked to 4 and back inside the kernel).
+    first, stop = _source_rows(in_h, out_h, rows, mode, antialias)
+    separable = batch.dtype == torch.uint8 and batch.device.type == "cpu" and in_h != out_h and in_w != out_w
+    if not separable or (first, stop) == (0, in_h):
+        resize(batch.permute(0, 3, 1, 2), out_hw, False, None, None, out=resized.permute(0, 3, 1, 2))
+        return resized
+    # On CPU torch resizes 8-bit images in two passes, the width into an 8-bit intermediate, then the
+    # height. Two calls give the same result, and the first one can skip the input rows that the kept rows
+    # never read (a tenth of a landscape photo, a third of a portrait one). The intermediate's other rows
+    # hold stale data, which only reaches output rows outside `rows`.
+    wide = _scratch("wide", (n, in_h, out_w, channels), batch.dtype, batch.device)
+    resize(batch[:, first:stop].permute(0, 3, 1, 2), (stop - first, out_w), False, None, None,
+           out=wide[:, first:stop].permute(0, 3, 1, 2))
+    resize(wide.permute(0, 3, 1, 2), out_hw, False, None, None, out=resized.permute(0, 3, 1, 2))
+    return resized
+
+
+def _source_rows(in_size: int, out_size: int, rows: range, mode: str, antialias: bool) -> tuple[int, int]:
+    """The input rows [first, stop) that output `rows` read, with a row to spare either side. torch weighs
+    the input within `support` of each output pixel's centre: 1 (bilinear) or 2 (bicubic) input pixels,
+    times the scale when antialiasing a downscale."""
+    scale = in_size / out_size
+    support = (2 if mode == "bicubic" else 1) * (scale if antialias and scale > 1 else 1)
+    first = math.floor(scale * (rows.start + 0.5) - support) - 1
+    stop = math.ceil(scale * (rows.stop - 0.5) + support) + 1
+    return max(first, 0), min(stop, in_size)
 
 
 def _torch_mode(resample) -> str:
@@ -571,44 +642,119 @@ def _torch_mode(resample) -> str:
         ) from None
 
 
-def _finish_pixels(planes: list[torch.Tensor], rescale: bool, factor: float, data_format,
-                   batched: bool) -> torch.Tensor | list[torch.Tensor]:
-    """3 x H x W uint8 (or float) planes -> float32 pixels (3 x H x W, or H x W x 3 for channels-last
-    `data_format`), times `factor` if `rescale`; one (B, ...) tensor when `batched`, else a list."""
-    channels_first = data_format is None or ChannelDimension(data_format) == ChannelDimension.FIRST
-    sources = planes if channels_first else [p.permute(1, 2, 0) for p in planes]
+def _new_outputs(pixels: list[torch.Tensor], geometries: list[_Geometry], channels_first: bool,
+                 batched: bool) -> tuple[torch.Tensor | list[torch.Tensor], list[torch.Tensor]]:
+    """Uninitialised float32 outputs (one (B, ...) batch when `batched`, else one tensor per image) of the
+    crop sizes, 3 x H x W or H x W x 3, and per image a 3 x H x W view of its output to write into."""
+    shapes = [(3, *g.crop_hw) if channels_first else (*g.crop_hw, 3) for g in geometries]
     if batched:
-        _check_same_shape([tuple(p.shape) for p in sources], "pixel_values")
-        outputs = _empty_float32((len(sources), *sources[0].shape), sources[0].device)
-        targets = outputs.unbind(0)
+        _check_same_shape(shapes, "pixel_values")
+        outputs = _empty_float32((len(shapes), *shapes[0]), pixels[0].device)
+        slots = outputs.unbind(0)
     else:
-        targets = outputs = [torch.empty(p.shape, dtype=torch.float32, device=p.device) for p in sources]
+        slots = outputs = [torch.empty(shape, dtype=torch.float32, device=p.device) for shape, p in zip(shapes, pixels)]
+    return outputs, [slot if channels_first else slot.permute(2, 0, 1) for slot in slots]
+
+
+def _write_pixels(crop: torch.Tensor, channel_order: torch.Tensor, target: torch.Tensor, rescale: bool,
+                  factor: float) -> None:
+    """Write a (h, w, C) crop into `target` (3, h, w): channels `channel_order`, as float32, times `factor` if
+    `rescale`."""
+    planes = _scratch("planes", (3, *crop.shape[:2]), crop.dtype, crop.device)
+    # Channels picked and transposed while still uint8 (4x less to move than floats), then converted and
+    # scaled in one pass straight into the output.
+    torch.index_select(crop.permute(2, 0, 1), 0, channel_order, out=planes)
     inverse = 1 / factor
-    for source, target in zip(sources, targets):
-        # Converted to float and scaled in one pass, straight into the output batch (no separate stack).
-        if not rescale:
-            target.copy_(source)
-        elif inverse == round(inverse):
-            # ml-cvnets divides by 255; dividing (rather than multiplying by 1/255) keeps its float32 bits.
-            torch.div(source, inverse, out=target)
-        else:
-            torch.mul(source, factor, out=target)
-    return outputs
+    if not rescale:
+        target.copy_(planes)
+    elif inverse == round(inverse):
+        # ml-cvnets divides by 255; dividing (rather than multiplying by 1/255) keeps its float32 bits.
+        torch.div(planes, inverse, out=target)
+    else:
+        torch.mul(planes, factor, out=target)
+
+
+class _ScratchMemory(threading.local):
+    """Per-thread memory reused for intermediates: one flat buffer per role, grown to the largest need, and
+    the tensors handed out from it by shape (making a view costs more than looking one up)."""
+
+    def __init__(self):
+        self.buffers: dict = {}
+        self.views: dict = {}
+
+
+_SCRATCH = _ScratchMemory()
+
+
+def _scratch(role: str, shape: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """An uninitialised contiguous tensor in this thread's scratch memory for `role`, valid until the next
+    request for the same role. Reused memory is already paged in and in cache; a fresh allocation of each
+    intermediate cost more than computing it (page faults). Needs above _SCRATCH_MAX_BYTES are not kept."""
+    key = (role, shape, dtype, device)
+    view = _SCRATCH.views.get(key)
+    if view is not None:
+        return view
+    numel = math.prod(shape)
+    if numel * dtype.itemsize > _SCRATCH_MAX_BYTES:
+        return torch.empty(shape, dtype=dtype, device=device)
+    buffer_key = (role, dtype, device)
+    flat = _SCRATCH.buffers.get(buffer_key)
+    if flat is None or flat.numel() < numel:
+        flat = _SCRATCH.buffers[buffer_key] = torch.empty(numel, dtype=dtype, device=device)
+        _SCRATCH.views.clear()  # views of the smaller buffer would keep it alive
+    elif len(_SCRATCH.views) >= _SCRATCH_MAX_VIEWS:
+        _SCRATCH.views.clear()  # images of many sizes: forget the shapes, keep the memory
+    view = _SCRATCH.views[key] = flat[:numel].view(shape)
+    return view
 
 
 def _empty_float32(shape, device) -> torch.Tensor:
-    """An uninitialised float32 tensor; large CPU ones on transparent huge pages where Linux offers them.
+    """An uninitialised float32 tensor; large CPU ones on transparent huge pages, recycled once freed.
 
     A batch of 64 crops is 50 MB: glibc maps a block that large afresh on every call, and faulting it in
-    4 KiB page by page took longer than converting the pixels (16 of 26 ms). With 2 MiB pages it is ~500
-    faults instead of ~12,000. The tensor owns the mapping (released with it); nothing else changes.
+    4 KiB page by page took longer than converting the pixels (16 of 26 ms). With 2 MiB pages it is ~25
+    faults instead of ~12,000, but the kernel still zeroes every fresh page (~3 ms per 50 MB); so once no
+    tensor uses a batch's memory any more (the caller dropped it, or a DataLoader worker moved it to shared
+    memory), that memory serves the next batch of the same size, as a caching allocator would.
     """
-    nbytes = 4 * int(np.prod(shape))
+    nbytes = 4 * math.prod(shape)
     if device.type != "cpu" or nbytes < _HUGE_PAGE_MIN_BYTES or not hasattr(mmap, "MADV_HUGEPAGE"):
         return torch.empty(shape, dtype=torch.float32, device=device)
-    mapping = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    mapping.madvise(mmap.MADV_HUGEPAGE)
-    return torch.frombuffer(mapping, dtype=torch.float32).view(shape)
+    mapping = _take_idle_mapping(nbytes)
+    if mapping is None:
+        mapping = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        mapping.madvise(mmap.MADV_HUGEPAGE)
+    # The tensor's storage holds this memoryview (and the memoryview the mapping) for as long as any tensor
+    # uses the memory; when the memoryview goes, the mapping becomes idle.
+    view = memoryview(mapping)
+    weakref.finalize(view, _keep_idle_mapping, mapping).atexit = False
+    return torch.frombuffer(view, dtype=torch.float32).view(shape)
+
+
+# Freed output batches, the most recently freed last. The finalizer that returns one may run in any thread
+# at any moment (even inside _take_idle_mapping), so no lock: list operations are atomic under the GIL.
+_IDLE_MAPPINGS: list = []
+_MAX_IDLE_MAPPINGS = 2  # older ones are unmapped (a training loop has one or two batches in flight)
+
+
+def _take_idle_mapping(nbytes: int):
+    for mapping in reversed(_IDLE_MAPPINGS[:]):
+        if len(mapping) == nbytes:
+            try:
+                _IDLE_MAPPINGS.remove(mapping)
+            except ValueError:  # another thread took it first
+                continue
+            return mapping
+    return None
+
+
+def _keep_idle_mapping(mapping) -> None:
+    _IDLE_MAPPINGS.append(mapping)
+    while len(_IDLE_MAPPINGS) > _MAX_IDLE_MAPPINGS:
+        try:
+            _IDLE_MAPPINGS.pop(0)
+        except IndexError:
+            break
 
 
 def _check_same_shape(shapes, key: str) -> None:

@@ -114,6 +114,65 @@ def test_antialias_option_matches_stock_transformers_pil(flower, china, resample
     assert (pixels(MobileViTImageProcessor(**settings), [flower, china]) - stock).abs().max() > 0.05
 
 
+@pytest.mark.parametrize("resample, antialias", [(2, False), (2, True), (3, False), (3, True)])
+def test_resize_equals_torch_interpolate_then_crop(resample, antialias, monkeypatch):
+    """The crop-aware resize (the width pass skips input rows the crop never reads, intermediates live in reused
+    scratch memory) gives F.interpolate's pixels exactly. The scratch memory is filled with noise before every
+    use, so a row the resize wrongly skipped would show."""
+    from mobilevit import image_processing_mobilevit as module
+
+    scratch = module._scratch
+    monkeypatch.setattr(module, "_scratch", lambda *args: scratch(*args).random_(0, 256))
+    mode = {2: "bilinear", 3: "bicubic"}[resample]
+    generator = torch.Generator().manual_seed(0)
+    cases = [((375, 500), 288, 256), ((500, 375), 288, 256), ((301, 457), 288, 256), ((97, 61), 64, 48),
+             ((288, 300), 288, 256), ((30, 40), 288, 256), ((1000, 333), 100, 90), ((333, 1000), 100, 100)]
+    for (height, width), shortest_edge, crop in cases:
+        image = torch.randint(0, 256, (height, width, 3), dtype=torch.uint8, generator=generator)
+        short, long = sorted((height, width))
+        long_out = int(shortest_edge * long / short)
+        out_h, out_w = (shortest_edge, long_out) if height <= width else (long_out, shortest_edge)
+        resized = torch.nn.functional.interpolate(image.permute(2, 0, 1)[None], size=(out_h, out_w), mode=mode,
+                                                  antialias=antialias, align_corners=False)[0]
+        top, left = (out_h - crop) // 2, (out_w - crop) // 2
+        expected = resized[:, top : top + crop, left : left + crop].flip(0) / 255
+        processor = MobileViTImageProcessor(size={"shortest_edge": shortest_edge}, resample=resample,
+                                            crop_size={"height": crop, "width": crop}, resize_antialias=antialias)
+        for form in (image, PIL.Image.fromarray(image.numpy())):  # 3 channels, and Pillow's 4-byte pixels
+            assert torch.equal(pixels(processor, form)[0], expected), (height, width, type(form))
+
+
+def test_pil_pixels_are_read_in_place_and_stay_valid(flower):
+    """RGB/RGBA Pillow images are read through their Arrow export without a copy; the view keeps the image memory
+    alive after the image is gone, and large images stored in several blocks fall back to a copy."""
+    import gc
+
+    from mobilevit.image_processing_mobilevit import _arrow_view, _pyarrow
+
+    if _pyarrow() is None:
+        pytest.skip("pyarrow is not installed (it comes with datasets): PIL images are copied with np.asarray")
+    image = PIL.Image.fromarray(flower)
+    view = _arrow_view(image)
+    assert view.shape == (*flower.shape[:2], 4) and torch.equal(view[..., :3], torch.from_numpy(flower))
+    del image
+    gc.collect()
+    PIL.Image.fromarray(np.zeros_like(flower))  # new image memory, which might reuse the freed block
+    assert torch.equal(view[..., :3], torch.from_numpy(flower))
+    rgba = np.concatenate([flower, np.full(flower.shape[:2] + (1,), 9, np.uint8)], axis=2)
+    assert torch.equal(_arrow_view(PIL.Image.fromarray(rgba)), torch.from_numpy(rgba))
+    assert _arrow_view(PIL.Image.new("RGB", (4000, 3000))) is None  # 48 MB: several blocks in Pillow
+    assert _arrow_view(PIL.Image.fromarray(flower).convert("L")) is None  # other modes are decoded as before
+
+
+def test_without_arrow_pil_images_give_the_same_pixels(flower, monkeypatch):
+    from mobilevit import image_processing_mobilevit as module
+
+    images = [PIL.Image.fromarray(flower), PIL.Image.fromarray(flower).convert("RGBA")]
+    reference = pixels(MobileViTImageProcessor(), images)
+    monkeypatch.setattr(module, "_arrow_view", lambda image: None)
+    assert torch.equal(pixels(MobileViTImageProcessor(), images), reference)
+
+
 # ------------------------------------------------------------------------------------------------
 # Every input form gives the RGB PIL result
 
@@ -442,3 +501,29 @@ def test_large_batches_on_huge_pages_equal_the_per_image_outputs(flower, china, 
     for row, single in zip(batch, singles):
         torch.testing.assert_close(row, torch.as_tensor(single), atol=0, rtol=0)
     assert torch.equal(pickle.loads(pickle.dumps(batch)), batch)  # DataLoader workers send batches this way
+
+
+def test_output_memory_is_reused_only_once_no_tensor_uses_it(flower, china, monkeypatch):
+    import gc
+
+    from mobilevit import image_processing_mobilevit
+
+    monkeypatch.setattr(image_processing_mobilevit, "_HUGE_PAGE_MIN_BYTES", 0)
+    monkeypatch.setattr(image_processing_mobilevit, "_IDLE_MAPPINGS", [])
+    processor = MobileViTImageProcessor()
+    first = pixels(processor, [flower, china])
+    kept = first[1].clone()
+    view, address = first[1], first.data_ptr()
+    del first
+    gc.collect()
+    second = pixels(processor, [china, flower])  # a view of the first batch is alive: fresh memory
+    assert second.data_ptr() != address and torch.equal(view, kept)
+    del view
+    gc.collect()
+    third = pixels(processor, [flower, flower])  # now the first batch's memory is free to serve again
+    assert third.data_ptr() == address
+    assert torch.equal(third[1], third[0]) and torch.equal(second[0], kept)
+    array = third.numpy()  # NumPy arrays of the batch hold its memory too
+    del third
+    gc.collect()
+    assert pixels(processor, [china, china]).data_ptr() != address and np.array_equal(array[0], array[1])
