@@ -10,6 +10,11 @@ checkpoints' settings (shortest edge 288, crop 256, bilinear, BGR). The candidat
 torch runs with one intra-op thread unless --threads says otherwise. On a busy 2-core machine, torch's
 OpenMP threads wait for each other on every operation: with 2 threads the processor measured 10-40x slower
 than with 1 while other jobs were running, so compare thread counts only on an idle machine.
+
+Memory allocation is a stated condition, as in `mobilevit benchmark` (`--allocator`): `tuned` (the default)
+has glibc keep freed memory for reuse, which is stock's best case (it allocates a fresh array per image and
+per step: 370 images/s with glibc as a fresh process has it, 510 tuned, on the same machine); `default`
+leaves glibc as it is, where stock's rate also depends on what ran before it in the process.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from pathlib import Path
 
 import torch
 from PIL import Image
+
+from mobilevit.benchmark import ALLOCATORS, tune_allocator
 
 HUB_SETTINGS = dict(size={"shortest_edge": 288}, crop_size={"height": 256, "width": 256}, resample=2,
                     do_flip_channel_order=True)
@@ -107,6 +114,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads (default 1: stock's PIL work is single-threaded, and DataLoader "
                              "workers run torch with one thread; 0 keeps torch's own choice)")
+    parser.add_argument("--allocator", default="tuned", choices=ALLOCATORS,
+                        help="glibc malloc tuned to keep freed memory (default; stock at its best) or as it is")
     parser.add_argument("--output", type=Path, default=Path("bench_image_processor.png"), help="bar chart PNG")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     args = parser.parse_args(argv)
@@ -119,10 +128,13 @@ def main(argv=None) -> int:
         parser.error(f"--threads must be >= 0, got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.allocator == "tuned":
+        tune_allocator()  # before the photos and processors allocate anything
     images = sample_photos(args.images)
     runs, skipped, version = candidates()
     print(f"{len(images)} photos ({len({im.size for im in images})} sizes), torch {torch.__version__} with "
-          f"{torch.get_num_threads()} threads, transformers {version}, {args.repeats} interleaved rounds")
+          f"{torch.get_num_threads()} threads, transformers {version}, {args.allocator} allocator, "
+          f"{args.repeats} interleaved rounds")
     rates = measure(runs, images, args.repeats)
     reference = rates["stock PIL (MobileViTImageProcessorPil)"]
     for name, rate in rates.items():
@@ -131,7 +143,7 @@ def main(argv=None) -> int:
         print(f"{name:42s} skipped: {reason}")
     print(f"speed-up of ours over stock PIL: {rates['ours (default)'] / reference:.2f}x")
     save_chart(rates, args.output.resolve(), f"MobileViT preprocessing, {len(images)} photos, "
-               f"torch threads: {torch.get_num_threads()}")
+               f"torch threads: {torch.get_num_threads()}, {args.allocator} allocator")
     print(f"chart: {args.output}")
     return 0
 
