@@ -12,7 +12,8 @@ hand their input to the functions below instead, which walk the same modules wit
   which turns unfold/fold into one copy each (`unfold_patches`/`fold_patches` on an NHWC layout),
 - q, k and v come from one fused projection into `scaled_dot_product_attention`,
 - activations and residual additions happen in place on tensors this path owns,
-- large batches run as micro-batches small enough for the allocator to reuse memory (`micro_batch_size`).
+- large batches run as micro-batches small enough for the allocator to reuse memory (`micro_batch_size`),
+  and on glibc the first call raises malloc's adaptive mmap threshold above them (`settle_allocator`).
 
 Derived weights (folded convolutions, fused q/k/v) are cached on the module they come from, under the
 attribute `_fast_inference_cache`, never as parameters or buffers, so the state dict does not change. Each
@@ -43,6 +44,7 @@ ENV_SWITCH = "MOBILEVIT_FAST"
 CACHE_ATTR = "_fast_inference_cache"
 CHANNELS_LAST = torch.channels_last
 MICRO_BATCH_BYTES = 16 << 20  # below glibc's largest dynamic mmap threshold (32 MiB), so blocks get reused
+SETTLING_BLOCK_BYTES = 31 << 20  # see settle_allocator: just under that 32 MiB cap
 
 # oneDNN convolution with a fused epilogue (inductor's CPU lowering target). A private operator: without it
 # (a build without oneDNN) every convolution takes the F.conv2d route, with the same results.
@@ -289,17 +291,62 @@ def mobilevit_block(stage: nn.Module, features: torch.Tensor) -> torch.Tensor:
 
 
 def micro_batch_size(model: nn.Module, pixel_values: torch.Tensor) -> int:
-    """Images per micro-batch such that the widest map (layer_1's expansion, at half resolution) stays
-    under MICRO_BATCH_BYTES: glibc malloc serves larger blocks with fresh, page-faulting mmap'd memory on
-    every call, which made batch 32 slower per image than batch 1. Eval outputs do not depend on batching."""
+    """Images per micro-batch such that the widest map stays under MICRO_BATCH_BYTES: glibc malloc serves
+    larger blocks with fresh, page-faulting mmap'd memory on every call, which made batch 32 slower per image
+    than batch 1. Eval outputs do not depend on batching."""
     _, _, height, width = pixel_values.shape
-    widest = max(block.expand_1x1.convolution.out_channels for block in model.encoder.layer[0].layer)
-    per_image = widest * -(-height // 2) * -(-width // 2) * pixel_values.element_size()
+    per_image = widest_map_elements(model, height, width) * pixel_values.element_size()
     return max(1, MICRO_BATCH_BYTES // per_image)
+
+
+def widest_map_elements(model: nn.Module, height: int, width: int) -> int:
+    """Elements per image of the largest map the backbone makes: an inverted residual's expansion, at the
+    resolution of its input (in MobileViT-S, layer_2's first block: 128 channels at half resolution)."""
+    height, width = -(-height // 2), -(-width // 2)  # the stem strides by 2 (3x3, padding 1: ceil)
+    widest = 0
+    for stage in model.encoder.layer:
+        blocks = [stage.downsampling_layer] if isinstance(stage, modeling.MobileViTLayer) else stage.layer
+        for block in blocks:
+            widest = max(widest, block.expand_1x1.convolution.out_channels * height * width)
+            stride = block.conv_3x3.convolution.stride[0]
+            height, width = -(-height // stride), -(-width // stride)
+    return widest
+
+
+_allocator_settled = False
+
+
+def settle_allocator() -> None:
+    """Let glibc malloc reuse memory for every map of this path, once per process.
+
+    glibc serves a block above its mmap threshold with fresh pages from the kernel, and gives freed heap memory
+    above twice that threshold back to the kernel. The threshold starts at 128 KiB and rises to the size of the
+    largest mmap'd block freed so far (glibc's own adaptation, capped at 32 MiB). Until some large block has
+    raised it, a forward page-faults its larger maps in again on every call (xx-small: 1,250 faults, 13 ms
+    instead of 11). Freeing one block larger than our maps raises it once and for all: one just under the cap,
+    above MICRO_BATCH_BYTES and above DeepLabV3's largest map at 512x512 (its ASPP branches concatenated,
+    20 MiB). A threshold set by the user (mallopt, MALLOC_MMAP_THRESHOLD_, GLIBC_TUNABLES) turns glibc's
+    adaptation off, so theirs stays."""
+    global _allocator_settled
+    if _allocator_settled:
+        return
+    _allocator_settled = True
+    if _is_glibc():
+        block = torch.empty(SETTLING_BLOCK_BYTES, dtype=torch.uint8)  # mmap'd, never touched
+        del block
+
+
+def _is_glibc() -> bool:
+    try:
+        return (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
+    except (AttributeError, ValueError, OSError):  # not a POSIX system, or one that does not know the name
+        return False
 
 
 def backbone(model: nn.Module, pixel_values: torch.Tensor, keep_stages: bool):
     """`MobileViTModel` minus the pooling: (last feature map, stage outputs if `keep_stages`), channels_last."""
+    if pixel_values.device.type == "cpu":
+        settle_allocator()
     size = micro_batch_size(model, pixel_values)
     if pixel_values.shape[0] <= size:
         return _backbone(model, pixel_values, keep_stages)

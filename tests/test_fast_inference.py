@@ -1,6 +1,8 @@
 """The eval-mode fast path (mobilevit/fast_inference.py) against the plain path of the same model: equal
 outputs for every variant and head, and a cache that follows every way weights or modes can change."""
 
+import os
+
 import pytest
 import torch
 
@@ -180,6 +182,54 @@ def test_large_batches_run_in_micro_batches(monkeypatch, count_fast_calls):
     for mine, reference in zip(fast.hidden_states, plain.hidden_states):
         assert mine.shape == reference.shape and mine.is_contiguous()
         torch.testing.assert_close(mine, reference, **TOL)
+
+
+@pytest.mark.parametrize("variant", ["xx-small", "x-small", "small"])
+def test_micro_batches_are_sized_by_the_widest_map_the_model_makes(variant):
+    model = build(variant, "base")
+    sizes = []
+    hooks = [m.register_forward_hook(lambda m, i, out: sizes.append(out[0].numel())) for m in model.modules()]
+    with torch.no_grad():
+        model.set_fast_inference(False)(torch.rand(1, 3, 250, 190))  # odd sizes: rounding of every stride
+    for hook in hooks:
+        hook.remove()
+    assert fast_inference.widest_map_elements(model, 250, 190) == max(sizes)
+
+
+SETTLED_FAULTS_SCRIPT = """
+import resource, sys, torch
+from mobilevit import fast_inference
+from tests.test_fast_inference import build
+if sys.argv[1] == "unsettled":
+    fast_inference.settle_allocator = lambda: None
+model = build("xx-small")
+x = torch.rand(1, 3, 256, 256)
+with torch.inference_mode():
+    for _ in range(3):
+        model(x)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(5):
+        model(x)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5)
+"""
+
+
+@pytest.mark.skipif(not fast_inference._is_glibc(), reason="settle_allocator acts on glibc malloc only")
+def test_settled_allocator_stops_page_faulting_every_forward():
+    """In a fresh process (the test process's malloc has long been settled by other tests)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    def faults_per_forward(mode):
+        run = subprocess.run([sys.executable, "-c", SETTLED_FAULTS_SCRIPT, mode], capture_output=True, text=True,
+                             cwd=Path(__file__).parents[1], env={**os.environ, "OMP_NUM_THREADS": "1"}, check=True)
+        return float(run.stdout.split()[-1])
+
+    unsettled = faults_per_forward("unsettled")
+    if unsettled < 500:
+        pytest.skip(f"glibc here does not page-fault without settling ({unsettled:.0f} per forward): no contrast")
+    assert faults_per_forward("settled") < 100  # 1,250 per forward before (4 KiB each)
 
 
 def folded_convolutions(model):
