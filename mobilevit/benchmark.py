@@ -22,7 +22,12 @@ Memory allocation decides much of the result, so it is a stated condition (`--al
   faults per small-variant forward in a fresh process, most of its batch-32 time), this package's fast path
   hardly at all. How much depends on what the process allocated before (glibc adapts its thresholds to the
   largest blocks freed so far), so these numbers move with the order of the runs. ONNX export runs in a
-  child process so that its large allocations do not retune the timed process.
+  child process so that its large allocations do not retune the timed process. Since this package's fast
+  path raises glibc's threshold on its first call (`fast_inference.settle_allocator`), the stock model
+  timed beside it in one process profits from that too.
+- `fresh`: what a user of each library gets. Every candidate runs in a process of its own, spawned for the
+  benchmark, with glibc malloc as it starts; the parent still interleaves them call by call (only one runs
+  at a time) and each process times its own calls, so sending inputs and results costs nothing.
 
 `--output DIR` also writes results.json, results.md and chart.png there (refusing to replace them
 without `--overwrite`).
@@ -58,7 +63,7 @@ LABELS = {
     "resnet-50": "ResNet-50 (transformers)",
 }
 REFERENCE = "transformers"
-ALLOCATORS = ("tuned", "default")
+ALLOCATORS = ("tuned", "default", "fresh")
 OUTPUT_FILES = ("results.json", "results.md", "chart.png")
 
 
@@ -109,14 +114,18 @@ def build_resnet50(seed: int = 0) -> nn.Module:
 
 
 def build_onnxruntime(model: nn.Module, image_size: int, threads: int, workdir: Path):
-    """Export `model` with `mobilevit.export` in a child process (see `--allocator`) and open it with
-    non-spinning ONNX Runtime threads."""
+    """Export `model` (see `export_in_child`) and open it with non-spinning ONNX Runtime threads."""
     from .export import ort_session
 
+    return ort_session(export_in_child(model, image_size, workdir), threads=threads)
+
+
+def export_in_child(model: nn.Module, image_size: int, workdir: Path) -> Path:
+    """`mobilevit.export` of `model` into `workdir`, run in a child process (see `--allocator`)."""
     path = workdir / f"{model.config.variant}-{type(model).__name__}.onnx"
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as child:
         child.submit(_export_for_benchmark, model, path, image_size).result()
-    return ort_session(path, threads=threads)
+    return path
 
 
 def _export_for_benchmark(model: nn.Module, path: Path, image_size: int) -> None:
@@ -177,8 +186,11 @@ def ort_runner(session):
 # --------------------------------------------------------------------------------------------------------
 # Timing
 # --------------------------------------------------------------------------------------------------------
-def time_interleaved(runners: dict, make_input, repeats: int, warmup: int, progress: bool = True) -> dict[str, list[float]]:
-    """Seconds per call of each runner, measured round by round (order reversed every other round)."""
+def time_interleaved(
+    runners: dict, make_input, repeats: int, warmup: int, progress: bool = True, self_timed: bool = False
+) -> dict[str, list[float]]:
+    """Seconds per call of each runner, measured round by round (order reversed every other round).
+    `self_timed`: the runners return the seconds they measured themselves (FreshProcessRunner)."""
     from tqdm.auto import tqdm
 
     for name, runner in runners.items():
@@ -190,9 +202,57 @@ def time_interleaved(runners: dict, make_input, repeats: int, warmup: int, progr
         for name in names if round_index % 2 == 0 else reversed(names):
             pixel_values = make_input(name)
             start = time.perf_counter()
-            runners[name](pixel_values)
-            times[name].append(time.perf_counter() - start)
+            returned = runners[name](pixel_values)
+            times[name].append(returned if self_timed else time.perf_counter() - start)
     return times
+
+
+class FreshProcessRunner:
+    """A candidate in a process of its own (the `fresh` condition): `runner(batch)` has it run one call on
+    its own input of that batch size and returns the seconds it measured."""
+
+    def __init__(self, candidate: str, variant: str, task: str, image_size: int, threads: int, onnx_path=None):
+        self._image_size = image_size
+        self._process = ProcessPoolExecutor(
+            max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+            initializer=_fresh_process_start, initargs=(candidate, variant, task, threads, onnx_path),
+        )
+
+    def __call__(self, batch: int) -> float:
+        return self._process.submit(_fresh_process_call, batch, self._image_size).result()
+
+    def close(self) -> None:
+        self._process.shutdown()
+
+
+_FRESH_PROCESS = {}  # in a FreshProcessRunner's process: its runner and its inputs
+
+
+def _fresh_process_start(candidate, variant, task, threads, onnx_path) -> None:
+    torch.set_num_threads(threads)
+    if candidate == "onnxruntime":
+        from .export import ort_session
+
+        runner = ort_runner(ort_session(onnx_path, threads=threads))
+    elif candidate == "resnet-50":
+        runner = torch_runner(build_resnet50())
+    else:
+        model = build_mobilevit(variant, task)
+        runner = torch_runner(model if candidate == "mobilevit" else build_stock(model))
+    _FRESH_PROCESS["runner"] = runner
+
+
+def _fresh_process_call(batch: int, image_size: int) -> float:
+    inputs = _FRESH_PROCESS.setdefault("inputs", {})
+    if batch not in inputs:
+        inputs[batch] = benchmark_input(batch, image_size)
+    start = time.perf_counter()
+    _FRESH_PROCESS["runner"](inputs[batch])
+    return time.perf_counter() - start
+
+
+def benchmark_input(batch: int, image_size: int) -> torch.Tensor:
+    return torch.rand(batch, 3, image_size, image_size, generator=torch.Generator().manual_seed(batch))
 
 
 def summarise(times: dict[str, list[float]], reference: str | None) -> dict[str, dict]:
@@ -250,25 +310,19 @@ def benchmark(
         if "resnet-50" in candidates and task == "image-classification":
             groups.append(("resnet-50", build_resnet50()))
         for variant, model in groups:
-            runners, stats = {}, {}
-            if variant == "resnet-50":
-                runners["resnet-50"] = torch_runner(model)
-                stats["resnet-50"] = model
-            else:
-                if "mobilevit" in candidates:
-                    runners["mobilevit"] = torch_runner(model)
-                if "transformers" in candidates:
-                    runners["transformers"] = torch_runner(build_stock(model))
-                if "onnxruntime" in candidates:
-                    runners["onnxruntime"] = ort_runner(build_onnxruntime(model, image_size, threads, Path(workdir)))
-                stats.update({name: model for name in runners})
-            if not runners:
+            names = ["resnet-50"] if variant == "resnet-50" else [c for c in CANDIDATES if c in candidates and c != "resnet-50"]
+            if not names:
                 continue
+            fresh = allocator == "fresh"
+            runners = {name: build_runner(name, model, variant, task, image_size, threads, Path(workdir), fresh) for name in names}
             params = count_parameters(model) / 1e6
             gflops = count_flops(model, image_size) / 1e9
             for batch in batch_sizes:
-                pixel_values = torch.rand(batch, 3, image_size, image_size, generator=torch.Generator().manual_seed(batch))
-                times = time_interleaved(runners, lambda name: pixel_values, repeats, warmup, progress)
+                if fresh:  # each process makes the same input itself
+                    times = time_interleaved(runners, lambda name: batch, repeats, warmup, progress, self_timed=True)
+                else:
+                    pixel_values = benchmark_input(batch, image_size)
+                    times = time_interleaved(runners, lambda name: pixel_values, repeats, warmup, progress)
                 for name, s in summarise(times, REFERENCE).items():
                     results.append(
                         Result(
@@ -280,7 +334,23 @@ def benchmark(
                     )
                 if progress:
                     print(format_table([r for r in results if r.variant == variant and r.batch_size == batch], header=False))
+            for runner in runners.values():
+                if isinstance(runner, FreshProcessRunner):
+                    runner.close()
     return results
+
+
+def build_runner(name: str, model: nn.Module, variant: str, task: str, image_size: int, threads: int, workdir: Path, fresh: bool):
+    """A callable that runs candidate `name` on `model`'s weights (built from `variant`, `task`): here, or in
+    a fresh process of its own that builds the same weights."""
+    if fresh:
+        onnx_path = export_in_child(model, image_size, workdir) if name == "onnxruntime" else None
+        return FreshProcessRunner(name, variant, task, image_size, threads, onnx_path)
+    if name == "transformers":
+        return torch_runner(build_stock(model))
+    if name == "onnxruntime":
+        return ort_runner(build_onnxruntime(model, image_size, threads, workdir))
+    return torch_runner(model)  # this package, or the ResNet-50
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -376,7 +446,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=CANDIDATES, help="what to time")
     parser.add_argument(
         "--allocator", default="tuned", choices=ALLOCATORS,
-        help="glibc malloc tuned to keep freed memory (default; stock at its best) or as the process has it",
+        help="glibc malloc tuned to keep freed memory (default; stock at its best), as the process has it, or "
+        "fresh: each candidate in its own new process (what a user of each library gets)",
     )
     parser.add_argument("--output", type=Path, default=None, help="folder for results.json, results.md, chart.png")
     parser.add_argument("--overwrite", action="store_true", help="replace existing files in --output")

@@ -88,3 +88,16 @@ def test_smoke_run_with_onnxruntime_and_resnet(tmp_path):
     benchmark.write_outputs(results, tmp_path, overwrite=False)
     with pytest.raises(FileExistsError, match="overwrite"):
         benchmark.write_outputs(results, tmp_path, overwrite=False)
+
+
+@pytest.mark.slow  # spawns one interpreter per candidate (torch + transformers imports: ~10 s)
+def test_fresh_condition_times_each_candidate_in_its_own_process():
+    results = benchmark.benchmark(
+        variants=["xx-small"], batch_sizes=[1, 2], image_size=64, repeats=2, warmup=1, progress=False,
+        candidates=["mobilevit", "transformers"], allocator="fresh",
+    )
+    assert [(r.candidate, r.batch_size) for r in results] == [
+        ("mobilevit", 1), ("transformers", 1), ("mobilevit", 2), ("transformers", 2)
+    ]
+    assert all(r.allocator == "fresh" and r.median_ms > 0 for r in results)
+    assert all(r.speedup > 0 for r in results)
