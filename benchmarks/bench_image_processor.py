@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from mobilevit.benchmark import ALLOCATORS, tune_allocator
+from mobilevit.benchmark import IN_PROCESS_ALLOCATORS, tune_allocator
 
 HUB_SETTINGS = dict(size={"shortest_edge": 288}, crop_size={"height": 256, "width": 256}, resample=2,
                     do_flip_channel_order=True)
@@ -114,7 +114,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads (default 1: stock's PIL work is single-threaded, and DataLoader "
                              "workers run torch with one thread; 0 keeps torch's own choice)")
-    parser.add_argument("--allocator", default="tuned", choices=ALLOCATORS,
+    parser.add_argument("--allocator", default="tuned", choices=IN_PROCESS_ALLOCATORS,
                         help="glibc malloc tuned to keep freed memory (default; stock at its best) or as it is")
     parser.add_argument("--output", type=Path, default=Path("bench_image_processor.png"), help="bar chart PNG")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")

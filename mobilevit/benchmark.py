@@ -63,7 +63,8 @@ LABELS = {
     "resnet-50": "ResNet-50 (transformers)",
 }
 REFERENCE = "transformers"
-ALLOCATORS = ("tuned", "default", "fresh")
+IN_PROCESS_ALLOCATORS = ("tuned", "default")  # the conditions a single-process benchmark can have
+ALLOCATORS = (*IN_PROCESS_ALLOCATORS, "fresh")
 OUTPUT_FILES = ("results.json", "results.md", "chart.png")
 
 
@@ -309,34 +310,36 @@ def benchmark(
         groups = [(variant, build_mobilevit(variant, task)) for variant in variants]
         if "resnet-50" in candidates and task == "image-classification":
             groups.append(("resnet-50", build_resnet50()))
+        fresh = allocator == "fresh"
         for variant, model in groups:
             names = ["resnet-50"] if variant == "resnet-50" else [c for c in CANDIDATES if c in candidates and c != "resnet-50"]
             if not names:
                 continue
-            fresh = allocator == "fresh"
             runners = {name: build_runner(name, model, variant, task, image_size, threads, Path(workdir), fresh) for name in names}
             params = count_parameters(model) / 1e6
             gflops = count_flops(model, image_size) / 1e9
-            for batch in batch_sizes:
-                if fresh:  # each process makes the same input itself
-                    times = time_interleaved(runners, lambda name: batch, repeats, warmup, progress, self_timed=True)
-                else:
-                    pixel_values = benchmark_input(batch, image_size)
-                    times = time_interleaved(runners, lambda name: pixel_values, repeats, warmup, progress)
-                for name, s in summarise(times, REFERENCE).items():
-                    results.append(
-                        Result(
-                            candidate=name, variant=variant, task=task, image_size=image_size, batch_size=batch,
-                            params_m=params, gflops=gflops, median_ms=s["median_ms"], p10_ms=s["p10_ms"],
-                            p90_ms=s["p90_ms"], images_per_s=1000 * batch / s["median_ms"], speedup=s["speedup"],
-                            allocator=allocator,
+            try:
+                for batch in batch_sizes:
+                    if fresh:  # each process makes the same input itself
+                        times = time_interleaved(runners, lambda name: batch, repeats, warmup, progress, self_timed=True)
+                    else:
+                        pixel_values = benchmark_input(batch, image_size)
+                        times = time_interleaved(runners, lambda name: pixel_values, repeats, warmup, progress)
+                    for name, s in summarise(times, REFERENCE).items():
+                        results.append(
+                            Result(
+                                candidate=name, variant=variant, task=task, image_size=image_size, batch_size=batch,
+                                params_m=params, gflops=gflops, median_ms=s["median_ms"], p10_ms=s["p10_ms"],
+                                p90_ms=s["p90_ms"], images_per_s=1000 * batch / s["median_ms"], speedup=s["speedup"],
+                                allocator=allocator,
+                            )
                         )
-                    )
-                if progress:
-                    print(format_table([r for r in results if r.variant == variant and r.batch_size == batch], header=False))
-            for runner in runners.values():
-                if isinstance(runner, FreshProcessRunner):
-                    runner.close()
+                    if progress:
+                        print(format_table([r for r in results if r.variant == variant and r.batch_size == batch], header=False))
+            finally:  # fresh processes end with their variant, also when timing fails
+                for runner in runners.values():
+                    if isinstance(runner, FreshProcessRunner):
+                        runner.close()
     return results
 
 

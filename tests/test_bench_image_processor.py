@@ -36,3 +36,10 @@ def test_benchmark_prints_rates_and_saves_the_chart(bench, tmp_path, capsys):
     with pytest.raises(SystemExit):  # an existing chart is kept unless --overwrite
         bench.main([*quick, "--output", str(chart)])
     assert "exists" in capsys.readouterr().err
+
+
+def test_fresh_process_condition_is_refused(bench, capsys):
+    """Only `mobilevit benchmark` can run candidates in processes of their own; here it would mean 'default'."""
+    with pytest.raises(SystemExit):
+        bench.main(["--images", "1", "--repeats", "1", "--threads", "0", "--allocator", "fresh"])
+    assert "invalid choice: 'fresh'" in capsys.readouterr().err
