@@ -347,8 +347,9 @@ def backbone(model: nn.Module, pixel_values: torch.Tensor, keep_stages: bool):
     """`MobileViTModel` minus the pooling: (last feature map, stage outputs if `keep_stages`), channels_last."""
     if pixel_values.device.type == "cpu":
         settle_allocator()
-    size = micro_batch_size(model, pixel_values)
-    if pixel_values.shape[0] <= size:
+    batch = pixel_values.shape[0]
+    size = batch if batch == 1 else micro_batch_size(model, pixel_values)  # one image: nothing to split
+    if batch <= size:
         return _backbone(model, pixel_values, keep_stages)
     parts = [_backbone(model, chunk, keep_stages) for chunk in pixel_values.split(size)]
     features = torch.cat([last for last, _ in parts])
