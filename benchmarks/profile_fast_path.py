@@ -90,6 +90,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.image_size < FIXED_COST_SIZE:
         parser.error(f"--image-size: expected at least {FIXED_COST_SIZE}, got {args.image_size}")
+    if args.threads < 0:
+        parser.error(f"--threads: expected 0 (keep PyTorch's setting) or a positive number, got {args.threads}")
     if args.rounds < 1:
         parser.error(f"--rounds: expected a positive number, got {args.rounds}")
     if args.threads:

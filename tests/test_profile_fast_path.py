@@ -31,9 +31,9 @@ def test_report_lists_operators_fixed_cost_and_silu(profiler_script, capsys):
     assert "SiLU on the widest map (0.03 M elements)" in printed
 
 
-@pytest.mark.parametrize("bad", [["--image-size", "16"], ["--rounds", "0"]])
+@pytest.mark.parametrize("bad", [["--image-size", "16"], ["--rounds", "0"], ["--threads", "-1"]])
 def test_bad_arguments_are_refused(profiler_script, bad, capsys):
     with pytest.raises(SystemExit):
-        profiler_script.main(["--variants", "xx-small", "--threads", "0", *bad])
+        profiler_script.main(["--variants", "xx-small", "--threads", "0", *bad])  # the last --threads wins
     error = capsys.readouterr().err
     assert bad[0] in error and "expected" in error
