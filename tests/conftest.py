@@ -10,6 +10,13 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+@pytest.fixture(autouse=True)
+def _same_random_state_for_every_test():
+    """Unseeded `torch.rand` inputs are the same in every run, whichever tests ran before: a magnitude check
+    on such inputs failed once in CI, where the global state it met was not reproducible."""
+    torch.manual_seed(0)
+
+
 @pytest.fixture(scope="session")
 def mlcvnets_fixtures():
     """Path of ../shared/fixtures/mlcvnets, or skip the test with the reason."""

@@ -26,13 +26,15 @@ def exported(tmp_path_factory):
 def test_onnx_matches_pytorch_at_two_sizes(exported):
     model, output = exported
     session = ort_session(output, threads=2)
+    generator = torch.Generator().manual_seed(0)  # inputs that do not depend on which tests ran before
     for shape in [(1, 3, 256, 256), (3, 3, 130, 98)]:  # another batch and an odd size than the export's checks
-        pixel_values = torch.rand(*shape)
+        pixel_values = torch.rand(*shape, generator=generator)
         with torch.no_grad():
             expected = model(pixel_values).logits
         (got,) = session.run(None, {"pixel_values": pixel_values.numpy()})
         assert got.shape == tuple(expected.shape)
-        assert expected.abs().max() > 0.3
+        # logits at a real scale (0.29-0.58 over 200 random inputs), so 1e-4 is a meaningful tolerance
+        assert expected.abs().max() > 0.1
         torch.testing.assert_close(torch.from_numpy(got), expected, atol=1e-4, rtol=0)
 
 
