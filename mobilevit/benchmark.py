@@ -27,7 +27,8 @@ Memory allocation decides much of the result, so it is a stated condition (`--al
   timed beside it in one process profits from that too.
 - `fresh`: what a user of each library gets. Every candidate runs in a process of its own, spawned for the
   benchmark, with glibc malloc as it starts; the parent still interleaves them call by call (only one runs
-  at a time) and each process times its own calls, so sending inputs and results costs nothing.
+  at a time, after a pause that lets the previous one's threads go quiet: FRESH_PAUSE_SECONDS) and each
+  process times its own calls, so sending inputs and results costs nothing.
 
 `--output DIR` also writes results.json, results.md and chart.png there (refusing to replace them
 without `--overwrite`).
@@ -188,10 +189,12 @@ def ort_runner(session):
 # Timing
 # --------------------------------------------------------------------------------------------------------
 def time_interleaved(
-    runners: dict, make_input, repeats: int, warmup: int, progress: bool = True, self_timed: bool = False
+    runners: dict, make_input, repeats: int, warmup: int, progress: bool = True, self_timed: bool = False,
+    pause: float = 0.0,
 ) -> dict[str, list[float]]:
     """Seconds per call of each runner, measured round by round (order reversed every other round).
-    `self_timed`: the runners return the seconds they measured themselves (FreshProcessRunner)."""
+    `self_timed`: the runners return the seconds they measured themselves (FreshProcessRunner).
+    `pause`: seconds of quiet before each timed call (see FRESH_PAUSE_SECONDS)."""
     from tqdm.auto import tqdm
 
     for name, runner in runners.items():
@@ -201,11 +204,21 @@ def time_interleaved(
     names = list(runners)
     for round_index in tqdm(range(repeats), desc="timing " + ", ".join(names), disable=not progress, leave=False):
         for name in names if round_index % 2 == 0 else reversed(names):
+            if pause:
+                time.sleep(pause)
             pixel_values = make_input(name)
             start = time.perf_counter()
             returned = runners[name](pixel_values)
             times[name].append(returned if self_timed else time.perf_counter() - start)
     return times
+
+
+# After a call, PyTorch's OpenMP workers keep spinning for a few milliseconds (libgomp's default wait policy),
+# in their own process: without a pause, the next candidate shares a core with them. OpenMP splits work
+# statically, so a PyTorch candidate then waits for its slowed half (xx-small batch 1: 18.1 ms after stock's
+# call against 11.3 after its own), while ONNX Runtime's dynamic split loses less (11.9 against 10.6). A
+# 10 ms pause already removed the difference; this is five times that.
+FRESH_PAUSE_SECONDS = 0.05
 
 
 class FreshProcessRunner:
@@ -321,7 +334,9 @@ def benchmark(
             try:
                 for batch in batch_sizes:
                     if fresh:  # each process makes the same input itself
-                        times = time_interleaved(runners, lambda name: batch, repeats, warmup, progress, self_timed=True)
+                        times = time_interleaved(
+                            runners, lambda name: batch, repeats, warmup, progress, self_timed=True, pause=FRESH_PAUSE_SECONDS
+                        )
                     else:
                         pixel_values = benchmark_input(batch, image_size)
                         times = time_interleaved(runners, lambda name: pixel_values, repeats, warmup, progress)

@@ -91,13 +91,32 @@ def test_smoke_run_with_onnxruntime_and_resnet(tmp_path):
 
 
 @pytest.mark.slow  # spawns one interpreter per candidate (torch + transformers imports: ~10 s)
-def test_fresh_condition_times_each_candidate_in_its_own_process():
+def test_fresh_condition_times_each_candidate_in_its_own_process(monkeypatch):
+    pauses = []
+    real_sleep = benchmark.time.sleep
+    monkeypatch.setattr(benchmark.time, "sleep", lambda s: (pauses.append(s), real_sleep(s)))
     results = benchmark.benchmark(
         variants=["xx-small"], batch_sizes=[1, 2], image_size=64, repeats=2, warmup=1, progress=False,
         candidates=["mobilevit", "transformers"], allocator="fresh",
     )
+    # a quiet pause before every timed call: 2 batch sizes x 2 rounds x 2 candidates
+    assert pauses.count(benchmark.FRESH_PAUSE_SECONDS) == 8
     assert [(r.candidate, r.batch_size) for r in results] == [
         ("mobilevit", 1), ("transformers", 1), ("mobilevit", 2), ("transformers", 2)
     ]
     assert all(r.allocator == "fresh" and r.median_ms > 0 for r in results)
     assert all(r.speedup > 0 for r in results)
+
+
+def test_pause_comes_before_every_timed_call_and_only_when_asked(monkeypatch):
+    events = []
+    monkeypatch.setattr(benchmark.time, "sleep", lambda s: events.append(("sleep", s)))
+    runners = {"a": lambda x: events.append(("call", "a")), "b": lambda x: events.append(("call", "b"))}
+    benchmark.time_interleaved(runners, lambda name: None, repeats=2, warmup=1, progress=False, pause=0.25)
+    warmup, timed = events[:2], events[2:]
+    assert warmup == [("call", "a"), ("call", "b")]  # warm-up calls are not paused
+    assert timed == [("sleep", 0.25), ("call", "a"), ("sleep", 0.25), ("call", "b"),
+                     ("sleep", 0.25), ("call", "b"), ("sleep", 0.25), ("call", "a")]
+    events.clear()
+    benchmark.time_interleaved(runners, lambda name: None, repeats=1, warmup=0, progress=False)
+    assert ("sleep", 0.25) not in events and len(events) == 2
