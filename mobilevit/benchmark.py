@@ -8,9 +8,11 @@ network's scale, no denormals): this package's model (its default eval path), st
 loaded with that state dict, and ONNX Runtime on the graph `mobilevit export` writes for it. ResNet-50
 (transformers' `ResNetForImageClassification`, the same realistic random weights) is the classic
 reference point. Candidates are timed interleaved in one process (A, B, C, A, B, C, ...) after a warm-up,
-so that drifting machine load hits them alike; the table gives median latency with its 10-90 % spread,
-throughput, and the speed-up over stock transformers (median of per-round ratios). FLOPs are counted
-with `torch.utils.flop_counter.FlopCounterMode` (2 x multiply-adds) on one image.
+so that drifting machine load hits them alike, each call after a 50 ms quiet pause (QUIET_PAUSE_SECONDS:
+PyTorch's OpenMP threads spin on after a call and would slow the next candidate); the table gives median
+latency with its 10-90 % spread, throughput, and the speed-up over stock transformers (median of
+per-round ratios). FLOPs are counted with `torch.utils.flop_counter.FlopCounterMode` (2 x multiply-adds)
+on one image.
 
 Memory allocation decides much of the result, so it is a stated condition (`--allocator`):
 
@@ -27,8 +29,7 @@ Memory allocation decides much of the result, so it is a stated condition (`--al
   timed beside it in one process profits from that too.
 - `fresh`: what a user of each library gets. Every candidate runs in a process of its own, spawned for the
   benchmark, with glibc malloc as it starts; the parent still interleaves them call by call (only one runs
-  at a time, after a pause that lets the previous one's threads go quiet: FRESH_PAUSE_SECONDS) and each
-  process times its own calls, so sending inputs and results costs nothing.
+  at a time) and each process times its own calls, so sending inputs and results costs nothing.
 
 `--output DIR` also writes results.json, results.md and chart.png there (refusing to replace them
 without `--overwrite`).
@@ -194,7 +195,7 @@ def time_interleaved(
 ) -> dict[str, list[float]]:
     """Seconds per call of each runner, measured round by round (order reversed every other round).
     `self_timed`: the runners return the seconds they measured themselves (FreshProcessRunner).
-    `pause`: seconds of quiet before each timed call (see FRESH_PAUSE_SECONDS)."""
+    `pause`: seconds of quiet before each timed call (see QUIET_PAUSE_SECONDS)."""
     from tqdm.auto import tqdm
 
     for name, runner in runners.items():
@@ -213,12 +214,12 @@ def time_interleaved(
     return times
 
 
-# After a call, PyTorch's OpenMP workers keep spinning for a few milliseconds (libgomp's default wait policy),
-# in their own process: without a pause, the next candidate shares a core with them. OpenMP splits work
-# statically, so a PyTorch candidate then waits for its slowed half (xx-small batch 1: 18.1 ms after stock's
-# call against 11.3 after its own), while ONNX Runtime's dynamic split loses less (11.9 against 10.6). A
-# 10 ms pause already removed the difference; this is five times that.
-FRESH_PAUSE_SECONDS = 0.05
+# After a call, PyTorch's OpenMP workers keep spinning for a few milliseconds (libgomp's default wait policy):
+# without a pause, the next candidate shares a core with them, in its own process (fresh) or in this one
+# (ONNX Runtime's threads are not OpenMP's). OpenMP splits work statically, so a PyTorch candidate then waits
+# for its slowed half (fresh, xx-small batch 1: 18.1 ms after stock's call against 11.3 after its own), while
+# ONNX Runtime's dynamic split loses less (11.9 against 10.6). A 10 ms pause already removed the difference.
+QUIET_PAUSE_SECONDS = 0.05
 
 
 class FreshProcessRunner:
@@ -335,11 +336,13 @@ def benchmark(
                 for batch in batch_sizes:
                     if fresh:  # each process makes the same input itself
                         times = time_interleaved(
-                            runners, lambda name: batch, repeats, warmup, progress, self_timed=True, pause=FRESH_PAUSE_SECONDS
+                            runners, lambda name: batch, repeats, warmup, progress, self_timed=True, pause=QUIET_PAUSE_SECONDS
                         )
                     else:
                         pixel_values = benchmark_input(batch, image_size)
-                        times = time_interleaved(runners, lambda name: pixel_values, repeats, warmup, progress)
+                        times = time_interleaved(
+                            runners, lambda name: pixel_values, repeats, warmup, progress, pause=QUIET_PAUSE_SECONDS
+                        )
                     for name, s in summarise(times, REFERENCE).items():
                         results.append(
                             Result(

@@ -100,7 +100,7 @@ def test_fresh_condition_times_each_candidate_in_its_own_process(monkeypatch):
         candidates=["mobilevit", "transformers"], allocator="fresh",
     )
     # a quiet pause before every timed call: 2 batch sizes x 2 rounds x 2 candidates
-    assert pauses.count(benchmark.FRESH_PAUSE_SECONDS) == 8
+    assert pauses.count(benchmark.QUIET_PAUSE_SECONDS) == 8
     assert [(r.candidate, r.batch_size) for r in results] == [
         ("mobilevit", 1), ("transformers", 1), ("mobilevit", 2), ("transformers", 2)
     ]
