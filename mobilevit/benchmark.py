@@ -8,9 +8,9 @@ network's scale, no denormals): this package's model (its default eval path), st
 loaded with that state dict, and ONNX Runtime on the graph `mobilevit export` writes for it. ResNet-50
 (transformers' `ResNetForImageClassification`, the same realistic random weights) is the classic
 reference point. Candidates are timed interleaved in one process (A, B, C, A, B, C, ...) after a warm-up,
-so that drifting machine load hits them alike, each call after a 50 ms quiet pause (QUIET_PAUSE_SECONDS:
-PyTorch's OpenMP threads spin on after a call and would slow the next candidate); the table gives median
-latency with its 10-90 % spread, throughput, and the speed-up over stock transformers (median of
+so that drifting machine load hits them alike; each timed call directly follows an untimed one of the same
+candidate (see `time_interleaved`'s `lead_in`), so no candidate is timed while another one's threads are
+still busy. The table gives median latency with its 10-90 % spread, throughput, and the speed-up over stock transformers (median of
 per-round ratios). FLOPs are counted with `torch.utils.flop_counter.FlopCounterMode` (2 x multiply-adds)
 on one image.
 
@@ -191,11 +191,16 @@ def ort_runner(session):
 # --------------------------------------------------------------------------------------------------------
 def time_interleaved(
     runners: dict, make_input, repeats: int, warmup: int, progress: bool = True, self_timed: bool = False,
-    pause: float = 0.0,
+    lead_in: bool = False,
 ) -> dict[str, list[float]]:
     """Seconds per call of each runner, measured round by round (order reversed every other round).
     `self_timed`: the runners return the seconds they measured themselves (FreshProcessRunner).
-    `pause`: seconds of quiet before each timed call (see QUIET_PAUSE_SECONDS)."""
+    `lead_in`: an untimed call of the same runner right before each timed one. After a call, PyTorch's OpenMP
+    workers spin on for milliseconds, and the next candidate, in this process or another, shares a core with
+    them: OpenMP splits work statically, so a PyTorch candidate waits for its slowed half (fresh processes,
+    xx-small batch 1: 18.1 ms after stock's call against 11.3 ms after its own; ONNX Runtime, whose threads
+    are not OpenMP's, 11.9 against 10.6). The lead-in call absorbs that and leaves the timed one in the
+    candidate's steady state, as in a loop of its own."""
     from tqdm.auto import tqdm
 
     for name, runner in runners.items():
@@ -205,21 +210,13 @@ def time_interleaved(
     names = list(runners)
     for round_index in tqdm(range(repeats), desc="timing " + ", ".join(names), disable=not progress, leave=False):
         for name in names if round_index % 2 == 0 else reversed(names):
-            if pause:
-                time.sleep(pause)
             pixel_values = make_input(name)
+            if lead_in:
+                runners[name](pixel_values)
             start = time.perf_counter()
             returned = runners[name](pixel_values)
             times[name].append(returned if self_timed else time.perf_counter() - start)
     return times
-
-
-# After a call, PyTorch's OpenMP workers keep spinning for a few milliseconds (libgomp's default wait policy):
-# without a pause, the next candidate shares a core with them, in its own process (fresh) or in this one
-# (ONNX Runtime's threads are not OpenMP's). OpenMP splits work statically, so a PyTorch candidate then waits
-# for its slowed half (fresh, xx-small batch 1: 18.1 ms after stock's call against 11.3 after its own), while
-# ONNX Runtime's dynamic split loses less (11.9 against 10.6). A 10 ms pause already removed the difference.
-QUIET_PAUSE_SECONDS = 0.05
 
 
 class FreshProcessRunner:
@@ -336,12 +333,12 @@ def benchmark(
                 for batch in batch_sizes:
                     if fresh:  # each process makes the same input itself
                         times = time_interleaved(
-                            runners, lambda name: batch, repeats, warmup, progress, self_timed=True, pause=QUIET_PAUSE_SECONDS
+                            runners, lambda name: batch, repeats, warmup, progress, self_timed=True, lead_in=True
                         )
                     else:
                         pixel_values = benchmark_input(batch, image_size)
                         times = time_interleaved(
-                            runners, lambda name: pixel_values, repeats, warmup, progress, pause=QUIET_PAUSE_SECONDS
+                            runners, lambda name: pixel_values, repeats, warmup, progress, lead_in=True
                         )
                     for name, s in summarise(times, REFERENCE).items():
                         results.append(

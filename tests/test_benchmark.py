@@ -92,15 +92,14 @@ def test_smoke_run_with_onnxruntime_and_resnet(tmp_path):
 
 @pytest.mark.slow  # spawns one interpreter per candidate (torch + transformers imports: ~10 s)
 def test_fresh_condition_times_each_candidate_in_its_own_process(monkeypatch):
-    pauses = []
-    real_sleep = benchmark.time.sleep
-    monkeypatch.setattr(benchmark.time, "sleep", lambda s: (pauses.append(s), real_sleep(s)))
+    options = []
+    real = benchmark.time_interleaved
+    monkeypatch.setattr(benchmark, "time_interleaved", lambda *a, **k: (options.append(k), real(*a, **k))[1])
     results = benchmark.benchmark(
         variants=["xx-small"], batch_sizes=[1, 2], image_size=64, repeats=2, warmup=1, progress=False,
         candidates=["mobilevit", "transformers"], allocator="fresh",
     )
-    # a quiet pause before every timed call: 2 batch sizes x 2 rounds x 2 candidates
-    assert pauses.count(benchmark.QUIET_PAUSE_SECONDS) == 8
+    assert options == [{"self_timed": True, "lead_in": True}] * 2  # one timing per batch size, in steady state
     assert [(r.candidate, r.batch_size) for r in results] == [
         ("mobilevit", 1), ("transformers", 1), ("mobilevit", 2), ("transformers", 2)
     ]
@@ -108,15 +107,12 @@ def test_fresh_condition_times_each_candidate_in_its_own_process(monkeypatch):
     assert all(r.speedup > 0 for r in results)
 
 
-def test_pause_comes_before_every_timed_call_and_only_when_asked(monkeypatch):
+def test_lead_in_call_precedes_every_timed_call_and_only_when_asked():
     events = []
-    monkeypatch.setattr(benchmark.time, "sleep", lambda s: events.append(("sleep", s)))
-    runners = {"a": lambda x: events.append(("call", "a")), "b": lambda x: events.append(("call", "b"))}
-    benchmark.time_interleaved(runners, lambda name: None, repeats=2, warmup=1, progress=False, pause=0.25)
-    warmup, timed = events[:2], events[2:]
-    assert warmup == [("call", "a"), ("call", "b")]  # warm-up calls are not paused
-    assert timed == [("sleep", 0.25), ("call", "a"), ("sleep", 0.25), ("call", "b"),
-                     ("sleep", 0.25), ("call", "b"), ("sleep", 0.25), ("call", "a")]
+    runners = {"a": lambda x: events.append("a"), "b": lambda x: events.append("b")}
+    times = benchmark.time_interleaved(runners, lambda name: None, repeats=2, warmup=1, progress=False, lead_in=True)
+    assert events == ["a", "b"] + ["a", "a", "b", "b"] + ["b", "b", "a", "a"]  # warm-up, then lead-in + timed
+    assert {name: len(samples) for name, samples in times.items()} == {"a": 2, "b": 2}  # lead-ins are not timed
     events.clear()
     benchmark.time_interleaved(runners, lambda name: None, repeats=1, warmup=0, progress=False)
-    assert ("sleep", 0.25) not in events and len(events) == 2
+    assert events == ["a", "b"]
