@@ -10,9 +10,9 @@ loaded with that state dict, and ONNX Runtime on the graph `mobilevit export` wr
 reference point. Candidates are timed interleaved in one process (A, B, C, A, B, C, ...) after a warm-up,
 so that drifting machine load hits them alike; each timed call directly follows an untimed one of the same
 candidate (see `time_interleaved`'s `lead_in`), so no candidate is timed while another one's threads are
-still busy. The table gives median latency with its 10-90 % spread, throughput, and the speed-up over stock transformers (median of
-per-round ratios). FLOPs are counted with `torch.utils.flop_counter.FlopCounterMode` (2 x multiply-adds)
-on one image.
+still busy. The table gives median latency with its 10-90 % spread, throughput, and the speed-up over
+stock transformers (median of per-round ratios). FLOPs are counted with
+`torch.utils.flop_counter.FlopCounterMode` (2 x multiply-adds) on one image.
 
 Memory allocation decides much of the result, so it is a stated condition (`--allocator`):
 

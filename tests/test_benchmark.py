@@ -10,11 +10,15 @@ from mobilevit import benchmark
 from mobilevit.cli import main as cli_main
 
 
-def test_smoke_run_writes_table_json_and_chart(tmp_path, capsys):
+def test_smoke_run_writes_table_json_and_chart(tmp_path, capsys, monkeypatch):
+    options = []
+    real = benchmark.time_interleaved
+    monkeypatch.setattr(benchmark, "time_interleaved", lambda *a, **k: (options.append(k), real(*a, **k))[1])
     args = ["benchmark", "--variants", "xx-small", "--batch-sizes", "1", "2", "--image-size", "64",
             "--repeats", "2", "--warmup", "1", "--candidates", "mobilevit", "transformers", "--output", str(tmp_path),
             "--allocator", "default"]  # "tuned" would change the test process's malloc for good
     assert cli_main(args) == 0
+    assert options == [{"lead_in": True}] * 2  # both batch sizes timed in steady state
     printed = capsys.readouterr().out
     assert "| mobilevit (this package) | xx-small |" in printed and "| transformers (stock) | xx-small |" in printed
 
