@@ -116,13 +116,6 @@ def build_resnet50(seed: int = 0) -> nn.Module:
     return fill_realistic_weights_(ResNetForImageClassification(config), seed).eval()
 
 
-def build_onnxruntime(model: nn.Module, image_size: int, threads: int, workdir: Path):
-    """Export `model` (see `export_in_child`) and open it with non-spinning ONNX Runtime threads."""
-    from .export import ort_session
-
-    return ort_session(export_in_child(model, image_size, workdir), threads=threads)
-
-
 def export_in_child(model: nn.Module, image_size: int, workdir: Path) -> Path:
     """`mobilevit.export` of `model` into `workdir`, run in a child process (see `--allocator`)."""
     path = workdir / f"{model.config.variant}-{type(model).__name__}.onnx"
@@ -243,15 +236,10 @@ _FRESH_PROCESS = {}  # in a FreshProcessRunner's process: its runner and its inp
 def _fresh_process_start(candidate, variant, task, threads, onnx_path) -> None:
     torch.set_num_threads(threads)
     if candidate == "onnxruntime":
-        from .export import ort_session
-
-        runner = ort_runner(ort_session(onnx_path, threads=threads))
-    elif candidate == "resnet-50":
-        runner = torch_runner(build_resnet50())
+        model = None  # the parent exported the graph
     else:
-        model = build_mobilevit(variant, task)
-        runner = torch_runner(model if candidate == "mobilevit" else build_stock(model))
-    _FRESH_PROCESS["runner"] = runner
+        model = build_resnet50() if candidate == "resnet-50" else build_mobilevit(variant, task)
+    _FRESH_PROCESS["runner"] = local_runner(candidate, model, threads, onnx_path)
 
 
 def _fresh_process_call(batch: int, image_size: int) -> float:
@@ -360,15 +348,24 @@ def benchmark(
 
 def build_runner(name: str, model: nn.Module, variant: str, task: str, image_size: int, threads: int, workdir: Path, fresh: bool):
     """A callable that runs candidate `name` on `model`'s weights (built from `variant`, `task`): here, or in
-    a fresh process of its own that builds the same weights."""
+    a fresh process of its own that builds the same weights. ONNX Runtime's graph is exported here, in a
+    child process (see `--allocator`)."""
+    onnx_path = export_in_child(model, image_size, workdir) if name == "onnxruntime" else None
     if fresh:
-        onnx_path = export_in_child(model, image_size, workdir) if name == "onnxruntime" else None
         return FreshProcessRunner(name, variant, task, image_size, threads, onnx_path)
+    return local_runner(name, model, threads, onnx_path)
+
+
+def local_runner(name: str, model: nn.Module | None, threads: int, onnx_path: Path | None = None):
+    """Candidate `name` in this process: `model` itself (this package, the ResNet-50), stock transformers
+    holding its weights, or ONNX Runtime (non-spinning threads) on the graph at `onnx_path`."""
+    if name == "onnxruntime":
+        from .export import ort_session
+
+        return ort_runner(ort_session(onnx_path, threads=threads))
     if name == "transformers":
         return torch_runner(build_stock(model))
-    if name == "onnxruntime":
-        return ort_runner(build_onnxruntime(model, image_size, threads, workdir))
-    return torch_runner(model)  # this package, or the ResNet-50
+    return torch_runner(model)
 
 
 # --------------------------------------------------------------------------------------------------------
