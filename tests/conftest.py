@@ -18,6 +18,22 @@ def _same_random_state_for_every_test():
 
 
 @pytest.fixture(scope="session")
+def load_benchmark_script():
+    """`load_benchmark_script("name")`: benchmarks/name.py imported as a module (the folder is not a package)."""
+    import importlib.util
+    from pathlib import Path
+
+    def load(name):
+        path = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
+
+
+@pytest.fixture(scope="session")
 def mlcvnets_fixtures():
     """Path of ../shared/fixtures/mlcvnets, or skip the test with the reason."""
     from mobilevit.testing_utils import shared_fixtures_dir

@@ -1,19 +1,11 @@
 """benchmarks/bench_image_processor.py runs end to end on a few photos and keeps existing charts."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_image_processor.py"
 
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_image_processor", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench(load_benchmark_script):
+    return load_benchmark_script("bench_image_processor")
 
 
 def test_sample_photos_are_distinct_real_photos(bench):

@@ -1,20 +1,13 @@
 """benchmarks/profile_fast_path.py profiles a forward end to end and refuses sizes it cannot measure."""
 
-import importlib.util
 import re
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "profile_fast_path.py"
-
 
 @pytest.fixture(scope="module")
-def profiler_script():
-    spec = importlib.util.spec_from_file_location("profile_fast_path", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def profiler_script(load_benchmark_script):
+    return load_benchmark_script("profile_fast_path")
 
 
 def test_report_lists_operators_fixed_cost_and_silu(profiler_script, capsys):
