@@ -698,13 +698,16 @@ def _scratch(role: str, shape: tuple, dtype: torch.dtype, device: torch.device) 
     if numel * dtype.itemsize > _SCRATCH_MAX_BYTES:
         return torch.empty(shape, dtype=dtype, device=device)
     buffer_key = (role, dtype, device)
-    flat = _SCRATCH.buffers.get(buffer_key)
-    if flat is None or flat.numel() < numel:
-        flat = _SCRATCH.buffers[buffer_key] = torch.empty(numel, dtype=dtype, device=device)
-        _SCRATCH.views.clear()  # views of the smaller buffer would keep it alive
-    elif len(_SCRATCH.views) >= _SCRATCH_MAX_VIEWS:
-        _SCRATCH.views.clear()  # images of many sizes: forget the shapes, keep the memory
-    view = _SCRATCH.views[key] = flat[:numel].view(shape)
+    # Plain tensors even when the first call comes under torch.inference_mode(): an inference tensor could
+    # not be written into by a later call outside it.
+    with torch.inference_mode(False):
+        flat = _SCRATCH.buffers.get(buffer_key)
+        if flat is None or flat.numel() < numel:
+            flat = _SCRATCH.buffers[buffer_key] = torch.empty(numel, dtype=dtype, device=device)
+            _SCRATCH.views.clear()  # views of the smaller buffer would keep it alive
+        elif len(_SCRATCH.views) >= _SCRATCH_MAX_VIEWS:
+            _SCRATCH.views.clear()  # images of many sizes: forget the shapes, keep the memory
+        view = _SCRATCH.views[key] = flat[:numel].view(shape)
     return view
 
 

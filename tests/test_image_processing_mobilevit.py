@@ -527,3 +527,18 @@ def test_output_memory_is_reused_only_once_no_tensor_uses_it(flower, china, monk
     del third
     gc.collect()
     assert pixels(processor, [china, china]).data_ptr() != address and np.array_equal(array[0], array[1])
+
+
+def test_first_call_under_inference_mode_does_not_break_later_calls(flower, monkeypatch):
+    """The per-thread scratch memory is made on the first call; under torch.inference_mode() it once became an
+    inference tensor, and every later call outside inference mode failed writing into it."""
+    from mobilevit import image_processing_mobilevit as module
+
+    monkeypatch.setattr(module, "_SCRATCH", module._ScratchMemory())  # as in a fresh thread
+    processor = MobileViTImageProcessor()
+    image = PIL.Image.fromarray(flower)
+    with torch.inference_mode():
+        inside = pixels(processor, image)
+    outside = pixels(processor, image)
+    assert not outside.is_inference()
+    torch.testing.assert_close(outside, inside, rtol=0, atol=0)
