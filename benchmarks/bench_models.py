@@ -61,7 +61,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=15, help="rounds per measurement (batch 32: a third of it)")
-    parser.add_argument("--variants", nargs="+", default=list(bench.VARIANTS))
+    parser.add_argument("--variants", nargs="+", default=list(bench.DEFAULT_VARIANTS))
     parser.add_argument("--train-batch", type=int, default=8)
     parser.add_argument("--output", type=Path, default=None, help="also write the classification table/chart here")
     parser.add_argument("--overwrite", action="store_true")

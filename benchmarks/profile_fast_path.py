@@ -26,6 +26,7 @@ import torch
 from torch.nn import functional as F
 
 from mobilevit import benchmark as bench
+from mobilevit.auto import resolve_variant
 from mobilevit.fast_inference import widest_map_elements
 
 FIXED_COST_SIZE = 32  # the smallest input every variant takes (its last stage is then 1x1)
@@ -70,7 +71,7 @@ def report(variant: str, image_size: int, rounds: int) -> str:
         f"{image_size}x{image_size} ({fixed / full:.0%} of it)"
     )
 
-    elements = widest_map_elements(model.mobilevit, image_size, image_size)
+    elements = widest_map_elements(model.base_model, image_size, image_size)
     widest = torch.randn(elements, generator=torch.Generator().manual_seed(0))
     silu = median_ms(lambda x: F.silu(x), lambda: widest, rounds)
     multiply = median_ms(lambda x: torch.mul(x, x), lambda: widest, rounds)
@@ -83,7 +84,7 @@ def report(variant: str, image_size: int, rounds: int) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variants", nargs="+", default=list(bench.VARIANTS))
+    parser.add_argument("--variants", nargs="+", default=list(bench.DEFAULT_VARIANTS))
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads (0: keep PyTorch's setting)")
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=20, help="profiled and timed forwards per measurement")
@@ -98,7 +99,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}; {bench.machine_load()}")
     for variant in args.variants:
-        print(report(bench.canonical_variant(variant), args.image_size, args.rounds))
+        print(report(resolve_variant(variant)[1], args.image_size, args.rounds))
     return 0
 
 

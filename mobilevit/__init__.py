@@ -1,8 +1,14 @@
-"""MobileViT (Mehta & Rastegari, ICLR 2022) for the Hugging Face ecosystem."""
+"""Apple's MobileViT family (ml-cvnets) for the Hugging Face ecosystem.
 
-from .configuration_mobilevit import VARIANTS, MobileViTConfig
+The families live in `mobilevit/models/<family>/` and are reached by tools through the registry,
+`mobilevit.auto`; their classes are also importable from here.
+"""
+
+from . import auto
 from .image_processing_mobilevit import MobileViTImageProcessor
-from .modeling_mobilevit import (
+from .models.mobilevit import (
+    VARIANTS,
+    MobileViTConfig,
     MobileViTForImageClassification,
     MobileViTForSemanticSegmentation,
     MobileViTModel,
@@ -13,6 +19,7 @@ from .pipelines import pipeline
 __version__ = "0.1.0"
 
 __all__ = [
+    "auto",
     "MobileViTConfig",
     "VARIANTS",
     "MobileViTImageProcessor",

@@ -53,8 +53,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .configuration_mobilevit import VARIANTS, MobileViTConfig, canonical_task, canonical_variant
-from .modeling_mobilevit import MobileViTForImageClassification, MobileViTForSemanticSegmentation
+from . import auto
+from .tasks import CLASSIFICATION, SEGMENTATION, canonical_task
 from .testing_utils import fill_realistic_weights_
 
 CANDIDATES = ("mobilevit", "transformers", "onnxruntime", "resnet-50")
@@ -90,21 +90,24 @@ class Result:
 # --------------------------------------------------------------------------------------------------------
 # Models and what to time
 # --------------------------------------------------------------------------------------------------------
+# classes of the released checkpoints of each task (ImageNet-1k, PASCAL VOC)
+NUM_LABELS = {CLASSIFICATION: 1000, SEGMENTATION: 21}
+
+
 def build_mobilevit(variant: str, task: str, seed: int = 0) -> nn.Module:
-    task = canonical_task(task)
-    if task == "image-classification":
-        config = MobileViTConfig.from_variant(variant, task=task, num_labels=1000)
-        return fill_realistic_weights_(MobileViTForImageClassification(config), seed).eval()
-    config = MobileViTConfig.from_variant(variant, task=task, num_labels=21)
-    return fill_realistic_weights_(MobileViTForSemanticSegmentation(config), seed).eval()
+    """A released size of any registered family for `task`, with realistic random weights, in eval mode."""
+    task = canonical_task(task, allowed=tuple(NUM_LABELS))
+    config = auto.new_config(variant, task, num_labels=NUM_LABELS[task])
+    return fill_realistic_weights_(auto.new_model(config, task), seed).eval()
 
 
 def build_stock(model: nn.Module) -> nn.Module:
-    """Stock transformers' class of the same head, holding `model`'s weights."""
+    """Stock transformers' class of the same family and head (same class name), holding `model`'s weights."""
     import transformers
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
     stock_cls = getattr(transformers, type(model).__name__)
-    stock = stock_cls(transformers.MobileViTConfig(**model.config.to_dict()))
+    stock = stock_cls(CONFIG_MAPPING[model.config.model_type](**model.config.to_dict()))
     stock.load_state_dict(model.state_dict(), strict=True)
     return stock.eval()
 
@@ -272,8 +275,11 @@ def summarise(times: dict[str, list[float]], reference: str | None) -> dict[str,
     return summary
 
 
+DEFAULT_VARIANTS = auto.family("mobilevit").variants
+
+
 def benchmark(
-    variants=tuple(VARIANTS),
+    variants=DEFAULT_VARIANTS,
     batch_sizes=(1, 32),
     threads: int = 2,
     task: str = "image-classification",
@@ -286,8 +292,8 @@ def benchmark(
 ) -> list[Result]:
     """Time `candidates` on every variant and batch size; returns one Result per (candidate, variant, batch).
     `allocator="tuned"` changes this process's malloc settings for good (there is no way back)."""
-    task = canonical_task(task)
-    variants = [canonical_variant(v) for v in variants]
+    task = canonical_task(task, allowed=tuple(NUM_LABELS))
+    variants = [auto.resolve_variant(v)[1] for v in variants]
     unknown = sorted(set(candidates) - set(CANDIDATES))
     if unknown:
         raise ValueError(f"candidates: expected names from {list(CANDIDATES)}, got {unknown}")
@@ -297,7 +303,7 @@ def benchmark(
         raise ValueError(f"repeats: expected a positive int, got {repeats!r}")
     if allocator not in ALLOCATORS:
         raise ValueError(f"allocator: expected one of {list(ALLOCATORS)}, got {allocator!r}")
-    image_size = image_size or (256 if task == "image-classification" else 512)
+    image_size = image_size or (256 if task == CLASSIFICATION else 512)
     if image_size < 32:
         raise ValueError(f"image_size: expected at least 32, got {image_size}")
     torch.set_num_threads(threads)
@@ -307,7 +313,7 @@ def benchmark(
     results = []
     with tempfile.TemporaryDirectory(prefix="mobilevit-bench-") as workdir:
         groups = [(variant, build_mobilevit(variant, task)) for variant in variants]
-        if "resnet-50" in candidates and task == "image-classification":
+        if "resnet-50" in candidates and task == CLASSIFICATION:
             groups.append(("resnet-50", build_resnet50()))
         fresh = allocator == "fresh"
         for variant, model in groups:
@@ -451,7 +457,8 @@ def write_outputs(results: list[Result], output: Path, overwrite: bool) -> list[
 # Command line
 # --------------------------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), help="MobileViT variants (default: all three)")
+    parser.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS),
+                        help="released sizes of any family (default: MobileViT v1's three)")
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 32], help="batch sizes (default: 1 32)")
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads for PyTorch and ONNX Runtime")
     parser.add_argument("--task", default="image-classification", help="image-classification or semantic-segmentation")

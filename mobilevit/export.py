@@ -28,20 +28,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .configuration_mobilevit import MobileViTConfig
-from .modeling_mobilevit import (
-    MIN_INPUT_SIZE,
-    MobileViTForImageClassification,
-    MobileViTForSemanticSegmentation,
-    MobileViTModel,
-)
+from . import auto
+from .tasks import FEATURE_EXTRACTION
 
 FORMATS = ("onnx",)
 DEFAULT_OPSET = 18
 CHECK_ATOL = 1e-4
 # (batch, height, width) the exported file is run on before it is accepted; 250x310 takes the resize path
 CHECK_SHAPES = ((1, 256, 256), (2, 250, 310))
-ARCHITECTURES = {cls.__name__: cls for cls in (MobileViTForImageClassification, MobileViTForSemanticSegmentation, MobileViTModel)}
 
 
 class ExportCheckError(RuntimeError):
@@ -56,7 +50,7 @@ class _MainOutputs(nn.Module):
         self.model = model
 
     def output_names(self) -> list[str]:
-        if isinstance(self.model, MobileViTModel):
+        if auto.task_of_model(self.model) == FEATURE_EXTRACTION:
             return ["last_hidden_state", "pooler_output"] if self.model.expand_output else ["last_hidden_state"]
         return ["logits"]
 
@@ -66,15 +60,12 @@ class _MainOutputs(nn.Module):
 
 
 def load_model(model_dir: str | os.PathLike) -> nn.Module:
-    """A saved folder (ours or stock transformers') as the matching class of this package, in eval mode."""
+    """A saved folder (ours or stock transformers') of any registered family, as this package's class of the
+    head its config names, in eval mode."""
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"model: expected a folder with config.json (save_pretrained's output), got {model_dir}")
-    config = MobileViTConfig.from_pretrained(model_dir)
-    name = (config.architectures or ["MobileViTForImageClassification"])[0]
-    if name not in ARCHITECTURES:
-        raise ValueError(f"model: expected config.architectures to name one of {sorted(ARCHITECTURES)}, got {name!r}")
-    return ARCHITECTURES[name].from_pretrained(model_dir).eval()
+    return auto.load_model(model_dir).eval()
 
 
 def export_onnx(
@@ -102,8 +93,8 @@ def export_onnx(
     dim = torch.export.Dim
     dynamic = {
         0: dim("batch", min=1, max=4096),
-        2: dim("height", min=MIN_INPUT_SIZE, max=8192),
-        3: dim("width", min=MIN_INPUT_SIZE, max=8192),
+        2: dim("height", min=model.min_input_size, max=8192),
+        3: dim("width", min=model.min_input_size, max=8192),
     }
 
     fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)

@@ -1,27 +1,29 @@
-"""The eval-mode fast path of the MobileViT models: same weights, same math, less work.
+"""The eval-mode fast path shared by the model families: same weights, same math, less work.
 
-The plain forward in `modeling_mobilevit.py` is the reference and the only path used for training. When a
-model is in eval mode and autograd is not needed, `MobileViTModel` and `MobileViTForSemanticSegmentation`
-hand their input to the functions below instead, which walk the same modules with these changes:
+Each family's plain forward (its `modeling_*.py`) is the reference and the only path used for training.
+When a model is in eval mode and autograd is not needed, it hands its input to its fast path instead
+(`models/<family>/fast_<family>.py`), which walks the same modules with the pieces below:
 
 - BatchNorm is folded into the convolution before it (w' = w * gamma / sqrt(var + eps), b' = ...),
 - on CPU in float32, each convolution runs as one oneDNN call on a weight prepacked into oneDNN's blocked
   layout, with its activation (or, at the end of an inverted residual, the skip addition) fused in: the
   same fused operator PyTorch's own compiler emits for CPU convolutions,
 - activations stay channels_last (NHWC) from the stem to the head, which oneDNN convolves fastest and
-  which turns unfold/fold into one copy each (`unfold_patches`/`fold_patches` on an NHWC layout),
-- q, k and v come from one fused projection into `scaled_dot_product_attention`,
+  which turns unfold/fold into one copy each,
 - activations and residual additions happen in place on tensors this path owns,
 - large batches run as micro-batches small enough for the allocator to reuse memory (`micro_batch_size`),
   and on glibc the first call raises malloc's adaptive mmap threshold above them (`settle_allocator`).
 
-Derived weights (folded convolutions, fused q/k/v) are cached on the module they come from, under the
-attribute `_fast_inference_cache`, never as parameters or buffers, so the state dict does not change. Each
-entry is keyed on the identity, storage address, version counter and dtype of every source tensor: an
+The MobileNetV2 inverted residual and the DeepLabV3 head are the same in every family (same module names
+as stock transformers), so they are walked here; the families' own blocks are walked in their folders.
+
+Derived weights (folded convolutions, fused projections) are cached on the module they come from, under
+the attribute `_fast_inference_cache`, never as parameters or buffers, so the state dict does not change.
+Each entry is keyed on the identity, storage address, version counter and dtype of every source tensor: an
 optimizer step, `load_state_dict`, an in-place edit, a replaced parameter or a dtype/device move changes
 the key and the entry is rebuilt on its next use. `model.train()` and `.to()`/`.half()`/... drop every
-entry outright (see `MobileViTPreTrainedModel`). Cached tensors are computed without autograd and are
-never used when gradients are wanted, so no gradient can flow through them.
+entry outright (`FastInferenceMixin`). Cached tensors are computed without autograd and are never used
+when gradients are wanted, so no gradient can flow through them.
 
 Switching it off (to debug, or to compare): `model.set_fast_inference(False)`, or `MOBILEVIT_FAST=0` in the
 environment (read at every call). Outputs returned to the caller are NCHW-contiguous, like the plain path's.
@@ -37,8 +39,6 @@ from torch import nn
 from torch.nn import functional as F
 
 from transformers.activations import SiLUActivation
-
-from . import modeling_mobilevit as modeling  # a cycle Python resolves: used at call time only
 
 ENV_SWITCH = "MOBILEVIT_FAST"
 CACHE_ATTR = "_fast_inference_cache"
@@ -106,7 +106,7 @@ class _Entry(tuple):
         return (type(None), ())
 
 
-def _cached(module: nn.Module, sources: tuple, build, extra: tuple = ()):
+def cached(module: nn.Module, sources: tuple, build, extra: tuple = ()):
     """`build()` for `module`, recomputed only when one of `sources` (or `extra`) changed since the last call."""
     key = _signature(sources) + extra
     entry = module.__dict__.get(CACHE_ATTR)
@@ -164,26 +164,13 @@ def folded_convolution(layer: nn.Module) -> FoldedConvolution:
         pointwise = weight.shape[-2:] == (1, 1) and conv.stride == (1, 1) and conv.groups == 1
         return FoldedConvolution(weight, bias, {} if fusable else None, geometry, pointwise)
 
-    return _cached(layer, sources, build, extra=(norm.eps,) if norm is not None else ())
-
-
-def fused_qkv(attention: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One (3 * width, width) projection for a `MobileViTSelfAttention`'s query, key and value."""
-    parts = (attention.query, attention.key, attention.value)
-    sources = tuple(p.weight for p in parts) + tuple(p.bias for p in parts)
-
-    def build():
-        weight = torch.cat([p.weight for p in parts])
-        bias = torch.cat([p.bias for p in parts]) if all(p.bias is not None for p in parts) else None
-        return weight, bias
-
-    return _cached(attention, sources, build)
+    return cached(layer, sources, build, extra=(norm.eps,) if norm is not None else ())
 
 
 # --------------------------------------------------------------------------------------------------------
-# The layers, in the order of the model file
+# The layers every family shares (module names as in stock transformers)
 # --------------------------------------------------------------------------------------------------------
-def _activate_(activation: nn.Module | None, features: torch.Tensor) -> torch.Tensor:
+def activate_(activation: nn.Module | None, features: torch.Tensor) -> torch.Tensor:
     """Apply `activation` in place where it has an in-place form (features belong to this path)."""
     if activation is None:
         return features
@@ -234,60 +221,14 @@ def conv_layer(layer: nn.Module, features: torch.Tensor, residual: torch.Tensor 
     else:
         conv = layer.convolution
         out = F.conv2d(features, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
-    out = _activate_(layer.activation, out)
+    out = activate_(layer.activation, out)
     return out if residual is None else out.add_(residual)
 
 
 def inverted_residual(block: nn.Module, features: torch.Tensor) -> torch.Tensor:
+    """MobileNetV2 block: 1x1 expand, depthwise 3x3, 1x1 reduce with the skip addition fused in."""
     expanded = conv_layer(block.conv_3x3, conv_layer(block.expand_1x1, features))
     return conv_layer(block.reduce_1x1, expanded, residual=features if block.use_residual else None)
-
-
-def transformer_layer(layer: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-    """Pre-norm transformer layer on `hidden` (B', N, width), which it updates in place."""
-    batch, tokens, width = hidden.shape
-    self_attention = layer.attention.attention
-    heads, head_size = self_attention.num_heads, self_attention.head_size
-
-    normed = layer.layernorm_before(hidden)
-    qkv_weight, qkv_bias = fused_qkv(self_attention)
-    qkv = F.linear(normed, qkv_weight, qkv_bias).view(batch, tokens, 3, heads, head_size).permute(2, 0, 3, 1, 4)
-    context = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
-    context = context.transpose(1, 2).reshape(batch, tokens, width)
-    out_proj = layer.attention.output.dense
-    hidden += F.linear(context, out_proj.weight, out_proj.bias)
-
-    intermediate = layer.intermediate.dense
-    ffn = F.linear(layer.layernorm_after(hidden), intermediate.weight, intermediate.bias)
-    ffn = _activate_(layer.intermediate.intermediate_act_fn, ffn)
-    output = layer.output.dense
-    hidden += F.linear(ffn, output.weight, output.bias)
-    return hidden
-
-
-def mobilevit_block(stage: nn.Module, features: torch.Tensor) -> torch.Tensor:
-    """`MobileViTLayer`: downsampling block, local convs, transformer over patches, fusion."""
-    features = inverted_residual(stage.downsampling_layer, features)
-    block_input = features
-    features = conv_layer(stage.conv_1x1, conv_layer(stage.conv_kxk, features))
-
-    batch, _, height, width = features.shape
-    patch = stage.patch_size
-    patched_height, patched_width = modeling.round_up_to_patches(height, patch), modeling.round_up_to_patches(width, patch)
-    resized = (patched_height, patched_width) != (height, width)
-    if resized:
-        features = F.interpolate(features, size=(patched_height, patched_width), mode="bilinear", align_corners=False)
-
-    patches = modeling.unfold_patches(features, patch)  # one copy out of NHWC
-    for layer in stage.transformer.layer:
-        patches = transformer_layer(layer, patches)
-    patches = stage.layernorm(patches)
-    features = modeling.fold_patches(patches, batch, patched_height, patched_width, patch, channels_last=True)
-
-    if resized:
-        features = F.interpolate(features, size=(height, width), mode="bilinear", align_corners=False)
-    features = conv_layer(stage.conv_projection, features)
-    return conv_layer(stage.fusion, torch.cat((block_input, features), dim=1))
 
 
 def micro_batch_size(model: nn.Module, pixel_values: torch.Tensor) -> int:
@@ -301,16 +242,21 @@ def micro_batch_size(model: nn.Module, pixel_values: torch.Tensor) -> int:
 
 def widest_map_elements(model: nn.Module, height: int, width: int) -> int:
     """Elements per image of the largest map the backbone makes: an inverted residual's expansion, at the
-    resolution of its input (in MobileViT-S, layer_2's first block: 128 channels at half resolution)."""
+    resolution of its input (in MobileViT-S, layer_2's first block: 128 channels at half resolution). Only the
+    stem and the inverted residuals stride, and `modules()` visits them in the order they run."""
     height, width = -(-height // 2), -(-width // 2)  # the stem strides by 2 (3x3, padding 1: ceil)
     widest = 0
-    for stage in model.encoder.layer:
-        blocks = [stage.downsampling_layer] if isinstance(stage, modeling.MobileViTLayer) else stage.layer
-        for block in blocks:
+    for block in model.encoder.modules():
+        if _is_inverted_residual(block):
             widest = max(widest, block.expand_1x1.convolution.out_channels * height * width)
             stride = block.conv_3x3.convolution.stride[0]
             height, width = -(-height // stride), -(-width // stride)
     return widest
+
+
+def _is_inverted_residual(module: nn.Module) -> bool:
+    # by its parts: the families' classes differ in name, not in shape
+    return all(name in module._modules for name in ("expand_1x1", "conv_3x3", "reduce_1x1"))
 
 
 _allocator_settled = False
@@ -343,43 +289,28 @@ def _is_glibc() -> bool:
         return False
 
 
-def backbone(model: nn.Module, pixel_values: torch.Tensor, keep_stages: bool):
-    """`MobileViTModel` minus the pooling: (last feature map, stage outputs if `keep_stages`), channels_last."""
+def run_backbone(walk, model: nn.Module, pixel_values: torch.Tensor, keep_stages: bool):
+    """`walk(model, pixel_values, keep_stages)` -> (last feature map, stage outputs), a family's backbone, run
+    in micro-batches where the batch is large (see `micro_batch_size`), with the allocator settled first."""
     if pixel_values.device.type == "cpu":
         settle_allocator()
     batch = pixel_values.shape[0]
     size = batch if batch == 1 else micro_batch_size(model, pixel_values)  # one image: nothing to split
     if batch <= size:
-        return _backbone(model, pixel_values, keep_stages)
-    parts = [_backbone(model, chunk, keep_stages) for chunk in pixel_values.split(size)]
+        return walk(model, pixel_values, keep_stages)
+    parts = [walk(model, chunk, keep_stages) for chunk in pixel_values.split(size)]
     features = torch.cat([last for last, _ in parts])
     stages = [torch.cat(maps) for maps in zip(*(stages for _, stages in parts))]
     return features, stages
 
 
-def _backbone(model: nn.Module, pixel_values: torch.Tensor, keep_stages: bool):
-    features = conv_layer(model.conv_stem, pixel_values.contiguous(memory_format=CHANNELS_LAST))
-    stages = []
-    for stage in model.encoder.layer:
-        if isinstance(stage, modeling.MobileViTLayer):
-            features = mobilevit_block(stage, features)
-        else:
-            for block in stage.layer:
-                features = inverted_residual(block, features)
-        if keep_stages:
-            stages.append(features)
-    if model.expand_output:
-        features = conv_layer(model.conv_1x1_exp, features)
-    return features, stages
-
-
 def deeplab_head(head: nn.Module, features: torch.Tensor) -> torch.Tensor:
-    """`MobileViTDeepLabV3`: ASPP (the image-pooling branch as a broadcast) and the per-pixel classifier."""
+    """The DeepLabV3 head: ASPP (the image-pooling branch as a broadcast) and the per-pixel classifier."""
     features = features.contiguous(memory_format=CHANNELS_LAST)
     batch, _, height, width = features.shape
     branches = []
     for branch in head.aspp.convs:
-        if isinstance(branch, modeling.MobileViTASPPPooling):
+        if "global_pool" in branch._modules:  # the image-pooling branch
             pooled = conv_layer(branch.conv_1x1, features.mean(dim=(2, 3), keepdim=True))
             # bilinear resizing of a 1x1 map is a broadcast
             branches.append(pooled.expand(batch, pooled.shape[1], height, width))
@@ -387,3 +318,28 @@ def deeplab_head(head: nn.Module, features: torch.Tensor) -> torch.Tensor:
             branches.append(conv_layer(branch, features))
     projected = conv_layer(head.aspp.project, torch.cat(branches, dim=1))
     return conv_layer(head.classifier, projected).contiguous()
+
+
+# --------------------------------------------------------------------------------------------------------
+# What a family's PreTrainedModel mixes in
+# --------------------------------------------------------------------------------------------------------
+class FastInferenceMixin:
+    """The switch, and cache hygiene: `train()` and `.to()`/`.half()`/... drop the derived weights."""
+
+    def set_fast_inference(self, enabled: bool = True):
+        """Turn the eval-mode fast path on or off for this model (`MOBILEVIT_FAST=0` turns it off everywhere)."""
+        if not isinstance(enabled, bool):
+            raise TypeError(f"enabled: expected a bool, got {type(enabled).__name__}")
+        for module in self.modules():
+            if isinstance(module, FastInferenceMixin):
+                module._fast_inference_enabled = enabled
+        return self
+
+    def train(self, mode: bool = True):
+        if mode:  # training changes BatchNorm statistics: derived weights are rebuilt at the next eval call
+            clear_cache(self)
+        return super().train(mode)
+
+    def _apply(self, fn, *args, **kwargs):  # .to(), .half(), .cuda(), ...: derived weights follow the new ones
+        clear_cache(self)
+        return super()._apply(fn, *args, **kwargs)

@@ -1,9 +1,10 @@
-"""Hub helpers: the model card every saved MobileViT folder gets, and pushing model, config and processor.
+"""Hub helpers: the model card every saved folder gets, and pushing model, config and processor.
 
 `write_model_card` is used by the checkpoint converter and by training; it describes what the folder holds
-(task, variant, size, metrics when known, where the weights came from, training curves) and how to use it,
-including the one thing MobileViT users trip over: the model takes BGR pixels in [0, 1] with no mean/std
-normalisation. `model_card_for_folder` reads those facts from a saved folder.
+(family, task, variant, size, metrics when known, where the weights came from, training curves) and how to
+use it, including the one thing MobileViT users trip over: the model takes BGR pixels in [0, 1] with no
+mean/std normalisation. `model_card_for_folder` reads those facts from a saved folder. What differs between
+families (their description, citation and class names) comes from the family registry, `mobilevit.auto`.
 
 `push_to_hub` uploads a saved folder (or a model and its processor) as one commit: config, safetensors
 weights, `preprocessor_config.json`, the model card and, for folders that come from training, the curves.
@@ -16,14 +17,13 @@ import os
 import tempfile
 from pathlib import Path
 
-TASK_CARD_INFO = {
-    # task -> (pipeline tag, what the model outputs, transformers class)
-    "image-classification": ("image-classification", "class logits", "MobileViTForImageClassification"),
-    "semantic-segmentation": (
-        "image-segmentation",
-        "per-pixel class logits at 1/{output_stride} of the input resolution",
-        "MobileViTForSemanticSegmentation",
-    ),
+from . import auto
+from .tasks import CLASSIFICATION, PIPELINE_TASKS, SEGMENTATION
+
+# task -> what the model outputs
+TASK_OUTPUTS = {
+    CLASSIFICATION: "class logits",
+    SEGMENTATION: "per-pixel class logits at 1/{output_stride} of the input resolution",
 }
 
 # What a card written before the folder had a Hub name says to load (a push puts the repository id in its place).
@@ -31,15 +31,6 @@ LOCAL_FOLDER_PLACEHOLDER = "path/to/this/folder"
 # What training leaves in its output folder that the card shows or quotes.
 TRAINING_CURVES_FILE = "training_history.png"
 METRICS_FILES = ("metrics.json", "all_results.json", "test_results.json", "eval_results.json")
-
-CITATION = """@inproceedings{mehta2022mobilevit,
-  title     = {MobileViT: Light-weight, General-purpose, and Mobile-friendly Vision Transformer},
-  author    = {Sachin Mehta and Mohammad Rastegari},
-  booktitle = {International Conference on Learning Representations},
-  year      = {2022},
-  url       = {https://openreview.net/forum?id=vh-0sUt8HlG}
-}"""
-
 
 def _format_metric(value) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
@@ -61,21 +52,24 @@ def model_card_text(
     preprocessing: dict | None = None,
     training_curves: str | None = None,
     output_stride: int = 16,
+    model_type: str = "mobilevit",
 ) -> str:
     """The README.md of a model folder (YAML front matter for the Hub, then the card).
 
-    `preprocessing` is the folder's `preprocessor_config.json` (its resize and crop sizes are quoted; the
-    checkpoints' defaults for `image_size` otherwise); `training_curves` names an image file in the folder
-    that the card shows under "Training"."""
-    if task not in TASK_CARD_INFO:
-        raise ValueError(f"task: expected one of {sorted(TASK_CARD_INFO)}, got {task!r}")
-    pipeline_tag, output_text, model_class = TASK_CARD_INFO[task]
-    output_text = output_text.format(output_stride=output_stride)
+    `model_type` names the family (its description, citation and classes); `preprocessing` is the folder's
+    `preprocessor_config.json` (its resize and crop sizes are quoted; the checkpoints' defaults for
+    `image_size` otherwise); `training_curves` names an image file in the folder that the card shows under
+    "Training"."""
+    if task not in TASK_OUTPUTS:
+        raise ValueError(f"task: expected one of {sorted(TASK_OUTPUTS)}, got {task!r}")
+    family = auto.family(model_type)
+    pipeline_tag, model_class = PIPELINE_TASKS[task], family.model_class(task).__name__
+    output_text = TASK_OUTPUTS[task].format(output_stride=output_stride)
     variant_text = variant or "custom widths"
     load_from = repo_id or LOCAL_FOLDER_PLACEHOLDER
 
     front = ["---", "library_name: transformers", f"pipeline_tag: {pipeline_tag}", "tags:", "- vision",
-             "- mobilevit", f"- {pipeline_tag}"]
+             f"- {family.model_type}", f"- {pipeline_tag}"]
     if dataset:
         front += ["datasets:", f"- {dataset}"]
     front.append("---")
@@ -83,10 +77,9 @@ def model_card_text(
     lines = [
         *front,
         "",
-        f"# MobileViT ({variant_text}) for {task.replace('-', ' ')}",
+        f"# {family.title} ({variant_text}) for {task.replace('-', ' ')}",
         "",
-        "MobileViT v1 (Mehta & Rastegari, ICLR 2022): MobileNetV2 stages followed by MobileViT blocks that "
-        "unfold the feature map into 2x2 patches, mix them with a small transformer and fold them back.",
+        family.description,
         "",
         "| | |",
         "|---|---|",
@@ -132,7 +125,7 @@ def model_card_text(
         'inputs = processor(images=Image.open("image.jpg"), return_tensors="pt")',
         "logits = model(**inputs).logits",
     ]
-    if task == "image-classification":
+    if task == CLASSIFICATION:
         lines.append("print(model.config.id2label[logits.argmax(-1).item()])")
     else:
         lines.append(f"mask = logits.argmax(1)[0]  # (H/{output_stride}, W/{output_stride}) class indices; "
@@ -144,7 +137,7 @@ def model_card_text(
     ]
     if notes:
         lines += ["", "## Notes", "", notes]
-    lines += ["", "## Citation", "", "```bibtex", CITATION, "```", ""]
+    lines += ["", "## Citation", "", "```bibtex", family.citation, "```", ""]
     return "\n".join(lines)
 
 
@@ -176,16 +169,16 @@ def write_model_card(folder: str | Path, **card) -> Path:
     # the folder's own processor and config, when already written, say what the card quotes
     if "preprocessing" not in card and (folder / "preprocessor_config.json").is_file():
         card["preprocessing"] = json.loads((folder / "preprocessor_config.json").read_text(encoding="utf-8"))
-    if "output_stride" not in card and (folder / "config.json").is_file():
-        card["output_stride"] = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("output_stride", 16)
+    if (folder / "config.json").is_file():
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        card.setdefault("output_stride", config.get("output_stride", 16))
+        card.setdefault("model_type", config.get("model_type", "mobilevit"))
     path = folder / "README.md"
     path.write_text(model_card_text(**card), encoding="utf-8")
     return path
 
 
 # -- reading a saved folder ----------------------------------------------------------------------------------
-# pipeline-task names (config `architectures`) -> card task names
-_CARD_TASKS = {"image-classification": "image-classification", "image-segmentation": "semantic-segmentation"}
 # What a push uploads from a folder: top-level files of these kinds. Sub-folders (Trainer checkpoints, logs)
 # and pickles (`training_args.bin`, optimizer states) stay local.
 UPLOADED_SUFFIXES = (".json", ".safetensors", ".md", ".png", ".txt", ".csv")
@@ -218,15 +211,14 @@ def read_metrics(folder: str | Path) -> dict | None:
 def model_card_for_folder(folder: str | Path, repo_id: str | None = None) -> str:
     """The model card of a saved folder: task and variant from `config.json`, the parameter count of the
     weights, metrics and training curves when training left them, preprocessing from the processor config."""
-    from .pipelines import TASK_MODEL_CLASSES, load_config, task_of
-
     folder = Path(folder)
-    config = load_config(folder)
-    task = task_of(config)
-    model = TASK_MODEL_CLASSES[task].from_pretrained(str(folder), config=config)
+    config = auto.load_config(folder)
+    task = auto.task_of(config)
+    model = auto.load_model(folder, task)
     processor_file = folder / "preprocessor_config.json"
     return model_card_text(
-        task=_CARD_TASKS[task],
+        task=task,
+        model_type=config.model_type,
         variant=config.variant,
         num_parameters=model.num_parameters(),
         image_size=int(config.image_size),
@@ -265,13 +257,11 @@ def push_folder_to_hub(
     """
     from huggingface_hub import CommitOperationAdd, HfApi
 
-    from .pipelines import default_image_processor, load_config
-
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"folder: expected an existing model folder, got {str(folder)!r}")
     repo_id = _check_repo_id(repo_id)
-    config = load_config(folder)  # a clear error for a folder that is not a model
+    config = auto.load_config(folder)  # a clear error for a folder that is not a model
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in UPLOADED_SUFFIXES)
     if not any(p.suffix == ".safetensors" for p in files):
         raise ValueError(f"folder: expected safetensors weights (model.safetensors) in {str(folder)!r}, found none")
@@ -279,7 +269,7 @@ def push_folder_to_hub(
                   if p.name != "README.md"]
     names = {p.name for p in files}
     if "preprocessor_config.json" not in names:
-        processor_json = default_image_processor(config).to_json_string().encode("utf-8")
+        processor_json = auto.image_processor_for(config).to_json_string().encode("utf-8")
         operations.append(CommitOperationAdd(path_in_repo="preprocessor_config.json", path_or_fileobj=processor_json))
     if regenerate_card or "README.md" not in names:
         card = model_card_for_folder(folder, repo_id=repo_id)
@@ -307,29 +297,27 @@ def push_to_hub(
     """Push model, config and image processor together, with a generated model card; returns the commit URL.
 
     `model_or_folder` is a folder saved by this package (`mobilevit train`, `mobilevit convert`,
-    `save_pretrained`) or a MobileViT model object; for a model, `image_processor` is saved beside it (the
-    checkpoints' default preprocessing when None). Point `HF_ENDPOINT` elsewhere to use another Hub.
+    `save_pretrained`) or a model object of this package; for a model, `image_processor` is saved beside it
+    (the family's evaluation preprocessing when None). Point `HF_ENDPOINT` elsewhere to use another Hub.
     """
-    from .modeling_mobilevit import MobileViTPreTrainedModel
-
     if isinstance(model_or_folder, (str, os.PathLike)):
         if image_processor is not None:
             raise ValueError("image_processor: pass it only with a model object; a folder brings its own "
                              "preprocessor_config.json")
         return push_folder_to_hub(model_or_folder, repo_id, private=private, token=token,
                                   commit_message=commit_message, regenerate_card=regenerate_card)
-    if not isinstance(model_or_folder, MobileViTPreTrainedModel):
-        raise TypeError(f"model_or_folder: expected a model folder or a MobileViT model, "
-                        f"got {type(model_or_folder).__name__}")
-    from .pipelines import default_image_processor
-
+    try:
+        auto.family_of(model_or_folder)
+    except TypeError:
+        raise TypeError(f"model_or_folder: expected a model folder or a model of this package, "
+                        f"got {type(model_or_folder).__name__}") from None
     _check_repo_id(repo_id)
     with tempfile.TemporaryDirectory(prefix="mobilevit-push-") as staging:
         model_or_folder.save_pretrained(staging)
-        (image_processor or default_image_processor(model_or_folder.config)).save_pretrained(staging)
+        (image_processor or auto.image_processor_for(model_or_folder.config)).save_pretrained(staging)
         return push_folder_to_hub(staging, repo_id, private=private, token=token, commit_message=commit_message,
                                   regenerate_card=True)
 
 
 __all__ = ["write_model_card", "model_card_text", "model_card_for_folder", "read_metrics", "push_folder_to_hub",
-           "push_to_hub", "CITATION", "TRAINING_CURVES_FILE"]
+           "push_to_hub", "TRAINING_CURVES_FILE"]

@@ -258,6 +258,15 @@ class MobileViTImageProcessor(BaseImageProcessor):
         ]
 
 
+def evaluation_image_processor(image_size: int, **overrides) -> MobileViTImageProcessor:
+    """ml-cvnets' evaluation preprocessing for a checkpoint trained at `image_size`: shortest edge to
+    size + 32, centre crop to size, divide by 255, RGB -> BGR, no mean/std (`overrides` change any option)."""
+    image_size = int(image_size)
+    return MobileViTImageProcessor(
+        size={"shortest_edge": image_size + 32}, crop_size={"height": image_size, "width": image_size}, **overrides
+    )
+
+
 def _refuse_normalisation(do_normalize) -> None:
     if do_normalize:
         raise ValueError(
@@ -773,4 +782,4 @@ def _stack(values: list[torch.Tensor], key: str) -> torch.Tensor:
     return torch.stack(values)
 
 
-__all__ = ["MobileViTImageProcessor"]
+__all__ = ["MobileViTImageProcessor", "evaluation_image_processor"]

@@ -94,14 +94,15 @@ def to_rgb(image):
 def predict(images: list, args: argparse.Namespace) -> list[dict]:
     import torch
 
-    from .pipelines import NotAModelError, load_model_and_processor
+    from . import auto
+    from .tasks import CLASSIFICATION
 
     try:
-        model, processor, task = load_model_and_processor(args.model)
-    except NotAModelError as err:
+        model, processor, task = auto.load_model_and_processor(args.model)
+    except auto.NotAModelError as err:
         raise PredictInputError(str(err)) from None
     model.to(args.device)
-    if task == "image-classification":
+    if task == CLASSIFICATION:
         json_path = Path(args.output_dir) / "predictions.json" if args.output_dir else None
         check_outputs_free([json_path] if json_path else [], args.overwrite)
         results = classify(model, processor, images, args)

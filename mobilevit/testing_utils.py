@@ -50,12 +50,13 @@ def fill_realistic_weights_(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
-def shared_fixtures_dir() -> Path | None:
-    """`../shared/fixtures/mlcvnets` next to the checkout (or $MOBILEVIT_FIXTURES), None when absent."""
+def shared_fixtures_dir(name: str = "mlcvnets") -> Path | None:
+    """`../shared/fixtures/<name>` next to the checkout, None when absent. $MOBILEVIT_FIXTURES, when set, is
+    the path of the `mlcvnets` folder; the other fixture folders are looked for beside it."""
     env = os.environ.get("MOBILEVIT_FIXTURES")
-    candidates = [Path(env)] if env else []
+    candidates = [Path(env) if name == "mlcvnets" else Path(env).parent / name] if env else []
     repo = Path(__file__).resolve().parent.parent
-    candidates += [repo.parent / "shared" / "fixtures" / "mlcvnets", repo / "shared" / "fixtures" / "mlcvnets"]
+    candidates += [repo.parent / "shared" / "fixtures" / name, repo / "shared" / "fixtures" / name]
     for path in candidates:
         if (path / "weights.py").is_file():
             return path

@@ -52,7 +52,7 @@ SHAPE_NAMES = ["background", "circle", "square", "triangle"]
 
 def _save_small_model(folder, task, names, seed):
     from mobilevit import MobileViTConfig, MobileViTForImageClassification, MobileViTForSemanticSegmentation
-    from mobilevit.pipelines import default_image_processor
+    from mobilevit.auto import image_processor_for
     from mobilevit.testing_utils import fill_realistic_weights_
 
     config = MobileViTConfig.from_variant("xx-small", task=task, image_size=SMALL_IMAGE_SIZE,
@@ -60,7 +60,7 @@ def _save_small_model(folder, task, names, seed):
     cls = MobileViTForImageClassification if task == "image-classification" else MobileViTForSemanticSegmentation
     model = fill_realistic_weights_(cls(config), seed=seed).eval()
     model.save_pretrained(folder)
-    default_image_processor(config).save_pretrained(folder)
+    image_processor_for(config).save_pretrained(folder)
     return folder
 
 

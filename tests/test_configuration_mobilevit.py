@@ -4,7 +4,7 @@ import pytest
 import transformers
 
 from mobilevit import MobileViTConfig
-from mobilevit.configuration_mobilevit import VARIANTS, canonical_variant
+from mobilevit.models.mobilevit.configuration_mobilevit import VARIANTS, canonical_variant
 
 # The Hub's apple/mobilevit-* and apple/deeplabv3-mobilevit-* configs, as transformers' conversion made them
 HUB_FIELDS = {

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from functools import lru_cache
@@ -16,9 +17,11 @@ import transformers
 from safetensors.torch import load_file, save_file
 
 from mobilevit import conversion
-from mobilevit.conversion import ConversionError, convert_checkpoint, main, rename_key, unwrap_state_dict
+from mobilevit.conversion import ConversionError, convert_checkpoint, main
+from mobilevit.conversion_utils import sha256_of_file, unwrap_state_dict
+from mobilevit.models.mobilevit.conversion_mobilevit import RENAME_TABLE, rename_key
 from mobilevit.labels import imagenet_1k_id2label, pascal_voc_id2label
-from mobilevit.modeling_mobilevit import MobileViTForImageClassification, MobileViTForSemanticSegmentation
+from mobilevit import MobileViTForImageClassification, MobileViTForSemanticSegmentation
 from mobilevit.testing_utils import shared_fixtures_dir
 
 REPO = Path(__file__).resolve().parent.parent
@@ -124,8 +127,8 @@ def test_unwrap_forms_and_ambiguity():
 @NEEDS_FIXTURES
 def test_every_rename_rule_is_used_by_a_released_layout():
     keys = [k for name in NAMES for k, _, _ in json.loads((FIXTURES / f"{name}.json").read_text())["state_dict"]]
-    for pattern, template in conversion.RENAME_TABLE:
-        assert any(conversion.re.fullmatch(pattern, k) for k in keys), f"rule never used: {pattern} -> {template}"
+    for pattern, template in RENAME_TABLE.rules:
+        assert any(re.fullmatch(pattern, k) for k in keys), f"rule never used: {pattern} -> {template}"
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +184,7 @@ def test_converted_folder_matches_mlcvnets(name, converted):
     assert processor["do_flip_channel_order"] is True and "image_mean" not in processor
 
     card = (folder / "README.md").read_text()
-    sha = conversion.sha256_of_file(folder.parent / f"{name}.pt")
+    sha = sha256_of_file(folder.parent / f"{name}.pt")
     assert sha in card and f"{manifest['parameter_count']:,}" in card and "BGR" in card and "mehta2022mobilevit" in card
 
 
@@ -230,7 +233,7 @@ def broken_checkpoints(tmp_path: Path) -> dict[str, tuple[Path, list[str], str]]
               "layer1.0.conv1.weight": torch.randn(64, 64, 3, 3), "fc.weight": torch.randn(1000, 512),
               "fc.bias": torch.zeros(1000)}
     cases["other architecture"] = (save_checkpoint(resnet, tmp_path / "resnet.pt"), [],
-                                   "does not look like an ml-cvnets MobileViT v1")
+                                   "does not look like a checkpoint of a known layout (ml-cvnets MobileViT v1")
     missing = dict(good)
     del missing["layer_3.1.global_rep.0.pre_norm_ffn.1.bias"]
     cases["missing key"] = (save_checkpoint(missing, tmp_path / "missing.pt"), [],
@@ -304,7 +307,7 @@ def test_a_fine_tuned_head_gets_generic_labels(tmp_path):
     sd = fresh_state_dict("mobilevit_xxs")
     sd["classifier.fc.weight"], sd["classifier.fc.bias"] = torch.randn(10, 320) * 0.05, torch.zeros(10)
     result = convert_checkpoint(save_checkpoint(sd, tmp_path / "ten.pt"), tmp_path / "out", progress=False)
-    assert "10 classes, not the 1000 of imagenet-1k" in result.labels
+    assert "10 classes, no known image-classification data set has that many" in result.labels
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert config["id2label"] == {str(i): f"LABEL_{i}" for i in range(10)}
     card = (tmp_path / "out" / "README.md").read_text()

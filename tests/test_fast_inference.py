@@ -13,6 +13,7 @@ from mobilevit import (
     MobileViTModel,
 )
 from mobilevit import fast_inference
+from mobilevit.models.mobilevit import fast_mobilevit
 from mobilevit.testing_utils import fill_realistic_weights_
 
 # float32 re-association (folded BatchNorm, NHWC convolution order) moves outputs of magnitude ~5 by a few 1e-6
@@ -55,8 +56,8 @@ def assert_same(model, pixel_values):
 @pytest.fixture
 def count_fast_calls(monkeypatch):
     calls = []
-    original = fast_inference.backbone
-    monkeypatch.setattr(fast_inference, "backbone", lambda *a, **k: calls.append(1) or original(*a, **k))
+    original = fast_mobilevit.backbone
+    monkeypatch.setattr(fast_mobilevit, "backbone", lambda *a, **k: calls.append(1) or original(*a, **k))
     return calls
 
 

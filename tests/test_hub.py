@@ -258,7 +258,7 @@ def test_push_rejects_bad_arguments_before_any_network_call(saved_classifier, tm
         hub.push_to_hub(tmp_path, "user/x")
     with pytest.raises(ValueError, match="image_processor: pass it only with a model object"):
         hub.push_to_hub(saved_classifier, "user/x", image_processor=MobileViTImageProcessor())
-    with pytest.raises(TypeError, match="model_or_folder: expected a model folder or a MobileViT model"):
+    with pytest.raises(TypeError, match="model_or_folder: expected a model folder or a model of this package"):
         hub.push_to_hub(42, "user/x")
     weightless = tmp_path / "weightless"
     weightless.mkdir()

@@ -412,9 +412,9 @@ def test_loads_the_modern_config(tmp_path, monkeypatch):
 
 
 def test_loads_what_the_checkpoint_converter_writes():
-    from mobilevit.conversion import image_processor_for
+    from mobilevit.image_processing_mobilevit import evaluation_image_processor
 
-    converted = image_processor_for(256)
+    converted = evaluation_image_processor(256)
     assert converted.to_dict() == MobileViTImageProcessor().to_dict()
 
 

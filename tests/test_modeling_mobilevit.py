@@ -11,7 +11,7 @@ from mobilevit import (
     MobileViTForSemanticSegmentation,
     MobileViTModel,
 )
-from mobilevit.modeling_mobilevit import fold_patches, unfold_patches
+from mobilevit.patches import fold_patches, unfold_patches
 from mobilevit.testing_utils import fill_realistic_weights_
 
 ATOL = 1e-4

@@ -7,7 +7,8 @@ import transformers
 
 import mobilevit
 from mobilevit import MobileViTForImageClassification, MobileViTForSemanticSegmentation, MobileViTImageProcessor
-from mobilevit.pipelines import NotAModelError, load_model_and_processor, pipeline, task_of
+from mobilevit.auto import NotAModelError, load_model_and_processor, task_of
+from mobilevit.pipelines import pipeline
 
 
 def direct_top_k(folder, image, k):
@@ -89,7 +90,7 @@ def test_task_inference_and_bad_inputs(saved_classifier, tmp_path):
     assert task_of(config) == "image-classification"
     with pytest.raises(ValueError, match="task: expected one of"):
         pipeline("object-detection", model=saved_classifier)
-    with pytest.raises(TypeError, match="MobileViTForSemanticSegmentation for task 'image-segmentation'"):
+    with pytest.raises(TypeError, match="MobileViTForSemanticSegmentation for task 'semantic-segmentation'"):
         pipeline("image-segmentation", model=MobileViTForImageClassification(config))
     with pytest.raises(NotAModelError, match="has no config.json"):
         pipeline(model=tmp_path)

@@ -31,10 +31,27 @@ def pascal_voc_id2label() -> dict[int, str]:
     return dict(_read("pascal-voc.json"))
 
 
+# The data sets the released checkpoints of each task were trained on, and a reader of their class names.
+KNOWN_LABEL_SETS = {
+    "image-classification": {"imagenet-1k": imagenet_1k_id2label},
+    "semantic-segmentation": {"pascal-voc": pascal_voc_id2label},
+}
+
+
+def label_set_for(task: str, num_labels: int) -> tuple[dict[int, str], str | None]:
+    """The class names of the known data set of `task` with `num_labels` classes, and the data set's name;
+    generic names (LABEL_0, ...) and None when no known set has that many classes."""
+    for dataset, read in KNOWN_LABEL_SETS.get(task, {}).items():
+        id2label = read()
+        if len(id2label) == num_labels:
+            return id2label, dataset
+    return {i: f"LABEL_{i}" for i in range(num_labels)}, None
+
+
 def label2id(id2label: dict[int, str]) -> dict[str, int]:
     """The inverse mapping as transformers writes it: a name that appears twice (ImageNet has two
     "crane" classes, 134 the bird and 517 the machine) keeps its last index, as in the Hub's configs."""
     return {name: index for index, name in sorted(id2label.items())}
 
 
-__all__ = ["imagenet_1k_id2label", "pascal_voc_id2label", "label2id"]
+__all__ = ["imagenet_1k_id2label", "pascal_voc_id2label", "label2id", "label_set_for", "KNOWN_LABEL_SETS"]

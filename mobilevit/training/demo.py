@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import auto
 from ..file_utils import staged_directory
 from .demo_data import SHAPES_LABELS, load_digits_dataset, load_shapes_dataset
 from .history import plot_histories
@@ -57,10 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _pipeline_classification(folder: Path, test) -> tuple[float, list]:
     from transformers import pipeline
 
-    from .. import MobileViTForImageClassification, MobileViTImageProcessor
-
-    model = MobileViTForImageClassification.from_pretrained(folder).eval()
-    processor = MobileViTImageProcessor.from_pretrained(folder)
+    model, processor, _ = auto.load_model_and_processor(folder)
     classifier = pipeline("image-classification", model=model, image_processor=processor, device="cpu")
     images = list(test["image"])
     predictions = classifier(images, batch_size=64, top_k=1)
@@ -73,10 +71,7 @@ def _pipeline_classification(folder: Path, test) -> tuple[float, list]:
 def _pipeline_segmentation(folder: Path, test) -> tuple[dict, list]:
     from transformers import pipeline
 
-    from .. import MobileViTForSemanticSegmentation, MobileViTImageProcessor
-
-    model = MobileViTForSemanticSegmentation.from_pretrained(folder).eval()
-    processor = MobileViTImageProcessor.from_pretrained(folder)
+    model, processor, _ = auto.load_model_and_processor(folder)
     segmenter = pipeline("image-segmentation", model=model, image_processor=processor, device="cpu")
     images, truths = list(test["image"]), [np.asarray(m, dtype=np.int64) for m in test["annotation"]]
     metrics = SegmentationMetrics(len(model.config.id2label), id2label=model.config.id2label)

@@ -22,13 +22,11 @@ from pathlib import Path
 import torch
 from transformers import set_seed
 
-from ..configuration_mobilevit import MobileViTConfig, canonical_task, canonical_variant
+from .. import auto
 from ..file_utils import staged_directory
+from ..hub import write_model_card
 from ..image_processing_mobilevit import MobileViTImageProcessor
-from ..modeling_mobilevit import (
-    MobileViTForImageClassification,
-    MobileViTForSemanticSegmentation,
-)
+from ..tasks import CLASSIFICATION, SEGMENTATION, canonical_task
 from .data import MobileViTDataset, prepare_task_data
 from .history import epoch_history, plot_history
 from .metrics import ClassificationMetrics, SegmentationMetrics
@@ -36,10 +34,10 @@ from .trainer import MobileViTTrainer, MultiScaleOptions
 from .transforms import EvalTransform, TrainAugmentation
 
 # The metric a task is judged by (model card, plot, checkpoint comparison).
-MAIN_METRIC = {"image-classification": "accuracy", "semantic-segmentation": "mean_iou"}
+MAIN_METRIC = {CLASSIFICATION: "accuracy", SEGMENTATION: "mean_iou"}
 # ml-cvnets trains classification with the multi-scale sampler and segmentation (DeepLabV3 configs) with the
 # fixed-size `batch_sampler` at 512x512; the defaults follow.
-MULTI_SCALE_DEFAULT = {"image-classification": True, "semantic-segmentation": False}
+MULTI_SCALE_DEFAULT = {CLASSIFICATION: True, SEGMENTATION: False}
 
 
 class OutputExistsError(FileExistsError):
@@ -49,7 +47,8 @@ class OutputExistsError(FileExistsError):
 @dataclass
 class TrainJob:
     """Everything a run needs. `data` is a folder (image folder tree or `save_to_disk`) or a `datasets`
-    object; `model` a local checkpoint folder to fine-tune (None: `variant` from scratch)."""
+    object; `model` a local checkpoint folder of any registered family to fine-tune (None: `variant`, a
+    released size of any family, from scratch)."""
 
     task: str
     data: object
@@ -89,8 +88,8 @@ def _positive(name, value, kind=(int,)):
 
 def validate_job(job: TrainJob) -> TrainJob:
     """Check the arguments (not the data); returns the job with the task and variant spelled canonically."""
-    job.task = canonical_task(job.task)
-    job.variant = canonical_variant(job.variant)
+    job.task = canonical_task(job.task, allowed=tuple(MAIN_METRIC))
+    job.variant = auto.resolve_variant(job.variant)[1]
     _positive("batch_size", job.batch_size)
     if job.eval_batch_size is not None:
         _positive("eval_batch_size", job.eval_batch_size)
@@ -119,16 +118,13 @@ def work_dir_for(output_dir: Path) -> Path:
 
 def build_model(job: TrainJob, id2label: dict[int, str]):
     """A new `job.variant` model, or `job.model` loaded with a head for `id2label`."""
-    model_class = (MobileViTForImageClassification if job.task == "image-classification"
-                   else MobileViTForSemanticSegmentation)
     labels = {"id2label": dict(id2label), "label2id": {v: k for k, v in id2label.items()},
               "num_labels": len(id2label)}
     if job.model is not None:
         # a new label set gets a freshly initialised head; the backbone keeps its trained weights
-        return model_class.from_pretrained(str(job.model), ignore_mismatched_sizes=True, **labels,
-                                           **job.config_overrides)
-    config = MobileViTConfig.from_variant(job.variant, task=job.task, **labels, **job.config_overrides)
-    return model_class(config)
+        return auto.load_model(job.model, job.task, ignore_mismatched_sizes=True, **labels, **job.config_overrides)
+    config = auto.new_config(job.variant, job.task, **labels, **job.config_overrides)
+    return auto.new_model(config, job.task)
 
 
 def build_processor(crop_size: int, resize: int) -> MobileViTImageProcessor:
@@ -151,10 +147,11 @@ def _training_arguments(job: TrainJob, checkpoints: Path):
     )
 
 
-def _metrics_for(task: str, id2label):
-    if task == "image-classification":
+def _metrics_for(task: str, id2label, family):
+    if task == CLASSIFICATION:
         return ClassificationMetrics()
-    return SegmentationMetrics(num_labels=len(id2label), id2label=id2label)
+    return SegmentationMetrics(num_labels=len(id2label), id2label=id2label,
+                               align_corners=family.segmentation_align_corners)
 
 
 @dataclass
@@ -179,8 +176,9 @@ def train_and_save(job: TrainJob) -> TrainResult:
     data = prepare_task_data(job.data, job.task, labels=job.labels, seed=job.seed)
     set_seed(job.seed)  # the new weights (and a new head) depend on the seed only, like Trainer's model_init
     model = build_model(job, data.id2label)
+    family = auto.family_of(model)
     image_size = job.image_size or _as_int(model.config.image_size)
-    default_resize = image_size if job.task == "semantic-segmentation" else int(round(image_size * 288 / 256))
+    default_resize = image_size if job.task == SEGMENTATION else int(round(image_size * 288 / 256))
     eval_resize = job.eval_resize or default_resize
     processor = build_processor(image_size, eval_resize)
     augment = TrainAugmentation(image_size, job.crop_scale, job.crop_ratio, job.flip_prob)
@@ -194,8 +192,8 @@ def train_and_save(job: TrainJob) -> TrainResult:
     low, high = job.multi_scale_range or (None, None)
     trainer = MobileViTTrainer(
         model=model, args=_training_arguments(job, work_dir / "checkpoints"), train_dataset=train_set,
-        eval_dataset=val_set, compute_metrics=_metrics_for(job.task, data.id2label),
-        train_metrics=_metrics_for(job.task, data.id2label), callbacks=list(job.callbacks),
+        eval_dataset=val_set, compute_metrics=_metrics_for(job.task, data.id2label, family),
+        train_metrics=_metrics_for(job.task, data.id2label, family), callbacks=list(job.callbacks),
         multi_scale=MultiScaleOptions(enabled=multi_scale, min_size=low, max_size=high))
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=resume_from)
@@ -263,15 +261,13 @@ def _write_output(model, processor, metrics: dict, job: TrainJob, output_dir: Pa
         processor.save_pretrained(staging)
         (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         plot_history(metrics["history"], MAIN_METRIC[job.task], staging / "training_history.png",
-                     title=f"MobileViT {model.config.variant or 'custom'} {job.task}")
+                     title=f"{auto.family_of(model).title} {model.config.variant or 'custom'} {job.task}")
         _write_card(model, metrics, job, staging)
     if not job.keep_checkpoints:
         shutil.rmtree(work_dir, ignore_errors=True)
 
 
 def _write_card(model, metrics: dict, job: TrainJob, folder: Path) -> None:
-    from ..hub import write_model_card
-
     split = "test" if "test" in metrics else "validation"
     shown = {f"{split} {name}": value for name, value in metrics[split].items()
              if isinstance(value, float) and not name.startswith("iou_")}

@@ -83,16 +83,18 @@ class ClassificationMetrics(_StreamingMetric):
 class SegmentationMetrics(_StreamingMetric):
     """Mean IoU, pixel accuracy and per-class IoU from a confusion matrix; label pixels equal to
     `ignore_index` are left out. Logits at a lower resolution than the labels (DeepLabV3 predicts at
-    1/output_stride) are upsampled bilinearly first, as the model's loss does.
+    1/output_stride) are upsampled bilinearly first, as the model's loss does (`align_corners` as the
+    model family was trained: `ModelFamily.segmentation_align_corners`).
 
     Per-class IoU is NaN for a class absent from both labels and predictions; `mean_iou` averages the
     others (the convention of `evaluate`'s mean_iou and ml-cvnets).
     """
 
-    def __init__(self, num_labels: int, ignore_index: int = IGNORE_INDEX, id2label: dict[int, str] | None = None):
+    def __init__(self, num_labels: int, ignore_index: int = IGNORE_INDEX, id2label: dict[int, str] | None = None,
+                 align_corners: bool = False):
         if isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 1:
             raise ValueError(f"num_labels: expected a positive integer, got {num_labels!r}")
-        self.num_labels, self.ignore_index = num_labels, ignore_index
+        self.num_labels, self.ignore_index, self.align_corners = num_labels, ignore_index, bool(align_corners)
         self.id2label = {int(k): str(v) for k, v in (id2label or {}).items()}
         self.reset()
 
@@ -106,7 +108,7 @@ class SegmentationMetrics(_StreamingMetric):
         if predictions.ndim == 4:
             if predictions.shape[-2:] != labels.shape[-2:]:
                 predictions = F.interpolate(predictions.float(), size=labels.shape[-2:], mode="bilinear",
-                                            align_corners=False)
+                                            align_corners=self.align_corners)
             predictions = predictions.argmax(dim=1)
         if predictions.shape != labels.shape:
             raise ValueError(f"predictions: expected the shape of labels {tuple(labels.shape)}, got "

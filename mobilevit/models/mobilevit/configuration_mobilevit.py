@@ -10,6 +10,8 @@ from __future__ import annotations
 from transformers import PreTrainedConfig
 from transformers.activations import ACT2FN
 
+from ...tasks import CLASSIFICATION, SEGMENTATION, canonical_task
+
 # Widths of the released models (ml-cvnets `mobilevit_{xx_small,x_small,small}.yaml`).
 # neck_hidden_sizes: stem, layer_1 .. layer_5 outputs, the final 1x1 expansion.
 # hidden_sizes: transformer width inside the MobileViT blocks of layer_3, layer_4, layer_5.
@@ -39,10 +41,9 @@ VARIANT_ALIASES = {
 
 # What a task changes on top of a variant (the Hub's `apple/mobilevit-*` and `apple/deeplabv3-mobilevit-*`).
 TASK_DEFAULTS: dict[str, dict] = {
-    "image-classification": {"image_size": 256, "output_stride": 32},
-    "semantic-segmentation": {"image_size": 512, "output_stride": 16},
+    CLASSIFICATION: {"image_size": 256, "output_stride": 32},
+    SEGMENTATION: {"image_size": 512, "output_stride": 16},
 }
-TASK_ALIASES = {"classification": "image-classification", "segmentation": "semantic-segmentation"}
 
 # Blocks per stage of the architecture (fixed by the paper, not a config field): layer_1, layer_2 are
 # MobileNetV2 stages; layer_3..layer_5 are MobileViT blocks holding this many transformer layers.
@@ -57,13 +58,6 @@ def canonical_variant(name: str) -> str:
     if key not in VARIANTS:
         known = sorted(VARIANTS) + sorted(VARIANT_ALIASES)
         raise ValueError(f"variant: expected one of {known}, got {name!r}")
-    return key
-
-
-def canonical_task(name: str) -> str:
-    key = TASK_ALIASES.get(str(name).strip().lower(), str(name).strip().lower())
-    if key not in TASK_DEFAULTS:
-        raise ValueError(f"task: expected one of {sorted(TASK_DEFAULTS) + sorted(TASK_ALIASES)}, got {name!r}")
     return key
 
 
@@ -122,7 +116,7 @@ class MobileViTConfig(PreTrainedConfig):
     def from_variant(cls, variant: str, task: str = "image-classification", **kwargs) -> "MobileViTConfig":
         """The config of a released variant ("xx-small", "x-small", "small") for a task
         ("image-classification" or "semantic-segmentation"); `kwargs` override any field."""
-        fields = {**VARIANTS[canonical_variant(variant)], **TASK_DEFAULTS[canonical_task(task)], **kwargs}
+        fields = {**VARIANTS[canonical_variant(variant)], **TASK_DEFAULTS[canonical_task(task, TASK_DEFAULTS)], **kwargs}
         return cls(**fields)
 
     @property
@@ -181,4 +175,4 @@ class MobileViTConfig(PreTrainedConfig):
             fail("semantic_loss_ignore_index", "an integer")
 
 
-__all__ = ["MobileViTConfig", "VARIANTS", "TASK_DEFAULTS", "canonical_variant", "canonical_task"]
+__all__ = ["MobileViTConfig", "VARIANTS", "TASK_DEFAULTS", "canonical_variant"]

@@ -12,6 +12,8 @@ Read top to bottom, this file follows the paper's figure 1(b):
 
 Module names and therefore state-dict keys are those of stock transformers' MobileViT, so checkpoints move
 both ways unchanged. Pixels are BGR in [0, 1] with no mean/std normalisation, as ml-cvnets trained them.
+Patches are made by `mobilevit/patches.py`; in eval mode without autograd the forward hands over to the
+fast path (`fast_mobilevit.py`, same outputs), and this plain path stays the reference.
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ from transformers.modeling_outputs import (
 )
 from transformers.modeling_utils import PreTrainedModel
 
-from . import fast_inference
+from ... import fast_inference
+from ...patches import fold_patches, round_up_to_patches, unfold_patches
+from . import fast_mobilevit
 from .configuration_mobilevit import MOBILENET_STAGE_DEPTHS, TRANSFORMER_DEPTHS, MobileViTConfig
 
 # The network halves the resolution five times; smaller inputs leave nothing for the last stage to see.
@@ -213,43 +217,6 @@ class MobileViTTransformer(nn.Module):
         return hidden_states
 
 
-# --------------------------------------------------------------------------------------------------------
-# Unfold / fold: the one place where feature maps become patch sequences and back
-# --------------------------------------------------------------------------------------------------------
-def round_up_to_patches(size: int, patch: int) -> int:
-    """The next multiple of `patch` (written without negative floor division, which ONNX would truncate)."""
-    return (size + patch - 1) // patch * patch
-
-
-def unfold_patches(features: torch.Tensor, patch: int) -> torch.Tensor:
-    """(B, C, H, W) -> (B * patch * patch, H/patch * W/patch, C).
-
-    Row `b * patch_area + p` holds, for image b, the pixel at position p inside every patch, so attention
-    over that row mixes pixels that sit at the same place in different patches (the paper's Fig. 1b).
-    """
-    batch, channels, height, width = features.shape
-    rows, cols = height // patch, width // patch
-    patches = features.reshape(batch, channels, rows, patch, cols, patch)
-    patches = patches.permute(0, 3, 5, 2, 4, 1)  # (B, patch_y, patch_x, rows, cols, C)
-    return patches.reshape(batch * patch * patch, rows * cols, channels)
-
-
-def fold_patches(
-    patches: torch.Tensor, batch: int, height: int, width: int, patch: int, channels_last: bool = False
-) -> torch.Tensor:
-    """Exact inverse of `unfold_patches`: (B * patch * patch, H/patch * W/patch, C) -> (B, C, H, W).
-
-    With `channels_last`, the result is laid out NHWC in memory (same shape and values)."""
-    channels = patches.shape[-1]
-    rows, cols = height // patch, width // patch
-    features = patches.reshape(batch, patch, patch, rows, cols, channels)
-    if channels_last:
-        features = features.permute(0, 3, 1, 4, 2, 5).reshape(batch, height, width, channels)
-        return features.permute(0, 3, 1, 2)
-    features = features.permute(0, 5, 3, 1, 4, 2)  # (B, C, rows, patch_y, cols, patch_x)
-    return features.reshape(batch, channels, height, width)
-
-
 class MobileViTLayer(GradientCheckpointingLayer):
     """A stage of the MobileViT part: optional downsampling inverted residual, then the MobileViT block."""
 
@@ -349,7 +316,10 @@ class MobileViTEncoder(nn.Module):
         return BaseModelOutputWithNoAttention(last_hidden_state=hidden_states, hidden_states=all_hidden_states)
 
 
-class MobileViTPreTrainedModel(PreTrainedModel):
+class MobileViTPreTrainedModel(fast_inference.FastInferenceMixin, PreTrainedModel):
+    """Eval-mode fast path (`fast_mobilevit.py`): on by default, same outputs as the plain path;
+    `set_fast_inference(False)` turns it off."""
+
     config_class = MobileViTConfig
     config: MobileViTConfig
     base_model_prefix = "mobilevit"
@@ -357,25 +327,7 @@ class MobileViTPreTrainedModel(PreTrainedModel):
     input_modalities = ("image",)
     supports_gradient_checkpointing = True
     _no_split_modules = ["MobileViTLayer"]
-
-    # Eval-mode fast path (mobilevit/fast_inference.py): on by default, same outputs as the plain path.
-    def set_fast_inference(self, enabled: bool = True) -> "MobileViTPreTrainedModel":
-        """Turn the eval-mode fast path on or off for this model (`MOBILEVIT_FAST=0` turns it off everywhere)."""
-        if not isinstance(enabled, bool):
-            raise TypeError(f"enabled: expected a bool, got {type(enabled).__name__}")
-        for module in self.modules():
-            if isinstance(module, MobileViTPreTrainedModel):
-                module._fast_inference_enabled = enabled
-        return self
-
-    def train(self, mode: bool = True):
-        if mode:  # training changes BatchNorm statistics: derived weights are rebuilt at the next eval call
-            fast_inference.clear_cache(self)
-        return super().train(mode)
-
-    def _apply(self, fn, *args, **kwargs):  # .to(), .half(), .cuda(), ...: derived weights follow the new ones
-        fast_inference.clear_cache(self)
-        return super()._apply(fn, *args, **kwargs)
+    min_input_size = MIN_INPUT_SIZE
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -452,7 +404,7 @@ class MobileViTModel(MobileViTPreTrainedModel):
         self._check_pixel_values(pixel_values)
 
         if fast_inference.applies(self, pixel_values):
-            last_hidden_state, stages = fast_inference.backbone(self, pixel_values, output_hidden_states)
+            last_hidden_state, stages = fast_mobilevit.backbone(self, pixel_values, output_hidden_states)
             hidden_states = tuple(stage.contiguous() for stage in stages) if output_hidden_states else None
         else:
             encoder_outputs = self.encoder(self.conv_stem(pixel_values), output_hidden_states=output_hidden_states)
@@ -603,6 +555,10 @@ class MobileViTDeepLabV3(nn.Module):
 class MobileViTForSemanticSegmentation(MobileViTPreTrainedModel):
     """The backbone (no final expansion) with a DeepLabV3 head; logits come at 1/output_stride of the input."""
 
+    # ml-cvnets v0.1 upsampled the logits to the label size with align_corners=False, in its loss and its
+    # evaluation; post-processing follows (`ModelFamily.segmentation_align_corners` reads it from here)
+    logits_align_corners = False
+
     def __init__(self, config: MobileViTConfig) -> None:
         super().__init__(config)
         self.num_labels = config.num_labels
@@ -632,7 +588,9 @@ class MobileViTForSemanticSegmentation(MobileViTPreTrainedModel):
 
         loss = None
         if labels is not None:
-            upsampled = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+            upsampled = F.interpolate(
+                logits, size=labels.shape[-2:], mode="bilinear", align_corners=self.logits_align_corners
+            )
             loss = F.cross_entropy(upsampled, labels, ignore_index=self.config.semantic_loss_ignore_index)
 
         if not return_dict:
@@ -667,6 +625,4 @@ __all__ = [
     "MobileViTModel",
     "MobileViTForImageClassification",
     "MobileViTForSemanticSegmentation",
-    "unfold_patches",
-    "fold_patches",
 ]

@@ -1,0 +1,221 @@
+"""The family registry: `model_type` (and task) -> config class, model classes, converter, preprocessing.
+
+Every tool (pipelines, predict, export, benchmark, hub, train, demo, convert) reaches a model family only
+through this module, so adding a family is one folder under `models/` plus one entry in `_REGISTERED`.
+It is this package's counterpart of transformers' Auto classes, kept to itself: nothing is registered in
+transformers' own Auto mappings (a folder saved here still loads there, as the stock class of its
+`model_type`).
+
+    model = auto.load_model("runs/digits")                      # any registered family, task from the folder
+    model, processor, task = auto.load_model_and_processor("apple/mobilevit-small")
+    family, variant = auto.resolve_variant("xx-small")
+    config = auto.new_config("xx-small", "semantic-segmentation", num_labels=4)
+    model = auto.AutoModelForSemanticSegmentation.from_config(config)
+
+An unknown `model_type`, variant or a task a family lacks is a one-line `ValueError` listing what is known.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .conversion_utils import ConversionError
+from .model_family import ModelFamily
+from .models import mobilevit
+from .tasks import CLASSIFICATION, FEATURE_EXTRACTION, SEGMENTATION, canonical_task
+
+_REGISTERED = (mobilevit.FAMILY,)
+FAMILIES: dict[str, ModelFamily] = {family.model_type: family for family in _REGISTERED}
+
+
+class NotAModelError(ValueError):
+    """The path given as a model is not a folder saved by this package (or a Hub repository of one)."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Finding the family
+# ---------------------------------------------------------------------------------------------------------
+def family(model_type: str) -> ModelFamily:
+    """The registered family of a `model_type` ("mobilevit", ...)."""
+    if model_type not in FAMILIES:
+        raise ValueError(f"model_type: expected one of {list(FAMILIES)}, got {model_type!r}")
+    return FAMILIES[model_type]
+
+
+def family_of(obj) -> ModelFamily:
+    """The family of a config, a model (instance or class) of this package."""
+    cls = obj if isinstance(obj, type) else type(obj)
+    for known in FAMILIES.values():
+        if issubclass(cls, (known.config_class, known.pretrained_class)):
+            return known
+    raise TypeError(f"model: expected a config or model of one of the families {list(FAMILIES)} "
+                    f"({', '.join(f.pretrained_class.__name__ for f in FAMILIES.values())}), got {cls.__name__}")
+
+
+def task_of_model(model) -> str:
+    """The task a model object serves (its class's entry in its family)."""
+    task = family_of(model).task_of_class(type(model))
+    if task is None:
+        raise TypeError(f"model: expected a model with a head this package knows, got {type(model).__name__}")
+    return task
+
+
+def task_of(config) -> str:
+    """The task of a saved model, from the head class named in `config.architectures`."""
+    known = family_of(config)
+    names = {cls.__name__: task for task, cls in known.model_classes.items()}
+    for architecture in config.architectures or []:
+        if architecture in names:
+            return names[architecture]
+    raise ValueError(
+        f"config.architectures: expected one of {sorted(names)} to infer the task, got {config.architectures!r}; "
+        f"pass the task ({', '.join(known.tasks)})"
+    )
+
+
+def resolve_variant(name: str, model_type: str | None = None) -> tuple[ModelFamily, str]:
+    """The family and canonical name of a released size ("xx-small", "xxs", "mobilevit_xxs", ...)."""
+    candidates = [family(model_type)] if model_type is not None else list(FAMILIES.values())
+    found = []
+    for known in candidates:
+        try:
+            found.append((known, known.canonical_variant(name)))
+        except ValueError:
+            continue
+    if len(found) == 1:
+        return found[0]
+    listed = "; ".join(f"{f.model_type}: {', '.join(f.variants)}" for f in candidates)
+    if not found:
+        raise ValueError(f"variant: expected a released size ({listed}), got {name!r}")
+    raise ValueError(f"variant: {name!r} names a size in several families ({', '.join(f.model_type for f, _ in found)}); "
+                     "pass the model type as well")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# New models
+# ---------------------------------------------------------------------------------------------------------
+def new_config(variant: str, task: str, model_type: str | None = None, **overrides):
+    """The config of a released size for a task, from whichever family has that size."""
+    known, variant = resolve_variant(variant, model_type)
+    return known.new_config(variant, task, **overrides)
+
+
+def new_model(config, task: str | None = None):
+    """A freshly initialised model of `config`'s family for `task` (default: the config's `architectures`)."""
+    known = family_of(config)
+    task = canonical_task(task) if task is not None else task_of(config)
+    return known.model_class(task)(config)
+
+
+def image_processor_for(config):
+    """The preprocessing a family's checkpoints were evaluated with, for a model of `config`."""
+    return family_of(config).image_processor(config)
+
+
+def family_for_checkpoint(state_dict) -> ModelFamily:
+    """The family whose original checkpoint layout `state_dict` has (from its key names)."""
+    claimed = [known for known in FAMILIES.values() if known.converter is not None and known.converter.claims(state_dict)]
+    if len(claimed) == 1:
+        return claimed[0]
+    sources = [known.converter.source for known in FAMILIES.values() if known.converter is not None]
+    if not claimed:
+        raise ConversionError(f"checkpoint: does not look like a checkpoint of a known layout ({', '.join(sources)}): "
+                              f"its first keys are {list(state_dict)[:6]}")
+    raise ConversionError(f"checkpoint: its keys match several layouts ({', '.join(k.title for k in claimed)})")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Saved folders and Hub repositories
+# ---------------------------------------------------------------------------------------------------------
+def load_config(model_dir: str | os.PathLike, **kwargs):
+    """The config of a saved folder (or Hub repository) of any registered family, with one-line errors."""
+    from transformers import PreTrainedConfig
+
+    path = Path(model_dir)
+    if path.exists():
+        if not path.is_dir():
+            raise NotAModelError(f"model: expected a model folder, got the file {str(path)!r}")
+        if not (path / "config.json").is_file():
+            raise NotAModelError(f"model: {str(path)!r} is not a saved model folder (it has no config.json)")
+    try:
+        config_dict, _ = PreTrainedConfig.get_config_dict(str(model_dir), **kwargs)
+    except OSError as err:  # transformers' "not a local folder nor a reachable Hub repository"
+        raise NotAModelError(f"model: cannot load a model from {str(model_dir)!r} ({str(err).splitlines()[0]})") from None
+    except ValueError as err:  # unreadable JSON
+        raise NotAModelError(f"model: {str(model_dir)!r} does not hold a readable config ({err})") from None
+    model_type = config_dict.get("model_type")
+    if model_type not in FAMILIES:
+        raise NotAModelError(f"model: {str(model_dir)!r} is a {model_type!r} model, expected one of {list(FAMILIES)}")
+    try:
+        return FAMILIES[model_type].config_class.from_pretrained(str(model_dir), **kwargs)
+    except (OSError, ValueError, TypeError) as err:
+        raise NotAModelError(f"model: {str(model_dir)!r} holds an invalid {model_type} config ({err})") from None
+
+
+def load_model(model_dir: str | os.PathLike, task: str | None = None, **from_pretrained_kwargs):
+    """This package's model of a saved folder or Hub repository, for `task` (default: the folder's own head).
+
+    `from_pretrained_kwargs` go to `from_pretrained` (config overrides such as `num_labels`, or
+    `ignore_mismatched_sizes=True` for a new head)."""
+    config = load_config(model_dir)
+    known = family_of(config)
+    task = canonical_task(task) if task is not None else task_of(config)
+    return known.model_class(task).from_pretrained(str(model_dir), **from_pretrained_kwargs)
+
+
+def load_image_processor(model_dir: str | os.PathLike, config=None, **kwargs):
+    """The folder's `preprocessor_config.json`, or the family's evaluation preprocessing when it has none."""
+    from .image_processing_mobilevit import MobileViTImageProcessor
+
+    try:
+        return MobileViTImageProcessor.from_pretrained(str(model_dir), **kwargs)
+    except OSError:
+        return image_processor_for(config if config is not None else load_config(model_dir))
+
+
+def load_model_and_processor(model_dir: str | os.PathLike, task: str | None = None, **from_pretrained_kwargs):
+    """(model in eval mode, image processor, task) of a saved folder or Hub repository."""
+    config = load_config(model_dir)
+    task = canonical_task(task) if task is not None else task_of(config)
+    model = family_of(config).model_class(task).from_pretrained(str(model_dir), config=config,
+                                                                 **from_pretrained_kwargs).eval()
+    return model, load_image_processor(model_dir, config, **from_pretrained_kwargs), task
+
+
+# ---------------------------------------------------------------------------------------------------------
+# transformers-style entry points
+# ---------------------------------------------------------------------------------------------------------
+class AutoConfig:
+    """`AutoConfig.from_pretrained(folder_or_repo)`: the config class of the folder's `model_type`."""
+
+    from_pretrained = staticmethod(load_config)
+
+
+class AutoModel:
+    """`from_pretrained(folder_or_repo, **kwargs)` / `from_config(config)` for the bare backbone of any family;
+    the subclasses below do the same for a head."""
+
+    task = FEATURE_EXTRACTION
+
+    @classmethod
+    def from_pretrained(cls, model_dir: str | os.PathLike, **kwargs):
+        return load_model(model_dir, cls.task, **kwargs)
+
+    @classmethod
+    def from_config(cls, config):
+        return new_model(config, cls.task)
+
+
+class AutoModelForImageClassification(AutoModel):
+    task = CLASSIFICATION
+
+
+class AutoModelForSemanticSegmentation(AutoModel):
+    task = SEGMENTATION
+
+
+__all__ = ["FAMILIES", "NotAModelError", "family", "family_of", "task_of", "task_of_model", "resolve_variant",
+           "new_config", "new_model", "image_processor_for", "family_for_checkpoint", "load_config", "load_model",
+           "load_image_processor", "load_model_and_processor", "AutoConfig", "AutoModel",
+           "AutoModelForImageClassification", "AutoModelForSemanticSegmentation"]

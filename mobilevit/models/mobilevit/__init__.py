@@ -1,0 +1,48 @@
+"""MobileViT v1 (Mehta & Rastegari, ICLR 2022): the family's classes and its registry entry, `FAMILY`."""
+
+from ...model_family import ModelFamily
+from ...tasks import CLASSIFICATION, FEATURE_EXTRACTION, SEGMENTATION
+from .configuration_mobilevit import VARIANTS, MobileViTConfig, canonical_variant
+from .conversion_mobilevit import CONVERTER
+from .modeling_mobilevit import (
+    MobileViTForImageClassification,
+    MobileViTForSemanticSegmentation,
+    MobileViTModel,
+    MobileViTPreTrainedModel,
+)
+
+FAMILY = ModelFamily(
+    model_type=MobileViTConfig.model_type,
+    title="MobileViT v1",
+    config_class=MobileViTConfig,
+    model_classes={
+        CLASSIFICATION: MobileViTForImageClassification,
+        SEGMENTATION: MobileViTForSemanticSegmentation,
+        FEATURE_EXTRACTION: MobileViTModel,
+    },
+    pretrained_class=MobileViTPreTrainedModel,
+    variants=tuple(VARIANTS),
+    canonical_variant=canonical_variant,
+    converter=CONVERTER,
+    description=(
+        "MobileViT v1 (Mehta & Rastegari, ICLR 2022): MobileNetV2 stages followed by MobileViT blocks that "
+        "unfold the feature map into 2x2 patches, mix them with a small transformer and fold them back."
+    ),
+    citation="""@inproceedings{mehta2022mobilevit,
+  title     = {MobileViT: Light-weight, General-purpose, and Mobile-friendly Vision Transformer},
+  author    = {Sachin Mehta and Mohammad Rastegari},
+  booktitle = {International Conference on Learning Representations},
+  year      = {2022},
+  url       = {https://openreview.net/forum?id=vh-0sUt8HlG}
+}""",
+)
+
+__all__ = [
+    "FAMILY",
+    "MobileViTConfig",
+    "VARIANTS",
+    "MobileViTPreTrainedModel",
+    "MobileViTModel",
+    "MobileViTForImageClassification",
+    "MobileViTForSemanticSegmentation",
+]

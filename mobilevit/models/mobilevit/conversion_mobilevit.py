@@ -1,0 +1,170 @@
+"""ml-cvnets MobileViT v1 checkpoints: how to recognise them, read their size off the tensors, and rename them.
+
+The layout is the one of ml-cvnets `cvnets-v0.1`, the code the released v1 checkpoints were trained with
+(`shared/fixtures/mlcvnets/README.md`, "Checkpoint layout"). The generic steps around this (reading the file
+safely, unwrapping, checking every key, writing the folder) are `mobilevit/conversion_utils.py` and
+`mobilevit/conversion.py`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+
+from ...conversion_utils import ConversionError, RenameTable
+from ...tasks import CLASSIFICATION, SEGMENTATION
+from .configuration_mobilevit import VARIANTS
+
+# ---------------------------------------------------------------------------------------------------------
+# The rename table: ml-cvnets key -> transformers key.
+# Segmentation checkpoints carry the backbone under `encoder.`, classification ones at the top level.
+# ---------------------------------------------------------------------------------------------------------
+_ENC = r"(?:encoder\.)?"
+# ml-cvnets' ConvLayer holds `block.conv` and `block.norm`; transformers' holds `convolution` and `normalization`.
+_CONV_LAYER = r"\.block\.(?P<conv_or_norm>conv|norm)\.(?P<leaf>\w+)"
+_VIT_BLOCK = _ENC + r"layer_(?P<stage>[345])\.1\."  # the MobileViT block of stages 3-5 (index 0 downsamples)
+_TRANSFORMER_LAYER = _VIT_BLOCK + r"global_rep\.(?P<i>\d+)\."
+_HF_VIT_BLOCK = "mobilevit.encoder.layer.{stage}."
+_HF_TRANSFORMER_LAYER = _HF_VIT_BLOCK + "transformer.layer.{i}."
+
+RENAME_TABLE = RenameTable(
+    rules=[
+        # stem and the two MobileNetV2 stages (inverted residuals: expand 1x1 -> depthwise 3x3 -> reduce 1x1)
+        (_ENC + r"conv_1" + _CONV_LAYER, "mobilevit.conv_stem.{conv_or_norm}.{leaf}"),
+        (_ENC + r"layer_(?P<stage>[12])\.(?P<block>\d+)\.block\.(?P<op>exp_1x1|conv_3x3|red_1x1)" + _CONV_LAYER,
+         "mobilevit.encoder.layer.{stage}.layer.{block}.{op}.{conv_or_norm}.{leaf}"),
+        # stages 3-5: the downsampling inverted residual, then the MobileViT block
+        (_ENC + r"layer_(?P<stage>[345])\.0\.block\.(?P<op>exp_1x1|conv_3x3|red_1x1)" + _CONV_LAYER,
+         "mobilevit.encoder.layer.{stage}.downsampling_layer.{op}.{conv_or_norm}.{leaf}"),
+        (_VIT_BLOCK + r"local_rep\.conv_3x3" + _CONV_LAYER, _HF_VIT_BLOCK + "conv_kxk.{conv_or_norm}.{leaf}"),
+        (_VIT_BLOCK + r"local_rep\.conv_1x1" + _CONV_LAYER, _HF_VIT_BLOCK + "conv_1x1.{conv_or_norm}.{leaf}"),
+        (_TRANSFORMER_LAYER + r"pre_norm_mha\.0\.(?P<leaf>weight|bias)",
+         _HF_TRANSFORMER_LAYER + "layernorm_before.{leaf}"),
+        # one packed (3d, d) projection: rows [0:d] query, [d:2d] key, [2d:3d] value
+        (_TRANSFORMER_LAYER + r"pre_norm_mha\.1\.qkv_proj\.(?P<leaf>weight|bias)",
+         _HF_TRANSFORMER_LAYER + "attention.attention.{qkv}.{leaf}"),
+        (_TRANSFORMER_LAYER + r"pre_norm_mha\.1\.out_proj\.(?P<leaf>weight|bias)",
+         _HF_TRANSFORMER_LAYER + "attention.output.dense.{leaf}"),
+        (_TRANSFORMER_LAYER + r"pre_norm_ffn\.0\.(?P<leaf>weight|bias)",
+         _HF_TRANSFORMER_LAYER + "layernorm_after.{leaf}"),
+        (_TRANSFORMER_LAYER + r"pre_norm_ffn\.1\.(?P<leaf>weight|bias)",
+         _HF_TRANSFORMER_LAYER + "intermediate.dense.{leaf}"),
+        (_TRANSFORMER_LAYER + r"pre_norm_ffn\.4\.(?P<leaf>weight|bias)",
+         _HF_TRANSFORMER_LAYER + "output.dense.{leaf}"),
+        # the LayerNorm closing the transformer stack is global_rep.<number of layers>, without a sub-name
+        (_VIT_BLOCK + r"global_rep\.\d+\.(?P<leaf>weight|bias)", _HF_VIT_BLOCK + "layernorm.{leaf}"),
+        (_VIT_BLOCK + r"conv_proj" + _CONV_LAYER, _HF_VIT_BLOCK + "conv_projection.{conv_or_norm}.{leaf}"),
+        (_VIT_BLOCK + r"fusion" + _CONV_LAYER, _HF_VIT_BLOCK + "fusion.{conv_or_norm}.{leaf}"),
+        # classification head: 1x1 expansion, global pooling, linear classifier
+        (r"conv_1x1_exp" + _CONV_LAYER, "mobilevit.conv_1x1_exp.{conv_or_norm}.{leaf}"),
+        (r"classifier\.fc\.(?P<leaf>weight|bias)", "classifier.{leaf}"),
+        # DeepLabV3 head: ASPP (a 1x1 branch, three atrous 3x3 branches, image pooling), projection, classifier
+        (r"seg_head\.aspp\.aspp_layer\.convs\.(?P<branch>[0-3])" + _CONV_LAYER,
+         "segmentation_head.aspp.convs.{branch}.{conv_or_norm}.{leaf}"),
+        (r"seg_head\.aspp\.aspp_layer\.convs\.4\.aspp_pool\.conv_1x1" + _CONV_LAYER,
+         "segmentation_head.aspp.convs.4.conv_1x1.{conv_or_norm}.{leaf}"),
+        (r"seg_head\.aspp\.aspp_layer\.project" + _CONV_LAYER, "segmentation_head.aspp.project.{conv_or_norm}.{leaf}"),
+        # cvnets-v0.1 names it seg_head.classifier.classifier; later versions seg_head.classifier (same tensors)
+        (r"seg_head\.classifier(?:\.classifier)?" + _CONV_LAYER, "segmentation_head.classifier.{conv_or_norm}.{leaf}"),
+    ],
+    # group values that change name on the way (stage numbers are 1-based in ml-cvnets, 0-based in transformers)
+    vocabulary={
+        "conv_or_norm": {"conv": "convolution", "norm": "normalization"},
+        "op": {"exp_1x1": "expand_1x1", "conv_3x3": "conv_3x3", "red_1x1": "reduce_1x1"},
+        "stage": {"1": "0", "2": "1", "3": "2", "4": "3", "5": "4"},
+    },
+    # the auxiliary segmentation head that ml-cvnets trains on layer_4 when `model.segmentation.use_aux_head` is
+    # on: the Hub format has no place for it, and inference does not use it
+    dropped=[(r"seg_head\.aux_head\..+", "auxiliary segmentation head (training only)")],
+    splits={"qkv": ("query", "key", "value")},
+)
+
+_SEG_CLASSIFIER = re.compile(r"seg_head\.classifier(?:\.classifier)?\.block\.conv\.weight")
+# v1's local representation names its convolutions (MobileViTv2's are numbered: local_rep.0, local_rep.1)
+_V1_MARKER = re.compile(r"(?:encoder\.)?layer_3\.1\.local_rep\.conv_3x3\.block\.conv\.weight")
+
+
+@dataclass
+class Architecture:
+    """The widths read off the tensors, in `MobileViTConfig`'s terms."""
+
+    hidden_sizes: list[int]
+    neck_hidden_sizes: list[int]  # without the final expansion, which segmentation checkpoints lack
+    expand_ratio: float
+
+
+class MobileViTCheckpointConverter:
+    """ml-cvnets MobileViT v1 checkpoints (classification and DeepLabV3): see `CheckpointConverter`."""
+
+    source = "ml-cvnets MobileViT v1"
+    rename_table = RENAME_TABLE
+
+    def claims(self, state_dict) -> bool:
+        return any(_V1_MARKER.fullmatch(key) for key in state_dict)
+
+    def detect_task(self, state_dict) -> str:
+        has_seg_head = any(k.startswith("seg_head.") for k in state_dict)
+        has_classifier = "classifier.fc.weight" in state_dict
+        if has_seg_head and has_classifier:
+            raise ConversionError("checkpoint: holds both a classifier (classifier.fc.*) and a segmentation head "
+                                  "(seg_head.*); expected one of them")
+        if has_seg_head:
+            return SEGMENTATION
+        if has_classifier:
+            return CLASSIFICATION
+        raise ConversionError(
+            "checkpoint: does not look like an ml-cvnets MobileViT v1 checkpoint: expected 'classifier.fc.weight' "
+            f"(classification) or 'seg_head.*' keys (DeepLabV3 segmentation); its first keys are {list(state_dict)[:6]}")
+
+    def read_architecture(self, state_dict, task: str) -> Architecture:
+        prefix = "encoder." if task == SEGMENTATION else ""
+
+        def out_channels(key: str) -> int:
+            tensor = state_dict.get(prefix + key)
+            if tensor is None:
+                raise ConversionError(
+                    f"checkpoint: does not look like an ml-cvnets MobileViT v1 {task} checkpoint: key "
+                    f"{prefix + key!r} is missing (its first keys are {list(state_dict)[:6]})")
+            return int(tensor.shape[0])
+
+        conv = "block.conv.weight"
+        neck = [out_channels(f"conv_1.{conv}"), out_channels(f"layer_1.0.block.red_1x1.{conv}"),
+                out_channels(f"layer_2.0.block.red_1x1.{conv}")]
+        neck += [out_channels(f"layer_{stage}.1.fusion.{conv}") for stage in (3, 4, 5)]
+        hidden = [out_channels(f"layer_{stage}.1.local_rep.conv_1x1.{conv}") for stage in (3, 4, 5)]
+        expand_ratio = out_channels(f"layer_1.0.block.exp_1x1.{conv}") / neck[0]
+        return Architecture(hidden, neck, float(expand_ratio))
+
+    def detect_variant(self, state_dict, task: str) -> str:
+        arch = self.read_architecture(state_dict, task)
+        for name, fields in VARIANTS.items():
+            if (arch.hidden_sizes == fields["hidden_sizes"] and arch.neck_hidden_sizes == fields["neck_hidden_sizes"][:6]
+                    and arch.expand_ratio == float(fields.get("expand_ratio", 4.0))):
+                return name
+        raise ConversionError(
+            f"checkpoint: its widths match no released MobileViT v1 variant: transformer widths {arch.hidden_sizes}, "
+            f"stage widths {arch.neck_hidden_sizes}, expansion {arch.expand_ratio:g}; known: "
+            + "; ".join(f"{n}: {f['hidden_sizes']}, {f['neck_hidden_sizes'][:6]}" for n, f in VARIANTS.items()))
+
+    def num_labels(self, state_dict, task: str) -> int:
+        if task == CLASSIFICATION:
+            return int(state_dict["classifier.fc.weight"].shape[0])
+        classifier = [v for k, v in state_dict.items() if _SEG_CLASSIFIER.fullmatch(k)]
+        if not classifier:
+            raise ConversionError("checkpoint: the segmentation head has no classifier "
+                                  "('seg_head.classifier.classifier.block.conv.weight' is missing)")
+        return int(classifier[0].shape[0])
+
+    def config_overrides(self, state_dict, task: str) -> dict:
+        return {}  # the released v1 segmenters are all output stride 16, the task's default
+
+
+def rename_key(key: str) -> str | None:
+    """The transformers key for one ml-cvnets key (packed qkv keys keep their `{qkv}` placeholder)."""
+    return RENAME_TABLE.rename(key)
+
+
+CONVERTER = MobileViTCheckpointConverter()
+
+__all__ = ["RENAME_TABLE", "CONVERTER", "MobileViTCheckpointConverter", "Architecture", "rename_key"]

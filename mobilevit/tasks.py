@@ -1,0 +1,41 @@
+"""The tasks a model family can serve, under one spelling each.
+
+Every tool speaks of tasks by these names: the config and training (`--task`), the converter, the family
+registry (`mobilevit.auto`) and the model cards. transformers' pipelines name segmentation
+"image-segmentation"; `PIPELINE_TASKS` translates.
+"""
+
+from __future__ import annotations
+
+CLASSIFICATION = "image-classification"
+SEGMENTATION = "semantic-segmentation"
+FEATURE_EXTRACTION = "image-feature-extraction"  # the bare backbone (transformers' pipeline name for it)
+
+TASKS = (CLASSIFICATION, SEGMENTATION, FEATURE_EXTRACTION)
+
+# other spellings people use for the same tasks (short forms, the pipelines' name, the model card's)
+TASK_ALIASES = {
+    "classification": CLASSIFICATION,
+    "segmentation": SEGMENTATION,
+    "image-segmentation": SEGMENTATION,
+    "feature-extraction": FEATURE_EXTRACTION,
+    "backbone": FEATURE_EXTRACTION,
+    "base": FEATURE_EXTRACTION,
+}
+
+# our task -> the transformers pipeline that serves it
+PIPELINE_TASKS = {CLASSIFICATION: "image-classification", SEGMENTATION: "image-segmentation"}
+
+
+def canonical_task(name, allowed=TASKS) -> str:
+    """Any accepted spelling of a task -> its name in `TASKS`; a one-line error naming what is known."""
+    key = str(name).strip().lower().replace("_", "-")
+    key = TASK_ALIASES.get(key, key)
+    if key not in allowed:
+        known = sorted(allowed) + sorted(alias for alias, task in TASK_ALIASES.items() if task in allowed)
+        raise ValueError(f"task: expected one of {known}, got {name!r}")
+    return key
+
+
+__all__ = ["CLASSIFICATION", "SEGMENTATION", "FEATURE_EXTRACTION", "TASKS", "TASK_ALIASES", "PIPELINE_TASKS",
+           "canonical_task"]
