@@ -2,7 +2,9 @@
 
 Each sub-command lives in its own module, which provides `add_arguments(parser)` and `run(args) -> int`.
 Modules are imported only when their sub-command runs, so `mobilevit --help` stays fast and a missing
-optional dependency (say onnxruntime) only affects the sub-command that needs it.
+optional dependency (say onnxruntime) only affects the sub-command that needs it. A `UserError` raised by a
+sub-command (`mobilevit/errors.py`) is printed as one line, `mobilevit <command>: error: <message>`, and
+sets the exit code (2 for a wrong argument, 1 for unusable input).
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+
+from .errors import UserError
 
 # sub-command -> (module, one-line help)
 COMMANDS = {
@@ -39,12 +43,20 @@ def build_parser(argv: list[str]) -> tuple[argparse.ArgumentParser, object | Non
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser, module = build_parser(argv)
+    try:
+        parser, module = build_parser(argv)
+    except UserError as error:  # the sub-command's module needs an extra that is not installed
+        print(f"mobilevit {argv[0]}: error: {error}", file=sys.stderr)
+        return error.exit_code
     args = parser.parse_args(argv)
     if module is None:
         parser.print_help()
         return 0 if not argv else 2
-    return int(module.run(args) or 0)
+    try:
+        return int(module.run(args) or 0)
+    except UserError as error:
+        print(f"mobilevit {args.command}: error: {error}", file=sys.stderr)
+        return error.exit_code
 
 
 if __name__ == "__main__":

@@ -18,8 +18,10 @@ from typing import Protocol
 import torch
 from tqdm.auto import tqdm
 
+from .errors import UserError
 
-class ConversionError(ValueError):
+
+class ConversionError(UserError):
     """The checkpoint cannot be converted; the message says which keys, shapes or options are at fault."""
 
 
