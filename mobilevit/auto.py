@@ -22,10 +22,10 @@ from pathlib import Path
 
 from .conversion_utils import ConversionError
 from .model_family import ModelFamily
-from .models import mobilevit
+from .models import mobilevit, mobilevitv2
 from .tasks import CLASSIFICATION, FEATURE_EXTRACTION, SEGMENTATION, canonical_task
 
-_REGISTERED = (mobilevit.FAMILY,)
+_REGISTERED = (mobilevit.FAMILY, mobilevitv2.FAMILY)
 FAMILIES: dict[str, ModelFamily] = {family.model_type: family for family in _REGISTERED}
 
 

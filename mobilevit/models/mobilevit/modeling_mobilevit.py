@@ -342,7 +342,7 @@ class MobileViTPreTrainedModel(fast_inference.FastInferenceMixin, PreTrainedMode
             init.trunc_normal_(module.weight, std=self.config.initializer_range)
             if module.bias is not None:
                 init.zeros_(module.bias)
-        elif isinstance(module, (nn.BatchNorm2d, nn.LayerNorm)):
+        elif isinstance(module, (nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)):  # GroupNorm: MobileViTv2
             init.ones_(module.weight)
             init.zeros_(module.bias)
             if isinstance(module, nn.BatchNorm2d):
@@ -515,9 +515,11 @@ class MobileViTASPP(nn.Module):
     """Atrous spatial pyramid pooling (DeepLabV3): a 1x1 conv, three dilated 3x3 convs and image pooling,
     concatenated and projected."""
 
-    def __init__(self, config: MobileViTConfig) -> None:
+    def __init__(self, config: MobileViTConfig, in_channels: int | None = None) -> None:
         super().__init__()
-        in_channels, out_channels = config.neck_hidden_sizes[-2], config.aspp_out_channels
+        # the backbone's last stage (v1: neck_hidden_sizes[-2]; MobileViTv2 passes its own)
+        in_channels = config.neck_hidden_sizes[-2] if in_channels is None else in_channels
+        out_channels = config.aspp_out_channels
         branches = [MobileViTConvLayer(config, in_channels, out_channels, kernel_size=1, use_activation="relu")]
         branches += [
             MobileViTConvLayer(config, in_channels, out_channels, kernel_size=3, dilation=rate, use_activation="relu")
@@ -536,9 +538,9 @@ class MobileViTASPP(nn.Module):
 
 
 class MobileViTDeepLabV3(nn.Module):
-    def __init__(self, config: MobileViTConfig) -> None:
+    def __init__(self, config: MobileViTConfig, in_channels: int | None = None) -> None:
         super().__init__()
-        self.aspp = MobileViTASPP(config)
+        self.aspp = MobileViTASPP(config, in_channels)
         self.dropout = nn.Dropout2d(config.classifier_dropout_prob)
         self.classifier = MobileViTConvLayer(
             config, config.aspp_out_channels, config.num_labels, kernel_size=1,

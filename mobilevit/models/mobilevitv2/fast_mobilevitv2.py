@@ -1,0 +1,114 @@
+"""MobileViTv2's eval-mode fast path: its blocks walked with the shared pieces of `mobilevit/fast_inference.py`.
+
+`modeling_mobilevitv2.py` calls `backbone` when `fast_inference.applies`; the plain forward there stays the
+reference. What changes here, beyond the shared BatchNorm folding and oneDNN convolutions on channels_last
+maps:
+
+- the patch grid is held as (B, P, N, d) in memory, the channels of each token contiguous: every 1x1
+  projection is one GEMM over the tokens, with no transposes. The unfold out of the NHWC map is one copy;
+  the fold back costs nothing extra, since the block's last GroupNorm writes its output straight into the
+  folded NHWC layout;
+- GroupNorm(1) is one statistics pass and one fused multiply-add (`torch.addcmul`) with per-sample scale and
+  shift, instead of normalising and then applying the affine parameters;
+- the context vector is a batched matrix product of the scores with the keys, read in place from the qkv
+  projection's output; the attention and FFN outputs are added to the tokens in place.
+
+This module walks the model's modules by their names and does not import the model file (which imports it).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ...fast_inference import CHANNELS_LAST, activate_, conv_layer, inverted_residual, run_backbone
+from ...patches import round_up_to_patches, unfold_patch_grid
+
+
+def group_norm_affine(norm: nn.GroupNorm, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """GroupNorm(1) of each sample of `tokens` (B, P, N, d) as per-sample (scale, shift), both (B, 1, 1, d):
+    normalised = tokens * scale + shift."""
+    batch, width = tokens.shape[0], tokens.shape[-1]
+    var, mean = torch.var_mean(tokens.reshape(batch, -1), dim=1, correction=0)
+    inverse_std = torch.rsqrt(var + norm.eps)[:, None]  # (B, 1)
+    scale = inverse_std * norm.weight  # (B, d)
+    shift = norm.bias - mean[:, None] * scale
+    return scale.view(batch, 1, 1, width), shift.view(batch, 1, 1, width)
+
+
+def group_norm(norm: nn.GroupNorm, tokens: torch.Tensor) -> torch.Tensor:
+    scale, shift = group_norm_affine(norm, tokens)
+    return torch.addcmul(shift, tokens, scale)
+
+
+def pointwise(layer: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """A 1x1 `MobileViTConvLayer` without a norm (qkv, out, FFN projections) as a GEMM over the tokens."""
+    conv = layer.convolution
+    out = F.linear(tokens, conv.weight.view(conv.out_channels, conv.in_channels), conv.bias)
+    return activate_(layer.activation, out)
+
+
+def attention_layer(layer: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """`MobileViTV2TransformerLayer` on `tokens` (B, P, N, d), which it updates in place."""
+    width = tokens.shape[-1]
+    qkv = pointwise(layer.attention.qkv_proj, group_norm(layer.layernorm_before, tokens))  # (B, P, N, 1 + 2d)
+    scores = qkv[..., :1].softmax(dim=-2)  # over the patches N, one score per token
+    context = scores.transpose(-1, -2) @ qkv[..., 1:1 + width]  # (B, P, 1, d): sum over N of score * key
+    mixed = F.relu(qkv[..., 1 + width:]).mul_(context)
+    tokens += pointwise(layer.attention.out_proj, mixed)
+
+    hidden = pointwise(layer.ffn.conv1, group_norm(layer.layernorm_after, tokens))
+    tokens += pointwise(layer.ffn.conv2, hidden)
+    return tokens
+
+
+def mobilevitv2_block(stage: nn.Module, features: torch.Tensor) -> torch.Tensor:
+    """`MobileViTV2Layer`: downsampling block, local convs, attention on the patch grid, projection."""
+    features = inverted_residual(stage.downsampling_layer, features)
+    patch = stage.patch_size
+    height, width = (round_up_to_patches(size, patch) for size in features.shape[-2:])
+    if (height, width) != tuple(features.shape[-2:]):  # ml-cvnets v2: up to whole patches, not resized back
+        features = F.interpolate(features, size=(height, width), mode="bilinear", align_corners=True)
+        features = features.contiguous(memory_format=CHANNELS_LAST)
+    features = conv_layer(stage.conv_1x1, conv_layer(stage.conv_kxk, features))
+
+    tokens = unfold_patch_grid(features, patch, channels_last=True).permute(0, 2, 3, 1)  # (B, P, N, d), one copy
+    for layer in stage.transformer.layer:
+        tokens = attention_layer(layer, tokens)
+    return conv_layer(stage.conv_projection, fold_normalised(stage.layernorm, tokens, height, width, patch))
+
+
+def fold_normalised(norm: nn.GroupNorm, tokens: torch.Tensor, height: int, width: int, patch: int) -> torch.Tensor:
+    """The block's final GroupNorm, written straight into the folded NHWC map: (B, P, N, d) -> (B, d, H, W)
+    channels_last. The fold is the output's layout, not an extra copy."""
+    batch, _, _, channels = tokens.shape
+    rows, cols = height // patch, width // patch
+    scale, shift = group_norm_affine(norm, tokens)
+    folded = tokens.new_empty(batch, rows, patch, cols, patch, channels)  # NHWC, H and W split into tiles
+    tiles = tokens.view(batch, patch, patch, rows, cols, channels)
+    scale, shift = scale.view(batch, 1, 1, 1, 1, channels), shift.view(batch, 1, 1, 1, 1, channels)
+    torch.addcmul(shift, tiles, scale, out=folded.permute(0, 2, 4, 1, 3, 5))
+    return folded.view(batch, height, width, channels).permute(0, 3, 1, 2)
+
+
+def _walk(model: nn.Module, pixel_values: torch.Tensor, keep_stages: bool):
+    features = conv_layer(model.conv_stem, pixel_values.contiguous(memory_format=CHANNELS_LAST))
+    stages = []
+    for stage in model.encoder.layer:
+        if "transformer" in stage._modules:  # a MobileViTV2Layer; the others are MobileNetV2 stages
+            features = mobilevitv2_block(stage, features)
+        else:
+            for block in stage.layer:
+                features = inverted_residual(block, features)
+        if keep_stages:
+            stages.append(features)
+    return features, stages
+
+
+def backbone(model: nn.Module, pixel_values: torch.Tensor, keep_stages: bool):
+    """`MobileViTV2Model` minus the pooling: (last feature map, stage outputs if `keep_stages`), channels_last."""
+    return run_backbone(_walk, model, pixel_values, keep_stages)
+
+
+__all__ = ["backbone", "mobilevitv2_block", "attention_layer", "group_norm", "fold_normalised"]
