@@ -43,9 +43,10 @@ def canonical_variant(name: str) -> str:
     """Map any accepted spelling of a width to its key in `VARIANTS`: "mobilevitv2-1.0" (the Hub's), timm's
     "mobilevitv2_100", ml-cvnets' "mobilevitv2-1.0.pt" file name, or the bare multiplier "1.0" / "1" / 1.0."""
     text = str(name).strip().lower()
-    match = re.fullmatch(r"(?:apple/)?(?:mobilevit_?v2[-_ ]?)?(?:(\d+(?:\.\d+)?)|(\d{3}))(?:\.pt)?", text)
+    # three digits are timm's hundredths (050 ... 200); anything else is the multiplier itself
+    match = re.fullmatch(r"(?:apple/)?(?:mobilevit_?v2[-_ ]?)?(?:(\d{3})|(\d+(?:\.\d+)?))(?:\.pt)?", text)
     if match:
-        width = float(match[1]) if match[1] is not None else int(match[2]) / 100
+        width = int(match[1]) / 100 if match[1] is not None else float(match[2])
         for key, fields in VARIANTS.items():
             if fields["width_multiplier"] == width:
                 return key
