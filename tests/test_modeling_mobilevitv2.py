@@ -189,16 +189,16 @@ def test_training_reduces_loss(head):
     cls, _, fields = HEADS[head]
     model = cls(MobileViTV2Config.from_variant("mobilevitv2-0.5", **{**fields, "num_labels": 3})).train()
     # a learnable task: a bright square in channel c marks class c, in the image and in the mask
-    x = 0.1 * torch.rand(4, 3, 64, 64)
+    x = 0.1 * torch.rand(4, 3, 32, 32)
     classes = torch.tensor([0, 1, 2, 1])
-    mask = torch.zeros(4, 64, 64, dtype=torch.long)
+    mask = torch.zeros(4, 32, 32, dtype=torch.long)
     for i, c in enumerate(classes.tolist()):
-        x[i, c, 16:48, 16:48] = 1.0
-        mask[i, 16:48, 16:48] = c
+        x[i, c, 8:24, 8:24] = 1.0
+        mask[i, 8:24, 8:24] = c
     labels = classes if head == "classification" else mask
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
     losses = []
-    for _ in range(12):
+    for _ in range(10):
         loss = model(x, labels=labels).loss
         optimizer.zero_grad()
         loss.backward()
