@@ -382,6 +382,9 @@ class MobileViTPreTrainedModel(fast_inference.FastInferenceMixin, PreTrainedMode
 class MobileViTModel(MobileViTPreTrainedModel):
     """The backbone: stem, five stages and (for classification) the final 1x1 expansion with global pooling."""
 
+    # the module of the family's eval fast path (MobileViTv2 reuses `forward` with its own)
+    fast_path = fast_mobilevit
+
     def __init__(self, config: MobileViTConfig, expand_output: bool = True):
         super().__init__(config)
         self.expand_output = expand_output
@@ -404,12 +407,12 @@ class MobileViTModel(MobileViTPreTrainedModel):
         self._check_pixel_values(pixel_values)
 
         if fast_inference.applies(self, pixel_values):
-            last_hidden_state, stages = fast_mobilevit.backbone(self, pixel_values, output_hidden_states)
+            last_hidden_state, stages = self.fast_path.backbone(self, pixel_values, output_hidden_states)
             hidden_states = tuple(stage.contiguous() for stage in stages) if output_hidden_states else None
         else:
             encoder_outputs = self.encoder(self.conv_stem(pixel_values), output_hidden_states=output_hidden_states)
             last_hidden_state, hidden_states = encoder_outputs.last_hidden_state, encoder_outputs.hidden_states
-            if self.expand_output:
+            if getattr(self, "conv_1x1_exp", None) is not None:  # v1 with expand_output (v2 has no expansion)
                 last_hidden_state = self.conv_1x1_exp(last_hidden_state)
         last_hidden_state = last_hidden_state.contiguous()  # the fast path's NHWC layout stays internal
         pooled_output = last_hidden_state.mean(dim=(-2, -1)) if self.expand_output else None
@@ -447,7 +450,8 @@ class MobileViTForImageClassification(MobileViTPreTrainedModel):
         **kwargs,
     ) -> tuple | ImageClassifierOutputWithNoAttention:
         return_dict = self.config.return_dict if return_dict is None else return_dict
-        outputs = self.mobilevit(pixel_values, output_hidden_states=output_hidden_states, return_dict=return_dict)
+        # the backbone under its family's prefix (`self.mobilevit` here; MobileViTv2 reuses this forward)
+        outputs = self.base_model(pixel_values, output_hidden_states=output_hidden_states, return_dict=return_dict)
         pooled_output = outputs.pooler_output if return_dict else outputs[1]
         logits = self.classifier(self.dropout(pooled_output))
 
@@ -581,8 +585,9 @@ class MobileViTForSemanticSegmentation(MobileViTPreTrainedModel):
         if labels is not None:
             self._check_segmentation_labels(labels, pixel_values)
 
-        # without the final expansion, the backbone's last hidden state is the last stage the head reads
-        outputs = self.mobilevit(pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
+        # without the final expansion, the backbone's last hidden state is the last stage the head reads (the
+        # backbone under its family's prefix: `self.mobilevit` here; MobileViTv2 reuses this forward)
+        outputs = self.base_model(pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
         if fast_inference.applies(self, pixel_values):
             logits = fast_inference.deeplab_head(self.segmentation_head, outputs.last_hidden_state)
         else:

@@ -15,6 +15,14 @@ from __future__ import annotations
 
 from ...conversion_utils import ConversionError, RenameTable
 from ...tasks import CLASSIFICATION, SEGMENTATION
+from ..mobilevit.conversion_mobilevit import (
+    AUX_HEAD_DROPPED,
+    DEEPLAB_RULES,
+    VOCABULARY,
+    channel_reader,
+    convolutional_rules,
+    task_from_heads,
+)
 from .configuration_mobilevitv2 import ADE20K_SEGMENTATION, VARIANTS, MobileViTV2Config
 
 # ---------------------------------------------------------------------------------------------------------
@@ -22,8 +30,7 @@ from .configuration_mobilevitv2 import ADE20K_SEGMENTATION, VARIANTS, MobileViTV
 # Segmentation checkpoints carry the backbone under `encoder.`, classification ones at the top level.
 # ---------------------------------------------------------------------------------------------------------
 _ENC = r"(?:encoder\.)?"
-# ml-cvnets' ConvLayer holds `block.conv` and `block.norm`; transformers' holds `convolution` and `normalization`.
-_CONV_LAYER = r"\.block\.(?P<conv_or_norm>conv|norm)\.(?P<leaf>\w+)"
+_CONV_LAYER = r"\.block\.(?P<conv_or_norm>conv|norm)\.(?P<leaf>\w+)"  # ml-cvnets' ConvLayer
 _BLOCK = _ENC + r"layer_(?P<stage>[345])\.1\."  # the MobileViTv2 block of stages 3-5 (index 0 downsamples)
 _ATTENTION = _BLOCK + r"global_rep\.(?P<i>\d+)\."
 _HF_BLOCK = "mobilevitv2.encoder.layer.{stage}."
@@ -31,13 +38,8 @@ _HF_ATTENTION = _HF_BLOCK + "transformer.layer.{i}."
 
 RENAME_TABLE = RenameTable(
     rules=[
-        # stem and the two MobileNetV2 stages (inverted residuals: expand 1x1 -> depthwise 3x3 -> reduce 1x1)
-        (_ENC + r"conv_1" + _CONV_LAYER, "mobilevitv2.conv_stem.{conv_or_norm}.{leaf}"),
-        (_ENC + r"layer_(?P<stage>[12])\.(?P<block>\d+)\.block\.(?P<op>exp_1x1|conv_3x3|red_1x1)" + _CONV_LAYER,
-         "mobilevitv2.encoder.layer.{stage}.layer.{block}.{op}.{conv_or_norm}.{leaf}"),
-        # stages 3-5: the downsampling inverted residual, then the MobileViTv2 block
-        (_ENC + r"layer_(?P<stage>[345])\.0\.block\.(?P<op>exp_1x1|conv_3x3|red_1x1)" + _CONV_LAYER,
-         "mobilevitv2.encoder.layer.{stage}.downsampling_layer.{op}.{conv_or_norm}.{leaf}"),
+        # the stem, the MobileNetV2 stages and the downsampling blocks are named as in v1
+        *convolutional_rules("mobilevitv2"),
         # local representation: numbered, not named as in v1 (0: depthwise kxk + BN, 1: 1x1 to the attention width)
         (_BLOCK + r"local_rep\.0" + _CONV_LAYER, _HF_BLOCK + "conv_kxk.{conv_or_norm}.{leaf}"),
         (_BLOCK + r"local_rep\.1" + _CONV_LAYER, _HF_BLOCK + "conv_1x1.{conv_or_norm}.{leaf}"),
@@ -51,26 +53,14 @@ RENAME_TABLE = RenameTable(
         # the GroupNorm closing the attention stack is global_rep.<number of blocks>, without a sub-name
         (_BLOCK + r"global_rep\.\d+\.(?P<leaf>weight|bias)", _HF_BLOCK + "layernorm.{leaf}"),
         (_BLOCK + r"conv_proj" + _CONV_LAYER, _HF_BLOCK + "conv_projection.{conv_or_norm}.{leaf}"),
-        # classification head: index 0 is the global pooling, 1 the linear classifier
+        # classification head: index 0 is the global pooling, 1 the linear classifier (no 1x1 expansion in v2)
         (r"classifier\.1\.(?P<leaf>weight|bias)", "classifier.{leaf}"),
-        # DeepLabV3 head: ASPP (a 1x1 branch, three atrous 3x3 branches, image pooling), projection, classifier
-        (r"seg_head\.aspp\.aspp_layer\.convs\.(?P<branch>[0-3])" + _CONV_LAYER,
-         "segmentation_head.aspp.convs.{branch}.{conv_or_norm}.{leaf}"),
-        (r"seg_head\.aspp\.aspp_layer\.convs\.4\.aspp_pool\.conv_1x1" + _CONV_LAYER,
-         "segmentation_head.aspp.convs.4.conv_1x1.{conv_or_norm}.{leaf}"),
-        (r"seg_head\.aspp\.aspp_layer\.project" + _CONV_LAYER, "segmentation_head.aspp.project.{conv_or_norm}.{leaf}"),
-        (r"seg_head\.classifier" + _CONV_LAYER, "segmentation_head.classifier.{conv_or_norm}.{leaf}"),
+        # the DeepLabV3 head, as in v1 (v0.2's classifier is `seg_head.classifier.block.conv`)
+        *DEEPLAB_RULES,
     ],
-    # group values that change name on the way (stage numbers are 1-based in ml-cvnets, 0-based in transformers)
-    vocabulary={
-        "conv_or_norm": {"conv": "convolution", "norm": "normalization"},
-        "op": {"exp_1x1": "expand_1x1", "conv_3x3": "conv_3x3", "red_1x1": "reduce_1x1"},
-        "stage": {"1": "0", "2": "1", "3": "2", "4": "3", "5": "4"},
-        "ffn": {"1": "conv1", "3": "conv2"},
-    },
-    # the auxiliary segmentation head on layer_4 that both v2 DeepLabV3 recipes train (`use_aux_head: true`):
-    # the Hub format has no place for it, and inference does not use it
-    dropped=[(r"seg_head\.aux_head\..+", "auxiliary segmentation head (training only)")],
+    vocabulary={**VOCABULARY, "ffn": {"1": "conv1", "3": "conv2"}},
+    # both v2 DeepLabV3 recipes train the auxiliary head on layer_4 (`use_aux_head: true`)
+    dropped=AUX_HEAD_DROPPED,
 )
 
 _CLASSIFIER = "classifier.1.weight"
@@ -93,31 +83,12 @@ class MobileViTV2CheckpointConverter:
         return _V2_MARKER in state_dict or "encoder." + _V2_MARKER in state_dict
 
     def detect_task(self, state_dict) -> str:
-        has_seg_head = any(k.startswith("seg_head.") for k in state_dict)
-        has_classifier = _CLASSIFIER in state_dict
-        if has_seg_head and has_classifier:
-            raise ConversionError(f"checkpoint: holds both a classifier ({_CLASSIFIER}) and a segmentation head "
-                                  "(seg_head.*); expected one of them")
-        if has_seg_head:
-            return SEGMENTATION
-        if has_classifier:
-            return CLASSIFICATION
-        raise ConversionError(
-            f"checkpoint: does not look like an ml-cvnets MobileViTv2 checkpoint: expected {_CLASSIFIER!r} "
-            f"(classification) or 'seg_head.*' keys (DeepLabV3 segmentation); its first keys are {list(state_dict)[:6]}")
+        return task_from_heads(state_dict, _CLASSIFIER, self.source)
 
     def read_widths(self, state_dict, task: str) -> dict[str, list[int]]:
         """Channel counts and attention depths, in `MobileViTV2Config`'s terms, read off the tensors."""
+        out_channels = channel_reader(state_dict, task, self.source)
         prefix = "encoder." if task == SEGMENTATION else ""
-
-        def out_channels(key: str) -> int:
-            tensor = state_dict.get(prefix + key)
-            if tensor is None:
-                raise ConversionError(
-                    f"checkpoint: does not look like an ml-cvnets MobileViTv2 {task} checkpoint: key "
-                    f"{prefix + key!r} is missing (its first keys are {list(state_dict)[:6]})")
-            return int(tensor.shape[0])
-
         conv = "block.conv.weight"
         layers = [out_channels(f"conv_1.{conv}")]
         layers += [out_channels(f"layer_{stage}.0.block.red_1x1.{conv}") for stage in range(1, 6)]

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ...fast_inference import CHANNELS_LAST, activate_, conv_layer, inverted_residual, run_backbone
+from ...fast_inference import CHANNELS_LAST, activate_, conv_layer, inverted_residual, run_backbone, walk_backbone
 from ...patches import round_up_to_patches, unfold_patch_grid
 
 
@@ -89,17 +89,7 @@ def fold_normalised(norm: nn.GroupNorm, tokens: torch.Tensor, height: int, width
 
 
 def _walk(model: nn.Module, pixel_values: torch.Tensor, keep_stages: bool):
-    features = conv_layer(model.conv_stem, pixel_values.contiguous(memory_format=CHANNELS_LAST))
-    stages = []
-    for stage in model.encoder.layer:
-        if "transformer" in stage._modules:  # a MobileViTV2Layer; the others are MobileNetV2 stages
-            features = mobilevitv2_block(stage, features)
-        else:
-            for block in stage.layer:
-                features = inverted_residual(block, features)
-        if keep_stages:
-            stages.append(features)
-    return features, stages
+    return walk_backbone(model, pixel_values, keep_stages, mobilevitv2_block)
 
 
 def backbone(model: nn.Module, pixel_values: torch.Tensor, keep_stages: bool):

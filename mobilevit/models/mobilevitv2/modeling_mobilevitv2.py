@@ -10,7 +10,8 @@ Read top to bottom, this file follows the paper's figure of the MobileViTv2 bloc
          -> unfold into 2x2 patches, a [B, d, P, N] grid
          -> attention blocks: x + separable_attention(GroupNorm(x)), then x + FFN(GroupNorm(x))
          -> GroupNorm -> fold back -> 1x1 projection
-    -> heads: global pool + linear (classification), or v1's DeepLabV3/ASPP (segmentation).
+    -> heads: global pool + linear (classification), or v1's DeepLabV3/ASPP (segmentation); the heads'
+       forward logic is v1's, on this family's backbone.
 
 Separable self-attention: one 1x1 conv gives a query score per token, softmax over the patches, a context
 vector as the score-weighted sum of the keys, then `out_proj(relu(value) * context)`; linear in the number
@@ -30,12 +31,6 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import (
-    BaseModelOutputWithNoAttention,
-    BaseModelOutputWithPoolingAndNoAttention,
-    ImageClassifierOutputWithNoAttention,
-    SemanticSegmenterOutput,
-)
 from transformers.modeling_utils import PreTrainedModel
 
 from ... import fast_inference
@@ -45,8 +40,10 @@ from ..mobilevit.modeling_mobilevit import (
     MobileViTDeepLabV3,
     MobileViTForImageClassification,
     MobileViTForSemanticSegmentation,
+    MobileViTEncoder,
     MobileViTInvertedResidual,
     MobileViTMobileNetLayer,
+    MobileViTModel,
     MobileViTPreTrainedModel,
 )
 from . import fast_mobilevitv2
@@ -196,13 +193,7 @@ class MobileViTV2Encoder(nn.Module):
                 stride=stage_stride, dilation=stage_dilation, block_dilation=dilation,
             ))
 
-    def forward(self, hidden_states: torch.Tensor, output_hidden_states: bool = False) -> BaseModelOutputWithNoAttention:
-        all_hidden_states = () if output_hidden_states else None
-        for layer in self.layer:
-            hidden_states = layer(hidden_states)
-            if output_hidden_states:
-                all_hidden_states = all_hidden_states + (hidden_states,)
-        return BaseModelOutputWithNoAttention(last_hidden_state=hidden_states, hidden_states=all_hidden_states)
+    forward = MobileViTEncoder.forward  # v1's: the stages in turn, keeping their outputs when asked
 
 
 class MobileViTV2PreTrainedModel(fast_inference.FastInferenceMixin, PreTrainedModel):
@@ -227,6 +218,8 @@ class MobileViTV2Model(MobileViTV2PreTrainedModel):
     """The backbone: stem and five stages; with `expand_output` (classification) also the global pooling.
     (v2 has no final 1x1 expansion; the flag keeps stock transformers' signature.)"""
 
+    fast_path = fast_mobilevitv2
+
     def __init__(self, config: MobileViTV2Config, expand_output: bool = True):
         super().__init__(config)
         self.expand_output = expand_output
@@ -234,32 +227,8 @@ class MobileViTV2Model(MobileViTV2PreTrainedModel):
         self.encoder = MobileViTV2Encoder(config)
         self.post_init()
 
-    def forward(
-        self,
-        pixel_values: torch.Tensor | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> tuple | BaseModelOutputWithPoolingAndNoAttention:
-        output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
-        return_dict = self.config.return_dict if return_dict is None else return_dict
-        self._check_pixel_values(pixel_values)
-
-        if fast_inference.applies(self, pixel_values):
-            last_hidden_state, stages = fast_mobilevitv2.backbone(self, pixel_values, output_hidden_states)
-            hidden_states = tuple(stage.contiguous() for stage in stages) if output_hidden_states else None
-        else:
-            encoder_outputs = self.encoder(self.conv_stem(pixel_values), output_hidden_states=output_hidden_states)
-            last_hidden_state, hidden_states = encoder_outputs.last_hidden_state, encoder_outputs.hidden_states
-        last_hidden_state = last_hidden_state.contiguous()  # the fast path's NHWC layout stays internal
-        pooled_output = last_hidden_state.mean(dim=(-2, -1)) if self.expand_output else None
-
-        if not return_dict:
-            outputs = (last_hidden_state, pooled_output, hidden_states)
-            return tuple(v for v in outputs if v is not None)
-        return BaseModelOutputWithPoolingAndNoAttention(
-            last_hidden_state=last_hidden_state, pooler_output=pooled_output, hidden_states=hidden_states
-        )
+    # v1's: input checks, stem -> encoder (or `fast_path.backbone` in eval without autograd) -> pooling
+    forward = MobileViTModel.forward
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -272,34 +241,16 @@ class MobileViTV2ForImageClassification(MobileViTV2PreTrainedModel):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.mobilevitv2 = MobileViTV2Model(config)
+        self.dropout = nn.Identity()  # v1's head has a dropout here; v2's none (no parameters either way)
         self.classifier = (
             nn.Linear(config.layer_widths[-1], config.num_labels) if config.num_labels > 0 else nn.Identity()
         )
         self.post_init()
 
+    # v1's head logic on `self.base_model` (here `self.mobilevitv2`): pooled features -> classifier, the loss
+    # transformers picks for the problem type, and the label checks
+    forward = MobileViTForImageClassification.forward
     _check_classification_labels = MobileViTForImageClassification._check_classification_labels
-
-    def forward(
-        self,
-        pixel_values: torch.Tensor | None = None,
-        output_hidden_states: bool | None = None,
-        labels: torch.Tensor | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> tuple | ImageClassifierOutputWithNoAttention:
-        return_dict = self.config.return_dict if return_dict is None else return_dict
-        outputs = self.mobilevitv2(pixel_values, output_hidden_states=output_hidden_states, return_dict=return_dict)
-        logits = self.classifier(outputs.pooler_output if return_dict else outputs[1])
-
-        loss = None
-        if labels is not None:
-            self._check_classification_labels(labels, logits)
-            loss = self.loss_function(labels, logits, self.config)
-
-        if not return_dict:
-            output = (logits,) + tuple(outputs[2:])
-            return ((loss,) + output) if loss is not None else output
-        return ImageClassifierOutputWithNoAttention(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
 
 
 class MobileViTV2ForSemanticSegmentation(MobileViTV2PreTrainedModel):
@@ -317,40 +268,10 @@ class MobileViTV2ForSemanticSegmentation(MobileViTV2PreTrainedModel):
         self.segmentation_head = MobileViTDeepLabV3(config, in_channels=config.layer_widths[-1])
         self.post_init()
 
+    # v1's head logic on `self.base_model` (here `self.mobilevitv2`): the DeepLabV3 head (fast path included),
+    # the loss on logits upsampled with `logits_align_corners`, and the label checks
+    forward = MobileViTForSemanticSegmentation.forward
     _check_segmentation_labels = MobileViTForSemanticSegmentation._check_segmentation_labels
-
-    def forward(
-        self,
-        pixel_values: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> tuple | SemanticSegmenterOutput:
-        output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
-        return_dict = self.config.return_dict if return_dict is None else return_dict
-        if labels is not None:
-            self._check_segmentation_labels(labels, pixel_values)
-
-        outputs = self.mobilevitv2(pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
-        if fast_inference.applies(self, pixel_values):
-            logits = fast_inference.deeplab_head(self.segmentation_head, outputs.last_hidden_state)
-        else:
-            logits = self.segmentation_head(outputs.last_hidden_state)
-
-        loss = None
-        if labels is not None:
-            upsampled = F.interpolate(
-                logits, size=labels.shape[-2:], mode="bilinear", align_corners=self.logits_align_corners
-            )
-            loss = F.cross_entropy(upsampled, labels, ignore_index=self.config.semantic_loss_ignore_index)
-
-        if not return_dict:
-            output = (logits, outputs.hidden_states) if output_hidden_states else (logits,)
-            return ((loss,) + output) if loss is not None else output
-        return SemanticSegmenterOutput(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states if output_hidden_states else None
-        )
 
 
 __all__ = [
