@@ -239,8 +239,9 @@ class MobileViTImageProcessor(BaseImageProcessor):
         Same contract as stock transformers': the logits of image `i` are resized bilinearly to
         `target_sizes[i]` (its original size, for example) before the argmax; without `target_sizes` the maps
         keep the logits' resolution. The resize uses `align_corners=self.logits_align_corners`, the way the
-        model family was trained (stock transformers always uses False, which is right for v1 only). With `return_segmentation_scores=True` each item is a
-        `SemanticSegmentationPostProcessorOutput` with `segmentation` and the resized `segmentation_scores`.
+        model family was trained (stock transformers always uses False, which is right for v1 only). With
+        `return_segmentation_scores=True` each item is a `SemanticSegmentationPostProcessorOutput` with
+        `segmentation` and the resized `segmentation_scores`.
         """
         logits = outputs.logits if hasattr(outputs, "logits") else outputs
         if target_sizes is not None:

@@ -69,4 +69,5 @@ def label2id(id2label: dict[int, str]) -> dict[str, int]:
     return {name: index for index, name in sorted(id2label.items())}
 
 
-__all__ = ["imagenet_1k_id2label", "pascal_voc_id2label", "ade20k_id2label", "ade20k_with_background_id2label", "label2id", "label_set_for", "KNOWN_LABEL_SETS"]
+__all__ = ["imagenet_1k_id2label", "pascal_voc_id2label", "ade20k_id2label", "ade20k_with_background_id2label",
+           "label2id", "label_set_for", "KNOWN_LABEL_SETS"]
