@@ -183,6 +183,7 @@ def test_patch_grid_is_ml_cvnets_unfold_and_folds_back_in_either_layout():
 # ---------------------------------------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------------------------------------
+@pytest.mark.slow  # ten optimizer steps of each head: ~10 s together on 2 cores
 @pytest.mark.parametrize("head", ["classification", "segmentation-os16"])
 def test_training_reduces_loss(head):
     torch.manual_seed(0)
