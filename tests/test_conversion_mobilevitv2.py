@@ -277,3 +277,18 @@ def test_384_release_and_contradictions_fail_clearly(tmp_path, converted, capsys
                                **{extra[0].lstrip("-").replace("-", "_"): int(extra[1]) if extra[1].isdigit() else extra[1]})
         assert convert_cli(checkpoint, tmp_path / "bad", *extra) == 2
         assert message in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+@NEEDS_FIXTURES
+def test_push_to_hub_uploads_the_finished_v2_folder(tmp_path, converted, monkeypatch):
+    from mobilevit import conversion
+
+    calls = []
+    monkeypatch.setattr(conversion, "push_folder_to_hub", lambda folder, repo_id, **kw: calls.append(
+        (repo_id, sorted(p.name for p in Path(folder).iterdir()), kw["commit_message"])) or f"https://hub.test/{repo_id}/1")
+    checkpoint = converted("mobilevitv2_050").parent / "mobilevitv2_050.pt"
+    result = convert_checkpoint(checkpoint, tmp_path / "out", push_to_hub="me/mobilevitv2-0.5", progress=False)
+    assert calls == [("me/mobilevitv2-0.5", ["README.md", "config.json", "model.safetensors", "preprocessor_config.json"],
+                      "Add MobileViT v2 mobilevitv2-0.5 (image-classification) converted from mobilevitv2_050.pt")]
+    assert result.pushed_to.endswith("/1")
+    assert 'from_pretrained("me/mobilevitv2-0.5")' in (tmp_path / "out" / "README.md").read_text()
