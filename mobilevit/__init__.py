@@ -14,6 +14,13 @@ from .models.mobilevit import (
     MobileViTModel,
     MobileViTPreTrainedModel,
 )
+from .models.mobilevitv2 import (
+    MobileViTV2Config,
+    MobileViTV2ForImageClassification,
+    MobileViTV2ForSemanticSegmentation,
+    MobileViTV2Model,
+    MobileViTV2PreTrainedModel,
+)
 from .pipelines import pipeline
 
 __version__ = "0.1.0"
@@ -27,6 +34,11 @@ __all__ = [
     "MobileViTModel",
     "MobileViTForImageClassification",
     "MobileViTForSemanticSegmentation",
+    "MobileViTV2Config",
+    "MobileViTV2PreTrainedModel",
+    "MobileViTV2Model",
+    "MobileViTV2ForImageClassification",
+    "MobileViTV2ForSemanticSegmentation",
     "pipeline",
     "__version__",
 ]

@@ -22,10 +22,10 @@ from pathlib import Path
 
 from .conversion_utils import ConversionError
 from .model_family import ModelFamily
-from .models import mobilevit
+from .models import mobilevit, mobilevitv2
 from .tasks import CLASSIFICATION, FEATURE_EXTRACTION, SEGMENTATION, canonical_task
 
-_REGISTERED = (mobilevit.FAMILY,)
+_REGISTERED = (mobilevit.FAMILY, mobilevitv2.FAMILY)
 FAMILIES: dict[str, ModelFamily] = {family.model_type: family for family in _REGISTERED}
 
 
@@ -165,13 +165,22 @@ def load_model(model_dir: str | os.PathLike, task: str | None = None, **from_pre
 
 
 def load_image_processor(model_dir: str | os.PathLike, config=None, **kwargs):
-    """The folder's `preprocessor_config.json`, or the family's evaluation preprocessing when it has none."""
+    """The folder's `preprocessor_config.json`, or the family's evaluation preprocessing when it has none.
+    A processor config that does not say how to upsample segmentation logits (one saved by stock
+    transformers or before this option existed) gets the family's way."""
     from .image_processing_mobilevit import MobileViTImageProcessor
 
     try:
-        return MobileViTImageProcessor.from_pretrained(str(model_dir), **kwargs)
+        processor = MobileViTImageProcessor.from_pretrained(str(model_dir), **kwargs)
     except OSError:
         return image_processor_for(config if config is not None else load_config(model_dir))
+    if processor.logits_align_corners is None:
+        try:
+            config = config if config is not None else load_config(model_dir)
+        except NotAModelError:  # a processor without a model: nothing to learn from
+            return processor
+        processor.logits_align_corners = family_of(config).segmentation_align_corners
+    return processor
 
 
 def load_model_and_processor(model_dir: str | os.PathLike, task: str | None = None, **from_pretrained_kwargs):

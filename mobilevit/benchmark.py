@@ -1,6 +1,6 @@
 """`mobilevit benchmark`: this package against stock transformers, ONNX Runtime and a ResNet-50, on one machine.
 
-    mobilevit benchmark [--variants xx-small x-small small] [--batch-sizes 1 32] [--threads 2]
+    mobilevit benchmark [--variants xx-small x-small small mobilevitv2-1.0] [--batch-sizes 1 32] [--threads 2]
                         [--task image-classification] [--image-size 256] [--repeats 20] [--output DIR]
 
 Every MobileViT candidate runs the same weights (`fill_realistic_weights_`: activations at a trained
@@ -458,7 +458,8 @@ def write_outputs(results: list[Result], output: Path, overwrite: bool) -> list[
 # --------------------------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS),
-                        help="released sizes of any family (default: MobileViT v1's three)")
+                        help="released sizes of any family, e.g. small or mobilevitv2-1.0 (default: MobileViT v1's "
+                             "three); each is timed against stock transformers' class of its family")
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 32], help="batch sizes (default: 1 32)")
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads for PyTorch and ONNX Runtime")
     parser.add_argument("--task", default="image-classification", help="image-classification or semantic-segmentation")

@@ -1,6 +1,7 @@
 """`mobilevit convert`: an original (ml-cvnets) checkpoint of any registered family -> a Hub-ready folder.
 
     mobilevit convert --checkpoint mobilevit_s.pt --output-dir mobilevit-small
+    mobilevit convert --checkpoint deeplabv3-mobilevitv2-1.0.pt --output-dir deeplabv3-mobilevitv2-1.0-voc
 
 The path: load safely (`torch.load(weights_only=True)` or safetensors) -> unwrap the forms a checkpoint
 comes in -> find the family whose layout the keys have (`auto.family_for_checkpoint`) -> detect the task,
@@ -8,6 +9,11 @@ the variant and the class count from the tensors (the family's converter) -> ren
 family's table -> check that every checkpoint key went somewhere and every model key was filled, with the
 right shape -> write `config.json`, `model.safetensors`, `preprocessor_config.json` and `README.md` into a
 temporary folder -> reload that folder and run it -> move it into place.
+
+What the tensors cannot say comes from the release recipe: the resolution (`image_size`: 256 for
+classification, 512 for segmentation; `--image-size 384` for the 384x384 fine-tuned classifiers), and for
+DeepLabV3 the output stride and ASPP rates, which the family's converter takes from the data set the class
+count points to (MobileViTv2: ADE20k output stride 8, PASCAL VOC 16); `--output-stride` overrides it.
 
 The generic steps live in `conversion_utils.py`; each family's layout in `models/<family>/conversion_*.py`.
 """
@@ -65,6 +71,8 @@ class ConversionResult:
     family: str
     task: str
     variant: str
+    image_size: int
+    output_stride: int
     num_parameters: int
     num_source_keys: int
     num_model_keys: int
@@ -84,6 +92,8 @@ class ConversionResult:
             f"family      {self.family}",
             f"task        {self.task}",
             f"variant     {self.variant}",
+            f"resolution  {self.image_size}x{self.image_size}"
+            + (f", output stride {self.output_stride}" if self.task == SEGMENTATION else ""),
             f"parameters  {self.num_parameters:,}",
             f"keys        {self.num_source_keys} checkpoint keys -> {self.num_model_keys} model keys{self.split_note}",
             f"weights     {self.weights_from}" + (", 'module.' prefix removed" if self.stripped_ddp_prefix else ""),
@@ -119,13 +129,21 @@ def convert_checkpoint(
     variant: str = "auto",
     task: str = "auto",
     weights: str = "auto",
+    image_size: int | None = None,
+    output_stride: int | None = None,
     overwrite: bool = False,
     push_to_hub: str | None = None,
     progress: bool = True,
 ) -> ConversionResult:
-    """Convert one original checkpoint into a Hub folder at `output_dir` (see the module doc)."""
+    """Convert one original checkpoint into a Hub folder at `output_dir` (see the module doc). `image_size`
+    and `output_stride` (segmentation only) replace the release recipe's when given."""
     start = time.perf_counter()
     checkpoint, output_dir = Path(checkpoint), Path(output_dir)
+    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 32):
+        raise ConversionError(f"image_size: expected an integer >= 32 (the resolution the checkpoint was trained "
+                              f"at), got {image_size!r}")
+    if output_stride not in (None, 8, 16, 32):
+        raise ConversionError(f"output_stride: expected 8, 16 or 32, got {output_stride!r}")
     if output_dir.exists() and not overwrite:
         raise FileExistsError(f"output_dir: {str(output_dir)!r} already exists; pass --overwrite to replace it")
     if output_dir.exists() and not output_dir.is_dir():
@@ -151,8 +169,14 @@ def convert_checkpoint(
         variant = resolve(converter.detect_variant(state_dict, task), variant, "variant", family.canonical_variant)
         num_labels = converter.num_labels(state_dict, task)
         id2label, dataset = label_set_for(task, num_labels)
-        config = family.new_config(variant, task, id2label=id2label, label2id=label2id(id2label),
-                                   **converter.config_overrides(state_dict, task))
+        overrides = converter.config_overrides(state_dict, task)
+        if output_stride is not None:
+            if task != SEGMENTATION:
+                raise ConversionError(f"output_stride: only segmentation checkpoints have one; this one is {task}")
+            overrides["output_stride"] = output_stride
+        if image_size is not None:
+            overrides["image_size"] = image_size
+        config = family.new_config(variant, task, id2label=id2label, label2id=label2id(id2label), **overrides)
         step("detected")
 
         model = family.model_class(task)(config).eval()
@@ -179,6 +203,7 @@ def convert_checkpoint(
 
     result = ConversionResult(
         output_dir=output_dir, family=f"{family.title} ({family.model_type})", task=task, variant=variant,
+        image_size=config.image_size, output_stride=config.output_stride,
         num_parameters=num_parameters, num_source_keys=mapping.num_source_keys, num_model_keys=len(mapping.tensors),
         split_note=_split_note(converter.rename_table), weights_from=weights_from, stripped_ddp_prefix=stripped,
         dropped=mapping.dropped, filled_defaults=mapping.filled_defaults, source_sha256=source_sha256,
@@ -201,12 +226,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", required=True, help="ml-cvnets checkpoint (.pt/.pth or .safetensors)")
     parser.add_argument("--output-dir", required=True, help="folder to create (config, weights, processor, card)")
     parser.add_argument("--variant", default="auto",
-                        help="auto (read from the tensors) or a released size (xx-small, x-small, small); "
-                             "a contradiction is an error")
+                        help="auto (read from the tensors) or a released size (v1: xx-small, x-small, small; "
+                             "v2: mobilevitv2-0.5 ... mobilevitv2-2.0); a contradiction is an error")
     parser.add_argument("--task", default="auto",
                         help="auto, image-classification or semantic-segmentation; a contradiction is an error")
     parser.add_argument("--weights", default="auto", choices=("auto", "model", "ema"),
                         help="for checkpoints holding both raw and EMA weights: which to convert")
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="the resolution the checkpoint was trained at (default: the release's, 256 for "
+                             "classification, 512 for segmentation; 384 for the 384x384 fine-tuned classifiers)")
+    parser.add_argument("--output-stride", type=int, default=None, choices=(8, 16, 32),
+                        help="segmentation: the output stride the checkpoint was trained with (default: the "
+                             "release recipe of its data set; MobileViTv2: ADE20k 8, PASCAL VOC 16)")
     parser.add_argument("--overwrite", action="store_true", help="replace --output-dir if it exists")
     parser.add_argument("--push-to-hub", metavar="REPO", default=None,
                         help="after a successful conversion, upload the folder to this Hub repository")
@@ -217,8 +248,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     try:
         result = convert_checkpoint(args.checkpoint, args.output_dir, variant=args.variant, task=args.task,
-                                    weights=args.weights, overwrite=args.overwrite, push_to_hub=args.push_to_hub,
-                                    progress=not args.no_progress)
+                                    weights=args.weights, image_size=args.image_size,
+                                    output_stride=args.output_stride, overwrite=args.overwrite,
+                                    push_to_hub=args.push_to_hub, progress=not args.no_progress)
     except (ValueError, FileExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         if not Path(args.output_dir).exists():

@@ -289,6 +289,26 @@ def _is_glibc() -> bool:
         return False
 
 
+def walk_backbone(model: nn.Module, pixel_values: torch.Tensor, keep_stages: bool, attention_stage):
+    """A family's backbone, channels_last: stem, the MobileNetV2 stages, the attention stages (each through
+    `attention_stage(stage, features)`, the family's own block), then v1's final 1x1 expansion if the model has
+    one. Returns (last feature map, stage outputs if `keep_stages`)."""
+    features = conv_layer(model.conv_stem, pixel_values.contiguous(memory_format=CHANNELS_LAST))
+    stages = []
+    for stage in model.encoder.layer:
+        if "transformer" in stage._modules:  # an attention stage; the others are MobileNetV2 stages
+            features = attention_stage(stage, features)
+        else:
+            for block in stage.layer:
+                features = inverted_residual(block, features)
+        if keep_stages:
+            stages.append(features)
+    expansion = model._modules.get("conv_1x1_exp")
+    if expansion is not None:
+        features = conv_layer(expansion, features)
+    return features, stages
+
+
 def run_backbone(walk, model: nn.Module, pixel_values: torch.Tensor, keep_stages: bool):
     """`walk(model, pixel_values, keep_stages)` -> (last feature map, stage outputs), a family's backbone, run
     in micro-batches where the batch is large (see `micro_batch_size`), with the allocator settled first."""

@@ -128,8 +128,10 @@ def model_card_text(
     if task == CLASSIFICATION:
         lines.append("print(model.config.id2label[logits.argmax(-1).item()])")
     else:
+        upsampling = (" (bilinear, align_corners=True, as the checkpoints were trained; "
+                      "`processor.post_process_semantic_segmentation` does)" if family.segmentation_align_corners else "")
         lines.append(f"mask = logits.argmax(1)[0]  # (H/{output_stride}, W/{output_stride}) class indices; "
-                     "upsample logits first for full size")
+                     f"upsample logits first for full size{upsampling}")
     lines += [
         "```",
         "",

@@ -66,12 +66,17 @@ class MobileViTImageProcessorKwargs(ImagesKwargs, total=False):
     resize_bit_exact (`bool`, *optional*, defaults to `self.resize_bit_exact`):
         Reproduce OpenCV's fixed-point `INTER_LINEAR` arithmetic bit for bit (ml-cvnets' pixels exactly)
         instead of torch's native uint8 bilinear resize (within 1/255 of it); several times slower.
+    logits_align_corners (`bool`, *optional*, defaults to `self.logits_align_corners`):
+        How `post_process_semantic_segmentation` upsamples segmentation logits: as the model family was
+        trained (MobileViT v1: False, MobileViTv2: True; see `ModelFamily.segmentation_align_corners`).
+        None (a processor made without a model) means False, stock transformers' choice.
     """
 
     do_flip_channel_order: bool
     do_reduce_labels: bool
     resize_antialias: bool
     resize_bit_exact: bool
+    logits_align_corners: bool | None
 
 
 class MobileViTImageProcessor(BaseImageProcessor):
@@ -128,6 +133,7 @@ class MobileViTImageProcessor(BaseImageProcessor):
     rescale_factor = 1 / 255
     do_flip_channel_order = True
     do_reduce_labels = False
+    logits_align_corners = None  # set by the model family's processor (`mobilevit.auto`), saved in the folder
 
     # 2022 feature-extractor key -> current key (stock transformers 5.x drops `do_flip_channels` silently).
     _LEGACY_KEYS = {"do_flip_channels": "do_flip_channel_order", "reduce_labels": "do_reduce_labels"}
@@ -232,8 +238,10 @@ class MobileViTImageProcessor(BaseImageProcessor):
 
         Same contract as stock transformers': the logits of image `i` are resized bilinearly to
         `target_sizes[i]` (its original size, for example) before the argmax; without `target_sizes` the maps
-        keep the logits' resolution. With `return_segmentation_scores=True` each item is a
-        `SemanticSegmentationPostProcessorOutput` with `segmentation` and the resized `segmentation_scores`.
+        keep the logits' resolution. The resize uses `align_corners=self.logits_align_corners`, the way the
+        model family was trained (stock transformers always uses False, which is right for v1 only). With
+        `return_segmentation_scores=True` each item is a `SemanticSegmentationPostProcessorOutput` with
+        `segmentation` and the resized `segmentation_scores`.
         """
         logits = outputs.logits if hasattr(outputs, "logits") else outputs
         if target_sizes is not None:
@@ -245,7 +253,7 @@ class MobileViTImageProcessor(BaseImageProcessor):
                 )
             scores = [
                 F.interpolate(logits[i : i + 1], size=tuple(int(s) for s in target_sizes[i]), mode="bilinear",
-                              align_corners=False)[0]
+                              align_corners=bool(self.logits_align_corners))[0]
                 for i in range(len(logits))
             ]
         else:

@@ -56,9 +56,10 @@ class ModelFamily:
 
     def image_processor(self, config) -> MobileViTImageProcessor:
         """The preprocessing the family's checkpoints were evaluated with, for a model at `config.image_size`
-        (folders saved without a `preprocessor_config.json` get this)."""
+        (folders saved without a `preprocessor_config.json` get this), and its segmentation post-processing."""
         image_size = config.image_size
-        return evaluation_image_processor(image_size[0] if isinstance(image_size, (list, tuple)) else image_size)
+        return evaluation_image_processor(image_size[0] if isinstance(image_size, (list, tuple)) else image_size,
+                                          logits_align_corners=self.segmentation_align_corners)
 
 
 __all__ = ["ModelFamily"]

@@ -2,7 +2,13 @@
 
 A MobileViT block cuts its feature map into patch x patch tiles and lets attention mix the pixels that sit
 at the same place in different tiles (the paper's Fig. 1b). The model files and their fast paths all take
-their patches from here.
+their patches from here, in the layout of their family:
+
+- v1 (`unfold_patches` / `fold_patches`): sequences of tokens, (B * P, N, C), for `nn.Linear` attention;
+- v2 (`unfold_patch_grid` / `fold_patch_grid`): ml-cvnets v2's [B, C, P, N] grid, for 1x1 convolutions and
+  GroupNorm over (C, P, N).
+
+P = patch * patch is the position inside a patch (row-major), N = the patch index (row-major).
 """
 
 from __future__ import annotations
@@ -44,4 +50,32 @@ def fold_patches(
     return features.reshape(batch, channels, height, width)
 
 
-__all__ = ["round_up_to_patches", "unfold_patches", "fold_patches"]
+def unfold_patch_grid(features: torch.Tensor, patch: int, channels_last: bool = False) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, P, N), the MobileViTv2 layout (ml-cvnets' `F.unfold` followed by a reshape):
+    `grid[b, :, p, n]` is the pixel at position p inside patch n.
+
+    With `channels_last`, the result is laid out (B, P, N, C) in memory (same shape and values): the tokens'
+    channels are contiguous, so 1x1 projections are plain GEMMs over them. Either way one copy, since patch
+    positions interleave in memory."""
+    batch, channels, height, width = features.shape
+    rows, cols = height // patch, width // patch
+    tiles = features.reshape(batch, channels, rows, patch, cols, patch)  # a view in both memory layouts
+    if channels_last:
+        grid = tiles.permute(0, 3, 5, 2, 4, 1).reshape(batch, patch * patch, rows * cols, channels)
+        return grid.permute(0, 3, 1, 2)
+    return tiles.permute(0, 1, 3, 5, 2, 4).reshape(batch, channels, patch * patch, rows * cols)
+
+
+def fold_patch_grid(grid: torch.Tensor, height: int, width: int, patch: int) -> torch.Tensor:
+    """Exact inverse of `unfold_patch_grid`: (B, C, P, N) -> (B, C, H, W), in the memory layout of `grid`
+    (a grid laid out (B, P, N, C) folds into a channels_last map)."""
+    batch, channels = grid.shape[:2]
+    rows, cols = height // patch, width // patch
+    tiles = grid.reshape(batch, channels, patch, patch, rows, cols)
+    if grid.permute(0, 2, 3, 1).is_contiguous():  # (B, P, N, C) memory -> NHWC
+        features = tiles.permute(0, 4, 2, 5, 3, 1).reshape(batch, height, width, channels)
+        return features.permute(0, 3, 1, 2)
+    return tiles.permute(0, 1, 4, 2, 5, 3).reshape(batch, channels, height, width)
+
+
+__all__ = ["round_up_to_patches", "unfold_patches", "fold_patches", "unfold_patch_grid", "fold_patch_grid"]

@@ -4,8 +4,9 @@
 init (and PyTorch's) shrinks activations layer after layer until they are denormal floats: a 1e-4
 comparison then compares zeros, and the CPU slows down on denormals, which spoils timings. The recipe is
 the one of the ml-cvnets fixtures (`shared/fixtures/mlcvnets/weights.py`): weights N(0, 1.3^2 / fan_in),
-small biases, BatchNorm statistics and affine parameters far from (0, 1), and every 16th BatchNorm
-channel with a running variance of the order of eps, so that an eps mistake moves the outputs visibly.
+small biases, BatchNorm statistics and norm affine parameters far from (0, 1) (LayerNorm and GroupNorm
+alike), and every 16th BatchNorm channel with a running variance of the order of eps, so that an eps
+mistake moves the outputs visibly.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def fill_realistic_weights_(model: nn.Module, seed: int = 0) -> nn.Module:
             module.weight.copy_(randn(module.weight) * (WEIGHT_GAIN / math.sqrt(fan_in)))
             if module.bias is not None:
                 module.bias.copy_(0.05 * randn(module.bias))
-        elif isinstance(module, (nn.BatchNorm2d, nn.LayerNorm)):
+        elif isinstance(module, (nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)):  # GroupNorm: MobileViTv2
             if module.weight is not None:
                 module.weight.copy_(1.0 + 0.2 * randn(module.weight))
                 module.bias.copy_(0.1 * randn(module.bias))

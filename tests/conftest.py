@@ -34,6 +34,17 @@ def load_benchmark_script():
 
 
 @pytest.fixture(scope="session")
+def mlcvnets_v2_fixtures():
+    """Path of ../shared/fixtures/mlcvnets_v2, or skip the test with the reason."""
+    from mobilevit.testing_utils import shared_fixtures_dir
+
+    path = shared_fixtures_dir("mlcvnets_v2")
+    if path is None:
+        pytest.skip("../shared/fixtures/mlcvnets_v2 not found (set MOBILEVIT_FIXTURES to the v1 folder beside it)")
+    return path
+
+
+@pytest.fixture(scope="session")
 def mlcvnets_fixtures():
     """Path of ../shared/fixtures/mlcvnets, or skip the test with the reason."""
     from mobilevit.testing_utils import shared_fixtures_dir
@@ -50,17 +61,15 @@ CLASS_NAMES = ["cat", "dog", "bird"]
 SHAPE_NAMES = ["background", "circle", "square", "triangle"]
 
 
-def _save_small_model(folder, task, names, seed):
-    from mobilevit import MobileViTConfig, MobileViTForImageClassification, MobileViTForSemanticSegmentation
-    from mobilevit.auto import image_processor_for
+def _save_small_model(folder, task, names, seed, variant="xx-small"):
+    from mobilevit import auto
     from mobilevit.testing_utils import fill_realistic_weights_
 
-    config = MobileViTConfig.from_variant("xx-small", task=task, image_size=SMALL_IMAGE_SIZE,
-                                          id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
-    cls = MobileViTForImageClassification if task == "image-classification" else MobileViTForSemanticSegmentation
-    model = fill_realistic_weights_(cls(config), seed=seed).eval()
+    config = auto.new_config(variant, task, image_size=SMALL_IMAGE_SIZE, id2label=dict(enumerate(names)),
+                             label2id={n: i for i, n in enumerate(names)})
+    model = fill_realistic_weights_(auto.new_model(config, task), seed=seed).eval()
     model.save_pretrained(folder)
-    image_processor_for(config).save_pretrained(folder)
+    auto.image_processor_for(config).save_pretrained(folder)
     return folder
 
 
@@ -74,6 +83,20 @@ def saved_classifier(tmp_path_factory):
 def saved_segmenter(tmp_path_factory):
     """A folder with a 4-class xx-small DeepLabV3 segmenter (realistic random weights) and its processor config."""
     return _save_small_model(tmp_path_factory.mktemp("segmenter"), "semantic-segmentation", SHAPE_NAMES, seed=2)
+
+
+@pytest.fixture(scope="session")
+def saved_v2_classifier(tmp_path_factory):
+    """The same for MobileViTv2 (width 0.5): a 3-class classifier folder."""
+    return _save_small_model(tmp_path_factory.mktemp("v2_classifier"), "image-classification", CLASS_NAMES, seed=3,
+                             variant="mobilevitv2-0.5")
+
+
+@pytest.fixture(scope="session")
+def saved_v2_segmenter(tmp_path_factory):
+    """The same for MobileViTv2 (width 0.5): a 4-class DeepLabV3 segmenter folder."""
+    return _save_small_model(tmp_path_factory.mktemp("v2_segmenter"), "semantic-segmentation", SHAPE_NAMES, seed=4,
+                             variant="mobilevitv2-0.5")
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,15 @@
 
 import hashlib
 
-from mobilevit.labels import LABELS_DIR, imagenet_1k_id2label, label2id, pascal_voc_id2label
+from mobilevit.labels import (
+    LABELS_DIR,
+    ade20k_id2label,
+    ade20k_with_background_id2label,
+    imagenet_1k_id2label,
+    label2id,
+    label_set_for,
+    pascal_voc_id2label,
+)
 
 # sha256 of the files as committed: imagenet-1k-id2label.json and pascal-voc-id2label.json of the Hub's
 # `huggingface/label-files` (pretty-printed with indent 2, 33,567 and 370 bytes). A change here is a change of
@@ -10,6 +18,9 @@ from mobilevit.labels import LABELS_DIR, imagenet_1k_id2label, label2id, pascal_
 SHA256 = {
     "imagenet-1k.json": "049f05e28ba530eb6acd9ead0f3430b58df45097188669c7117f7bed2b9ef774",
     "pascal-voc.json": "9ee9fc559da57153410dfee64e0fc67f5116b85b2811af94f043530596446f25",
+    # the 150 ADE20k names of the Hub's ade20k-id2label.json and ml-cvnets' ADE20k data set (written here with
+    # indent 2; ml-cvnets' "bed " keeps its trailing space, as on the Hub)
+    "ade20k.json": "f6a3ddbf8df0547c67a552e542dda58bc07a50f98f0eb06384dcdc4cea29b07f",
 }
 
 
@@ -36,3 +47,15 @@ def test_pascal_voc():
         "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
         "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor"]
     assert label2id(pascal_voc_id2label())["tvmonitor"] == 20
+
+
+def test_ade20k_with_and_without_background():
+    labels = ade20k_id2label()
+    assert list(labels) == list(range(150)) and labels[0] == "wall" and labels[12] == "person"
+    assert labels[149] == "flag" and labels[7] == "bed "
+    with_background = ade20k_with_background_id2label()
+    assert list(with_background) == list(range(151)) and with_background[0] == "background"
+    assert all(with_background[i + 1] == name for i, name in labels.items())
+    assert label_set_for("semantic-segmentation", 150) == (labels, "ade20k")
+    assert label_set_for("semantic-segmentation", 151) == (with_background, "ade20k-with-background")
+    assert label_set_for("semantic-segmentation", 21)[1] == "pascal-voc"

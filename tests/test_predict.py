@@ -109,7 +109,7 @@ def test_folders_that_are_not_models(images, tmp_path, capsys):
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "config.json").write_text(json.dumps({"model_type": "bert"}))
     for model, message in [(tmp_path, "has no config.json"), (images / "notes.txt", "got the file"),
-                           (tmp_path / "other", "is a 'bert' model, expected one of ['mobilevit']"), (tmp_path / "missing", "cannot load")]:
+                           (tmp_path / "other", "is a 'bert' model, expected one of ['mobilevit', 'mobilevitv2']"), (tmp_path / "missing", "cannot load")]:
         code, out, err = run(capsys, images / "photo.jpg", "--model", model)
         lines = err.strip().splitlines()
         assert code != 0 and out == "" and len(lines) == 1, err

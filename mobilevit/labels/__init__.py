@@ -1,8 +1,12 @@
 """Class names of the data sets the released MobileViT checkpoints were trained on.
 
-The JSON files are byte-for-byte the Hub's `huggingface/label-files` `imagenet-1k-id2label.json` and
-`pascal-voc-id2label.json`, the lists embedded in the `apple/mobilevit-*` and `apple/deeplabv3-mobilevit-*`
-configs, so a converted `config.json` carries the same `id2label` as the Hub's.
+`imagenet-1k.json` and `pascal-voc.json` are byte-for-byte the Hub's `huggingface/label-files`
+`imagenet-1k-id2label.json` and `pascal-voc-id2label.json`, the lists embedded in the `apple/mobilevit-*` and
+`apple/deeplabv3-mobilevit-*` configs, so a converted `config.json` carries the same `id2label` as the Hub's.
+`ade20k.json` holds the 150 ADE20k (SceneParsing) classes with the names and order of the Hub's
+`ade20k-id2label.json` and of ml-cvnets' ADE20k data set, whose class i + 1 is index i here: ml-cvnets v0.2
+drops the background class (its labels are `mask - 1`), so its DeepLabV3 checkpoints have 150 outputs. A
+checkpoint with 151 outputs (background kept, as transformers' converter assumes) gets "background" first.
 """
 
 from __future__ import annotations
@@ -31,10 +35,21 @@ def pascal_voc_id2label() -> dict[int, str]:
     return dict(_read("pascal-voc.json"))
 
 
+def ade20k_id2label() -> dict[int, str]:
+    """The 150 ADE20k classes without background (0 = wall), as ml-cvnets v0.2's checkpoints predict them."""
+    return dict(_read("ade20k.json"))
+
+
+def ade20k_with_background_id2label() -> dict[int, str]:
+    """The 150 ADE20k classes after a background class 0 (151 outputs)."""
+    return {0: "background", **{index + 1: name for index, name in _read("ade20k.json")}}
+
+
 # The data sets the released checkpoints of each task were trained on, and a reader of their class names.
 KNOWN_LABEL_SETS = {
     "image-classification": {"imagenet-1k": imagenet_1k_id2label},
-    "semantic-segmentation": {"pascal-voc": pascal_voc_id2label},
+    "semantic-segmentation": {"pascal-voc": pascal_voc_id2label, "ade20k": ade20k_id2label,
+                              "ade20k-with-background": ade20k_with_background_id2label},
 }
 
 
@@ -54,4 +69,5 @@ def label2id(id2label: dict[int, str]) -> dict[str, int]:
     return {name: index for index, name in sorted(id2label.items())}
 
 
-__all__ = ["imagenet_1k_id2label", "pascal_voc_id2label", "label2id", "label_set_for", "KNOWN_LABEL_SETS"]
+__all__ = ["imagenet_1k_id2label", "pascal_voc_id2label", "ade20k_id2label", "ade20k_with_background_id2label",
+           "label2id", "label_set_for", "KNOWN_LABEL_SETS"]

@@ -38,7 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model = parser.add_argument_group("model")
     model.add_argument("--model", help="a local checkpoint folder to fine-tune (the head is re-initialised for "
                                        "the new labels); without it, --variant is trained from scratch")
-    model.add_argument("--variant", default="xx-small", help="xx-small, x-small or small (default: xx-small)")
+    model.add_argument("--variant", default="xx-small",
+                       help="a released size of any family: MobileViT v1 xx-small, x-small, small; MobileViTv2 "
+                            "mobilevitv2-0.5 ... mobilevitv2-2.0 (also timm's mobilevitv2_050 ...) (default: xx-small)")
     model.add_argument("--output-stride", type=int, choices=(8, 16, 32),
                        help="segmentation models: 8 or 16 (default: the config's; 16 for a new model)")
     train = parser.add_argument_group("training")

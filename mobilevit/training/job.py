@@ -127,10 +127,12 @@ def build_model(job: TrainJob, id2label: dict[int, str]):
     return auto.new_model(config, job.task)
 
 
-def build_processor(crop_size: int, resize: int) -> MobileViTImageProcessor:
-    """The processor saved with the model: the same geometry as `EvalTransform(resize, crop_size)`."""
+def build_processor(crop_size: int, resize: int, family) -> MobileViTImageProcessor:
+    """The processor saved with the model: the same geometry as `EvalTransform(resize, crop_size)`, and the
+    family's segmentation post-processing."""
     return MobileViTImageProcessor(do_resize=True, size={"shortest_edge": resize}, do_center_crop=True,
-                                   crop_size={"height": crop_size, "width": crop_size}, do_flip_channel_order=True)
+                                   crop_size={"height": crop_size, "width": crop_size}, do_flip_channel_order=True,
+                                   logits_align_corners=family.segmentation_align_corners)
 
 
 def _training_arguments(job: TrainJob, checkpoints: Path):
@@ -180,7 +182,7 @@ def train_and_save(job: TrainJob) -> TrainResult:
     image_size = job.image_size or _as_int(model.config.image_size)
     default_resize = image_size if job.task == SEGMENTATION else int(round(image_size * 288 / 256))
     eval_resize = job.eval_resize or default_resize
-    processor = build_processor(image_size, eval_resize)
+    processor = build_processor(image_size, eval_resize, family)
     augment = TrainAugmentation(image_size, job.crop_scale, job.crop_ratio, job.flip_prob)
     train_set = MobileViTDataset(data.train, job.task, augment, data.image_column, data.label_column)
     eval_transform = EvalTransform(eval_resize, image_size)

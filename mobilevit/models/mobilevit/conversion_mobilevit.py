@@ -28,15 +28,45 @@ _TRANSFORMER_LAYER = _VIT_BLOCK + r"global_rep\.(?P<i>\d+)\."
 _HF_VIT_BLOCK = "mobilevit.encoder.layer.{stage}."
 _HF_TRANSFORMER_LAYER = _HF_VIT_BLOCK + "transformer.layer.{i}."
 
+
+# The parts ml-cvnets builds alike in MobileViT v1 and v2 (MobileViTv2's converter uses them too), for a
+# backbone under `prefix` ("mobilevit" / "mobilevitv2" in transformers' key names).
+def convolutional_rules(prefix: str) -> list[tuple[str, str]]:
+    """The stem, the two MobileNetV2 stages and the downsampling inverted residual of stages 3-5 (inverted
+    residuals: expand 1x1 -> depthwise 3x3 -> reduce 1x1)."""
+    return [
+        (_ENC + r"conv_1" + _CONV_LAYER, prefix + ".conv_stem.{conv_or_norm}.{leaf}"),
+        (_ENC + r"layer_(?P<stage>[12])\.(?P<block>\d+)\.block\.(?P<op>exp_1x1|conv_3x3|red_1x1)" + _CONV_LAYER,
+         prefix + ".encoder.layer.{stage}.layer.{block}.{op}.{conv_or_norm}.{leaf}"),
+        (_ENC + r"layer_(?P<stage>[345])\.0\.block\.(?P<op>exp_1x1|conv_3x3|red_1x1)" + _CONV_LAYER,
+         prefix + ".encoder.layer.{stage}.downsampling_layer.{op}.{conv_or_norm}.{leaf}"),
+    ]
+
+
+# DeepLabV3 head: ASPP (a 1x1 branch, three atrous 3x3 branches, image pooling), projection, classifier
+DEEPLAB_RULES = [
+    (r"seg_head\.aspp\.aspp_layer\.convs\.(?P<branch>[0-3])" + _CONV_LAYER,
+     "segmentation_head.aspp.convs.{branch}.{conv_or_norm}.{leaf}"),
+    (r"seg_head\.aspp\.aspp_layer\.convs\.4\.aspp_pool\.conv_1x1" + _CONV_LAYER,
+     "segmentation_head.aspp.convs.4.conv_1x1.{conv_or_norm}.{leaf}"),
+    (r"seg_head\.aspp\.aspp_layer\.project" + _CONV_LAYER, "segmentation_head.aspp.project.{conv_or_norm}.{leaf}"),
+    # cvnets-v0.1 names it seg_head.classifier.classifier; later versions seg_head.classifier (same tensors)
+    (r"seg_head\.classifier(?:\.classifier)?" + _CONV_LAYER, "segmentation_head.classifier.{conv_or_norm}.{leaf}"),
+]
+# group values that change name on the way (stage numbers are 1-based in ml-cvnets, 0-based in transformers)
+VOCABULARY = {
+    "conv_or_norm": {"conv": "convolution", "norm": "normalization"},
+    "op": {"exp_1x1": "expand_1x1", "conv_3x3": "conv_3x3", "red_1x1": "reduce_1x1"},
+    "stage": {"1": "0", "2": "1", "3": "2", "4": "3", "5": "4"},
+}
+# the auxiliary segmentation head that ml-cvnets trains on layer_4 when `model.segmentation.use_aux_head` is
+# on: the Hub format has no place for it, and inference does not use it
+AUX_HEAD_DROPPED = [(r"seg_head\.aux_head\..+", "auxiliary segmentation head (training only)")]
+
 RENAME_TABLE = RenameTable(
     rules=[
-        # stem and the two MobileNetV2 stages (inverted residuals: expand 1x1 -> depthwise 3x3 -> reduce 1x1)
-        (_ENC + r"conv_1" + _CONV_LAYER, "mobilevit.conv_stem.{conv_or_norm}.{leaf}"),
-        (_ENC + r"layer_(?P<stage>[12])\.(?P<block>\d+)\.block\.(?P<op>exp_1x1|conv_3x3|red_1x1)" + _CONV_LAYER,
-         "mobilevit.encoder.layer.{stage}.layer.{block}.{op}.{conv_or_norm}.{leaf}"),
-        # stages 3-5: the downsampling inverted residual, then the MobileViT block
-        (_ENC + r"layer_(?P<stage>[345])\.0\.block\.(?P<op>exp_1x1|conv_3x3|red_1x1)" + _CONV_LAYER,
-         "mobilevit.encoder.layer.{stage}.downsampling_layer.{op}.{conv_or_norm}.{leaf}"),
+        *convolutional_rules("mobilevit"),
+        # stages 3-5 after the downsampling block: the MobileViT block
         (_VIT_BLOCK + r"local_rep\.conv_3x3" + _CONV_LAYER, _HF_VIT_BLOCK + "conv_kxk.{conv_or_norm}.{leaf}"),
         (_VIT_BLOCK + r"local_rep\.conv_1x1" + _CONV_LAYER, _HF_VIT_BLOCK + "conv_1x1.{conv_or_norm}.{leaf}"),
         (_TRANSFORMER_LAYER + r"pre_norm_mha\.0\.(?P<leaf>weight|bias)",
@@ -59,30 +89,48 @@ RENAME_TABLE = RenameTable(
         # classification head: 1x1 expansion, global pooling, linear classifier
         (r"conv_1x1_exp" + _CONV_LAYER, "mobilevit.conv_1x1_exp.{conv_or_norm}.{leaf}"),
         (r"classifier\.fc\.(?P<leaf>weight|bias)", "classifier.{leaf}"),
-        # DeepLabV3 head: ASPP (a 1x1 branch, three atrous 3x3 branches, image pooling), projection, classifier
-        (r"seg_head\.aspp\.aspp_layer\.convs\.(?P<branch>[0-3])" + _CONV_LAYER,
-         "segmentation_head.aspp.convs.{branch}.{conv_or_norm}.{leaf}"),
-        (r"seg_head\.aspp\.aspp_layer\.convs\.4\.aspp_pool\.conv_1x1" + _CONV_LAYER,
-         "segmentation_head.aspp.convs.4.conv_1x1.{conv_or_norm}.{leaf}"),
-        (r"seg_head\.aspp\.aspp_layer\.project" + _CONV_LAYER, "segmentation_head.aspp.project.{conv_or_norm}.{leaf}"),
-        # cvnets-v0.1 names it seg_head.classifier.classifier; later versions seg_head.classifier (same tensors)
-        (r"seg_head\.classifier(?:\.classifier)?" + _CONV_LAYER, "segmentation_head.classifier.{conv_or_norm}.{leaf}"),
+        *DEEPLAB_RULES,
     ],
-    # group values that change name on the way (stage numbers are 1-based in ml-cvnets, 0-based in transformers)
-    vocabulary={
-        "conv_or_norm": {"conv": "convolution", "norm": "normalization"},
-        "op": {"exp_1x1": "expand_1x1", "conv_3x3": "conv_3x3", "red_1x1": "reduce_1x1"},
-        "stage": {"1": "0", "2": "1", "3": "2", "4": "3", "5": "4"},
-    },
-    # the auxiliary segmentation head that ml-cvnets trains on layer_4 when `model.segmentation.use_aux_head` is
-    # on: the Hub format has no place for it, and inference does not use it
-    dropped=[(r"seg_head\.aux_head\..+", "auxiliary segmentation head (training only)")],
+    vocabulary=VOCABULARY,
+    dropped=AUX_HEAD_DROPPED,
     splits={"qkv": ("query", "key", "value")},
 )
 
 _SEG_CLASSIFIER = re.compile(r"seg_head\.classifier(?:\.classifier)?\.block\.conv\.weight")
 # v1's local representation names its convolutions (MobileViTv2's are numbered: local_rep.0, local_rep.1)
 _V1_MARKER = re.compile(r"(?:encoder\.)?layer_3\.1\.local_rep\.conv_3x3\.block\.conv\.weight")
+
+
+def task_from_heads(state_dict, classifier_key: str, source: str) -> str:
+    """Segmentation (`seg_head.*` keys) or classification (`classifier_key`), as an ml-cvnets checkpoint's keys
+    say (both families); `source` names the layout in the error."""
+    has_seg_head = any(k.startswith("seg_head.") for k in state_dict)
+    has_classifier = classifier_key in state_dict
+    if has_seg_head and has_classifier:
+        raise ConversionError(f"checkpoint: holds both a classifier ({classifier_key}) and a segmentation head "
+                              "(seg_head.*); expected one of them")
+    if has_seg_head:
+        return SEGMENTATION
+    if has_classifier:
+        return CLASSIFICATION
+    raise ConversionError(
+        f"checkpoint: does not look like an {source} checkpoint: expected {classifier_key!r} "
+        f"(classification) or 'seg_head.*' keys (DeepLabV3 segmentation); its first keys are {list(state_dict)[:6]}")
+
+
+def channel_reader(state_dict, task: str, source: str):
+    """`out_channels(key)`: the output channels of an ml-cvnets backbone weight (found under `encoder.` in
+    segmentation checkpoints); a missing key is a ConversionError naming it."""
+    prefix = "encoder." if task == SEGMENTATION else ""
+
+    def out_channels(key: str) -> int:
+        tensor = state_dict.get(prefix + key)
+        if tensor is None:
+            raise ConversionError(f"checkpoint: does not look like an {source} {task} checkpoint: key "
+                                  f"{prefix + key!r} is missing (its first keys are {list(state_dict)[:6]})")
+        return int(tensor.shape[0])
+
+    return out_channels
 
 
 @dataclass
@@ -104,30 +152,10 @@ class MobileViTCheckpointConverter:
         return any(_V1_MARKER.fullmatch(key) for key in state_dict)
 
     def detect_task(self, state_dict) -> str:
-        has_seg_head = any(k.startswith("seg_head.") for k in state_dict)
-        has_classifier = "classifier.fc.weight" in state_dict
-        if has_seg_head and has_classifier:
-            raise ConversionError("checkpoint: holds both a classifier (classifier.fc.*) and a segmentation head "
-                                  "(seg_head.*); expected one of them")
-        if has_seg_head:
-            return SEGMENTATION
-        if has_classifier:
-            return CLASSIFICATION
-        raise ConversionError(
-            "checkpoint: does not look like an ml-cvnets MobileViT v1 checkpoint: expected 'classifier.fc.weight' "
-            f"(classification) or 'seg_head.*' keys (DeepLabV3 segmentation); its first keys are {list(state_dict)[:6]}")
+        return task_from_heads(state_dict, "classifier.fc.weight", self.source)
 
     def read_architecture(self, state_dict, task: str) -> Architecture:
-        prefix = "encoder." if task == SEGMENTATION else ""
-
-        def out_channels(key: str) -> int:
-            tensor = state_dict.get(prefix + key)
-            if tensor is None:
-                raise ConversionError(
-                    f"checkpoint: does not look like an ml-cvnets MobileViT v1 {task} checkpoint: key "
-                    f"{prefix + key!r} is missing (its first keys are {list(state_dict)[:6]})")
-            return int(tensor.shape[0])
-
+        out_channels = channel_reader(state_dict, task, self.source)
         conv = "block.conv.weight"
         neck = [out_channels(f"conv_1.{conv}"), out_channels(f"layer_1.0.block.red_1x1.{conv}"),
                 out_channels(f"layer_2.0.block.red_1x1.{conv}")]
@@ -167,4 +195,5 @@ def rename_key(key: str) -> str | None:
 
 CONVERTER = MobileViTCheckpointConverter()
 
-__all__ = ["RENAME_TABLE", "CONVERTER", "MobileViTCheckpointConverter", "Architecture", "rename_key"]
+__all__ = ["RENAME_TABLE", "CONVERTER", "convolutional_rules", "DEEPLAB_RULES", "VOCABULARY", "AUX_HEAD_DROPPED",
+           "task_from_heads", "channel_reader", "MobileViTCheckpointConverter", "Architecture", "rename_key"]

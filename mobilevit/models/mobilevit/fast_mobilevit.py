@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ...fast_inference import CHANNELS_LAST, activate_, cached, conv_layer, inverted_residual, run_backbone
+from ...fast_inference import activate_, cached, conv_layer, inverted_residual, run_backbone, walk_backbone
 from ...patches import fold_patches, round_up_to_patches, unfold_patches
 
 
@@ -79,19 +79,7 @@ def mobilevit_block(stage: nn.Module, features: torch.Tensor) -> torch.Tensor:
 
 
 def _walk(model: nn.Module, pixel_values: torch.Tensor, keep_stages: bool):
-    features = conv_layer(model.conv_stem, pixel_values.contiguous(memory_format=CHANNELS_LAST))
-    stages = []
-    for stage in model.encoder.layer:
-        if "transformer" in stage._modules:  # a MobileViTLayer; the others are MobileNetV2 stages
-            features = mobilevit_block(stage, features)
-        else:
-            for block in stage.layer:
-                features = inverted_residual(block, features)
-        if keep_stages:
-            stages.append(features)
-    if model.expand_output:
-        features = conv_layer(model.conv_1x1_exp, features)
-    return features, stages
+    return walk_backbone(model, pixel_values, keep_stages, mobilevit_block)
 
 
 def backbone(model: nn.Module, pixel_values: torch.Tensor, keep_stages: bool):

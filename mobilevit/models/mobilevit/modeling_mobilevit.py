@@ -342,7 +342,7 @@ class MobileViTPreTrainedModel(fast_inference.FastInferenceMixin, PreTrainedMode
             init.trunc_normal_(module.weight, std=self.config.initializer_range)
             if module.bias is not None:
                 init.zeros_(module.bias)
-        elif isinstance(module, (nn.BatchNorm2d, nn.LayerNorm)):
+        elif isinstance(module, (nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)):  # GroupNorm: MobileViTv2
             init.ones_(module.weight)
             init.zeros_(module.bias)
             if isinstance(module, nn.BatchNorm2d):
@@ -382,6 +382,9 @@ class MobileViTPreTrainedModel(fast_inference.FastInferenceMixin, PreTrainedMode
 class MobileViTModel(MobileViTPreTrainedModel):
     """The backbone: stem, five stages and (for classification) the final 1x1 expansion with global pooling."""
 
+    # the module of the family's eval fast path (MobileViTv2 reuses `forward` with its own)
+    fast_path = fast_mobilevit
+
     def __init__(self, config: MobileViTConfig, expand_output: bool = True):
         super().__init__(config)
         self.expand_output = expand_output
@@ -404,12 +407,12 @@ class MobileViTModel(MobileViTPreTrainedModel):
         self._check_pixel_values(pixel_values)
 
         if fast_inference.applies(self, pixel_values):
-            last_hidden_state, stages = fast_mobilevit.backbone(self, pixel_values, output_hidden_states)
+            last_hidden_state, stages = self.fast_path.backbone(self, pixel_values, output_hidden_states)
             hidden_states = tuple(stage.contiguous() for stage in stages) if output_hidden_states else None
         else:
             encoder_outputs = self.encoder(self.conv_stem(pixel_values), output_hidden_states=output_hidden_states)
             last_hidden_state, hidden_states = encoder_outputs.last_hidden_state, encoder_outputs.hidden_states
-            if self.expand_output:
+            if getattr(self, "conv_1x1_exp", None) is not None:  # v1 with expand_output (v2 has no expansion)
                 last_hidden_state = self.conv_1x1_exp(last_hidden_state)
         last_hidden_state = last_hidden_state.contiguous()  # the fast path's NHWC layout stays internal
         pooled_output = last_hidden_state.mean(dim=(-2, -1)) if self.expand_output else None
@@ -447,7 +450,8 @@ class MobileViTForImageClassification(MobileViTPreTrainedModel):
         **kwargs,
     ) -> tuple | ImageClassifierOutputWithNoAttention:
         return_dict = self.config.return_dict if return_dict is None else return_dict
-        outputs = self.mobilevit(pixel_values, output_hidden_states=output_hidden_states, return_dict=return_dict)
+        # the backbone under its family's prefix (`self.mobilevit` here; MobileViTv2 reuses this forward)
+        outputs = self.base_model(pixel_values, output_hidden_states=output_hidden_states, return_dict=return_dict)
         pooled_output = outputs.pooler_output if return_dict else outputs[1]
         logits = self.classifier(self.dropout(pooled_output))
 
@@ -515,9 +519,11 @@ class MobileViTASPP(nn.Module):
     """Atrous spatial pyramid pooling (DeepLabV3): a 1x1 conv, three dilated 3x3 convs and image pooling,
     concatenated and projected."""
 
-    def __init__(self, config: MobileViTConfig) -> None:
+    def __init__(self, config: MobileViTConfig, in_channels: int | None = None) -> None:
         super().__init__()
-        in_channels, out_channels = config.neck_hidden_sizes[-2], config.aspp_out_channels
+        # the backbone's last stage (v1: neck_hidden_sizes[-2]; MobileViTv2 passes its own)
+        in_channels = config.neck_hidden_sizes[-2] if in_channels is None else in_channels
+        out_channels = config.aspp_out_channels
         branches = [MobileViTConvLayer(config, in_channels, out_channels, kernel_size=1, use_activation="relu")]
         branches += [
             MobileViTConvLayer(config, in_channels, out_channels, kernel_size=3, dilation=rate, use_activation="relu")
@@ -536,9 +542,9 @@ class MobileViTASPP(nn.Module):
 
 
 class MobileViTDeepLabV3(nn.Module):
-    def __init__(self, config: MobileViTConfig) -> None:
+    def __init__(self, config: MobileViTConfig, in_channels: int | None = None) -> None:
         super().__init__()
-        self.aspp = MobileViTASPP(config)
+        self.aspp = MobileViTASPP(config, in_channels)
         self.dropout = nn.Dropout2d(config.classifier_dropout_prob)
         self.classifier = MobileViTConvLayer(
             config, config.aspp_out_channels, config.num_labels, kernel_size=1,
@@ -579,8 +585,9 @@ class MobileViTForSemanticSegmentation(MobileViTPreTrainedModel):
         if labels is not None:
             self._check_segmentation_labels(labels, pixel_values)
 
-        # without the final expansion, the backbone's last hidden state is the last stage the head reads
-        outputs = self.mobilevit(pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
+        # without the final expansion, the backbone's last hidden state is the last stage the head reads (the
+        # backbone under its family's prefix: `self.mobilevit` here; MobileViTv2 reuses this forward)
+        outputs = self.base_model(pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
         if fast_inference.applies(self, pixel_values):
             logits = fast_inference.deeplab_head(self.segmentation_head, outputs.last_hidden_state)
         else:

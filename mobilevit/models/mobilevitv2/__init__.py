@@ -1,0 +1,52 @@
+"""MobileViTv2 (Mehta & Rastegari 2022): the family's classes and its registry entry, `FAMILY`."""
+
+from ...model_family import ModelFamily
+from ...tasks import CLASSIFICATION, FEATURE_EXTRACTION, SEGMENTATION
+from .configuration_mobilevitv2 import VARIANTS, MobileViTV2Config, canonical_variant
+from .conversion_mobilevitv2 import CONVERTER
+from .modeling_mobilevitv2 import (
+    MobileViTV2ForImageClassification,
+    MobileViTV2ForSemanticSegmentation,
+    MobileViTV2Model,
+    MobileViTV2PreTrainedModel,
+)
+
+FAMILY = ModelFamily(
+    model_type=MobileViTV2Config.model_type,
+    title="MobileViT v2",
+    config_class=MobileViTV2Config,
+    model_classes={
+        CLASSIFICATION: MobileViTV2ForImageClassification,
+        SEGMENTATION: MobileViTV2ForSemanticSegmentation,
+        FEATURE_EXTRACTION: MobileViTV2Model,
+    },
+    pretrained_class=MobileViTV2PreTrainedModel,
+    variants=tuple(VARIANTS),
+    canonical_variant=canonical_variant,
+    converter=CONVERTER,
+    description=(
+        "MobileViT v2 (Mehta & Rastegari, 2022): MobileNetV2 stages followed by MobileViTv2 blocks whose "
+        "separable self-attention mixes 2x2 patches in time linear in their number (one context score per "
+        "token, softmax over the patches, a context vector weighing the values), with GroupNorm and 1x1 "
+        "convolutions throughout; one width multiplier (0.5 to 2.0) scales every layer. The weights follow "
+        "ml-cvnets v0.2 exactly, including its dilated blocks for segmentation and its align_corners=True "
+        "upsampling of segmentation logits."
+    ),
+    citation="""@article{mehta2022separable,
+  title   = {Separable Self-attention for Mobile Vision Transformers},
+  author  = {Sachin Mehta and Mohammad Rastegari},
+  journal = {arXiv preprint arXiv:2206.02680},
+  year    = {2022},
+  url     = {https://arxiv.org/abs/2206.02680}
+}""",
+)
+
+__all__ = [
+    "FAMILY",
+    "MobileViTV2Config",
+    "VARIANTS",
+    "MobileViTV2PreTrainedModel",
+    "MobileViTV2Model",
+    "MobileViTV2ForImageClassification",
+    "MobileViTV2ForSemanticSegmentation",
+]
