@@ -136,8 +136,8 @@ class MobileViTImageProcessor(BaseImageProcessor):
     do_rescale = True
     rescale_factor = 1 / 255
     do_normalize = False
-    image_mean = IMAGENET_STANDARD_MEAN  # stock transformers' defaults, used only with do_normalize=True
-    image_std = IMAGENET_STANDARD_STD
+    image_mean = None  # with do_normalize=True: stock transformers' default, IMAGENET_STANDARD_MEAN (0.5)
+    image_std = None  # IMAGENET_STANDARD_STD (0.5)
     do_convert_rgb = True
     do_flip_channel_order = True
     do_reduce_labels = False
@@ -364,7 +364,9 @@ def _check_settings(*, do_convert_rgb=None, size=None, crop_size=None, rescale_f
 
 
 def _per_channel(name: str, value) -> list[float]:
-    """`image_mean` / `image_std`: one finite number or a list of them."""
+    """`image_mean` / `image_std`: one finite number or a list of them (None: stock transformers' default)."""
+    if value is None:
+        value = IMAGENET_STANDARD_MEAN if name == "image_mean" else IMAGENET_STANDARD_STD
     values = list(value) if isinstance(value, (list, tuple)) else [value]
     if not values or not all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in values):
         raise ValueError(f"{name}: expected a number or a list of numbers (one per channel), got {value!r}")

@@ -181,7 +181,8 @@ def test_converted_folder_matches_mlcvnets(name, converted):
     size = 512 if segmentation else 256
     assert processor["crop_size"] == {"height": size, "width": size}
     assert processor["size"] == {"shortest_edge": size + 32}
-    assert processor["do_flip_channel_order"] is True and "image_mean" not in processor
+    assert processor["do_flip_channel_order"] is True and processor["do_normalize"] is False
+    assert "image_mean" not in processor
 
     card = (folder / "README.md").read_text()
     sha = sha256_of_file(folder.parent / f"{name}.pt")

@@ -433,7 +433,10 @@ def test_saved_config_loads_in_stock_transformers_with_the_same_settings(tmp_pat
     assert int(stock.resample) == int(ours.resample)
     assert stock.do_center_crop == ours.do_center_crop and stock.do_rescale == ours.do_rescale
     assert stock.do_normalize == ours.do_normalize == source.get("do_normalize", False)
-    assert list(stock.image_mean) == list(ours.image_mean) and list(stock.image_std) == list(ours.image_std)
+    if ours.do_normalize:
+        assert list(stock.image_mean) == list(ours.image_mean) and list(stock.image_std) == list(ours.image_std)
+    else:
+        assert "image_mean" not in saved and "image_std" not in saved
     assert stock.do_convert_rgb == ours.do_convert_rgb == source.get("do_convert_rgb", True)
     reloaded = MobileViTImageProcessor.from_pretrained(tmp_path)
     assert reloaded.to_dict() == ours.to_dict()
@@ -515,6 +518,8 @@ def test_normalisation_means_what_it_says(flower):
     torch.testing.assert_close(unflipped, normalised.flip(1), rtol=0, atol=0)
     one_value = pixels(MobileViTImageProcessor(do_normalize=True, image_mean=0.5, image_std=0.5), flower)
     torch.testing.assert_close(one_value, plain * 2 - 1, rtol=0, atol=1e-6)
+    # without a mean and std: stock transformers' defaults (0.5, 0.5)
+    torch.testing.assert_close(pixels(MobileViTImageProcessor(do_normalize=True), flower), one_value, rtol=0, atol=0)
     stock = MobileViTImageProcessorPil(**HUB_SETTINGS, do_normalize=True, image_mean=mean, image_std=std)
     assert stock(flower, return_tensors="pt")["pixel_values"].min() >= 0  # stock ignores it
 
