@@ -10,12 +10,16 @@ right shape -> write `config.json`, `model.safetensors`, `preprocessor_config.js
 temporary folder -> reload that folder and run it -> move it into place.
 
 The generic steps live in `conversion_utils.py`; each family's layout in `models/<family>/conversion_*.py`.
+
+Before the checkpoint is read, the options and the output folder are checked (`check_options`): the output
+may not be a file, nor the checkpoint's own folder or one holding it (`--overwrite` would delete the
+checkpoint), nor hold files unless `--overwrite`. Every failure is a one-line `ConversionError`; a killed
+conversion's hidden staging folder is removed by the next conversion into the same place.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +37,8 @@ from .conversion_utils import (
     strip_ddp_prefix,
     unwrap_state_dict,
 )
-from .file_utils import staged_directory
+from .errors import report
+from .file_utils import check_output_dir, staged_directory
 from .hub import push_folder_to_hub, write_model_card
 from .labels import label2id, label_set_for
 from .tasks import CLASSIFICATION, SEGMENTATION, canonical_task
@@ -57,6 +62,27 @@ def check_folder_runs(folder: Path, task: str, expected: dict[str, torch.Tensor]
     if tuple(logits.shape) != want or not torch.isfinite(logits).all():
         raise ConversionError(f"written folder: the reloaded model gives logits of shape {tuple(logits.shape)} "
                               f"(finite: {bool(torch.isfinite(logits).all())}); expected {want}, all finite")
+
+
+def check_options(checkpoint: Path, output_dir: Path, *, variant: str, task: str, weights: str,
+                  overwrite: bool) -> None:
+    """The one check of a conversion's arguments, before the checkpoint is read or anything is written."""
+    if task not in (None, "auto"):
+        try:
+            canonical_task(task, allowed=(CLASSIFICATION, SEGMENTATION))
+        except ValueError as err:
+            raise ConversionError(str(err), usage=True) from None
+    if variant not in (None, "auto"):
+        try:
+            auto.resolve_variant(variant)
+        except ValueError as err:
+            raise ConversionError(str(err), usage=True) from None
+    if weights not in ("auto", "model", "ema"):
+        raise ConversionError(f"weights: expected 'auto', 'model' or 'ema', got {weights!r}", usage=True)
+    if not checkpoint.is_file():
+        raise ConversionError(f"checkpoint: expected an existing file, got {str(checkpoint)!r}"
+                              + (", which is a folder" if checkpoint.is_dir() else ""))
+    check_output_dir(output_dir, "output_dir", [("checkpoint", checkpoint)], overwrite=overwrite, error=ConversionError)
 
 
 @dataclass
@@ -126,10 +152,7 @@ def convert_checkpoint(
     """Convert one original checkpoint into a Hub folder at `output_dir` (see the module doc)."""
     start = time.perf_counter()
     checkpoint, output_dir = Path(checkpoint), Path(output_dir)
-    if output_dir.exists() and not overwrite:
-        raise FileExistsError(f"output_dir: {str(output_dir)!r} already exists; pass --overwrite to replace it")
-    if output_dir.exists() and not output_dir.is_dir():
-        raise ConversionError(f"output_dir: {str(output_dir)!r} exists and is not a folder")
+    check_options(checkpoint, output_dir, variant=variant, task=task, weights=weights, overwrite=overwrite)
 
     steps = tqdm(total=6, desc="convert", unit="step", disable=not progress)
 
@@ -215,25 +238,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        result = convert_checkpoint(args.checkpoint, args.output_dir, variant=args.variant, task=args.task,
-                                    weights=args.weights, overwrite=args.overwrite, push_to_hub=args.push_to_hub,
-                                    progress=not args.no_progress)
-    except (ValueError, FileExistsError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        if not Path(args.output_dir).exists():
-            print(f"nothing was written to {args.output_dir}", file=sys.stderr)
-        return 2
+    """`mobilevit convert`: a ConversionError reaches `mobilevit.cli`, which prints it as one line."""
+    result = convert_checkpoint(args.checkpoint, args.output_dir, variant=args.variant, task=args.task,
+                                weights=args.weights, overwrite=args.overwrite, push_to_hub=args.push_to_hub,
+                                progress=not args.no_progress)
     print(result.summary())
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    """conversion_scripts/convert_mlcvnets_checkpoint.py: the same command, reporting errors as `mobilevit` does."""
+    prog = "convert_mlcvnets_checkpoint"
     parser = argparse.ArgumentParser(
-        prog="convert_mlcvnets_checkpoint",
-        description="Convert an ml-cvnets checkpoint (classification or DeepLabV3) into a Hub folder.")
+        prog=prog, description="Convert an ml-cvnets checkpoint (classification or DeepLabV3) into a Hub folder.")
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    try:
+        return run(parser.parse_args(argv))
+    except ConversionError as error:
+        return report(prog, error)
 
 
 __all__ = ["convert_checkpoint", "check_folder_runs", "ConversionError", "ConversionResult", "add_arguments", "run",
