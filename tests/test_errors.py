@@ -52,6 +52,10 @@ def test_require_names_the_extra():
 
 
 @pytest.mark.parametrize("command, shown", [
+    ("train", ["passes over the training data (default: 10)", "(default: 32)", "(default: xx-small)",
+               "augmentation (default: 0)", "torch CPU threads (default: 1;"]),
+    ("demo", ["(default: demo-output)", "torch CPU threads (default: 1,"]),
+    ("predict", ["(default: 5)", "(default: cpu)", "(default: auto)"]),
     ("benchmark", ["(default: 20)"]),
 ])
 def test_help_shows_the_defaults(capsys, command, shown):

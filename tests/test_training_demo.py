@@ -18,9 +18,14 @@ REPO = Path(__file__).resolve().parent.parent
 def test_demo_refuses_a_non_empty_output_dir(tmp_path, capsys):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "old.txt").write_text("keep me")
-    assert main(["demo", "--output-dir", str(tmp_path / "out")]) == 2
+    assert main(["demo", "--output-dir", str(tmp_path / "out")]) == 1
     assert "--overwrite" in capsys.readouterr().err
     assert (tmp_path / "out" / "old.txt").read_text() == "keep me"
+    (tmp_path / "file").write_text("not a folder")
+    assert main(["demo", "--output-dir", str(tmp_path / "file")]) == 1
+    assert "output_dir: expected a folder, got" in capsys.readouterr().err
+    assert main(["demo", "--output-dir", str(tmp_path / "new"), "--threads", "0"]) == 2
+    assert "threads: expected a positive integer, got 0" in capsys.readouterr().err
 
 
 @pytest.mark.slow
