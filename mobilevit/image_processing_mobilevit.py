@@ -28,6 +28,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from huggingface_hub.errors import StrictDataclassError
 from transformers.image_processing_base import BatchFeature
 from transformers.image_processing_outputs import SemanticSegmentationPostProcessorOutput
 from transformers.image_processing_utils import BaseImageProcessor
@@ -175,13 +176,21 @@ class MobileViTImageProcessor(BaseImageProcessor):
         Every option of the constructor can be overridden here for one call. `return_tensors="pt"` gives one
         float32 `pixel_values` batch (B, 3, H, W) and int64 `labels` (B, H, W); without it, lists of tensors.
         """
-        # checked before transformers' type check of the call's settings, which would name no expectation
+        # checked before transformers' type check of the call's settings, whose multi-line error is no ValueError
         for name in ("size", "crop_size"):
             _check_size_value(name, kwargs.get(name))
         for name in ("image_mean", "image_std"):
-            if isinstance(kwargs.get(name), (int, list, tuple)) and not isinstance(kwargs[name], bool):
+            if kwargs.get(name) is not None:
                 kwargs[name] = _per_channel(name, kwargs[name])
-        return super().preprocess(images, segmentation_maps, **kwargs)
+        for name in ("input_data_format", "data_format"):
+            if kwargs.get(name) is not None:
+                _channel_dimension(name, kwargs[name])
+        if isinstance(kwargs.get("rescale_factor"), int) and not isinstance(kwargs["rescale_factor"], bool):
+            kwargs["rescale_factor"] = float(kwargs["rescale_factor"])  # a whole number is a number too
+        try:
+            return super().preprocess(images, segmentation_maps, **kwargs)
+        except StrictDataclassError as err:  # any other setting of the wrong type
+            raise TypeError(str(err.__cause__ or err).splitlines()[0]) from None
 
     def _preprocess_image_like_inputs(
         self,
@@ -361,6 +370,13 @@ def _check_settings(*, do_convert_rgb=None, size=None, crop_size=None, rescale_f
             values = _per_channel(name, value)
             if name == "image_std" and not all(v > 0 for v in values):
                 raise ValueError(f"image_std: expected positive numbers, got {value!r}")
+
+
+def _channel_dimension(name: str, value) -> ChannelDimension:
+    try:
+        return ChannelDimension(value)
+    except ValueError:
+        raise ValueError(f"{name}: expected 'channels_first' or 'channels_last', got {value!r}") from None
 
 
 def _per_channel(name: str, value) -> list[float]:

@@ -490,6 +490,21 @@ def test_bad_images_raise_clear_errors(images, kwargs, error, match):
         MobileViTImageProcessor()(images, **kwargs)
 
 
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"input_data_format": 3}, ValueError, r"input_data_format: expected 'channels_first' or 'channels_last', got 3"),
+    ({"data_format": "rows"}, ValueError, r"data_format: expected 'channels_first' or 'channels_last', got 'rows'"),
+    ({"rescale_factor": "x"}, TypeError, r"Field 'rescale_factor' with value 'x'"),
+    ({"do_resize": "yes"}, TypeError, r"Field 'do_resize' with value 'yes'"),
+    ({"do_normalize": True, "image_mean": "grey"}, ValueError, r"image_mean: expected a number or a list of numbers"),
+])
+def test_settings_of_the_wrong_type_in_a_call_are_one_line(kwargs, error, match):
+    """transformers' own type check of a call's settings raises a multi-line error that is not a ValueError."""
+    with pytest.raises(error, match=match) as caught:
+        MobileViTImageProcessor()(np.zeros((10, 12, 3), np.uint8), return_tensors="pt", **kwargs)
+    assert "\n" not in str(caught.value)
+    assert pixels(MobileViTImageProcessor(), np.zeros((10, 12, 3), np.uint8), rescale_factor=1).max() == 0  # an int is fine
+
+
 def test_bad_segmentation_maps_raise_clear_errors():
     processor = MobileViTImageProcessor()
     image = np.zeros((40, 50, 3), np.uint8)

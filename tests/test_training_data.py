@@ -113,8 +113,11 @@ def test_mask_of_another_size_is_refused():
 def test_mask_values_outside_the_label_set_are_refused():
     with pytest.raises(DataError, match=r"mask values in \[0, 3\).*got \[7\]"):
         prepare_task_data(_segmentation_dataset(bad_value=7), "semantic-segmentation", labels=["a", "b", "c"])
-    # 255 is the ignore index, not an error
+    # 255 is the ignore index, not an error; but masks that label no pixel at all leave nothing to learn
     prepare_task_data(_segmentation_dataset(bad_value=255), "semantic-segmentation", labels=["a", "b", "c"])
+    ignored = [Image.fromarray(np.full((32, 32), 255, np.uint8))] * 6
+    with pytest.raises(DataError, match=r"expected masks that label some pixels, got only 255 \(ignored\)"):
+        prepare_task_data(_masks_dataset(ignored), "semantic-segmentation", labels=["a", "b", "c"])
 
 
 def test_class_ids_outside_the_label_set_are_refused():

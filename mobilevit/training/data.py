@@ -281,7 +281,7 @@ def check_examples(dataset, task: str, image_column: str, label_column: str, num
     raw = dataset.select_columns(columns + ([] if segmentation else [label_column]))
     for column in columns:
         raw = raw.cast_column(column, datasets.Image(decode=False))
-    bad = []
+    bad, labelled = [], not segmentation  # segmentation: does any mask label a pixel?
     progress = tqdm(raw, desc=f"checking {where}", unit="example", total=len(raw), leave=False,
                     disable=int(os.environ.get("RANK", "0")) != 0)
     for index, example in enumerate(progress):
@@ -299,6 +299,7 @@ def check_examples(dataset, task: str, image_column: str, label_column: str, num
                 raise DataError(f"expected a mask the size of its image {pixels.shape[1]}x{pixels.shape[0]} (WxH), "
                                 f"got {mask.shape[1]}x{mask.shape[0]}")
             ids = np.unique(mask.numpy())
+            labelled = labelled or bool((ids != IGNORE_INDEX).any())
             outside = ids[((ids < 0) | (ids >= num_labels)) & (ids != IGNORE_INDEX)]
             if outside.size:
                 raise DataError(f"expected mask values in [0, {num_labels}) (the label set) or {IGNORE_INDEX} "
@@ -309,6 +310,9 @@ def check_examples(dataset, task: str, image_column: str, label_column: str, num
                 progress.write(f"data {where}: {bad[-1]}", file=sys.stderr)
     if bad and not skip_bad:
         raise_bad_examples(where, bad, len(raw))
+    if not labelled and len(bad) < len(raw):  # the loss and the metrics would have nothing to count
+        raise DataError(f"data {where}: expected masks that label some pixels, got only {IGNORE_INDEX} (ignored) "
+                        "in every mask")
     return bad
 
 
