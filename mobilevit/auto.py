@@ -137,7 +137,7 @@ def _could_be_a_repo_id(name: str) -> bool:
     """Whether `name` has the form of a Hub repository id ("user/name" or "name"), rather than a local path."""
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-    if name.startswith((".", "~")) or os.sep in name.rstrip(os.sep).replace("/", "", 1) or name.endswith(("/", os.sep)):
+    if name.startswith((".", "~", "/")) or name.endswith("/") or name.count("/") > 1 or "\\" in name:
         return False
     try:
         validate_repo_id(name)
@@ -251,7 +251,7 @@ def load_model_and_processor(model_dir: str | os.PathLike, task: str | None = No
     """(model in eval mode, image processor, task) of a saved folder or Hub repository."""
     config = load_config(model_dir)
     task = canonical_task(task) if task is not None else task_of(config, model_dir)
-    processor = load_image_processor(model_dir, config)  # checked before the weights are read
+    processor = load_image_processor(model_dir, config, **from_pretrained_kwargs)  # checked before the weights
     model = _from_pretrained(family_of(config).model_class(task), model_dir, config, **from_pretrained_kwargs)
     return model.eval(), processor, task
 

@@ -133,9 +133,9 @@ def validate_job(job: TrainJob) -> TrainJob:
     for name in ("eval_batch_size", "image_size", "eval_resize", "threads"):
         if getattr(job, name) is not None:
             _positive(name, getattr(job, name))
-    if isinstance(job.num_workers, bool) or not isinstance(job.num_workers, int) or job.num_workers < 0:
+    if not (_is_number(job.num_workers) and isinstance(job.num_workers, int) and job.num_workers >= 0):
         raise TrainError(f"num_workers: expected an integer >= 0, got {job.num_workers!r}", usage=True)
-    if isinstance(job.weight_decay, bool) or not isinstance(job.weight_decay, (int, float)) or job.weight_decay < 0:
+    if not (_is_number(job.weight_decay) and job.weight_decay >= 0):
         raise TrainError(f"weight_decay: expected a number >= 0, got {job.weight_decay!r}", usage=True)
     _fraction("warmup_ratio", job.warmup_ratio)
     _range("crop_scale", job.crop_scale, upper=1)
@@ -213,8 +213,13 @@ def _check_output(job: TrainJob) -> Path:
     return output_dir
 
 
+def _is_rank_zero() -> bool:
+    """Whether this process writes (the only process, or rank 0 of several)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def _note(message: str) -> None:
-    if int(os.environ.get("RANK", "0")) == 0:
+    if _is_rank_zero():
         print(f"mobilevit train: {message}", file=sys.stderr, flush=True)
 
 
@@ -226,14 +231,13 @@ def _prepare_work_dir(job: TrainJob, work_dir: Path) -> str | None:
         return str(job.resume)
     checkpoints = work_dir / "checkpoints"
     whole, incomplete = scan_checkpoints(checkpoints)
-    rank_zero = int(os.environ.get("RANK", "0")) == 0
     if not job.resume:
-        if work_dir.exists() and rank_zero:
+        if work_dir.exists() and _is_rank_zero():
             shutil.rmtree(work_dir)
         return None
     for path, problem in incomplete:
         _note(f"resume: skipping {path.name}, incomplete ({problem}; cut off while it was written?); removed")
-        if rank_zero:
+        if _is_rank_zero():
             shutil.rmtree(path, ignore_errors=True)
     if not whole:
         _note(f"resume: no whole checkpoint in {checkpoints}, starting from the beginning")
@@ -305,7 +309,7 @@ def train_and_save(job: TrainJob) -> TrainResult:
               "metrics.json under skipped_examples)")
     # nothing was written up to here; from here on this run owns the output's surroundings
     resume_from = _prepare_work_dir(job, work_dir)
-    if int(os.environ.get("RANK", "0")) == 0:
+    if _is_rank_zero():
         remove_abandoned_leftovers(output_dir)
     if job.threads is not None:
         torch.set_num_threads(job.threads)
