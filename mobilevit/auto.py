@@ -234,7 +234,8 @@ def load_image_processor(model_dir: str | os.PathLike, config=None, **kwargs):
     from .image_processing_mobilevit import MobileViTImageProcessor
 
     path = Path(model_dir)
-    where = repr(str(path / "preprocessor_config.json")) if path.is_dir() else f"{str(model_dir)!r}'s preprocessor_config.json"
+    where = (repr(str(path / "preprocessor_config.json")) if path.is_dir()
+             else f"{str(model_dir)!r}'s preprocessor_config.json")
     if path.is_dir() and not (path / "preprocessor_config.json").is_file():
         return image_processor_for(config if config is not None else load_config(model_dir))
     try:

@@ -32,7 +32,13 @@ from huggingface_hub.errors import StrictDataclassError
 from transformers.image_processing_base import BatchFeature
 from transformers.image_processing_outputs import SemanticSegmentationPostProcessorOutput
 from transformers.image_processing_utils import BaseImageProcessor
-from transformers.image_utils import IMAGENET_STANDARD_MEAN, IMAGENET_STANDARD_STD, ChannelDimension, PILImageResampling, SizeDict
+from transformers.image_utils import (
+    IMAGENET_STANDARD_MEAN,
+    IMAGENET_STANDARD_STD,
+    ChannelDimension,
+    PILImageResampling,
+    SizeDict,
+)
 from transformers.processing_utils import ImagesKwargs, Unpack
 
 from .image_reading import image_pixels, label_map
@@ -110,7 +116,8 @@ class MobileViTImageProcessor(BaseImageProcessor):
     `do_rescale=False` images are resized as floats in their own units and returned without any scaling.
 
     Segmentation maps (`segmentation_maps`): one per image, of the same height and width, with integer class
-    ids (`mobilevit.image_reading.label_map`: PIL mode L/P/I, or a H x W array/tensor). They are resized with nearest neighbour (pixel-centre
+    ids (`mobilevit.image_reading.label_map`: PIL mode L/P/I, or a H x W array/tensor). They are resized with
+    nearest neighbour (pixel-centre
     aligned, as Pillow's) and cropped with exactly the geometry of their image, and returned as int64
     `labels`. Where a crop is larger than the resized image, images are padded with 0 and labels with 255
     (ignored by the loss).

@@ -2,42 +2,20 @@
 
 `image_pixels` turns a PIL image, a NumPy array or a torch tensor into H x W x C pixels; `label_map` turns a
 segmentation map into H x W class ids; `open_image` reads an image file whole (a truncated file fails here,
-named). README's "Reading images" table states the same rules:
+named; EXIF orientation applied; decompression bombs refused). README's "Reading images" table states every
+rule; the ones that needed a decision:
 
-| input | pixels |
-|---|---|
-| PIL "RGB", "RGBA", "RGBa", "RGBX" | 8-bit colour; alpha dropped (as ml-cvnets' `cv2.imread` and transformers' pipelines do; no compositing onto white); "RGBa" un-premultiplied first; "RGBX"'s padding byte never counts as a channel |
-| PIL "L", "1" | grey, repeated to RGB; "1" reads as 0 / 255 |
-| PIL "LA", "La" | grey, alpha dropped |
-| PIL "P", "PA" | the palette's colours; transparency and alpha dropped |
-| PIL "I;16", "I;16L", "I;16B", "I;16N" | 16-bit: divided by 257 and rounded to 8 bits (65535 -> 255) |
-| PIL "I" (32-bit integers, no stated depth) | by its values: 0..255 as 8-bit values, else up to 65535 as 16-bit (divided by 257); negative or larger values are an error |
-| PIL "F" (32-bit float) | float rules below |
-| PIL "CMYK", "YCbCr", "LAB", "HSV" | converted to RGB by Pillow (no colour management) |
-| NumPy / torch uint8 | 8-bit values |
-| bool | False -> 0, True -> 255 (what PIL mode "1" gives) |
-| uint16 | 16-bit: divided by 257; a warning when no value exceeds 255 (8-bit data stored as uint16 comes out nearly black) |
-| int8, int16, int32, int64, uint32, uint64 | no stated depth: as PIL mode "I" |
-| float16, bfloat16, float32, float64 | with `do_rescale=True`: values must lie in [0, 1] and are quantised to 8 bits (round(x * 255)); with `do_rescale=False`: used as they are (float32). NaN or infinity is an error either way |
-| complex, object, strings | an error |
-| H x W | grey |
-| H x W x C, C x H x W (C = 1, 3 or 4) | the axis of size 1, 3 or 4 is the channel axis; when both the first and the last axis could be (3 x 3 x 4, 4 x H x 4, 1 x H x 3, ...) the shape is ambiguous and an error asks for `input_data_format` |
-| 2 channels, other channel counts, 1-d, 4-d and more (per image) | an error |
-
-Channels. With `convert_rgb=True` (the processor's default, `do_convert_rgb`) every image comes out RGB: grey
-is repeated to three channels, alpha or a fourth array channel is dropped. With `convert_rgb=False` the
-image keeps its own channels (1 for grey modes and H x W arrays, 3, or 4 for RGBA, "PA" and 4-channel
-arrays), so models with `num_channels` 1 or 4 can be fed; colour spaces (CMYK, ...) and palettes still
-become RGB.
-
-Segmentation maps (`label_map`): PIL "L", "P" (the palette indices are the ids), "I", "I;16*", "1" (0/1) and
-"F" (whole numbers only); "LA" / "PA" use their first band; an "RGB"/"RGBA" map is accepted when its three
-colour channels are equal everywhere (a grey map saved as RGB), and refused when it is colour-coded (map the
-colours to ids first). Arrays and tensors: H x W, 1 x H x W or H x W x 1 (or H x W x 3/4 with equal colour
-channels) of integers, bool, or floats holding whole numbers. Class ids are never rescaled.
-
-Files (`open_image`): decoded whole, so a truncated file is an error naming it; EXIF orientation applied; an
-image above Pillow's decompression-bomb limit (`PIL.Image.MAX_IMAGE_PIXELS`) is refused.
+- alpha is dropped, never composited onto white (ml-cvnets' `cv2.imread` and transformers' pipelines drop it);
+- 16-bit data (uint16, PIL "I;16*") is divided by 257; integers of no stated depth (PIL "I", int32, ...) are
+  read by their values: 0..255 as 8-bit, up to 65535 as 16-bit, anything else is an error;
+- floats must lie in [0, 1] when rescaled (quantised to 8 bits, like the uint8 image they came from);
+- bool reads as 0 / 255, like PIL mode "1";
+- a shape whose first and last axes could both be channels (3 x 3 x 4, 4 x H x 4, 1 x H x 3) is an error
+  asking for `input_data_format`, where transformers silently takes channels first;
+- `convert_rgb=False` keeps 1 and 4 channels (for models with `num_channels` 1 or 4); palettes and colour
+  spaces (CMYK, YCbCr, LAB, HSV) become RGB either way;
+- segmentation maps: an RGB map is read when its colour channels are equal (a grey map saved as RGB) and
+  refused when colour-coded; class ids are never rescaled.
 """
 
 from __future__ import annotations

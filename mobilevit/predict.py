@@ -44,8 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-k", type=int, default=5, metavar="K", help="classification: labels to show")
     parser.add_argument("--json", action="store_true", help="print the results as one JSON document")
     parser.add_argument("--output-dir", metavar="DIR", default=None,
-                        help=f"where segmentation masks (and predictions.json) go; default ./{DEFAULT_SEGMENTATION_OUTPUT} "
-                             "for segmentation, nothing written for classification")
+                        help="where segmentation masks (and predictions.json) go; default "
+                             f"./{DEFAULT_SEGMENTATION_OUTPUT} for segmentation, nothing written for classification")
     parser.add_argument("--overwrite", action="store_true", help="replace output files that already exist")
     parser.add_argument("--device", default="cpu", help="torch device to run on: cpu, cuda, cuda:1, mps, ...")
 

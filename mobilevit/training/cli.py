@@ -7,8 +7,9 @@
 
 Checkpoints are written every epoch to `<output-dir>.partial/`; `--resume` continues a killed run from the
 last whole one. Arguments and every example are checked before training (errors are one line, exit 2 for a
-wrong argument, 1 for unusable data or folders), and nothing is written before they pass. The finished folder (config.json, model.safetensors, preprocessor_config.json, README.md,
-metrics.json, training_history.png) is moved into place only at the end.
+wrong argument, 1 for unusable data or folders), and nothing is written before they pass. The finished folder
+(config.json, model.safetensors, preprocessor_config.json, README.md, metrics.json, training_history.png) is
+moved into place only at the end.
 """
 
 from __future__ import annotations
