@@ -139,9 +139,13 @@ def test_missing_folders_are_data_errors(tmp_path, capsys, monkeypatch, argv, me
     assert code == EXIT_DATA and message in line, line
 
 
-def test_a_rejected_run_leaves_nothing_and_the_corrected_rerun_trains(tmp_path, capsys):
+def test_a_rejected_run_leaves_nothing_and_the_corrected_rerun_trains(tmp_path, capsys, monkeypatch):
     """A rejected argument left `<out>.partial/`, and the corrected rerun was then refused ("holds checkpoints
-    of an unfinished run" when it held none)."""
+    of an unfinished run" when it held none). The run uses one torch thread unless told otherwise."""
+    import torch
+
+    threads = []
+    monkeypatch.setattr(torch, "set_num_threads", threads.append)  # recorded, not applied to the test process
     data, out = _image_folder(tmp_path / "data"), tmp_path / "out"
     settings = ["--data", data, "--output-dir", out, "--epochs", "1", "--batch-size", "8", "--no-multi-scale"]
     assert _train(capsys, *settings, "--image-size", "31")[0] == EXIT_USAGE
@@ -149,6 +153,7 @@ def test_a_rejected_run_leaves_nothing_and_the_corrected_rerun_trains(tmp_path, 
     code, line = _train(capsys, *settings, "--image-size", "32")
     assert code == 0, line
     assert (out / "model.safetensors").is_file() and sorted(p.name for p in tmp_path.iterdir()) == ["data", "out"]
+    assert threads == [1]
 
 
 def test_an_earlier_runs_leftovers_without_a_whole_checkpoint_do_not_block_a_new_run(tmp_path):
