@@ -160,7 +160,10 @@ def load_config(model_dir: str | os.PathLike, **kwargs):
         raise NotAModelError(f"model: no such folder {str(model_dir)!r}")
     try:
         config_dict, _ = PreTrainedConfig.get_config_dict(str(model_dir), **kwargs)
-    except OSError as err:  # transformers' "not a local folder nor a reachable Hub repository"
+    except OSError as err:  # an unreadable config.json, or "not a local folder nor a reachable Hub repository"
+        if path.is_dir():
+            raise NotAModelError(f"model: {str(path / 'config.json')!r} cannot be read ({str(err).splitlines()[0]})"
+                                 ) from None
         raise NotAModelError(f"model: no such folder {str(model_dir)!r}, and no Hub repository of that name could be "
                              f"loaded ({str(err).splitlines()[0]})") from None
     except ValueError as err:  # unreadable JSON

@@ -377,6 +377,8 @@ def _check_settings(*, do_convert_rgb=None, size=None, crop_size=None, rescale_f
             values = _per_channel(name, value)
             if name == "image_std" and not all(v > 0 for v in values):
                 raise ValueError(f"image_std: expected positive numbers, got {value!r}")
+            if do_convert_rgb is not False and len(values) not in (1, 3):  # RGB output: known now
+                raise ValueError(f"{name}: expected one value or 3 (one per channel), got {len(values)}: {value!r}")
 
 
 def _channel_dimension(name: str, value) -> ChannelDimension:

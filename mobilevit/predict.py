@@ -129,10 +129,21 @@ def _quiet_transformers():
 
 
 def _load(args):
+    """The model, processor and task of --model. --task fills in a task the config does not name; it may not
+    contradict one it names (the head's weights would be missing, and the predictions random)."""
     from . import auto
 
-    task = None if args.task == "auto" else args.task
-    model, processor, task = auto.load_model_and_processor(args.model, task)
+    config = auto.load_config(args.model)
+    try:
+        named = auto.task_of(config, args.model)
+    except auto.NotAModelError:
+        if args.task == "auto":
+            raise
+        named = None
+    if named is not None and args.task not in ("auto", named):
+        raise PredictError(f"--task: expected {named} (what {str(args.model)!r} holds, its config's architectures "
+                           f"{config.architectures}), got {args.task}", usage=True)
+    model, processor, task = auto.load_model_and_processor(args.model, named or args.task)
     if task not in (CLASSIFICATION, SEGMENTATION):
         raise PredictError(f"--model: expected a classification or segmentation model, got {str(args.model)!r}, a "
                            f"{task} model (a backbone without a head)")

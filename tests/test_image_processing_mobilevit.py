@@ -567,7 +567,8 @@ def test_every_setting_is_checked_when_the_processor_is_made(tmp_path, monkeypat
                        ({"do_rescale": "yes"}, r"do_rescale: expected true or false, got 'yes'"),
                        ({"rescale_factor": 0}, r"rescale_factor: expected a positive number"),
                        ({"resample": 9}, r"resample: expected NEAREST"),
-                       ({"do_normalize": True, "image_mean": "grey"}, r"image_mean: expected a number or a list")]:
+                       ({"do_normalize": True, "image_mean": "grey"}, r"image_mean: expected a number or a list"),
+                       ({"do_normalize": True, "image_mean": [0.5, 0.5]}, r"image_mean: expected one value or 3")]:
         with pytest.raises(ValueError, match=match):
             MobileViTImageProcessor.from_pretrained(write_config(tmp_path, dict(MODERN_CONFIG, **bad)))
 

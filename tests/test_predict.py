@@ -176,6 +176,18 @@ def test_broken_model_folders_are_one_line(broken_model, images, capsys, breakag
     assert got == code and message in line and str(broken_model) in line
 
 
+def test_task_may_not_contradict_the_folder(saved_classifier, images, capsys):
+    """--task semantic-segmentation on a classifier folder built a random head and predicted noise, silently."""
+    code, line = one_line_error(capsys, images / "photo.jpg", "--model", saved_classifier, "--task", "segmentation")
+    assert code == EXIT_USAGE and "--task: expected image-classification (what" in line
+
+
+def test_an_unreadable_config_json_is_named(broken_model, images, capsys):
+    (broken_model / "config.json").write_text('{"model_type": ')
+    code, line = one_line_error(capsys, images / "photo.jpg", "--model", broken_model)
+    assert code == EXIT_DATA and f"'{broken_model / 'config.json'}' cannot be read" in line and "no such" not in line
+
+
 def test_a_config_without_architectures_works_with_task(broken_model, images, capsys):
     (broken_model / "config.json").write_text(json.dumps({k: v for k, v in _config(broken_model).items()
                                                           if k != "architectures"}))
