@@ -207,6 +207,20 @@ def test_colour_coded_masks_are_caught_before_training_and_grey_rgb_masks_read()
                           labels=["a", "b", "c"], val_fraction=0.5)
 
 
+def test_jpeg_scenes_with_png_masks_pass_the_size_check(tmp_path):
+    """Images are checked at full size where a mask has to match them (a JPEG decoded at reduced scale, as the
+    classification check does to save time, would not)."""
+    for i in range(6):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(tmp_path / f"{i}.jpg")
+        Image.fromarray(np.full((48, 64), i % 3, np.uint8)).save(tmp_path / f"{i}.png")
+    features = datasets.Features({"image": datasets.Image(), "annotation": datasets.Image()})
+    dataset = datasets.Dataset.from_dict({"image": [str(tmp_path / f"{i}.jpg") for i in range(6)],
+                                          "annotation": [str(tmp_path / f"{i}.png") for i in range(6)]},
+                                         features=features)
+    data = prepare_task_data(dataset, "semantic-segmentation", labels=["a", "b", "c"])
+    assert len(data.train) + len(data.validation) == 6 and not data.skipped
+
+
 def test_training_reads_images_by_the_same_rules_as_the_processor():
     """A mode "I" image holding 8-bit values trains as the 8-bit image (it was read as 16-bit: nearly black)."""
     from mobilevit import MobileViTImageProcessor

@@ -257,12 +257,13 @@ def _example_name(value, where: str, index: int) -> str:
     return repr(value["path"]) if isinstance(value, dict) and value.get("path") else f"{where}[{index}]"
 
 
-def _read(value, name: str):
-    """Decode an undecoded `datasets.Image` value (bytes and/or path) whole; ImageError names `name`."""
+def _read(value, name: str, quick: bool = False):
+    """Decode an undecoded `datasets.Image` value (bytes and/or path) whole; ImageError names `name`. `quick`:
+    JPEGs at a reduced scale (every byte still read), where the image's size does not matter."""
     source = value.get("bytes") or value.get("path")
     if source is None:
         raise ImageError(f"image {name} has neither bytes nor a path")
-    return open_image(source, name, quick=True)
+    return open_image(source, name, quick=quick)
 
 
 def check_examples(dataset, task: str, image_column: str, label_column: str, num_labels: int, where: str,
@@ -287,7 +288,8 @@ def check_examples(dataset, task: str, image_column: str, label_column: str, num
     for index, example in enumerate(progress):
         name = _example_name(example[image_column], where, index)
         try:
-            pixels = image_pixels(_read(example[image_column], name), name)
+            # a mask must match its image's size, so segmentation images are decoded at full size
+            pixels = image_pixels(_read(example[image_column], name, quick=not segmentation), name)
             if not segmentation:
                 label = example[label_column]
                 if not (isinstance(label, int) and 0 <= label < num_labels):
