@@ -177,3 +177,12 @@ def test_a_swap_cut_off_between_its_two_renames_gets_the_previous_output_back(tm
     (aside / "out" / "weights").write_text("previous")
     assert remove_abandoned_leftovers(tmp_path / "out") == [aside]
     assert (tmp_path / "out" / "weights").read_text() == "previous" and not aside.exists()
+
+
+def test_a_killed_writers_temporary_file_is_removed_by_the_next_write(tmp_path):
+    from mobilevit.file_utils import _host_id
+
+    stale = tmp_path / f".mask.png.mobilevit-{_host_id()}-{2 ** 22 + 3}-0.x1y2z3.tmp"
+    stale.write_bytes(b"")  # what a killed predict leaves: a temporary file, maybe empty
+    write_file_atomically(tmp_path / "mask.png", b"png")
+    assert os.listdir(tmp_path) == ["mask.png"]
