@@ -13,6 +13,8 @@ transformers' own Auto mappings (a folder saved here still loads there, as the s
     model = auto.AutoModelForSemanticSegmentation.from_config(config)
 
 An unknown `model_type`, variant or a task a family lacks is a one-line `ValueError` listing what is known.
+A folder or repository that cannot be loaded (no such folder, no config, no or unreadable weights, weights that
+do not fit the config, an invalid `preprocessor_config.json`) is a one-line `NotAModelError` (a `UserError`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import os
 from pathlib import Path
 
 from .conversion_utils import ConversionError
+from .errors import UserError
 from .model_family import ModelFamily
 from .models import mobilevit, mobilevitv2
 from .tasks import CLASSIFICATION, FEATURE_EXTRACTION, SEGMENTATION, canonical_task
@@ -29,8 +32,8 @@ _REGISTERED = (mobilevit.FAMILY, mobilevitv2.FAMILY)
 FAMILIES: dict[str, ModelFamily] = {family.model_type: family for family in _REGISTERED}
 
 
-class NotAModelError(ValueError):
-    """The path given as a model is not a folder saved by this package (or a Hub repository of one)."""
+class NotAModelError(UserError):
+    """The path given as a model is not a usable folder saved by this package (or a Hub repository of one)."""
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -61,15 +64,17 @@ def task_of_model(model) -> str:
     return task
 
 
-def task_of(config) -> str:
-    """The task of a saved model, from the head class named in `config.architectures`."""
+def task_of(config, source: str | os.PathLike | None = None) -> str:
+    """The task of a saved model, from the head class named in `config.architectures` (`source`: the folder,
+    for the message)."""
     known = family_of(config)
     names = {cls.__name__: task for task, cls in known.model_classes.items()}
     for architecture in config.architectures or []:
         if architecture in names:
             return names[architecture]
-    raise ValueError(
-        f"config.architectures: expected one of {sorted(names)} to infer the task, got {config.architectures!r}; "
+    where = f"model: {str(source)!r}: " if source is not None else ""
+    raise NotAModelError(
+        f"{where}config.architectures: expected one of {sorted(names)} to infer the task, got {config.architectures!r}; "
         f"pass the task ({', '.join(known.tasks)})"
     )
 
@@ -128,6 +133,19 @@ def family_for_checkpoint(state_dict) -> ModelFamily:
 # ---------------------------------------------------------------------------------------------------------
 # Saved folders and Hub repositories
 # ---------------------------------------------------------------------------------------------------------
+def _could_be_a_repo_id(name: str) -> bool:
+    """Whether `name` has the form of a Hub repository id ("user/name" or "name"), rather than a local path."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if name.startswith((".", "~", "/")) or name.endswith("/") or name.count("/") > 1 or "\\" in name:
+        return False
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
 def load_config(model_dir: str | os.PathLike, **kwargs):
     """The config of a saved folder (or Hub repository) of any registered family, with one-line errors."""
     from transformers import PreTrainedConfig
@@ -138,10 +156,16 @@ def load_config(model_dir: str | os.PathLike, **kwargs):
             raise NotAModelError(f"model: expected a model folder, got the file {str(path)!r}")
         if not (path / "config.json").is_file():
             raise NotAModelError(f"model: {str(path)!r} is not a saved model folder (it has no config.json)")
+    elif not _could_be_a_repo_id(str(model_dir)):
+        raise NotAModelError(f"model: no such folder {str(model_dir)!r}")
     try:
         config_dict, _ = PreTrainedConfig.get_config_dict(str(model_dir), **kwargs)
-    except OSError as err:  # transformers' "not a local folder nor a reachable Hub repository"
-        raise NotAModelError(f"model: cannot load a model from {str(model_dir)!r} ({str(err).splitlines()[0]})") from None
+    except OSError as err:  # an unreadable config.json, or "not a local folder nor a reachable Hub repository"
+        if path.is_dir():
+            raise NotAModelError(f"model: {str(path / 'config.json')!r} cannot be read ({str(err).splitlines()[0]})"
+                                 ) from None
+        raise NotAModelError(f"model: no such folder {str(model_dir)!r}, and no Hub repository of that name could be "
+                             f"loaded ({str(err).splitlines()[0]})") from None
     except ValueError as err:  # unreadable JSON
         raise NotAModelError(f"model: {str(model_dir)!r} does not hold a readable config ({err})") from None
     model_type = config_dict.get("model_type")
@@ -153,6 +177,49 @@ def load_config(model_dir: str | os.PathLike, **kwargs):
         raise NotAModelError(f"model: {str(model_dir)!r} holds an invalid {model_type} config ({err})") from None
 
 
+def _from_pretrained(model_class, model_dir, config=None, **kwargs):
+    """`model_class.from_pretrained` with one-line errors for weights that are missing, unreadable or of other
+    shapes than the config asks for."""
+    from safetensors import SafetensorError
+
+    try:
+        return model_class.from_pretrained(str(model_dir), **({"config": config} if config is not None else {}),
+                                           **kwargs)
+    except SafetensorError as err:
+        raise NotAModelError(f"model: the weights in {str(model_dir)!r} cannot be read, the file is truncated or "
+                             f"corrupt ({err})") from None
+    except OSError as err:
+        if "no file named" in str(err) or "does not appear to have a file named" in str(err):
+            raise NotAModelError(f"model: {str(model_dir)!r} holds no weights (expected model.safetensors or "
+                                 "pytorch_model.bin)") from None
+        raise
+    except RuntimeError as err:
+        if "mismatched_sizes" not in str(err) and "size mismatch" not in str(err):
+            raise
+        raise NotAModelError(f"model: the weights in {str(model_dir)!r} do not fit its config.json "
+                             f"({_first_shape_difference(model_class, model_dir, config or load_config(model_dir))})"
+                             ) from None
+
+
+def _first_shape_difference(model_class, model_dir, config) -> str:
+    """Which tensors of a folder's safetensors weights differ in shape from what its config builds."""
+    import torch
+    from safetensors import safe_open
+
+    weights = Path(model_dir) / "model.safetensors"
+    if not weights.is_file():
+        return "tensor shapes differ"
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in model_class(config).state_dict().items()}
+    with safe_open(str(weights), "pt") as stored:
+        found = {k: tuple(stored.get_slice(k).get_shape()) for k in stored.keys()}
+    differ = [k for k in expected if k in found and found[k] != expected[k]]
+    if not differ:
+        return "tensor shapes differ"
+    return (f"{len(differ)} tensors differ in shape, e.g. {differ[0]}: {found[differ[0]]} in the weights, "
+            f"{expected[differ[0]]} from the config")
+
+
 def load_model(model_dir: str | os.PathLike, task: str | None = None, **from_pretrained_kwargs):
     """This package's model of a saved folder or Hub repository, for `task` (default: the folder's own head).
 
@@ -160,20 +227,30 @@ def load_model(model_dir: str | os.PathLike, task: str | None = None, **from_pre
     `ignore_mismatched_sizes=True` for a new head)."""
     config = load_config(model_dir)
     known = family_of(config)
-    task = canonical_task(task) if task is not None else task_of(config)
-    return known.model_class(task).from_pretrained(str(model_dir), **from_pretrained_kwargs)
+    task = canonical_task(task) if task is not None else task_of(config, model_dir)
+    return _from_pretrained(known.model_class(task), model_dir, **from_pretrained_kwargs)
 
 
 def load_image_processor(model_dir: str | os.PathLike, config=None, **kwargs):
-    """The folder's `preprocessor_config.json`, or the family's evaluation preprocessing when it has none.
-    A processor config that does not say how to upsample segmentation logits (one saved by stock
-    transformers or before this option existed) gets the family's way."""
+    """The folder's `preprocessor_config.json`, or the family's evaluation preprocessing when it has none. A file
+    that is there but invalid is an error, never silently replaced by the defaults. A processor config that
+    does not say how to upsample segmentation logits (one saved by stock transformers or before this option
+    existed) gets the family's way."""
     from .image_processing_mobilevit import MobileViTImageProcessor
 
+    path = Path(model_dir)
+    where = (repr(str(path / "preprocessor_config.json")) if path.is_dir()
+             else f"{str(model_dir)!r}'s preprocessor_config.json")
+    if path.is_dir() and not (path / "preprocessor_config.json").is_file():
+        return image_processor_for(config if config is not None else load_config(model_dir))
     try:
         processor = MobileViTImageProcessor.from_pretrained(str(model_dir), **kwargs)
-    except OSError:
-        return image_processor_for(config if config is not None else load_config(model_dir))
+    except OSError as err:
+        if not path.is_dir() and "does not appear to have a file named" in str(err):  # a Hub repository without one
+            return image_processor_for(config if config is not None else load_config(model_dir))
+        raise NotAModelError(f"model: {where} cannot be read ({str(err).splitlines()[0]})") from None
+    except (ValueError, TypeError) as err:
+        raise NotAModelError(f"model: {where} holds an invalid setting ({str(err).splitlines()[0]})") from None
     if processor.logits_align_corners is None:
         try:
             config = config if config is not None else load_config(model_dir)
@@ -186,10 +263,10 @@ def load_image_processor(model_dir: str | os.PathLike, config=None, **kwargs):
 def load_model_and_processor(model_dir: str | os.PathLike, task: str | None = None, **from_pretrained_kwargs):
     """(model in eval mode, image processor, task) of a saved folder or Hub repository."""
     config = load_config(model_dir)
-    task = canonical_task(task) if task is not None else task_of(config)
-    model = family_of(config).model_class(task).from_pretrained(str(model_dir), config=config,
-                                                                 **from_pretrained_kwargs).eval()
-    return model, load_image_processor(model_dir, config, **from_pretrained_kwargs), task
+    task = canonical_task(task) if task is not None else task_of(config, model_dir)
+    processor = load_image_processor(model_dir, config, **from_pretrained_kwargs)  # checked before the weights
+    model = _from_pretrained(family_of(config).model_class(task), model_dir, config, **from_pretrained_kwargs)
+    return model.eval(), processor, task
 
 
 # ---------------------------------------------------------------------------------------------------------

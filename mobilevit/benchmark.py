@@ -33,6 +33,11 @@ Memory allocation decides much of the result, so it is a stated condition (`--al
 
 `--output DIR` also writes results.json, results.md and chart.png there (refusing to replace them
 without `--overwrite`).
+
+Every argument, and the output folder, is checked before any model is built or timed (`check_settings`, one
+line per mistake). ONNX Runtime needs the `export` extra (`pip install "mobilevit[export]"`): by default it is
+timed when installed and left out (with a note) when not; asked for explicitly without the extra, it is a
+one-line error naming the extra.
 """
 
 from __future__ import annotations
@@ -40,10 +45,12 @@ from __future__ import annotations
 import argparse
 import ctypes
 import ctypes.util
+import importlib.util
 import json
 import multiprocessing
 import os
 import statistics
+import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -54,6 +61,8 @@ import torch
 from torch import nn
 
 from . import auto
+from .errors import UserError, require
+from .file_utils import check_output_dir
 from .tasks import CLASSIFICATION, SEGMENTATION, canonical_task
 from .testing_utils import fill_realistic_weights_
 
@@ -68,6 +77,12 @@ REFERENCE = "transformers"
 IN_PROCESS_ALLOCATORS = ("tuned", "default")  # the conditions a single-process benchmark can have
 ALLOCATORS = (*IN_PROCESS_ALLOCATORS, "fresh")
 OUTPUT_FILES = ("results.json", "results.md", "chart.png")
+# What the ONNX Runtime candidate needs (the `export` extra): exporting the graph, and running it.
+ONNX_MODULES = ("onnxruntime", "onnx", "onnxscript")
+
+
+class BenchmarkError(UserError):
+    """A benchmark argument that cannot be used; the message names it, what was expected and what came."""
 
 
 @dataclass
@@ -278,6 +293,63 @@ def summarise(times: dict[str, list[float]], reference: str | None) -> dict[str,
 DEFAULT_VARIANTS = auto.family("mobilevit").variants
 
 
+def onnx_installed() -> bool:
+    return all(importlib.util.find_spec(name) is not None for name in ONNX_MODULES)
+
+
+def default_candidates() -> tuple[str, ...]:
+    """Every candidate whose dependencies this install has: ONNX Runtime only with the `export` extra."""
+    return CANDIDATES if onnx_installed() else tuple(c for c in CANDIDATES if c != "onnxruntime")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_settings(*, variants, batch_sizes, threads, task, image_size, repeats, warmup, candidates,
+                   allocator) -> dict:
+    """The one check of the benchmark's arguments, before any model is built; returns them spelled canonically
+    (task, variant names, image size filled in, candidates resolved)."""
+    try:
+        task = canonical_task(task, allowed=tuple(NUM_LABELS))
+        variants = [auto.resolve_variant(v)[1] for v in variants]
+    except ValueError as err:
+        raise BenchmarkError(str(err), usage=True) from None
+    if not variants:
+        raise BenchmarkError("variants: expected at least one released size, got none", usage=True)
+    candidates = default_candidates() if candidates is None else tuple(candidates)
+    unknown = sorted(set(candidates) - set(CANDIDATES))
+    if unknown or not candidates:
+        raise BenchmarkError(f"candidates: expected names from {list(CANDIDATES)}, got {unknown or 'none'}",
+                             usage=True)
+    if not batch_sizes or any(not _is_int(b) or b < 1 for b in batch_sizes):
+        raise BenchmarkError(f"batch_sizes: expected positive integers, got {list(batch_sizes)}", usage=True)
+    for name, value, minimum in (("threads", threads, 1), ("repeats", repeats, 1), ("warmup", warmup, 0)):
+        if not _is_int(value) or value < minimum:
+            expected = "a positive integer" if minimum == 1 else "an integer >= 0"
+            raise BenchmarkError(f"{name}: expected {expected}, got {value!r}", usage=True)
+    if allocator not in ALLOCATORS:
+        raise BenchmarkError(f"allocator: expected one of {list(ALLOCATORS)}, got {allocator!r}", usage=True)
+    image_size = image_size if image_size is not None else (256 if task == CLASSIFICATION else 512)
+    if not _is_int(image_size) or image_size < 32:
+        raise BenchmarkError(f"image_size: expected an integer >= 32 (the network downsamples 32x), got "
+                             f"{image_size!r}", usage=True)
+    if "onnxruntime" in candidates:
+        for module in ONNX_MODULES:
+            require(module, "export", "the onnxruntime candidate (exporting and running the ONNX graph)")
+    return dict(variants=variants, batch_sizes=list(batch_sizes), threads=threads, task=task, image_size=image_size,
+                repeats=repeats, warmup=warmup, candidates=candidates, allocator=allocator)
+
+
+def check_output(output: Path, overwrite: bool) -> None:
+    """--output: a folder (or a new one) this user can write, without our files in it unless `overwrite`."""
+    check_output_dir(output, "--output", replaces=False, error=BenchmarkError)
+    existing = [name for name in OUTPUT_FILES if (output / name).exists()]
+    if existing and not overwrite:
+        raise BenchmarkError(f"--output: {str(output)!r} already holds {', '.join(existing)} (pass --overwrite to "
+                             "replace them)")
+
+
 def benchmark(
     variants=DEFAULT_VARIANTS,
     batch_sizes=(1, 32),
@@ -286,26 +358,17 @@ def benchmark(
     image_size: int | None = None,
     repeats: int = 20,
     warmup: int = 3,
-    candidates=CANDIDATES,
+    candidates=None,
     progress: bool = True,
     allocator: str = "tuned",
 ) -> list[Result]:
     """Time `candidates` on every variant and batch size; returns one Result per (candidate, variant, batch).
+    `candidates=None`: every candidate whose dependencies are installed (`default_candidates`).
     `allocator="tuned"` changes this process's malloc settings for good (there is no way back)."""
-    task = canonical_task(task, allowed=tuple(NUM_LABELS))
-    variants = [auto.resolve_variant(v)[1] for v in variants]
-    unknown = sorted(set(candidates) - set(CANDIDATES))
-    if unknown:
-        raise ValueError(f"candidates: expected names from {list(CANDIDATES)}, got {unknown}")
-    if not batch_sizes or any(not isinstance(b, int) or b < 1 for b in batch_sizes):
-        raise ValueError(f"batch_sizes: expected positive ints, got {list(batch_sizes)}")
-    if not isinstance(repeats, int) or repeats < 1:
-        raise ValueError(f"repeats: expected a positive int, got {repeats!r}")
-    if allocator not in ALLOCATORS:
-        raise ValueError(f"allocator: expected one of {list(ALLOCATORS)}, got {allocator!r}")
-    image_size = image_size or (256 if task == CLASSIFICATION else 512)
-    if image_size < 32:
-        raise ValueError(f"image_size: expected at least 32, got {image_size}")
+    settings = check_settings(variants=variants, batch_sizes=batch_sizes, threads=threads, task=task,
+                              image_size=image_size, repeats=repeats, warmup=warmup, candidates=candidates,
+                              allocator=allocator)
+    variants, task, image_size, candidates = (settings[k] for k in ("variants", "task", "image_size", "candidates"))
     torch.set_num_threads(threads)
     if allocator == "tuned":
         tune_allocator()
@@ -466,7 +529,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", type=int, default=None, help="square input side (default 256, 512 for segmentation)")
     parser.add_argument("--repeats", type=int, default=20, help="timed rounds per batch size")
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls per candidate first")
-    parser.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=CANDIDATES, help="what to time")
+    parser.add_argument("--candidates", nargs="+", default=None, choices=CANDIDATES,
+                        help="what to time (default: all whose dependencies are installed; onnxruntime needs "
+                             'pip install "mobilevit[export]")')
     parser.add_argument(
         "--allocator", default="tuned", choices=ALLOCATORS,
         help="glibc malloc tuned to keep freed memory (default; stock at its best), as the process has it, or "
@@ -477,16 +542,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.output is not None and not args.overwrite:
-        existing = [name for name in OUTPUT_FILES if (args.output / name).exists()]
-        if existing:  # say so before minutes of timing, not after
-            print(f"mobilevit benchmark: error: output: {existing} exist in {args.output} (pass --overwrite)")
-            return 1
-    results = benchmark(
-        variants=args.variants, batch_sizes=args.batch_sizes, threads=args.threads, task=args.task,
-        image_size=args.image_size, repeats=args.repeats, warmup=args.warmup, candidates=args.candidates,
-        allocator=args.allocator,
-    )
+    """`mobilevit benchmark`: everything checked before minutes of timing; a BenchmarkError reaches
+    `mobilevit.cli`, which prints it as one line."""
+    settings = check_settings(variants=args.variants, batch_sizes=args.batch_sizes, threads=args.threads,
+                              task=args.task, image_size=args.image_size, repeats=args.repeats, warmup=args.warmup,
+                              candidates=args.candidates, allocator=args.allocator)
+    if args.output is not None:
+        check_output(args.output, args.overwrite)
+    if args.candidates is None and "onnxruntime" not in settings["candidates"]:
+        print('note: onnxruntime is not timed: it needs pip install "mobilevit[export]"', file=sys.stderr)
+    results = benchmark(**settings)
     print(f"\n{results[0].task}, {results[0].image_size}x{results[0].image_size}, {args.threads} threads, fp32, "
           f"{args.allocator} allocator, torch {torch.__version__}; {machine_load()}\n")
     print(format_table(results))

@@ -4,7 +4,8 @@ Each sub-command lives in its own module, which provides `add_arguments(parser)`
 Modules are imported only when their sub-command runs, so `mobilevit --help` stays fast and a missing
 optional dependency (say onnxruntime) only affects the sub-command that needs it. A `UserError` raised by a
 sub-command (`mobilevit/errors.py`) is printed as one line, `mobilevit <command>: error: <message>`, and
-sets the exit code (2 for a wrong argument, 1 for unusable input).
+sets the exit code (2 for a wrong argument, 1 for unusable input). Every sub-command's `--help` shows the
+defaults.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import argparse
 import importlib
 import sys
 
-from .errors import UserError
+from .errors import UserError, report
 
 # sub-command -> (module, one-line help)
 COMMANDS = {
@@ -26,6 +27,14 @@ COMMANDS = {
 }
 
 
+class HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    """`--help` shows each option's default, unless its help text already names it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or any(action.default is nothing for nothing in (None, False, argparse.SUPPRESS)):
+            return text
+        return super()._get_help_string(action)
 
 
 def build_parser(argv: list[str]) -> tuple[argparse.ArgumentParser, object | None]:
@@ -34,7 +43,7 @@ def build_parser(argv: list[str]) -> tuple[argparse.ArgumentParser, object | Non
     chosen = argv[0] if argv and argv[0] in COMMANDS else None
     module = None
     for name, (module_name, help_text) in COMMANDS.items():
-        sub_parser = sub.add_parser(name, help=help_text, description=help_text)
+        sub_parser = sub.add_parser(name, help=help_text, description=help_text, formatter_class=HelpWithDefaults)
         if name == chosen:  # only the chosen sub-command's module is imported
             module = importlib.import_module(module_name)
             module.add_arguments(sub_parser)
@@ -46,8 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         parser, module = build_parser(argv)
     except UserError as error:  # the sub-command's module needs an extra that is not installed
-        print(f"mobilevit {argv[0]}: error: {error}", file=sys.stderr)
-        return error.exit_code
+        return report(f"mobilevit {argv[0]}", error)
     args = parser.parse_args(argv)
     if module is None:
         parser.print_help()
@@ -55,8 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(module.run(args) or 0)
     except UserError as error:
-        print(f"mobilevit {args.command}: error: {error}", file=sys.stderr)
-        return error.exit_code
+        return report(f"mobilevit {args.command}", error)
 
 
 if __name__ == "__main__":

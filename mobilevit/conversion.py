@@ -16,12 +16,16 @@ DeepLabV3 the output stride and ASPP rates, which the family's converter takes f
 count points to (MobileViTv2: ADE20k output stride 8, PASCAL VOC 16); `--output-stride` overrides it.
 
 The generic steps live in `conversion_utils.py`; each family's layout in `models/<family>/conversion_*.py`.
+
+Before the checkpoint is read, the options and the output folder are checked (`check_options`): the output
+may not be a file, nor the checkpoint's own folder or one holding it (`--overwrite` would delete the
+checkpoint), nor hold files unless `--overwrite`. Every failure is a one-line `ConversionError`; a killed
+conversion's hidden staging folder is removed by the next conversion into the same place.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +43,8 @@ from .conversion_utils import (
     strip_ddp_prefix,
     unwrap_state_dict,
 )
-from .file_utils import staged_directory
+from .errors import report
+from .file_utils import check_output_dir, staged_directory
 from .hub import push_folder_to_hub, write_model_card
 from .labels import label2id, label_set_for
 from .tasks import CLASSIFICATION, SEGMENTATION, canonical_task
@@ -63,6 +68,32 @@ def check_folder_runs(folder: Path, task: str, expected: dict[str, torch.Tensor]
     if tuple(logits.shape) != want or not torch.isfinite(logits).all():
         raise ConversionError(f"written folder: the reloaded model gives logits of shape {tuple(logits.shape)} "
                               f"(finite: {bool(torch.isfinite(logits).all())}); expected {want}, all finite")
+
+
+def check_options(checkpoint: Path, output_dir: Path, *, variant: str, task: str, weights: str,
+                  image_size: int | None, output_stride: int | None, overwrite: bool) -> None:
+    """The one check of a conversion's arguments, before the checkpoint is read or anything is written."""
+    if task not in (None, "auto"):
+        try:
+            canonical_task(task, allowed=(CLASSIFICATION, SEGMENTATION))
+        except ValueError as err:
+            raise ConversionError(str(err), usage=True) from None
+    if variant not in (None, "auto"):
+        try:
+            auto.resolve_variant(variant)
+        except ValueError as err:
+            raise ConversionError(str(err), usage=True) from None
+    if weights not in ("auto", "model", "ema"):
+        raise ConversionError(f"weights: expected 'auto', 'model' or 'ema', got {weights!r}", usage=True)
+    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 32):
+        raise ConversionError(f"image_size: expected an integer >= 32 (the resolution the checkpoint was trained "
+                              f"at), got {image_size!r}", usage=True)
+    if output_stride not in (None, 8, 16, 32):
+        raise ConversionError(f"output_stride: expected 8, 16 or 32, got {output_stride!r}", usage=True)
+    if not checkpoint.is_file():
+        raise ConversionError(f"checkpoint: expected an existing file, got {str(checkpoint)!r}"
+                              + (", which is a folder" if checkpoint.is_dir() else ""))
+    check_output_dir(output_dir, "output_dir", [("checkpoint", checkpoint)], overwrite=overwrite, error=ConversionError)
 
 
 @dataclass
@@ -139,15 +170,8 @@ def convert_checkpoint(
     and `output_stride` (segmentation only) replace the release recipe's when given."""
     start = time.perf_counter()
     checkpoint, output_dir = Path(checkpoint), Path(output_dir)
-    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 32):
-        raise ConversionError(f"image_size: expected an integer >= 32 (the resolution the checkpoint was trained "
-                              f"at), got {image_size!r}")
-    if output_stride not in (None, 8, 16, 32):
-        raise ConversionError(f"output_stride: expected 8, 16 or 32, got {output_stride!r}")
-    if output_dir.exists() and not overwrite:
-        raise FileExistsError(f"output_dir: {str(output_dir)!r} already exists; pass --overwrite to replace it")
-    if output_dir.exists() and not output_dir.is_dir():
-        raise ConversionError(f"output_dir: {str(output_dir)!r} exists and is not a folder")
+    check_options(checkpoint, output_dir, variant=variant, task=task, weights=weights, image_size=image_size,
+                  output_stride=output_stride, overwrite=overwrite)
 
     steps = tqdm(total=6, desc="convert", unit="step", disable=not progress)
 
@@ -172,7 +196,8 @@ def convert_checkpoint(
         overrides = converter.config_overrides(state_dict, task)
         if output_stride is not None:
             if task != SEGMENTATION:
-                raise ConversionError(f"output_stride: only segmentation checkpoints have one; this one is {task}")
+                raise ConversionError(f"output_stride: only segmentation checkpoints have one; this one is {task}",
+                                      usage=True)
             overrides["output_stride"] = output_stride
         if image_size is not None:
             overrides["image_size"] = image_size
@@ -246,26 +271,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        result = convert_checkpoint(args.checkpoint, args.output_dir, variant=args.variant, task=args.task,
-                                    weights=args.weights, image_size=args.image_size,
-                                    output_stride=args.output_stride, overwrite=args.overwrite,
-                                    push_to_hub=args.push_to_hub, progress=not args.no_progress)
-    except (ValueError, FileExistsError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        if not Path(args.output_dir).exists():
-            print(f"nothing was written to {args.output_dir}", file=sys.stderr)
-        return 2
+    """`mobilevit convert`: a ConversionError reaches `mobilevit.cli`, which prints it as one line."""
+    result = convert_checkpoint(args.checkpoint, args.output_dir, variant=args.variant, task=args.task,
+                                weights=args.weights, image_size=args.image_size, output_stride=args.output_stride,
+                                overwrite=args.overwrite, push_to_hub=args.push_to_hub, progress=not args.no_progress)
     print(result.summary())
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    """conversion_scripts/convert_mlcvnets_checkpoint.py: the same command, reporting errors as `mobilevit` does."""
+    prog = "convert_mlcvnets_checkpoint"
     parser = argparse.ArgumentParser(
-        prog="convert_mlcvnets_checkpoint",
-        description="Convert an ml-cvnets checkpoint (classification or DeepLabV3) into a Hub folder.")
+        prog=prog, description="Convert an ml-cvnets checkpoint (classification or DeepLabV3) into a Hub folder.")
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    try:
+        return run(parser.parse_args(argv))
+    except ConversionError as error:
+        return report(prog, error)
 
 
 __all__ = ["convert_checkpoint", "check_folder_runs", "ConversionError", "ConversionResult", "add_arguments", "run",

@@ -9,7 +9,9 @@ convert`). Nothing here knows a family.
 from __future__ import annotations
 
 import hashlib
+import pickle
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,24 +51,62 @@ def _is_state_dict(obj) -> bool:
 
 
 def read_checkpoint_file(path: str | Path):
-    """The raw object stored in a `.pt`/`.pth`/`.bin` pickle (read with weights_only=True) or `.safetensors`."""
+    """The raw object stored in a `.pt`/`.pth`/`.bin` pickle (read with weights_only=True) or `.safetensors`.
+
+    A file that cannot be read is a one-line ConversionError saying what the file is (empty, a cut-off zip
+    archive, a pickle holding more than tensors, not a checkpoint at all). Code stored in a pickle is never run,
+    and the message never suggests reading the file in a way that would run it."""
     path = Path(path)
     if not path.is_file():
         raise ConversionError(f"checkpoint: expected an existing file, got {str(path)!r}")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    size = path.stat().st_size
+    shown = f"checkpoint: {str(path)!r} ({size:,} bytes)"
+    if size == 0:
+        raise ConversionError(f"{shown} is empty")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
 
+        try:
             return load_file(str(path), device="cpu")
-        return torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated files, other formats, pickles holding code
-        fmt = "safetensors" if path.suffix == ".safetensors" else "a PyTorch checkpoint (torch.load, weights_only=True)"
+        except SafetensorError as exc:
+            raise ConversionError(f"{shown} cannot be read as safetensors: the file is truncated or corrupt ({exc})"
+                                  ) from None
+    with open(path, "rb") as file:
+        head = file.read(4)
+    try:
+        with warnings.catch_warnings():  # torch warns about pickle protocols it may not read, then says so again
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if head[:1] != b"\x80" and head != b"PK\x03\x04":  # neither a pickle nor a zip: arbitrary bytes
+            raise ConversionError(f"{shown} is not a PyTorch checkpoint (neither a zip archive nor a pickle)") from None
+        detail = _unpickler_reason(exc)
+        what = ("holds Python objects other than tensors and plain containers" if "global" in detail.lower()
+                else "is a pickle that torch's safe loader cannot read")
         raise ConversionError(
-            f"checkpoint: {str(path)!r} ({path.stat().st_size:,} bytes) could not be read as {fmt}: "
-            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
-            "-- is the file complete, and is it a checkpoint rather than a pickled model object? (ml-cvnets also "
-            "writes bare state dicts next to its training checkpoints: checkpoint_best.pt, checkpoint_ema_best.pt)"
-        ) from exc
+            f"{shown} {what} ({detail}); checkpoints are read with torch.load(weights_only=True), which never runs "
+            "code stored in a file. Convert a bare state dict or a .safetensors file instead (ml-cvnets writes "
+            "checkpoint_best.pt / checkpoint_ema_best.pt next to its training checkpoints)") from None
+    except Exception as exc:  # torch's zip reader, unpickling of truncated data, ...
+        kind = "a PyTorch zip checkpoint" if head == b"PK\x03\x04" else "a pickle" if head[:1] == b"\x80" else None
+        if kind is None:
+            raise ConversionError(f"{shown} is not a PyTorch checkpoint (neither a zip archive nor a pickle)") from None
+        reason = str(exc).splitlines()[0].split(". ")[0] if str(exc) else type(exc).__name__
+        raise ConversionError(f"{shown} is {kind} that cannot be read: the file is truncated or corrupt ({reason})"
+                              ) from None
+
+
+def _unpickler_reason(exc: Exception) -> str:
+    """What torch's safe unpickler objected to, without torch's surrounding advice (it suggests loading the file
+    with weights_only=False, which would run its code, or allow-listing the offending class)."""
+    text = str(exc)
+    lines = text.split("WeightsUnpickler error:", 1)[1].splitlines() if "WeightsUnpickler error:" in text else \
+        text.splitlines()[1:]
+    for line in map(str.strip, lines):
+        if line and "weights_only" not in line and not line.startswith(("Please file", "Check the documentation", "(")):
+            return line.split(" was not an allowed global")[0].split(". ")[0].rstrip(".")
+    return "not a plain state dict"
 
 
 def unwrap_state_dict(obj, weights: str = "auto") -> tuple[dict[str, torch.Tensor], str]:
@@ -78,14 +118,14 @@ def unwrap_state_dict(obj, weights: str = "auto") -> tuple[dict[str, torch.Tenso
     are plain state dicts and need no option.
     """
     if weights not in ("auto", "model", "ema"):
-        raise ConversionError(f"weights: expected 'auto', 'model' or 'ema', got {weights!r}")
+        raise ConversionError(f"weights: expected 'auto', 'model' or 'ema', got {weights!r}", usage=True)
     where = []
     for _ in range(3):  # a wrapper may be nested once or twice ({"model": {"state_dict": ...}})
         if _is_state_dict(obj):
             if weights == "ema" and not where:
                 raise ConversionError(
                     "weights: 'ema' asked for, but the checkpoint is a bare state dict without an EMA copy "
-                    "(ml-cvnets' *_ema*.pt files are bare state dicts: convert them with --weights auto)")
+                    "(ml-cvnets' *_ema*.pt files are bare state dicts: convert them with --weights auto)", usage=True)
             return dict(obj), " -> ".join(where) or "bare state dict"
         if not isinstance(obj, dict):
             break
@@ -98,7 +138,7 @@ def unwrap_state_dict(obj, weights: str = "auto") -> tuple[dict[str, torch.Tenso
         elif model_keys and ema_keys:
             raise ConversionError(
                 f"weights: the checkpoint holds both raw weights ({model_keys[0]!r}) and an EMA copy "
-                f"({ema_keys[0]!r}); choose one with --weights model or --weights ema")
+                f"({ema_keys[0]!r}); choose one with --weights model or --weights ema", usage=True)
         else:
             chosen = (model_keys or ema_keys)[:1]
         if not chosen:
@@ -251,10 +291,13 @@ def resolve(detected: str, requested: str | None, what: str, canonical) -> str:
     """`requested` ("auto" or a name) checked against what the tensors say."""
     if requested in (None, "auto"):
         return detected
-    requested = canonical(requested)
+    try:
+        requested = canonical(requested)
+    except ValueError as err:  # a name of another family's sizes, say
+        raise ConversionError(str(err), usage=True) from None
     if requested != detected:
         raise ConversionError(f"{what}: --{what} {requested} was given, but the checkpoint's tensors are those of "
-                              f"a {detected} model")
+                              f"a {detected} model", usage=True)
     return requested
 
 

@@ -1,17 +1,25 @@
 """User mistakes, reported as one line.
 
-A tool raises a `UserError` (each tool has its own subclass: `ConversionError`, ...) whose message names
-the argument, what was expected and what came. The command line (`mobilevit.cli`) prints it as
-`mobilevit <command>: error: <message>` and exits with its `exit_code`: 2 for a wrong argument (argparse's
-own code for usage errors), 1 for input that cannot be used (a file, a folder, data). Anything else that
-escapes is a bug, and keeps its traceback.
+A tool raises a `UserError` (each tool has its own subclass: `ConversionError`, `PredictError`, `TrainError`,
+`BenchmarkError`, ...) whose message names the argument, what was expected and what came, and each tool
+checks its arguments in one place before any work. The command line (`mobilevit.cli`) prints it as
+`mobilevit <command>: error: <message>` and exits with its `exit_code`:
 
-They are `ValueError`s, so API callers that catch `ValueError` keep working.
+- 2 (`EXIT_USAGE`, argparse's own code): the command line itself is wrong. A value is malformed or out of
+  range (`--top-k 0`, `--device banana`, `--image-size 31`), arguments contradict each other (an output
+  folder inside an input), or a feature asked for needs an extra this install lacks.
+- 1 (`EXIT_DATA`): the arguments are well formed, but what they name cannot be used: a missing, unreadable
+  or corrupt file, a data set or model folder that is not valid, an output that already exists, a device
+  this machine lacks.
+
+Anything else that escapes is a bug, and keeps its traceback. They are `ValueError`s, so API callers that
+catch `ValueError` keep working.
 """
 
 from __future__ import annotations
 
 import importlib
+import sys
 
 EXIT_USAGE = 2
 EXIT_DATA = 1
@@ -34,6 +42,12 @@ class MissingDependencyError(UserError, ImportError):
     exit_code = EXIT_USAGE
 
 
+def report(command: str, error: UserError) -> int:
+    """Print `error` as `<command>: error: <message>` on stderr; returns its exit code."""
+    print(f"{command}: error: {error}", file=sys.stderr)
+    return error.exit_code
+
+
 def require(module: str, extra: str, purpose: str):
     """`import module`, or a one-line error saying which extra installs it."""
     try:
@@ -45,4 +59,4 @@ def require(module: str, extra: str, purpose: str):
         ) from None
 
 
-__all__ = ["UserError", "MissingDependencyError", "require", "EXIT_USAGE", "EXIT_DATA"]
+__all__ = ["UserError", "MissingDependencyError", "require", "report", "EXIT_USAGE", "EXIT_DATA"]

@@ -20,21 +20,28 @@ from __future__ import annotations
 import functools
 import math
 import mmap
+import numbers
 import threading
-import warnings
 import weakref
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from huggingface_hub.errors import StrictDataclassError
 from transformers.image_processing_base import BatchFeature
 from transformers.image_processing_outputs import SemanticSegmentationPostProcessorOutput
 from transformers.image_processing_utils import BaseImageProcessor
-from transformers.image_utils import ChannelDimension, PILImageResampling, SizeDict
+from transformers.image_utils import (
+    IMAGENET_STANDARD_MEAN,
+    IMAGENET_STANDARD_STD,
+    ChannelDimension,
+    PILImageResampling,
+    SizeDict,
+)
 from transformers.processing_utils import ImagesKwargs, Unpack
 
-import PIL.Image
+from .image_reading import image_pixels, label_map
 
 # ml-cvnets' `Resize` is cv2.resize(INTER_LINEAR) on uint8: weights are quantised to 11 bits (2048 = 1.0).
 _COEF_BITS = 11
@@ -45,8 +52,6 @@ _SCRATCH_MAX_VIEWS = 64  # shapes remembered per thread
 _HUGE_PAGE_MIN_BYTES = 8 << 20  # smaller outputs come from malloc's reused memory
 # Label value that losses ignore (PASCAL VOC's border value, transformers' `semantic_loss_ignore_index`).
 IGNORE_INDEX = 255
-# Pillow modes whose samples are 16-bit: scaled to 8 bits (x / 257) instead of Pillow's clipping at 255.
-_PIL_16BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _RESAMPLE_TO_TORCH_MODE = {
     PILImageResampling.NEAREST: "nearest-exact",
     PILImageResampling.BILINEAR: "bilinear",
@@ -96,10 +101,18 @@ class MobileViTImageProcessor(BaseImageProcessor):
     instead, within 1/255 of Pillow's (what stock `transformers.MobileViTImageProcessor` uses) for bilinear
     and within 2/255 for bicubic.
 
-    Inputs (`images`): a PIL image of any mode (converted to RGB, alpha dropped, 16-bit grey scaled by 1/257),
-    a NumPy array or torch tensor of shape H x W, H x W x C or C x H x W with C in {1, 3, 4} (the layout is
-    inferred as transformers does, channels first when ambiguous; `input_data_format` forces it), or a list
-    of these with mixed sizes, or a 4-d batch. Pixel values are uint8 (0..255) or float in [0, 1].
+    Inputs (`images`): a PIL image of any mode, a NumPy array or torch tensor of shape H x W, H x W x C or
+    C x H x W with C in {1, 3, 4} (`input_data_format` settles a shape that could be either), or a list of
+    these with mixed sizes, or a 4-d batch; how each mode, dtype and layout is read is `mobilevit.image_reading`'s
+    table (README, "Reading images"). With `do_convert_rgb` (default) every image becomes RGB (grey repeated,
+    alpha dropped); `do_convert_rgb=False` keeps 1- and 4-channel images as they are, for models with
+    `num_channels` 1 or 4 (a batch must then share its channel count). The channel flip reverses the channel
+    axis as stock transformers' does (RGB -> BGR, RGBA -> ABGR; one channel stays).
+
+    Normalisation: off by default (MobileViT's checkpoints take BGR pixels in [0, 1]). `do_normalize=True`
+    subtracts `image_mean` and divides by `image_std` after rescaling; both are given per input channel (RGB
+    order, one value for all channels also works) and follow their channels through the flip. Stock
+    transformers' MobileViT processor accepts the same settings but ignores them; here they mean what they say.
 
     Float inputs: with `do_rescale=True` a float image must lie in [0, 1]; it is quantised to 8 bits
     (round(x * 255)) because the checkpoints' pipeline works on 8-bit pixels, so it gives the same result as
@@ -108,7 +121,8 @@ class MobileViTImageProcessor(BaseImageProcessor):
     `do_rescale=False` images are resized as floats in their own units and returned without any scaling.
 
     Segmentation maps (`segmentation_maps`): one per image, of the same height and width, with integer class
-    ids (PIL mode L/P/I, or a H x W array/tensor). They are resized with nearest neighbour (pixel-centre
+    ids (`mobilevit.image_reading.label_map`: PIL mode L/P/I, or a H x W array/tensor). They are resized with
+    nearest neighbour (pixel-centre
     aligned, as Pillow's) and cropped with exactly the geometry of their image, and returned as int64
     `labels`. Where a crop is larger than the resized image, images are padded with 0 and labels with 255
     (ignored by the loss).
@@ -116,6 +130,9 @@ class MobileViTImageProcessor(BaseImageProcessor):
     Legacy configs (2022 `MobileViTFeatureExtractor` form: `"size": 288`, `"crop_size": 256`,
     `"do_flip_channels": true`, `"reduce_labels"`) load with the same meaning; they are saved back in the
     transformers 5.x form, which stock transformers' processor reads with the same settings.
+
+    Settings are checked when the processor is made (a bad `preprocessor_config.json` fails on loading) and
+    again for each call's overrides: a `ValueError` names the setting, what was expected and what came.
     """
 
     valid_kwargs = MobileViTImageProcessorKwargs
@@ -131,6 +148,10 @@ class MobileViTImageProcessor(BaseImageProcessor):
     crop_size = {"height": 256, "width": 256}
     do_rescale = True
     rescale_factor = 1 / 255
+    do_normalize = False
+    image_mean = None  # with do_normalize=True: stock transformers' default, IMAGENET_STANDARD_MEAN (0.5)
+    image_std = None  # IMAGENET_STANDARD_STD (0.5)
+    do_convert_rgb = True
     do_flip_channel_order = True
     do_reduce_labels = False
     logits_align_corners = None  # set by the model family's processor (`mobilevit.auto`), saved in the folder
@@ -143,9 +164,19 @@ class MobileViTImageProcessor(BaseImageProcessor):
             if old in kwargs:
                 value = kwargs.pop(old)
                 kwargs.setdefault(new, value)
-        _refuse_normalisation(kwargs.get("do_normalize"))
         super().__init__(**kwargs)
         self._set_attributes(**kwargs)
+        self._validate_preprocess_kwargs(**{name: getattr(self, name) for name in self._valid_kwargs_names})
+
+    def _standardize_kwargs(self, size=None, crop_size=None, **kwargs) -> dict:
+        # transformers turns an int size into a dict and lets a bad value through or fails obscurely: say so here
+        for name, value in (("size", size), ("crop_size", crop_size)):
+            _check_size_value(name, value)
+        return super()._standardize_kwargs(size=size, crop_size=crop_size, **kwargs)
+
+    def _validate_preprocess_kwargs(self, **settings) -> None:
+        """The one check of the settings, at construction and for every call (`settings`: the effective ones)."""
+        _check_settings(**settings)
 
     def preprocess(
         self,
@@ -158,7 +189,21 @@ class MobileViTImageProcessor(BaseImageProcessor):
         Every option of the constructor can be overridden here for one call. `return_tensors="pt"` gives one
         float32 `pixel_values` batch (B, 3, H, W) and int64 `labels` (B, H, W); without it, lists of tensors.
         """
-        return super().preprocess(images, segmentation_maps, **kwargs)
+        # checked before transformers' type check of the call's settings, whose multi-line error is no ValueError
+        for name in ("size", "crop_size"):
+            _check_size_value(name, kwargs.get(name))
+        for name in ("image_mean", "image_std"):
+            if kwargs.get(name) is not None:
+                kwargs[name] = _per_channel(name, kwargs[name])
+        for name in ("input_data_format", "data_format"):
+            if kwargs.get(name) is not None:
+                _channel_dimension(name, kwargs[name])
+        if isinstance(kwargs.get("rescale_factor"), int) and not isinstance(kwargs["rescale_factor"], bool):
+            kwargs["rescale_factor"] = float(kwargs["rescale_factor"])  # a whole number is a number too
+        try:
+            return super().preprocess(images, segmentation_maps, **kwargs)
+        except StrictDataclassError as err:  # any other setting of the wrong type
+            raise TypeError(str(err.__cause__ or err).splitlines()[0]) from None
 
     def _preprocess_image_like_inputs(
         self,
@@ -174,6 +219,10 @@ class MobileViTImageProcessor(BaseImageProcessor):
         crop_size: SizeDict,
         do_rescale: bool,
         rescale_factor: float,
+        do_normalize: bool,
+        image_mean,
+        image_std,
+        do_convert_rgb: bool | None,
         do_flip_channel_order: bool,
         do_reduce_labels: bool,
         input_data_format=None,
@@ -182,27 +231,29 @@ class MobileViTImageProcessor(BaseImageProcessor):
         device=None,
         **unused,
     ) -> BatchFeature:
-        _refuse_normalisation(unused.get("do_normalize"))
         mode = _torch_mode(resample)
-        pixels = _as_list(images, "images")
-        with warnings.catch_warnings():
-            # Read-only pixels (Pillow's, or np.asarray of a PIL image) are only ever read here: no copy needed.
-            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            pixels = [
-                _image_to_hwc(image, f"images[{i}]", input_data_format, quantise=do_rescale)
-                for i, image in enumerate(pixels)
-            ]
+        convert_rgb = do_convert_rgb is not False
+        # RGB output reads only channels 0-2, so 4-byte pixels may keep their fourth byte (no copy, fastest resize)
+        pixels = [
+            image_pixels(image, f"images[{i}]", convert_rgb=convert_rgb, input_data_format=input_data_format,
+                         quantise=do_rescale, spare_channel=convert_rgb)
+            for i, image in enumerate(_as_list(images, "images"))
+        ]
         if device is not None:
             pixels = [p.to(device) for p in pixels]
+        channels = [3 if convert_rgb else p.shape[-1] for p in pixels]
         geometries = _Geometry.of_each(pixels, size if do_resize else None, crop_size if do_center_crop else None)
         channels_first = data_format is None or ChannelDimension(data_format) == ChannelDimension.FIRST
-        outputs, targets = _new_outputs(pixels, geometries, channels_first, batched=return_tensors is not None)
-        channel_order = torch.tensor([2, 1, 0] if do_flip_channel_order else [0, 1, 2])
+        outputs, targets = _new_outputs(pixels, channels, geometries, channels_first, batched=return_tensors is not None)
         # One image at a time from resize to output: its intermediates stay in this thread's scratch memory
         # (cache-sized and reused), and the only fresh memory is the output itself.
-        for image, geometry, target in zip(pixels, geometries, targets):
+        orders = {count: torch.arange(count - 1, -1, -1) if do_flip_channel_order else torch.arange(count)
+                  for count in set(channels)}
+        normalisations = {count: _normalisation(image_mean, image_std, order) if do_normalize else None
+                          for count, order in orders.items()}
+        for image, count, geometry, target in zip(pixels, channels, geometries, targets):
             crop = _resize_and_crop_image(image, geometry, mode, resize_antialias, resize_bit_exact)
-            _write_pixels(crop, channel_order.to(crop.device), target, do_rescale, rescale_factor)
+            _write_pixels(crop, orders[count].to(crop.device), target, do_rescale, rescale_factor, normalisations[count])
         data = {"pixel_values": outputs}
 
         if segmentation_maps is not None:
@@ -213,7 +264,7 @@ class MobileViTImageProcessor(BaseImageProcessor):
                 )
             labels = []
             for i, (seg, geometry) in enumerate(zip(maps, geometries)):
-                seg = _segmentation_map_to_hw(seg, f"segmentation_maps[{i}]")
+                seg = label_map(seg, f"segmentation_maps[{i}]")
                 if tuple(seg.shape) != (geometry.height, geometry.width):
                     raise ValueError(
                         f"segmentation_maps[{i}]: expected the size of images[{i}] "
@@ -275,21 +326,98 @@ def evaluation_image_processor(image_size: int, **overrides) -> MobileViTImagePr
     )
 
 
-def _refuse_normalisation(do_normalize) -> None:
-    if do_normalize:
-        raise ValueError(
-            "do_normalize: MobileViT checkpoints take BGR pixels in [0, 1] without mean/std normalisation; "
-            f"got do_normalize={do_normalize!r}"
-        )
-
-
 def reduce_labels(labels: torch.Tensor) -> torch.Tensor:
     """transformers' `do_reduce_labels`: 0 (background) -> 255 (ignored), 255 stays 255, the rest minus one."""
     return torch.where((labels == 0) | (labels == IGNORE_INDEX), IGNORE_INDEX, labels - 1)
 
 
 # --------------------------------------------------------------------------------------------------
-# Input conversion: every image becomes a H x W x 3 RGB tensor (uint8, or float when not quantised).
+# Settings and inputs (how each image is read: `image_reading.image_pixels`)
+
+
+_FLAGS = ("do_resize", "resize_antialias", "resize_bit_exact", "do_center_crop", "do_rescale", "do_normalize",
+          "do_flip_channel_order", "do_reduce_labels")
+
+
+def _is_positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _check_size_value(name: str, value) -> None:
+    """`size` / `crop_size` as written in a config or passed in: an int, or a dict of positive ints."""
+    if value is None or isinstance(value, SizeDict) or _is_positive_int(value):
+        return
+    keys = {"shortest_edge"} if name == "size" else set()
+    keys |= {"height", "width"}
+    if not (isinstance(value, dict) and value and set(value) <= keys | {"longest_edge"}
+            and all(_is_positive_int(v) for v in value.values() if v is not None)):
+        expected = "{'shortest_edge': int} or {'height': int, 'width': int}" if name == "size" else \
+            "{'height': int, 'width': int}"
+        raise ValueError(f"{name}: expected a positive int or {expected} of positive ints, got {value!r}")
+
+
+def _check_settings(*, do_convert_rgb=None, size=None, crop_size=None, rescale_factor=None, resample=None,
+                    do_normalize=False, image_mean=None, image_std=None, logits_align_corners=None, **flags) -> None:
+    for name in _FLAGS:
+        if name in flags and not isinstance(flags[name], bool):
+            raise ValueError(f"{name}: expected true or false, got {flags[name]!r}")
+    for name, value in (("do_convert_rgb", do_convert_rgb), ("logits_align_corners", logits_align_corners)):
+        if value is not None and not isinstance(value, bool):
+            raise ValueError(f"{name}: expected true, false or null, got {value!r}")
+    for name, value, needed in (("size", size, flags.get("do_resize")),
+                                ("crop_size", crop_size, flags.get("do_center_crop"))):
+        if value is None:
+            if needed:
+                raise ValueError(f"{name}: expected a size with {'do_resize' if name == 'size' else 'do_center_crop'}"
+                                 "=True, got None")
+            continue
+        values = dict(value)
+        sides = [values.get("shortest_edge")] if name == "size" and values.get("shortest_edge") else \
+            [values.get("height"), values.get("width")]
+        if not all(_is_positive_int(side) for side in sides):
+            raise ValueError(f"{name}: expected positive sizes, got {values}")
+    if flags.get("do_rescale") and not (isinstance(rescale_factor, numbers.Real) and not isinstance(rescale_factor, bool)
+                                        and math.isfinite(rescale_factor) and rescale_factor > 0):
+        raise ValueError(f"rescale_factor: expected a positive number with do_rescale=True, got {rescale_factor!r}")
+    if resample is not None:
+        _torch_mode(resample)
+    if do_normalize:
+        for name, value in (("image_mean", image_mean), ("image_std", image_std)):
+            values = _per_channel(name, value)
+            if name == "image_std" and not all(v > 0 for v in values):
+                raise ValueError(f"image_std: expected positive numbers, got {value!r}")
+            if do_convert_rgb is not False and len(values) not in (1, 3):  # RGB output: known now
+                raise ValueError(f"{name}: expected one value or 3 (one per channel), got {len(values)}: {value!r}")
+
+
+def _channel_dimension(name: str, value) -> ChannelDimension:
+    try:
+        return ChannelDimension(value)
+    except ValueError:
+        raise ValueError(f"{name}: expected 'channels_first' or 'channels_last', got {value!r}") from None
+
+
+def _per_channel(name: str, value) -> list[float]:
+    """`image_mean` / `image_std`: one finite number or a list of them (None: stock transformers' default)."""
+    if value is None:
+        value = IMAGENET_STANDARD_MEAN if name == "image_mean" else IMAGENET_STANDARD_STD
+    values = list(value) if isinstance(value, (list, tuple)) else [value]
+    if not values or not all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+        raise ValueError(f"{name}: expected a number or a list of numbers (one per channel), got {value!r}")
+    return [float(v) for v in values]
+
+
+def _normalisation(image_mean, image_std, order: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std) per output channel, as (C, 1, 1) tensors: given per input channel, reordered like the channels."""
+    result = []
+    for name, value in (("image_mean", image_mean), ("image_std", image_std)):
+        values = _per_channel(name, value)
+        if len(values) == 1:
+            values = values * len(order)
+        if len(values) != len(order):
+            raise ValueError(f"{name}: expected one value or {len(order)} (one per channel), got {len(values)}: {value!r}")
+        result.append(torch.tensor(values, dtype=torch.float32)[order].view(-1, 1, 1))
+    return result[0], result[1]
 
 
 def _as_list(images, name: str) -> list:
@@ -303,145 +431,6 @@ def _as_list(images, name: str) -> list:
     if not items:
         raise ValueError(f"{name}: expected at least one image, got an empty {type(images).__name__}")
     return items
-
-
-def _pil_pixels(image) -> np.ndarray | torch.Tensor:
-    """Decode a PIL image of any mode to H x W (grey), H x W x 3 (RGB) or H x W x 4 (RGB and a fourth channel,
-    alpha or padding, that is never read) uint8 pixels."""
-    if image.mode in ("RGB", "RGBA", "RGBX"):
-        view = _arrow_view(image)
-        return view if view is not None else np.asarray(image)
-    if image.mode == "L":
-        return np.asarray(image)
-    if image.mode == "LA":
-        return np.asarray(image)[:, :, 0]
-    if image.mode in _PIL_16BIT_MODES:
-        wide = np.asarray(image).astype(np.float32)
-        return np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8)
-    return np.asarray(image.convert("RGB"))
-
-
-def _arrow_view(image) -> torch.Tensor | None:
-    """The H x W x 4 uint8 pixels of an RGB(A/X) Pillow image without copying them, or None where that is
-    not possible (no pyarrow, a Pillow without Arrow export, an image stored in several memory blocks).
-
-    Pillow keeps such images as 4 bytes per pixel; its Arrow export (Pillow >= 11.2) hands out that memory
-    itself, where `np.asarray` copies it byte by byte into 3 bytes per pixel (a third of this processor's
-    time on 500x375 photos). The tensor keeps the Arrow array alive, which keeps the image memory alive.
-    """
-    pyarrow = _pyarrow()
-    if pyarrow is None or not hasattr(image, "__arrow_c_array__"):
-        return None
-    try:
-        pixels = pyarrow.array(image)
-    except (ValueError, TypeError, NotImplementedError, pyarrow.ArrowException):
-        return None
-    kind = pixels.type
-    four_bytes = pyarrow.types.is_fixed_size_list(kind) and kind.list_size == 4 and kind.value_type == pyarrow.uint8()
-    if not four_bytes or pixels.offset or len(pixels) != image.width * image.height:
-        return None  # not 4 x uint8 per pixel: modes other than RGB, RGBA and RGBX
-    return torch.from_numpy(pixels.values.to_numpy(zero_copy_only=True)).view(image.height, image.width, 4)
-
-
-@functools.cache
-def _pyarrow():
-    try:
-        import pyarrow
-    except ImportError:  # installed with `datasets`; without it PIL images are read with np.asarray
-        return None
-    return pyarrow
-
-
-def _channel_layout(shape, name: str, input_data_format) -> ChannelDimension:
-    if input_data_format is not None:
-        layout = ChannelDimension(input_data_format)
-        channels = shape[0] if layout == ChannelDimension.FIRST else shape[-1]
-        if channels not in (1, 3, 4):
-            raise ValueError(
-                f"{name}: expected 1, 3 or 4 channels along the {layout.value} axis, got shape {tuple(shape)}"
-            )
-        return layout
-    if shape[0] in (1, 3, 4):
-        return ChannelDimension.FIRST
-    if shape[-1] in (1, 3, 4):
-        return ChannelDimension.LAST
-    raise ValueError(
-        f"{name}: expected 1 (grey), 3 (RGB) or 4 (RGBA) channels, as H x W x C or C x H x W, "
-        f"got shape {tuple(shape)}"
-    )
-
-
-def _image_to_hwc(image, name: str, input_data_format, quantise: bool) -> torch.Tensor:
-    """One image -> H x W x C RGB tensor (C = 3, or 4 for 8-bit pixels with a fourth channel that is never
-    read), uint8 (8-bit pixels stay 8-bit); float images are quantised to uint8 when `quantise` (they must lie
-    in [0, 1]), else kept as float32 in their own units."""
-    if isinstance(image, PIL.Image.Image):
-        image = _pil_pixels(image)
-    if isinstance(image, np.ndarray):
-        if image.dtype == np.bool_ or not (np.issubdtype(image.dtype, np.number)):
-            raise TypeError(f"{name}: expected uint8 or float pixels, got a NumPy array of dtype {image.dtype}")
-        tensor = torch.from_numpy(image)
-    elif isinstance(image, torch.Tensor):
-        tensor = image.detach()
-    else:
-        raise TypeError(f"{name}: expected a PIL image, a NumPy array or a torch tensor, got {type(image).__name__}")
-
-    if tensor.ndim == 2:
-        tensor = tensor[:, :, None]
-    elif tensor.ndim == 3:
-        if _channel_layout(tensor.shape, name, input_data_format) == ChannelDimension.FIRST:
-            tensor = tensor.permute(1, 2, 0)
-    else:
-        raise ValueError(f"{name}: expected an image with 2 or 3 dimensions, got shape {tuple(tensor.shape)}")
-    if tensor.shape[0] == 0 or tensor.shape[1] == 0:
-        raise ValueError(f"{name}: the image is empty (height x width = {tensor.shape[0]} x {tensor.shape[1]})")
-
-    if tensor.shape[2] == 1:
-        tensor = tensor.expand(-1, -1, 3)
-    if tensor.dtype == torch.uint8:
-        # A fourth channel (alpha, or Pillow's padding byte) stays: 4-byte pixels resize fastest, and only
-        # channels 0-2 are ever written out.
-        return tensor
-    colours = tensor[:, :, :3]
-    if tensor.dtype.is_floating_point:
-        if not quantise:
-            return colours.float()
-        low, high = colours.min().item(), colours.max().item()
-        if not (0 <= low and high <= 1):  # written so that NaN fails too
-            raise ValueError(
-                f"{name}: float pixels must lie in [0, 1] with do_rescale=True, got values in [{low:g}, {high:g}]; "
-                "pass uint8 pixels (0..255), or do_rescale=False for images already in their final scale"
-            )
-        return torch.round(colours.float() * 255).to(torch.uint8)
-    if tensor.dtype in (torch.bool, torch.complex64, torch.complex128):
-        raise TypeError(f"{name}: expected uint8 or float pixels, got dtype {tensor.dtype}")
-    low, high = colours.min().item(), colours.max().item()
-    if low < 0 or high > 255:
-        raise ValueError(
-            f"{name}: integer pixels must lie in 0..255, got values in [{low}, {high}] (dtype {tensor.dtype}); "
-            "scale 16-bit images to 8 bits first"
-        )
-    return colours.to(torch.uint8)
-
-
-def _segmentation_map_to_hw(seg, name: str) -> torch.Tensor:
-    """One segmentation map -> H x W int64 tensor of class ids."""
-    if isinstance(seg, PIL.Image.Image):
-        if seg.mode not in ("L", "P", "I", "I;16", "1"):
-            raise ValueError(f"{name}: expected a single-channel class-id map (mode L, P or I), got mode {seg.mode}")
-        seg = np.asarray(seg)
-    if isinstance(seg, np.ndarray):
-        seg = torch.from_numpy(np.ascontiguousarray(seg))
-    if not isinstance(seg, torch.Tensor):
-        raise TypeError(f"{name}: expected a PIL image, a NumPy array or a torch tensor, got {type(seg).__name__}")
-    if seg.ndim == 3 and 1 in (seg.shape[0], seg.shape[-1]):
-        seg = seg[0] if seg.shape[0] == 1 else seg[..., 0]
-    if seg.ndim != 2:
-        raise ValueError(f"{name}: expected a H x W map of class ids, got shape {tuple(seg.shape)}")
-    if seg.dtype.is_floating_point:
-        if not torch.equal(seg, seg.round()):
-            raise ValueError(f"{name}: expected integer class ids, got non-integer values (dtype {seg.dtype})")
-    return seg.to(torch.int64)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -659,11 +648,11 @@ def _torch_mode(resample) -> str:
         ) from None
 
 
-def _new_outputs(pixels: list[torch.Tensor], geometries: list[_Geometry], channels_first: bool,
+def _new_outputs(pixels: list[torch.Tensor], channels: list[int], geometries: list[_Geometry], channels_first: bool,
                  batched: bool) -> tuple[torch.Tensor | list[torch.Tensor], list[torch.Tensor]]:
     """Uninitialised float32 outputs (one (B, ...) batch when `batched`, else one tensor per image) of the
-    crop sizes, 3 x H x W or H x W x 3, and per image a 3 x H x W view of its output to write into."""
-    shapes = [(3, *g.crop_hw) if channels_first else (*g.crop_hw, 3) for g in geometries]
+    crop sizes, C x H x W or H x W x C, and per image a C x H x W view of its output to write into."""
+    shapes = [(c, *g.crop_hw) if channels_first else (*g.crop_hw, c) for c, g in zip(channels, geometries)]
     if batched:
         _check_same_shape(shapes, "pixel_values")
         outputs = _empty_float32((len(shapes), *shapes[0]), pixels[0].device)
@@ -674,10 +663,10 @@ def _new_outputs(pixels: list[torch.Tensor], geometries: list[_Geometry], channe
 
 
 def _write_pixels(crop: torch.Tensor, channel_order: torch.Tensor, target: torch.Tensor, rescale: bool,
-                  factor: float) -> None:
-    """Write a (h, w, C) crop into `target` (3, h, w): channels `channel_order`, as float32, times `factor` if
-    `rescale`."""
-    planes = _scratch("planes", (3, *crop.shape[:2]), crop.dtype, crop.device)
+                  factor: float, normalisation: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+    """Write a (h, w, C) crop into `target` (C', h, w): channels `channel_order`, as float32, times `factor` if
+    `rescale`, then less the mean and over the std of `normalisation`."""
+    planes = _scratch("planes", (len(channel_order), *crop.shape[:2]), crop.dtype, crop.device)
     # Channels picked and transposed while still uint8 (4x less to move than floats), then converted and
     # scaled in one pass straight into the output.
     torch.index_select(crop.permute(2, 0, 1), 0, channel_order, out=planes)
@@ -689,6 +678,9 @@ def _write_pixels(crop: torch.Tensor, channel_order: torch.Tensor, target: torch
         torch.div(planes, inverse, out=target)
     else:
         torch.mul(planes, factor, out=target)
+    if normalisation is not None:
+        mean, std = normalisation
+        target.sub_(mean.to(target.device)).div_(std.to(target.device))
 
 
 class _ScratchMemory(threading.local):

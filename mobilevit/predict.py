@@ -5,50 +5,65 @@ palette PNG whose pixel values are the class ids (`<name>_mask.png`, colour-code
 of the photo beside the mask overlaid on it with a legend (`<name>_segmentation.png`), and prints the share
 of pixels of every class present. `--json` prints one JSON document instead of text.
 
-Bad input (a missing or unreadable file, a file that is not an image, a folder that is not a model) ends
-with exit code 1 and one line on stderr naming the path; nothing is written in that case.
+Segmentation runs on the whole image: the processor's resize (shortest edge), no centre crop, so that the
+logits cover every pixel and the mask maps back onto the photo exactly (a centre crop stretched over the
+whole photo would misplace everything outside the crop).
+
+Everything is checked before the model runs (`check_arguments`, then the model folder, the outputs and every
+image); a mistake ends with one line on stderr, `mobilevit predict: error: ...`, and nothing is written.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
-import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
-EXIT_BAD_INPUT = 1
+from .errors import UserError
+from .file_utils import check_output_dir, write_file_atomically
+from .image_reading import image_pixels, open_image
+from .tasks import CLASSIFICATION, SEGMENTATION, canonical_task
+
+DEFAULT_SEGMENTATION_OUTPUT = "predictions"
+MAX_PALETTE_CLASSES = 256
 
 
-class PredictInputError(ValueError):
-    """An input the command cannot use; its message is the one line shown to the user."""
+class PredictError(UserError):
+    """A `predict` argument or input that cannot be used; the message is the one line shown to the user."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ...; any mode)")
     parser.add_argument("--model", required=True, metavar="DIR",
                         help="a folder saved by mobilevit (train, convert, save_pretrained) or a Hub repository id")
-    parser.add_argument("--top-k", type=int, default=5, metavar="K", help="classification: labels to show (default 5)")
+    parser.add_argument("--task", default="auto",
+                        help="auto (from the config's architectures), image-classification or semantic-segmentation")
+    parser.add_argument("--top-k", type=int, default=5, metavar="K", help="classification: labels to show")
     parser.add_argument("--json", action="store_true", help="print the results as one JSON document")
     parser.add_argument("--output-dir", metavar="DIR", default=None,
-                        help="where segmentation masks (and predictions.json) go; default ./predictions for "
-                             "segmentation, nothing written for classification")
+                        help="where segmentation masks (and predictions.json) go; default "
+                             f"./{DEFAULT_SEGMENTATION_OUTPUT} for segmentation, nothing written for classification")
     parser.add_argument("--overwrite", action="store_true", help="replace output files that already exist")
-    parser.add_argument("--device", default="cpu", help="torch device to run on (default cpu)")
+    parser.add_argument("--device", default="cpu", help="torch device to run on: cpu, cuda, cuda:1, mps, ...")
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        if args.top_k < 1:
-            raise PredictInputError(f"--top-k: expected a positive integer, got {args.top_k}")
-        images = [read_image(path) for path in args.images]  # every input is checked before any work
-        results = predict(images, args)
-    except PredictInputError as err:
-        print(f"mobilevit predict: error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    device = check_arguments(args)
+    with _quiet_transformers():
+        model, processor, task = _load(args)
+    outputs = planned_outputs(args, task)
+    images = [read_image(path, processor) for path in args.images]  # every input is checked before any work
+    model.to(device)
+    if task == CLASSIFICATION:
+        results = classify(model, processor, images, args.images, args.top_k)
+        if outputs:
+            write_file_atomically(outputs[0], json.dumps(results, indent=2).encode())
+    else:
+        results = [segment_and_save(model, processor, image, path, *pair)
+                   for image, path, pair in zip(images, args.images, zip(outputs[::2], outputs[1::2]))]
     if args.json:
         print(json.dumps(results, indent=2))
     else:
@@ -56,95 +71,142 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-# -- inputs ----------------------------------------------------------------------------------------------------
-def read_image(path: str):
-    """Open an image file fully (so a truncated file fails here) as RGB; one-line errors naming the path."""
-    from PIL import Image, UnidentifiedImageError
+# -- checks before any work ----------------------------------------------------------------------------------
+def check_arguments(args: argparse.Namespace):
+    """The one place where predict's arguments are checked; returns the torch device."""
+    if args.top_k < 1:
+        raise PredictError(f"--top-k: expected a positive integer, got {args.top_k}", usage=True)
+    if args.task != "auto":
+        try:
+            args.task = canonical_task(args.task, allowed=(CLASSIFICATION, SEGMENTATION))
+        except ValueError as err:
+            raise PredictError(f"--{err}", usage=True) from None
+    if args.output_dir is not None:
+        check_output_dir(args.output_dir, "--output-dir", _model_folder(args), replaces=False, error=PredictError)
+    return check_device(args.device)
 
-    file = Path(path)
-    if not file.exists():
-        raise PredictInputError(f"image {path!r} does not exist")
-    if file.is_dir():
-        raise PredictInputError(f"image {path!r} is a folder, expected an image file")
+
+def check_device(name: str):
+    """A torch device this machine has, or a one-line error."""
+    import torch
+
     try:
-        with Image.open(file) as image:
-            image.load()
-            return to_rgb(image)
-    except UnidentifiedImageError:
-        raise PredictInputError(f"image {path!r} is not an image file Pillow can read") from None
-    except PermissionError:
-        raise PredictInputError(f"image {path!r} cannot be read (permission denied)") from None
-    except (OSError, SyntaxError, ValueError) as err:  # truncated or corrupt data
-        raise PredictInputError(f"image {path!r} cannot be decoded ({err})") from None
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise PredictError(f"--device: expected a torch device such as cpu, cuda, cuda:1 or mps, got {name!r}",
+                           usage=True) from None
+    backends = {"cpu": None, "cuda": torch.cuda, "mps": torch.backends.mps, "xpu": getattr(torch, "xpu", None)}
+    if device.type not in backends:
+        raise PredictError(f"--device: expected one of {', '.join(backends)} (with an index), got {name!r}", usage=True)
+    backend = backends[device.type]
+    if backend is not None and not (backend.is_available() if hasattr(backend, "is_available") else False):
+        raise PredictError(f"--device: expected a device this machine has, got {name!r} (torch sees no "
+                           f"{device.type} device here)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise PredictError(f"--device: expected a device this machine has, got {name!r} (torch sees "
+                           f"{torch.cuda.device_count()} cuda devices)")
+    return device
 
 
-def to_rgb(image):
-    """Any PIL mode -> upright RGB, as transformers' pipelines read images (EXIF orientation applied, alpha
-    dropped), except that 16-bit grey is scaled to 8 bits instead of being clipped."""
-    from PIL import Image, ImageOps
+def _model_folder(args) -> list[tuple[str, str]]:
+    return [("--model", args.model)] if Path(args.model).is_dir() else []
 
-    image = ImageOps.exif_transpose(image)
-    if image.mode in ("I", "I;16", "I;16B", "I;16L"):
-        array = np.asarray(image, dtype=np.float64)
-        return Image.fromarray(np.clip(array / 257.0, 0, 255).round().astype(np.uint8)).convert("RGB")
-    return image.convert("RGB")
+
+@contextmanager
+def _quiet_transformers():
+    """transformers' loading bar and load report stay off the command line (errors come as one line)."""
+    from transformers.utils import logging as transformers_logging
+
+    verbosity, bars = transformers_logging.get_verbosity(), transformers_logging.is_progress_bar_enabled()
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+        if bars:
+            transformers_logging.enable_progress_bar()
+
+
+def _load(args):
+    """The model, processor and task of --model. --task fills in a task the config does not name; it may not
+    contradict one it names (the head's weights would be missing, and the predictions random)."""
+    from . import auto
+
+    config = auto.load_config(args.model)
+    try:
+        named = auto.task_of(config, args.model)
+    except auto.NotAModelError:
+        if args.task == "auto":
+            raise
+        named = None
+    if named is not None and args.task not in ("auto", named):
+        raise PredictError(f"--task: expected {named} (what {str(args.model)!r} holds, its config's architectures "
+                           f"{config.architectures}), got {args.task}", usage=True)
+    model, processor, task = auto.load_model_and_processor(args.model, named or args.task)
+    if task not in (CLASSIFICATION, SEGMENTATION):
+        raise PredictError(f"--model: expected a classification or segmentation model, got {str(args.model)!r}, a "
+                           f"{task} model (a backbone without a head)")
+    if task == SEGMENTATION and model.config.num_labels > MAX_PALETTE_CLASSES:
+        raise PredictError(f"--model: expected at most {MAX_PALETTE_CLASSES} classes (the masks are palette PNGs), "
+                           f"got {model.config.num_labels}")
+    return model, processor, task
+
+
+def planned_outputs(args, task: str) -> list[Path]:
+    """The files predict will write, checked before any work: for segmentation a (mask, figure) pair per image
+    (named after it; two images of the same name would collide), for classification predictions.json when
+    --output-dir is given. None may exist unless --overwrite, none may be an input."""
+    if task == CLASSIFICATION:
+        if args.output_dir is None:
+            return []
+        paths = [Path(args.output_dir) / "predictions.json"]
+    else:
+        if args.output_dir is None:
+            args.output_dir = DEFAULT_SEGMENTATION_OUTPUT
+            check_output_dir(args.output_dir, "--output-dir", _model_folder(args), replaces=False, error=PredictError)
+        stems = [Path(path).stem for path in args.images]
+        duplicates = sorted({stem for stem in stems if stems.count(stem) > 1})
+        if duplicates:
+            raise PredictError(f"images: several files are named {duplicates[0]!r}; their masks would overwrite "
+                               "each other in the output folder (run them separately)", usage=True)
+        paths = [Path(args.output_dir) / f"{stem}{suffix}" for stem in stems
+                 for suffix in ("_mask.png", "_segmentation.png")]
+    inputs = {Path(image).resolve() for image in args.images}
+    for path in paths:
+        if path.resolve() in inputs:
+            raise PredictError(f"--output-dir: expected outputs that are not inputs, but {str(path)!r} is one of the "
+                               "images", usage=True)
+        if path.exists() and not args.overwrite:
+            raise PredictError(f"output {str(path)!r} already exists (pass --overwrite to replace it)")
+        if path.is_dir():
+            raise PredictError(f"output {str(path)!r} is a folder, expected a file (or nothing) there")
+    return paths
+
+
+# -- inputs ----------------------------------------------------------------------------------------------------
+def read_image(path: str, processor):
+    """An image file decoded whole and upright, read by the processor's rules (`image_reading`): H x W x C
+    pixels. A file that cannot be used is a one-line error naming it."""
+    image = open_image(path)
+    return image_pixels(image, repr(path), convert_rgb=processor.do_convert_rgb is not False,
+                        quantise=processor.do_rescale)
 
 
 # -- prediction ------------------------------------------------------------------------------------------------
-def predict(images: list, args: argparse.Namespace) -> list[dict]:
+def classify(model, processor, images: list, names: list[str], top_k: int) -> list[dict]:
     import torch
 
-    from . import auto
-    from .tasks import CLASSIFICATION
-
-    try:
-        model, processor, task = auto.load_model_and_processor(args.model)
-    except auto.NotAModelError as err:
-        raise PredictInputError(str(err)) from None
-    model.to(args.device)
-    if task == CLASSIFICATION:
-        json_path = Path(args.output_dir) / "predictions.json" if args.output_dir else None
-        check_outputs_free([json_path] if json_path else [], args.overwrite)
-        results = classify(model, processor, images, args)
-        if json_path is not None:
-            write_atomically(json_path, json.dumps(results, indent=2).encode())
-        return results
-    outputs = segmentation_outputs(args.images, Path(args.output_dir or "predictions"))
-    check_outputs_free([path for pair in outputs for path in pair], args.overwrite)
-    with torch.inference_mode():
-        return [segment_and_save(model, processor, image, path, *pair)
-                for image, path, pair in zip(images, args.images, outputs)]
-
-
-def segmentation_outputs(image_paths: list[str], output_dir: Path) -> list[tuple[Path, Path]]:
-    """(mask PNG, figure PNG) per image, named after the image; two images of the same name would collide."""
-    stems = [Path(path).stem for path in image_paths]
-    duplicates = sorted({stem for stem in stems if stems.count(stem) > 1})
-    if duplicates:
-        raise PredictInputError(f"images: several files are named {duplicates[0]!r}; their masks would overwrite "
-                                "each other in the output folder (run them separately)")
-    return [(output_dir / f"{stem}_mask.png", output_dir / f"{stem}_segmentation.png") for stem in stems]
-
-
-def check_outputs_free(paths: list[Path], overwrite: bool) -> None:
-    """Refuse before any work when an output exists and --overwrite was not given."""
-    for path in paths:
-        if path.exists() and not overwrite:
-            raise PredictInputError(f"output {str(path)!r} already exists (pass --overwrite to replace it)")
-
-
-def classify(model, processor, images: list, args) -> list[dict]:
-    import torch
-
-    k = min(args.top_k, model.config.num_labels)
+    k = min(top_k, model.config.num_labels)
     results = []
     with torch.inference_mode():
-        for image, path in zip(images, args.images):
-            pixels = processor(images=image, return_tensors="pt")["pixel_values"].to(args.device)
+        for image, name in zip(images, names):
+            pixels = processor(images=image, input_data_format="channels_last",
+                               return_tensors="pt")["pixel_values"].to(model.device)
             probabilities = model(pixel_values=pixels).logits.softmax(-1)[0]
             scores, indices = probabilities.topk(k)
             results.append({
-                "image": path,
+                "image": name,
                 "predictions": [{"label": model.config.id2label[int(i)], "score": float(s)}
                                 for s, i in zip(scores, indices)],
             })
@@ -152,10 +214,16 @@ def classify(model, processor, images: list, args) -> list[dict]:
 
 
 def segment(model, processor, image) -> np.ndarray:
-    """(height, width) class ids at the image's own size, as the image-segmentation pipeline computes them."""
-    inputs = processor(images=image, return_tensors="pt").to(model.device)
-    outputs = model(**inputs)
-    return processor.post_process_semantic_segmentation(outputs, target_sizes=[(image.height, image.width)])[0].cpu().numpy()
+    """(height, width) class ids of a H x W x C image at its own size: the whole image, resized (shortest edge)
+    but not cropped, and the logits resized back onto it."""
+    import torch
+
+    height, width = image.shape[:2]
+    with torch.inference_mode():
+        inputs = processor(images=image, input_data_format="channels_last", do_center_crop=False,
+                           return_tensors="pt").to(model.device)
+        outputs = model(**inputs)
+        return processor.post_process_semantic_segmentation(outputs, target_sizes=[(height, width)])[0].cpu().numpy()
 
 
 def class_areas(class_map: np.ndarray, id2label: dict) -> list[dict]:
@@ -170,9 +238,19 @@ def segment_and_save(model, processor, image, path: str, mask_path: Path, figure
     class_map = segment(model, processor, image)
     areas = class_areas(class_map, model.config.id2label)
     palette = color_palette(model.config.num_labels)
-    write_atomically(mask_path, palette_png(class_map, palette))
-    write_atomically(figure_path, segmentation_figure(image, class_map, palette, areas))
+    write_file_atomically(mask_path, palette_png(class_map, palette))
+    write_file_atomically(figure_path, segmentation_figure(_display_rgb(image), class_map, palette, areas))
     return {"image": path, "mask": str(mask_path), "figure": str(figure_path), "areas": areas}
+
+
+def _display_rgb(pixels) -> np.ndarray:
+    """H x W x 3 float RGB in [0, 1] for showing the image (grey repeated, a fourth channel left out)."""
+    values = pixels.float().numpy()
+    values = np.repeat(values, 3, axis=2) if values.shape[2] == 1 else values[:, :, :3]
+    if pixels.dtype.is_floating_point:  # do_rescale=False: the image's own units
+        low, high = values.min(), values.max()
+        return (values - low) / (high - low) if high > low else np.zeros_like(values)
+    return values / 255.0
 
 
 # -- pictures --------------------------------------------------------------------------------------------------
@@ -196,8 +274,8 @@ def palette_png(class_map: np.ndarray, palette: np.ndarray) -> bytes:
 
     from PIL import Image
 
-    if palette.shape[0] > 256:
-        raise ValueError(f"num_labels: a palette PNG holds at most 256 classes, got {palette.shape[0]}")
+    if palette.shape[0] > MAX_PALETTE_CLASSES:
+        raise ValueError(f"num_labels: a palette PNG holds at most {MAX_PALETTE_CLASSES} classes, got {palette.shape[0]}")
     mask = Image.fromarray(class_map.astype(np.uint8), mode="P")
     mask.putpalette(palette.reshape(-1).tolist())
     buffer = io.BytesIO()
@@ -205,8 +283,9 @@ def palette_png(class_map: np.ndarray, palette: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def segmentation_figure(image, class_map: np.ndarray, palette: np.ndarray, areas: list[dict]) -> bytes:
-    """PNG: the photo, then the colour mask blended over it, then a legend with each class's share."""
+def segmentation_figure(photo: np.ndarray, class_map: np.ndarray, palette: np.ndarray, areas: list[dict]) -> bytes:
+    """PNG: the photo (H x W x 3 in [0, 1]), then the colour mask blended over it, then a legend with each
+    class's share."""
     import io
 
     # matplotlib's object API renders without pyplot, so the caller's backend (a notebook's inline plots) is
@@ -214,9 +293,9 @@ def segmentation_figure(image, class_map: np.ndarray, palette: np.ndarray, areas
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
-    photo = np.asarray(image, dtype=np.float32) / 255.0
     overlay = 0.45 * photo + 0.55 * palette[class_map].astype(np.float32) / 255.0
-    figure = Figure(figsize=(10, 3.6 * image.height / max(image.width, 1) + 0.8))
+    height, width = class_map.shape
+    figure = Figure(figsize=(10, 3.6 * height / max(width, 1) + 0.8))
     axes = figure.subplots(1, 2)
     for axis, picture, title in zip(axes, (photo, overlay), ("photo", "predicted classes")):
         axis.imshow(picture)
@@ -231,19 +310,6 @@ def segmentation_figure(image, class_map: np.ndarray, palette: np.ndarray, areas
 
 
 # -- output ----------------------------------------------------------------------------------------------------
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write to a temporary file next to `path`, then move it into place whole."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def print_results(results: list[dict]) -> None:
     for result in results:
         print(result["image"])

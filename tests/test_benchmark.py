@@ -35,8 +35,11 @@ def test_smoke_run_writes_table_json_and_chart(tmp_path, capsys, monkeypatch):
     assert (tmp_path / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # a second run refuses to replace the results before timing anything
+    monkeypatch.setattr(benchmark, "build_mobilevit", lambda *a, **k: pytest.fail("a model was built"))
     assert cli_main(args) == 1
-    assert "--overwrite" in capsys.readouterr().out
+    err = capsys.readouterr().err
+    assert err == (f"mobilevit benchmark: error: --output: {str(tmp_path)!r} already holds results.json, results.md, "
+                   "chart.png (pass --overwrite to replace them)\n")
 
 
 def test_flops_include_attention():
@@ -44,6 +47,46 @@ def test_flops_include_attention():
     model = benchmark.build_mobilevit("xx-small", "image-classification")
     assert benchmark.count_flops(model, 256) / 1e9 == pytest.approx(0.81, abs=0.03)
     assert model.__dict__.get("_fast_inference_enabled", True)  # counting switched the fast path back on
+
+
+@pytest.mark.parametrize("argv, message, code", [
+    (["--batch-sizes", "0"], "batch_sizes: expected positive integers, got [0]", 2),
+    (["--batch-sizes", "1", "-4"], "batch_sizes: expected positive integers, got [1, -4]", 2),
+    (["--variants", "huge"], "variant: expected a released size", 2),
+    (["--threads", "0"], "threads: expected a positive integer, got 0", 2),
+    (["--repeats", "0"], "repeats: expected a positive integer, got 0", 2),
+    (["--warmup", "-1"], "warmup: expected an integer >= 0, got -1", 2),
+    (["--image-size", "16"], "image_size: expected an integer >= 32 (the network downsamples 32x), got 16", 2),
+    (["--task", "detection"], "task: expected one of", 2),
+    (["--output", "{tmp}/a-file"], "--output: expected a folder, got", 1),
+    (["--output", "{tmp}/a-file/results"], "is a file", 1),
+])
+def test_every_bad_argument_is_one_line_before_any_model_is_built(tmp_path, capsys, monkeypatch, argv, message, code):
+    (tmp_path / "a-file").write_text("not a folder")
+    monkeypatch.setattr(benchmark, "build_mobilevit", lambda *a, **k: pytest.fail("a model was built"))
+    assert cli_main(["benchmark", *(a.format(tmp=tmp_path) for a in argv)]) == code
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1 and message in captured.err, captured.err
+
+
+def test_onnxruntime_is_a_default_only_when_its_extra_is_installed(capsys, monkeypatch):
+    """README's main install has no onnxscript: the default candidates must not need it, and asking for
+    onnxruntime without it is one line naming the extra."""
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxscript" else
+                        real_find_spec(name, *a))
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # import onnxscript now fails
+    assert benchmark.default_candidates() == ("mobilevit", "transformers", "resnet-50")
+    monkeypatch.setattr(benchmark, "build_mobilevit", lambda *a, **k: pytest.fail("a model was built"))
+    assert cli_main(["benchmark", "--candidates", "mobilevit", "onnxruntime"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mobilevit benchmark: error: the onnxruntime candidate") and err.count("\n") == 1
+    assert 'pip install "mobilevit[export]"' in err
+    settings = benchmark.check_settings(variants=["xx-small"], batch_sizes=[1], threads=1, task="image-classification",
+                                        image_size=None, repeats=1, warmup=0, candidates=None, allocator="default")
+    assert "onnxruntime" not in settings["candidates"] and settings["image_size"] == 256
 
 
 def test_bad_arguments():

@@ -74,16 +74,21 @@ def test_variant_spellings_are_unambiguous_across_families():
 @pytest.mark.parametrize(
     "fields,match",
     [
-        ({"n_attn_blocks": [2, 4]}, r"n_attn_blocks: expected a list of 3 positive integers, got \[2, 4\]"),
+        ({"n_attn_blocks": [2, 4]}, r"n_attn_blocks: expected a list of 3 positive integers of at most 64, got \[2, 4\]"),
         ({"base_attn_unit_dims": [128, 0, 256]}, "base_attn_unit_dims: expected a list of 3 positive integers"),
+        ({"base_attn_unit_dims": [128, 10**6, 256]}, "base_attn_unit_dims: expected a list of 3 positive integers of "
+                                                      "at most 8192"),
         ({"atrous_rates": [6, 12]}, "atrous_rates: expected a list of 3"),
-        ({"width_multiplier": 0}, "width_multiplier: expected a positive number, got 0"),
-        ({"patch_size": 0}, "patch_size: expected a positive integer, got 0"),
+        ({"width_multiplier": 0}, "width_multiplier: expected a positive number of at most 16, got 0"),
+        ({"width_multiplier": 1000}, "width_multiplier: expected a positive number of at most 16, got 1000"),
+        ({"patch_size": 0}, "patch_size: expected one of 1, 2, 4, 8, got 0"),
+        ({"num_labels": -3}, "num_labels: expected at least 1 class"),
+        ({"image_size": "big"}, "image_size: expected a positive integer"),
         ({"output_stride": 4}, "output_stride: expected one of 8, 16, 32, got 4"),
         ({"attn_dropout": 1.0}, r"attn_dropout: expected a probability in \[0, 1\), got 1.0"),
         ({"hidden_act": "swishy"}, "hidden_act: expected an activation name"),
         ({"conv_kernel_size": 4}, "conv_kernel_size: expected an odd integer"),
-        ({"ffn_multiplier": 0}, "ffn_multiplier: expected a positive integer"),
+        ({"ffn_multiplier": 0}, "ffn_multiplier: expected a positive number of at most 16"),
     ],
 )
 def test_invalid_fields_fail_at_construction(fields, match):

@@ -181,7 +181,8 @@ def test_converted_folder_matches_mlcvnets(name, converted):
     size = 512 if segmentation else 256
     assert processor["crop_size"] == {"height": size, "width": size}
     assert processor["size"] == {"shortest_edge": size + 32}
-    assert processor["do_flip_channel_order"] is True and "image_mean" not in processor
+    assert processor["do_flip_channel_order"] is True and processor["do_normalize"] is False
+    assert "image_mean" not in processor
 
     card = (folder / "README.md").read_text()
     sha = sha256_of_file(folder.parent / f"{name}.pt")
@@ -228,7 +229,8 @@ def broken_checkpoints(tmp_path: Path) -> dict[str, tuple[Path, list[str], str]]
     cases = {}
     full = save_checkpoint(good, tmp_path / "full.pt")
     (tmp_path / "truncated.pt").write_bytes(full.read_bytes()[: full.stat().st_size // 2])
-    cases["truncated"] = (tmp_path / "truncated.pt", [], "could not be read")
+    cases["truncated"] = (tmp_path / "truncated.pt", [], "is a PyTorch zip checkpoint that cannot be read: the file "
+                                                         "is truncated or corrupt")
     resnet = {"conv1.weight": torch.randn(64, 3, 7, 7), "bn1.weight": torch.ones(64), "bn1.bias": torch.zeros(64),
               "layer1.0.conv1.weight": torch.randn(64, 64, 3, 3), "fc.weight": torch.randn(1000, 512),
               "fc.bias": torch.zeros(1000)}
@@ -250,6 +252,9 @@ def broken_checkpoints(tmp_path: Path) -> dict[str, tuple[Path, list[str], str]]
     return cases
 
 
+USAGE_CASES = ("wrong variant", "wrong task", "ambiguous ema")
+
+
 @NEEDS_FIXTURES
 def test_bad_checkpoints_fail_clearly_and_leave_nothing(tmp_path, capsys):
     out_parent = tmp_path / "out"
@@ -261,9 +266,11 @@ def test_bad_checkpoints_fail_clearly_and_leave_nothing(tmp_path, capsys):
                                **{a.lstrip("-"): v for a, v in zip(extra[::2], extra[1::2])})
         assert message in str(info.value), (case, str(info.value))
         assert not output_dir.exists() and not leftovers(out_parent, output_dir), case
-        # the command line reports the same message and exits non-zero
-        assert convert_cli(checkpoint, output_dir, *extra) == 2, case
-        assert message.splitlines()[0] in capsys.readouterr().err, case
+        # the command line reports the same message; a contradicting option is a usage error (2), a checkpoint
+        # that cannot be used a data error (1)
+        assert convert_cli(checkpoint, output_dir, *extra) == (2 if case in USAGE_CASES else 1), case
+        err = capsys.readouterr().err
+        assert err.startswith("convert_mlcvnets_checkpoint: error: ") and message.splitlines()[0] in err, case
         assert not output_dir.exists() and not leftovers(out_parent, output_dir), case
 
 
@@ -273,8 +280,8 @@ def test_existing_folder_is_refused_unless_overwrite(tmp_path, capsys):
     output_dir = tmp_path / "mobilevit-xx-small"
     output_dir.mkdir()
     (output_dir / "keep.txt").write_text("mine")
-    assert convert_cli(checkpoint, output_dir) == 2
-    assert "already exists; pass --overwrite" in capsys.readouterr().err
+    assert convert_cli(checkpoint, output_dir) == 1
+    assert "which holds files (pass --overwrite to replace it)" in capsys.readouterr().err
     assert sorted(p.name for p in output_dir.iterdir()) == ["keep.txt"]
     assert convert_cli(checkpoint, output_dir, "--overwrite") == 0
     assert sorted(p.name for p in output_dir.iterdir()) == [
@@ -351,3 +358,84 @@ def test_mobilevit_convert_subcommand_is_wired(capsys):
         cli_main(["convert", "--help"])
     out = capsys.readouterr().out
     assert "--checkpoint" in out and "--push-to-hub" in out and "--weights" in out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Checked before the checkpoint is read: the output never replaces the checkpoint; unreadable files are named
+# without advice that would run a pickle's code; leftovers of a killed run are removed
+# ---------------------------------------------------------------------------------------------------------
+def _tiny_checkpoint(path: Path) -> Path:
+    return save_checkpoint({"conv_1.block.conv.weight": torch.zeros(16, 3, 3, 3)}, path)
+
+
+def test_the_checkpoints_own_folder_is_never_replaced(tmp_path, capsys):
+    """`convert --checkpoint D/x.pt --output-dir D --overwrite` deleted the checkpoint."""
+    checkpoint = _tiny_checkpoint(tmp_path / "ckpts" / "x.pt") if (tmp_path / "ckpts").mkdir() is None else None
+    before = checkpoint.read_bytes()
+    for output, message, code in [
+        (tmp_path / "ckpts", "output_dir: expected a folder that does not hold the input checkpoint", 2),
+        (tmp_path, "replacing it would delete that input", 2),
+        (checkpoint, "output_dir: expected a folder, got", 1),
+        (checkpoint / "out", "output_dir: expected a folder outside the input checkpoint", 2),
+    ]:
+        assert convert_cli(checkpoint, output, "--overwrite") == code, output
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+    assert checkpoint.read_bytes() == before
+    assert convert_cli(tmp_path / "ckpts", tmp_path / "out") == 1
+    assert "checkpoint: expected an existing file, got" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option, message", [
+    (["--variant", "huge"], "variant: expected a released size"),
+    (["--task", "detection"], "task: expected one of"),
+])
+def test_bad_options_are_usage_errors_before_reading(tmp_path, capsys, option, message):
+    checkpoint = tmp_path / "never-read.pt"
+    checkpoint.write_bytes(b"not even a checkpoint")
+    assert convert_cli(checkpoint, tmp_path / "out", *option) == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+@pytest.mark.parametrize("content, message", [
+    (os.urandom(4096), "is not a PyTorch checkpoint (neither a zip archive nor a pickle)"),
+    (b"", "is empty"),
+    (b"weights, honestly\n", "is not a PyTorch checkpoint"),
+    (None, "holds Python objects other than tensors and plain containers (Trying to load unsupported GLOBAL "
+           "posix.system whose module posix is blocked)"),
+    ("module", "holds Python objects other than tensors and plain containers (Unsupported global: GLOBAL "
+               "torch.nn.modules.linear.Linear)"),
+])
+def test_unreadable_checkpoints_never_get_advice_to_run_their_code(tmp_path, capsys, monkeypatch, content, message):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "file.pt"
+    if content is None:
+        torch.save({"model": _RunsCode()}, path)
+    elif content == "module":  # a pickled model object instead of its state dict
+        torch.save(torch.nn.Linear(2, 2), path)
+    else:
+        path.write_bytes(content)
+    assert convert_cli(path, tmp_path / "out") == 1
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert "weights_only=False" not in err and "weights_only` set to `False" not in err
+    assert "safe_globals" not in err and not (tmp_path / "pwned").exists()
+
+
+@NEEDS_FIXTURES
+def test_a_killed_conversions_staging_folder_is_removed_by_the_next_one(tmp_path):
+    from mobilevit.file_utils import _host_id
+
+    checkpoint = save_checkpoint(fresh_state_dict("mobilevit_xxs"), tmp_path / "mobilevit_xxs.pt")
+    # what `mobilevit convert --output-dir out` leaves when SIGKILLed while writing (a process id that is gone)
+    stale = tmp_path / f".out.mobilevit-{_host_id()}-{2 ** 22 + 99}-123456.k3j4h5.tmp"
+    stale.mkdir()
+    (stale / "config.json").write_text("{}")
+    (stale / "model.safetensors").write_bytes(b"\0" * 100)
+    assert convert_cli(checkpoint, tmp_path / "out") == 0
+    assert not stale.exists() and not leftovers(tmp_path, tmp_path / "out")

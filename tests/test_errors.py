@@ -49,3 +49,20 @@ def test_require_names_the_extra():
                                                      r"pip install \"mobilevit\[export\]\""):
         require("no_such_pkg_x", "export", "export")
     assert issubclass(MissingDependencyError, ImportError) and issubclass(UserError, ValueError)
+
+
+@pytest.mark.parametrize("command, shown", [
+    ("train", ["passes over the training data (default: 10)", "(default: 32)", "(default: xx-small)",
+               "augmentation (default: 0)", "torch CPU threads (default: 1;"]),
+    ("demo", ["(default: demo-output)", "torch CPU threads (default: 1,"]),
+    ("predict", ["(default: 5)", "(default: cpu)", "(default: auto)"]),
+    ("benchmark", ["(default: 20)"]),
+])
+def test_help_shows_the_defaults(capsys, command, shown):
+    with pytest.raises(SystemExit) as exited:
+        cli.main([command, "--help"])
+    assert exited.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for expected in shown:
+        assert expected in text, expected
+    assert "(default: None)" not in text and "(default: False)" not in text

@@ -194,7 +194,8 @@ def test_push_then_pull_round_trip_is_byte_identical_with_equal_outputs(saved_cl
         expected = model(pixel_values=pixels).logits
     torch.testing.assert_close(torch.load(f"{out}.pt", weights_only=True), expected, rtol=0, atol=0)
     assert info["processor"] == MobileViTImageProcessor.from_pretrained(folder).to_dict()
-    assert info["model_class"] == "mobilevit.models.mobilevit.modeling_mobilevit" and info["stock_class"].startswith("transformers.")
+    assert info["model_class"] == "mobilevit.models.mobilevit.modeling_mobilevit"  # this package's class, not stock's
+    assert info["stock_class"].startswith("transformers.")
 
     # the card says what the folder is
     card = stored["README.md"].decode()

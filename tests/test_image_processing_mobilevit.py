@@ -142,30 +142,8 @@ def test_resize_equals_torch_interpolate_then_crop(resample, antialias, monkeypa
             assert torch.equal(pixels(processor, form)[0], expected), (height, width, type(form))
 
 
-def test_pil_pixels_are_read_in_place_and_stay_valid(flower):
-    """RGB/RGBA Pillow images are read through their Arrow export without a copy; the view keeps the image memory
-    alive after the image is gone, and large images stored in several blocks fall back to a copy."""
-    import gc
-
-    from mobilevit.image_processing_mobilevit import _arrow_view, _pyarrow
-
-    if _pyarrow() is None:
-        pytest.skip("pyarrow is not installed (it comes with datasets): PIL images are copied with np.asarray")
-    image = PIL.Image.fromarray(flower)
-    view = _arrow_view(image)
-    assert view.shape == (*flower.shape[:2], 4) and torch.equal(view[..., :3], torch.from_numpy(flower))
-    del image
-    gc.collect()
-    PIL.Image.fromarray(np.zeros_like(flower))  # new image memory, which might reuse the freed block
-    assert torch.equal(view[..., :3], torch.from_numpy(flower))
-    rgba = np.concatenate([flower, np.full(flower.shape[:2] + (1,), 9, np.uint8)], axis=2)
-    assert torch.equal(_arrow_view(PIL.Image.fromarray(rgba)), torch.from_numpy(rgba))
-    assert _arrow_view(PIL.Image.new("RGB", (4000, 3000))) is None  # 48 MB: several blocks in Pillow
-    assert _arrow_view(PIL.Image.fromarray(flower).convert("L")) is None  # other modes are decoded as before
-
-
 def test_without_arrow_pil_images_give_the_same_pixels(flower, monkeypatch):
-    from mobilevit import image_processing_mobilevit as module
+    from mobilevit import image_reading as module
 
     images = [PIL.Image.fromarray(flower), PIL.Image.fromarray(flower).convert("RGBA")]
     reference = pixels(MobileViTImageProcessor(), images)
@@ -210,13 +188,28 @@ def test_numpy_and_tensor_inputs_match_pil(flower):
         assert torch.equal(pixels(processor, image), grey_reference)
 
 
-def test_input_data_format_forces_the_layout():
+def test_input_data_format_settles_an_ambiguous_layout():
     processor = MobileViTImageProcessor(do_resize=False, do_center_crop=False, do_rescale=False)
-    # 3 x 4 x 3 is ambiguous: channels first by default (as transformers), channels last when told
+    # 3 x 4 x 3 could be either layout: an error asks which (transformers silently takes channels first)
     image = torch.arange(36, dtype=torch.uint8).reshape(3, 4, 3)
-    assert pixels(processor, image, do_flip_channel_order=False).shape == (1, 3, 4, 3)
+    with pytest.raises(ValueError, match=r"images\[0\]: shape \(3, 4, 3\) is ambiguous.*input_data_format"):
+        pixels(processor, image)
     forced = pixels(processor, image, do_flip_channel_order=False, input_data_format="channels_last")
     assert torch.equal(forced[0], image.permute(2, 0, 1).float())
+    first = pixels(processor, image, do_flip_channel_order=False, input_data_format="channels_first")
+    assert torch.equal(first[0], image.float())
+
+
+@pytest.mark.parametrize("crop", [256, 400])
+def test_planar_uint8_tensors_resize_like_pil_images(flower, crop):
+    """A contiguous C x H x W uint8 tensor (upscaled, and with a crop larger than the resized image) crashed inside
+    torch's resize kernel (INTERNAL ASSERT FAILED); it now gives the PIL image's pixels."""
+    small = np.ascontiguousarray(flower[:40, :50])
+    planar = torch.from_numpy(np.ascontiguousarray(small.transpose(2, 0, 1)))
+    for half in (False, True):
+        image = planar.half() / 255 if half else planar
+        processor = MobileViTImageProcessor(crop_size={"height": crop, "width": crop})
+        assert torch.equal(pixels(processor, image), pixels(processor, PIL.Image.fromarray(small)))
 
 
 def test_portrait_landscape_and_mixed_sizes_in_one_batch(flower, china):
@@ -418,7 +411,12 @@ def test_loads_what_the_checkpoint_converter_writes():
     assert converted.to_dict() == MobileViTImageProcessor().to_dict()
 
 
-@pytest.mark.parametrize("source", [LEGACY_CONFIG, MODERN_CONFIG, {"do_flip_channels": False, "size": 320, "crop_size": 300}])
+STOCK_STYLE_CONFIG = dict(MODERN_CONFIG, do_normalize=True, image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
+                          do_convert_rgb=False)
+
+
+@pytest.mark.parametrize("source", [LEGACY_CONFIG, MODERN_CONFIG, {"do_flip_channels": False, "size": 320, "crop_size": 300},
+                                    STOCK_STYLE_CONFIG])
 def test_saved_config_loads_in_stock_transformers_with_the_same_settings(tmp_path, source, monkeypatch, caplog):
     import transformers
 
@@ -434,9 +432,26 @@ def test_saved_config_loads_in_stock_transformers_with_the_same_settings(tmp_pat
     assert stock.do_flip_channel_order == ours.do_flip_channel_order
     assert int(stock.resample) == int(ours.resample)
     assert stock.do_center_crop == ours.do_center_crop and stock.do_rescale == ours.do_rescale
-    assert not stock.do_normalize
+    assert stock.do_normalize == ours.do_normalize == source.get("do_normalize", False)
+    if ours.do_normalize:
+        assert list(stock.image_mean) == list(ours.image_mean) and list(stock.image_std) == list(ours.image_std)
+    else:
+        assert "image_mean" not in saved and "image_std" not in saved
+    assert stock.do_convert_rgb == ours.do_convert_rgb == source.get("do_convert_rgb", True)
     reloaded = MobileViTImageProcessor.from_pretrained(tmp_path)
     assert reloaded.to_dict() == ours.to_dict()
+
+
+def test_a_config_stock_transformers_writes_loads_here_and_means_what_it_says(tmp_path, flower, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    stock = MobileViTImageProcessorPil(**HUB_SETTINGS, do_normalize=True, image_mean=[0.4, 0.5, 0.6],
+                                       image_std=[0.2, 0.25, 0.3], do_convert_rgb=False)
+    stock.save_pretrained(tmp_path)
+    ours = MobileViTImageProcessor.from_pretrained(tmp_path)
+    assert ours.do_normalize is True and list(ours.image_mean) == [0.4, 0.5, 0.6] and ours.do_convert_rgb is False
+    expected = MobileViTImageProcessor(resample=2, do_normalize=True, image_mean=[0.4, 0.5, 0.6],
+                                       image_std=[0.2, 0.25, 0.3], do_convert_rgb=False)
+    assert torch.equal(pixels(ours, flower), pixels(expected, flower))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -453,10 +468,16 @@ def test_saved_config_loads_in_stock_transformers_with_the_same_settings(tmp_pat
         (np.zeros((0, 12, 3), np.uint8), {}, ValueError, r"images\[0\].*empty.*0 x 12"),
         ([np.zeros((10, 12, 3), np.uint8), np.full((10, 12, 3), 1.5, np.float32)], {}, ValueError,
          r"images\[1\].*\[0, 1\].*do_rescale=True.*\[1\.5, 1\.5\]"),
-        (np.full((10, 12, 3), np.nan, np.float32), {}, ValueError, r"images\[0\].*\[0, 1\].*nan"),
-        (np.full((10, 12, 3), 300, np.int32), {}, ValueError, r"images\[0\].*0\.\.255"),
-        (np.zeros((10, 12, 3), np.uint8), {"size": {"shortest_edge": 0}}, ValueError, r"size: expected positive"),
-        (np.zeros((10, 12, 3), np.uint8), {"crop_size": {"height": 0, "width": 5}}, ValueError, r"crop_size: expected positive"),
+        (np.full((10, 12, 3), np.nan, np.float32), {}, ValueError, r"images\[0\]: expected finite pixel values"),
+        (np.full((10, 12, 3), 70000, np.int32), {}, ValueError, r"images\[0\].*0\.\.255 \(8-bit\) or 0\.\.65535"),
+        (np.zeros((10, 12, 3), np.uint8), {"size": "big"}, ValueError, r"size: expected a positive int or"),
+        (np.zeros((10, 12, 3), np.uint8), {"rescale_factor": -1.0}, ValueError, r"rescale_factor: expected a positive"),
+        (np.zeros((10, 12, 3), np.uint8), {"do_normalize": True, "image_std": [0.5, 0, 0.5]}, ValueError,
+         r"image_std: expected positive numbers"),
+        (np.zeros((10, 12, 3), np.uint8), {"do_normalize": True, "image_mean": [0.5, 0.5]}, ValueError,
+         r"image_mean: expected one value or 3 \(one per channel\), got 2"),
+        (np.zeros((10, 12, 3), np.uint8), {"size": {"shortest_edge": 0}}, ValueError, r"size: expected a positive int"),
+        (np.zeros((10, 12, 3), np.uint8), {"crop_size": {"height": 0, "width": 5}}, ValueError, r"crop_size: expected a positive int"),
         ("photo.jpg", {}, TypeError, r"images\[0\].*PIL image, a NumPy array or a torch tensor, got str"),
         (np.zeros((10, 12, 3), np.uint8), {"resample": 5}, ValueError, r"resample: expected NEAREST"),
         ([np.zeros((10, 12, 3), np.uint8), np.zeros((20, 12, 3), np.uint8)],
@@ -469,6 +490,21 @@ def test_bad_images_raise_clear_errors(images, kwargs, error, match):
         MobileViTImageProcessor()(images, **kwargs)
 
 
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"input_data_format": 3}, ValueError, r"input_data_format: expected 'channels_first' or 'channels_last', got 3"),
+    ({"data_format": "rows"}, ValueError, r"data_format: expected 'channels_first' or 'channels_last', got 'rows'"),
+    ({"rescale_factor": "x"}, TypeError, r"Field 'rescale_factor' with value 'x'"),
+    ({"do_resize": "yes"}, TypeError, r"Field 'do_resize' with value 'yes'"),
+    ({"do_normalize": True, "image_mean": "grey"}, ValueError, r"image_mean: expected a number or a list of numbers"),
+])
+def test_settings_of_the_wrong_type_in_a_call_are_one_line(kwargs, error, match):
+    """transformers' own type check of a call's settings raises a multi-line error that is not a ValueError."""
+    with pytest.raises(error, match=match) as caught:
+        MobileViTImageProcessor()(np.zeros((10, 12, 3), np.uint8), return_tensors="pt", **kwargs)
+    assert "\n" not in str(caught.value)
+    assert pixels(MobileViTImageProcessor(), np.zeros((10, 12, 3), np.uint8), rescale_factor=1).max() == 0  # an int is fine
+
+
 def test_bad_segmentation_maps_raise_clear_errors():
     processor = MobileViTImageProcessor()
     image = np.zeros((40, 50, 3), np.uint8)
@@ -476,15 +512,66 @@ def test_bad_segmentation_maps_raise_clear_errors():
         processor(image, segmentation_maps=np.zeros((40, 49), np.uint8))
     with pytest.raises(ValueError, match=r"segmentation_maps: expected one map per image \(2\), got 1"):
         processor([image, image], segmentation_maps=[np.zeros((40, 50), np.uint8)])
-    with pytest.raises(ValueError, match=r"segmentation_maps\[0\].*mode RGB"):
-        processor(image, segmentation_maps=PIL.Image.fromarray(image))
-    with pytest.raises(ValueError, match=r"segmentation_maps\[0\].*non-integer"):
+    coloured = image.copy()
+    coloured[0, 0] = (255, 0, 0)
+    with pytest.raises(ValueError, match=r"segmentation_maps\[0\].*colour-coded"):
+        processor(image, segmentation_maps=PIL.Image.fromarray(coloured))
+    with pytest.raises(ValueError, match=r"segmentation_maps\[0\].*whole-number"):
         processor(image, segmentation_maps=np.full((40, 50), 0.5, np.float32))
 
 
-def test_normalisation_is_refused():
-    with pytest.raises(ValueError, match="do_normalize"):
-        MobileViTImageProcessor(do_normalize=True)
+def test_normalisation_means_what_it_says(flower):
+    """do_normalize=True (refused before) subtracts the mean and divides by the std, given in RGB order, after
+    the flip too; stock transformers' MobileViT processor accepts the settings and ignores them."""
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    plain = pixels(MobileViTImageProcessor(), flower)  # BGR in [0, 1]
+    normalised = pixels(MobileViTImageProcessor(do_normalize=True, image_mean=mean, image_std=std), flower)
+    bgr_mean, bgr_std = torch.tensor(mean[::-1]).view(1, 3, 1, 1), torch.tensor(std[::-1]).view(1, 3, 1, 1)
+    torch.testing.assert_close(normalised, (plain - bgr_mean) / bgr_std, rtol=0, atol=1e-6)
+    unflipped = pixels(MobileViTImageProcessor(do_normalize=True, image_mean=mean, image_std=std,
+                                               do_flip_channel_order=False), flower)
+    torch.testing.assert_close(unflipped, normalised.flip(1), rtol=0, atol=0)
+    one_value = pixels(MobileViTImageProcessor(do_normalize=True, image_mean=0.5, image_std=0.5), flower)
+    torch.testing.assert_close(one_value, plain * 2 - 1, rtol=0, atol=1e-6)
+    # without a mean and std: stock transformers' defaults (0.5, 0.5)
+    torch.testing.assert_close(pixels(MobileViTImageProcessor(do_normalize=True), flower), one_value, rtol=0, atol=0)
+    stock = MobileViTImageProcessorPil(**HUB_SETTINGS, do_normalize=True, image_mean=mean, image_std=std)
+    assert stock(flower, return_tensors="pt")["pixel_values"].min() >= 0  # stock ignores it
+
+
+def test_do_convert_rgb_false_keeps_one_and_four_channels(flower):
+    """For models with num_channels 1 or 4: grey stays one channel, RGBA keeps its alpha (flipped to the front,
+    as stock transformers' channel flip reverses the whole axis)."""
+    keep = MobileViTImageProcessor(do_convert_rgb=False)
+    grey = PIL.Image.fromarray(flower).convert("L")
+    one = pixels(keep, grey)
+    assert one.shape == (1, 1, 256, 256)
+    assert torch.equal(one[0, 0], pixels(MobileViTImageProcessor(), grey)[0, 0])
+    rgba = np.concatenate([flower, np.full(flower.shape[:2] + (1,), 51, np.uint8)], axis=2)
+    for image in (rgba, PIL.Image.fromarray(rgba), torch.from_numpy(rgba).permute(2, 0, 1)):
+        four = pixels(keep, image)
+        assert four.shape == (1, 4, 256, 256), type(image)
+        assert torch.equal(four[0, 1:], pixels(MobileViTImageProcessor(), flower)[0])  # ABGR: BGR after alpha
+        torch.testing.assert_close(four[0, 0], torch.full((256, 256), 0.2))
+    assert pixels(keep, flower).shape == (1, 3, 256, 256)
+    assert pixels(MobileViTImageProcessor(), rgba).shape == (1, 3, 256, 256)  # the default drops alpha
+    with pytest.raises(ValueError, match="different sizes"):  # a batch shares its channel count
+        pixels(keep, [flower, grey])
+
+
+def test_every_setting_is_checked_when_the_processor_is_made(tmp_path, monkeypatch):
+    """A bad preprocessor_config.json fails on loading, naming the setting."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for bad, match in [({"size": -5}, r"size: expected a positive int"), ({"size": "big"}, r"size: expected"),
+                       ({"crop_size": {"height": 0, "width": 5}}, r"crop_size: expected"),
+                       ({"do_rescale": "yes"}, r"do_rescale: expected true or false, got 'yes'"),
+                       ({"rescale_factor": 0}, r"rescale_factor: expected a positive number"),
+                       ({"resample": 9}, r"resample: expected NEAREST"),
+                       ({"do_normalize": True, "image_mean": "grey"}, r"image_mean: expected a number or a list"),
+                       ({"do_normalize": True, "image_mean": [0.5, 0.5]}, r"image_mean: expected one value or 3"),
+                       ({"logits_align_corners": "yes"}, r"logits_align_corners: expected true, false or null")]:
+        with pytest.raises(ValueError, match=match):
+            MobileViTImageProcessor.from_pretrained(write_config(tmp_path, dict(MODERN_CONFIG, **bad)))
 
 
 def test_large_batches_on_huge_pages_equal_the_per_image_outputs(flower, china, monkeypatch):

@@ -233,3 +233,19 @@ def test_bad_labels_are_named():
         segmenter(x, labels=torch.zeros(2, 64, 64))
     with pytest.raises(ValueError, match="labels: expected an integer tensor of shape"):
         segmenter(x, labels=torch.zeros(3, 64, 64, dtype=torch.long))
+
+
+@pytest.mark.parametrize("head", ["classification", "segmentation-os16"])
+def test_pixels_of_another_float_precision_are_cast_to_the_weights_dtype(head):
+    """float64 (NumPy's default) and float16 pixels raised torch's dtype error; they are cast, as transformers'
+    pipelines cast their inputs to the model's dtype."""
+    ours, _ = build_pair("xx-small", head)
+    pixels = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        reference = main_output(ours(pixels))
+        torch.testing.assert_close(main_output(ours(pixels.double())), reference, rtol=0, atol=1e-6)
+        half = main_output(ours(pixels.half()))  # float16 rounds the pixels to 11 significant bits
+        assert half.dtype == torch.float32 and (half - reference).abs().max() < 0.05 * reference.abs().max()
+        in_double = main_output(ours.double()(pixels))
+    assert in_double.dtype == torch.float64
+    torch.testing.assert_close(in_double.float(), reference, rtol=0, atol=1e-4)

@@ -109,7 +109,8 @@ def test_folders_that_are_not_models(images, tmp_path, capsys):
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "config.json").write_text(json.dumps({"model_type": "bert"}))
     for model, message in [(tmp_path, "has no config.json"), (images / "notes.txt", "got the file"),
-                           (tmp_path / "other", "is a 'bert' model, expected one of ['mobilevit', 'mobilevitv2']"), (tmp_path / "missing", "cannot load")]:
+                           (tmp_path / "other", "is a 'bert' model, expected one of ['mobilevit', 'mobilevitv2']"),
+                           (tmp_path / "missing", "no such folder")]:
         code, out, err = run(capsys, images / "photo.jpg", "--model", model)
         lines = err.strip().splitlines()
         assert code != 0 and out == "" and len(lines) == 1, err
@@ -120,3 +121,222 @@ def test_palette_is_distinct_and_starts_black():
     palette = color_palette(21)
     assert palette[0].tolist() == [0, 0, 0] and palette[1].tolist() == [128, 0, 0]
     assert len({tuple(c) for c in palette.tolist()}) == 21
+
+
+# -- every mistake is one line, found before the model runs ---------------------------------------------------------
+import shutil
+import stat
+from types import SimpleNamespace
+
+import torch
+
+from mobilevit import MobileViTImageProcessor, auto
+from mobilevit import predict as predict_module
+from mobilevit.errors import EXIT_DATA, EXIT_USAGE
+
+
+def one_line_error(capsys, *argv) -> tuple[int, str]:
+    code, out, err = run(capsys, *argv)
+    lines = err.strip().splitlines()
+    assert out == "" and len(lines) == 1 and lines[0].startswith("mobilevit predict: error: "), err
+    assert "Traceback" not in err
+    return code, lines[0]
+
+
+@pytest.fixture
+def broken_model(saved_classifier, tmp_path):
+    """A copy of the small classifier folder, to break in the test."""
+    folder = tmp_path / "model"
+    shutil.copytree(saved_classifier, folder)
+    return folder
+
+
+def _config(folder):
+    return json.loads((folder / "config.json").read_text())
+
+
+@pytest.mark.parametrize("breakage, message, code", [
+    (lambda f: (f / "model.safetensors").unlink(), "holds no weights (expected model.safetensors", EXIT_DATA),
+    (lambda f: (f / "model.safetensors").write_bytes((f / "model.safetensors").read_bytes()[:5000]),
+     "cannot be read, the file is truncated or corrupt", EXIT_DATA),
+    (lambda f: (f / "config.json").write_text(json.dumps({k: v for k, v in _config(f).items() if k != "architectures"})),
+     "config.architectures: expected one of", EXIT_DATA),
+    (lambda f: (f / "config.json").write_text(json.dumps(dict(_config(f), hidden_sizes=[96, 120, 144]))),
+     "do not fit its config.json (", EXIT_DATA),
+    (lambda f: (f / "preprocessor_config.json").write_text('{"size": -5}'),
+     "preprocessor_config.json' holds an invalid setting (size: expected a positive int", EXIT_DATA),
+    (lambda f: (f / "preprocessor_config.json").write_text('{"crop_size": {"height": 256'),
+     "preprocessor_config.json' cannot be read", EXIT_DATA),
+    (lambda f: (f / "preprocessor_config.json").write_text('{"do_normalize": true, "image_std": [0.5, 0, 0.5]}'),
+     "image_std: expected positive numbers", EXIT_DATA),
+])
+def test_broken_model_folders_are_one_line(broken_model, images, capsys, breakage, message, code):
+    breakage(broken_model)
+    got, line = one_line_error(capsys, images / "photo.jpg", "--model", broken_model)
+    assert got == code and message in line and str(broken_model) in line
+
+
+def test_task_may_not_contradict_the_folder(saved_classifier, images, capsys):
+    """--task semantic-segmentation on a classifier folder built a random head and predicted noise, silently."""
+    code, line = one_line_error(capsys, images / "photo.jpg", "--model", saved_classifier, "--task", "segmentation")
+    assert code == EXIT_USAGE and "--task: expected image-classification (what" in line
+
+
+def test_an_unreadable_config_json_is_named(broken_model, images, capsys):
+    (broken_model / "config.json").write_text('{"model_type": ')
+    code, line = one_line_error(capsys, images / "photo.jpg", "--model", broken_model)
+    assert code == EXIT_DATA and f"'{broken_model / 'config.json'}' cannot be read" in line and "no such" not in line
+
+
+def test_a_config_without_architectures_works_with_task(broken_model, images, capsys):
+    (broken_model / "config.json").write_text(json.dumps({k: v for k, v in _config(broken_model).items()
+                                                          if k != "architectures"}))
+    code, out, err = run(capsys, images / "photo.jpg", "--model", broken_model, "--task", "classification")
+    assert code == 0 and out.startswith(str(images / "photo.jpg")), err
+
+
+def test_an_invalid_preprocessor_config_is_never_replaced_by_defaults(broken_model):
+    (broken_model / "preprocessor_config.json").write_text("not json at all")
+    with pytest.raises(auto.NotAModelError, match="cannot be read"):
+        auto.load_model_and_processor(broken_model)
+    (broken_model / "preprocessor_config.json").unlink()  # no file at all: the family's evaluation preprocessing
+    assert auto.load_model_and_processor(broken_model)[1].crop_size["height"] == 64
+
+
+@pytest.mark.parametrize("model, message", [("/nonexistent", "model: no such folder '/nonexistent'"),
+                                            ("nosuchdir", "model: no such folder 'nosuchdir', and no Hub repository")])
+def test_a_missing_model_folder_says_so(images, capsys, model, message):
+    code, line = one_line_error(capsys, images / "photo.jpg", "--model", model)
+    assert code == EXIT_DATA and message in line and "Repo id must" not in line
+
+
+@pytest.mark.parametrize("argv, message, code", [
+    (["--device", "banana"], "--device: expected a torch device such as cpu, cuda, cuda:1 or mps, got 'banana'", EXIT_USAGE),
+    (["--device", "meta"], "--device: expected one of cpu, cuda, mps, xpu", EXIT_USAGE),
+    (["--device", "cuda"], "--device: expected a device this machine has, got 'cuda' (torch sees no cuda device here)",
+     EXIT_DATA),
+    (["--top-k", "0"], "--top-k: expected a positive integer, got 0", EXIT_USAGE),
+    (["--task", "detection"], "--task: expected one of", EXIT_USAGE),
+])
+def test_bad_arguments_are_refused_before_loading_anything(saved_classifier, images, capsys, monkeypatch, argv,
+                                                            message, code):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on a machine without a GPU
+    monkeypatch.setattr(auto, "load_model_and_processor", lambda *a, **k: pytest.fail("the model was loaded"))
+    got, line = one_line_error(capsys, images / "photo.jpg", "--model", saved_classifier, *argv)
+    assert got == code and message in line
+
+
+def test_output_problems_are_found_before_the_model_runs(saved_classifier, saved_segmenter, images, tmp_path, capsys,
+                                                         monkeypatch):
+    monkeypatch.setattr(predict_module, "classify", lambda *a, **k: pytest.fail("the model ran"))
+    monkeypatch.setattr(predict_module, "segment", lambda *a, **k: pytest.fail("the model ran"))
+    (tmp_path / "a-file").write_text("not a folder")
+    for model, output, message, code in [
+        (saved_classifier, tmp_path / "a-file", "--output-dir: expected a folder, got", EXIT_DATA),
+        (saved_segmenter, tmp_path / "a-file" / "masks", "but '" + str(tmp_path / "a-file") + "' is a file", EXIT_DATA),
+        (saved_segmenter, saved_segmenter, "expected a folder other than the input --model", EXIT_USAGE),
+        (saved_segmenter, saved_segmenter / "masks", "expected a folder outside the input --model", EXIT_USAGE),
+    ]:
+        got, line = one_line_error(capsys, images / "photo.jpg", "--model", model, "--output-dir", output)
+        assert got == code and message in line, line
+    # an output that would replace an input image, even with --overwrite
+    (tmp_path / "photos").mkdir()
+    shutil.copy(images / "photo.jpg", tmp_path / "photos" / "photo_mask.png")  # photo.jpg's mask would go there
+    got, line = one_line_error(capsys, tmp_path / "photos" / "photo_mask.png", images / "photo.jpg", "--model",
+                               saved_segmenter, "--output-dir", tmp_path / "photos", "--overwrite")
+    assert got == EXIT_USAGE and "is one of the images" in line
+    # the default output folder is checked too
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "predictions").write_text("a file where the default folder goes")
+    got, line = one_line_error(capsys, images / "photo.jpg", "--model", saved_segmenter)
+    assert got == EXIT_DATA and "'predictions', which is a file" in line
+
+
+def test_images_over_the_decompression_bomb_limit_are_one_line(saved_classifier, images, capsys, monkeypatch):
+    import PIL.Image
+
+    monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 1000)
+    code, line = one_line_error(capsys, images / "photo.jpg", "--model", saved_classifier)
+    assert code == EXIT_DATA and "photo.jpg' is too large to decode safely" in line
+
+
+def test_outputs_have_ordinary_permissions(saved_segmenter, saved_classifier, images, tmp_path, capsys):
+    mask = os.umask(0o022)
+    try:
+        assert run(capsys, images / "photo.jpg", "--model", saved_segmenter, "--output-dir", tmp_path / "seg")[0] == 0
+        assert run(capsys, images / "photo.jpg", "--model", saved_classifier, "--output-dir", tmp_path / "cls")[0] == 0
+    finally:
+        os.umask(mask)
+    written = sorted((tmp_path / "seg").iterdir()) + sorted((tmp_path / "cls").iterdir())
+    assert [p.name for p in written] == ["photo_mask.png", "photo_segmentation.png", "predictions.json"]
+    assert {stat.S_IMODE(p.stat().st_mode) for p in written} == {0o644}
+
+
+def test_16bit_and_mode_I_images_are_read_by_the_rules(saved_classifier, tmp_path, capsys, photo):
+    """A mode "I" TIFF holding 8-bit values predicts like the 8-bit image (it came out nearly black before)."""
+    grey = np.asarray(photo.convert("L"))
+    Image.fromarray(grey).save(tmp_path / "grey.png")
+    Image.fromarray(grey.astype(np.int32)).save(tmp_path / "grey_as_I.tif")
+    code, out, err = run(capsys, tmp_path / "grey.png", tmp_path / "grey_as_I.tif", "--model", saved_classifier, "--json")
+    assert code == 0, err
+    first, second = json.loads(out)
+    assert first["predictions"] == second["predictions"]
+
+
+# -- segmentation covers the whole image --------------------------------------------------------------------------
+class RedFinder(torch.nn.Module):
+    """A stand-in segmenter with known answers: class 1 ("object") where the red channel is bright, at 1/8 of the
+    input resolution like a DeepLabV3 head at output stride 8."""
+
+    def __init__(self):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(()))
+        self.config = SimpleNamespace(num_labels=2, id2label={0: "background", 1: "object"})
+
+    @property
+    def device(self):
+        return self.anchor.device
+
+    def forward(self, pixel_values):
+        red = torch.nn.functional.avg_pool2d(pixel_values[:, 2:3], 8)  # BGR: red is channel 2
+        return SimpleNamespace(logits=torch.cat([0.5 - red, red - 0.5], dim=1))
+
+
+@pytest.mark.parametrize("transpose", [False, True], ids=["wide", "tall"])
+def test_segmentation_covers_off_centre_objects_of_non_square_images(transpose):
+    """The issue's case: a 288x96 image with objects at x 10-60 and 230-280 came back all background there (a
+    centre crop, stretched over the photo). Every object now lands where it is, within the logits' resolution."""
+    from mobilevit.image_reading import image_pixels
+
+    image = np.zeros((96, 288, 3), np.uint8)
+    truth = np.zeros((96, 288), bool)
+    yy, xx = np.mgrid[:96, :288]
+    circle = (xx - 35) ** 2 + (yy - 48) ** 2 <= 25 ** 2  # x 10-60
+    triangle = (xx >= 230) & (xx <= 280) & (yy >= 20) & (yy <= 20 + (xx - 230) * 56 // 50)  # x 230-280
+    square = (xx >= 124) & (xx < 164) & (yy >= 28) & (yy < 68)  # 40 px wide, in the middle
+    for shape in (circle, triangle, square):
+        truth |= shape
+    image[truth] = (255, 0, 0)
+    if transpose:
+        image, truth = image.transpose(1, 0, 2).copy(), truth.T.copy()
+    processor = MobileViTImageProcessor(size={"shortest_edge": 96}, crop_size={"height": 96, "width": 96})
+    mask = predict_module.segment(RedFinder(), processor, image_pixels(image, "image")) == 1
+    assert mask.shape == truth.shape
+    intersection, union = (mask & truth).sum(), (mask | truth).sum()
+    assert intersection / union > 0.85
+    for shape in (circle, triangle, square):  # every object found, none stretched
+        shape = shape.T if transpose else shape
+        assert (mask & shape).sum() / shape.sum() > 0.8
+    columns = np.flatnonzero(mask.any(axis=0 if not transpose else 1))
+    # the 40-px square covers columns 124-163: it must not spread over 124 columns as before
+    middle = columns[(columns > 100) & (columns < 190)]
+    assert middle.min() >= 118 and middle.max() <= 170
+
+
+def test_segmentation_of_a_wide_photo_from_the_command_line(saved_segmenter, tmp_path, capsys, photo):
+    wide = photo.resize((288, 96))
+    wide.save(tmp_path / "wide.png")
+    code, out, err = run(capsys, tmp_path / "wide.png", "--model", saved_segmenter, "--output-dir", tmp_path / "out",
+                         "--json")
+    assert code == 0, err
+    assert Image.open(json.loads(out)[0]["mask"]).size == (288, 96)

@@ -1,6 +1,7 @@
 """Data loading, checks before training, and the torch-side augmentation."""
 
 import datasets
+from pathlib import Path
 import numpy as np
 import pytest
 import torch
@@ -112,8 +113,11 @@ def test_mask_of_another_size_is_refused():
 def test_mask_values_outside_the_label_set_are_refused():
     with pytest.raises(DataError, match=r"mask values in \[0, 3\).*got \[7\]"):
         prepare_task_data(_segmentation_dataset(bad_value=7), "semantic-segmentation", labels=["a", "b", "c"])
-    # 255 is the ignore index, not an error
+    # 255 is the ignore index, not an error; but masks that label no pixel at all leave nothing to learn
     prepare_task_data(_segmentation_dataset(bad_value=255), "semantic-segmentation", labels=["a", "b", "c"])
+    ignored = [Image.fromarray(np.full((32, 32), 255, np.uint8))] * 6
+    with pytest.raises(DataError, match=r"expected masks that label some pixels, got only 255 \(ignored\)"):
+        prepare_task_data(_masks_dataset(ignored), "semantic-segmentation", labels=["a", "b", "c"])
 
 
 def test_class_ids_outside_the_label_set_are_refused():
@@ -121,7 +125,7 @@ def test_class_ids_outside_the_label_set_are_refused():
     dataset = datasets.Dataset.from_dict({"image": images, "label": [0, 1, 2, 0, 1, 2, 0, 1, 2, 5]},
                                          features=datasets.Features({"image": datasets.Image(),
                                                                      "label": datasets.Value("int64")}))
-    with pytest.raises(DataError, match=r"class ids in \[0, 3\).*got 5"):
+    with pytest.raises(DataError, match=r"class id in \[0, 3\).*got 5"):
         prepare_task_data(dataset, "image-classification", labels=["a", "b", "c"])
 
 
@@ -133,3 +137,97 @@ def test_bad_arguments_fail_before_any_training(tmp_path):
     with pytest.raises(ValueError, match="variant"):
         train_and_save(TrainJob(task="classification", data=folder, output_dir=tmp_path / "out", variant="huge"))
     assert not (tmp_path / "out").exists()
+
+
+# -- every example checked before training, each bad one named --------------------------------------------------------
+def test_one_class_and_empty_class_folders_are_refused(tmp_path):
+    """A one-class folder reported a missing label column; an empty class folder was silently dropped."""
+    _image_folder(tmp_path / "one", classes=("cat",))
+    with pytest.raises(DataError, match=r"expected at least two class folders in '.*one' \(a classifier needs two "
+                                        r"classes\), got one, 'cat'"):
+        prepare_task_data(tmp_path / "one", "image-classification")
+    _image_folder(tmp_path / "three", classes=("cat", "dog"))
+    (tmp_path / "three" / "bird").mkdir()
+    with pytest.raises(DataError, match=r"expected images in every class folder, got none in '.*three/bird'"):
+        prepare_task_data(tmp_path / "three", "image-classification")
+    _image_folder(tmp_path / "splits" / "train", classes=("cat", "dog"))
+    _image_folder(tmp_path / "splits" / "test", classes=("cat",))
+    (tmp_path / "splits" / "test" / "dog").mkdir()
+    with pytest.raises(DataError, match=r"got none in '.*splits/test/dog'"):
+        prepare_task_data(tmp_path / "splits", "image-classification")
+
+
+@pytest.fixture
+def damaged_folder(tmp_path):
+    root = _image_folder(tmp_path / "pets", per_class=8)
+    photo = (root / "cat" / "0.png").read_bytes()
+    (root / "cat" / "0.png").write_bytes(photo[: len(photo) // 2])  # truncated
+    (root / "dog" / "notes.jpg").write_text("not an image")
+    Image.fromarray(np.full((30, 40), 70000, np.int32)).save(root / "dog" / "too_wide.tif")
+    return root
+
+
+def test_unreadable_images_are_named_before_training(damaged_folder, capsys):
+    """A truncated image crashed the run after a whole epoch, with a PIL traceback that did not name it."""
+    with pytest.raises(DataError) as caught:
+        prepare_task_data(damaged_folder, "image-classification")
+    message = str(caught.value)
+    assert "3 of 18 examples cannot be used" in message and "--skip-bad-images" in message
+    assert f"'{damaged_folder / 'cat' / '0.png'}': cannot be decoded, the file is truncated or corrupt" in message
+    assert f"'{damaged_folder / 'dog' / 'notes.jpg'}': is not an image file Pillow can read" in message
+    assert f"'{damaged_folder / 'dog' / 'too_wide.tif'}': expected integer pixels in 0..255" in message
+    err = capsys.readouterr().err
+    assert "checking" in err and err.count("cannot be decoded") == 1  # the progress bar, and each file once
+
+
+def test_skip_bad_images_trains_on_the_rest_and_reports_them(damaged_folder):
+    data = prepare_task_data(damaged_folder, "image-classification", skip_bad=True)
+    assert len(data.train) + len(data.validation) == 15
+    assert sorted(Path(b.name.strip("'")).name for b in data.skipped) == ["0.png", "notes.jpg", "too_wide.tif"]
+    dataset = MobileViTDataset(data.train, data.task, EvalTransform(32, 32), data.image_column, data.label_column)
+    assert all(dataset[i]["pixel_values"].shape == (3, 32, 32) for i in range(len(dataset)))
+
+
+def _masks_dataset(masks):
+    images = [Image.fromarray(np.zeros((32, 32, 3), np.uint8)) for _ in masks]
+    features = datasets.Features({"image": datasets.Image(), "annotation": datasets.Image()})
+    return datasets.Dataset.from_dict({"image": images, "annotation": masks}, features=features)
+
+
+def test_colour_coded_masks_are_caught_before_training_and_grey_rgb_masks_read():
+    ids = np.random.default_rng(0).integers(0, 3, (32, 32), dtype=np.uint8)
+    grey_as_rgb = Image.fromarray(np.repeat(ids[:, :, None], 3, axis=2))
+    data = prepare_task_data(_masks_dataset([grey_as_rgb] * 6), "semantic-segmentation", labels=["a", "b", "c"])
+    item = MobileViTDataset(data.train, data.task, EvalTransform(32, 32), data.image_column, data.label_column)[0]
+    assert item["labels"].max() <= 2
+    coloured = np.zeros((32, 32, 3), np.uint8)
+    coloured[:16] = (128, 0, 0)
+    with pytest.raises(DataError, match=r"Dataset\[\w+\]\[\d\]: expected a map of class ids, got a colour-coded map"):
+        prepare_task_data(_masks_dataset([grey_as_rgb] * 5 + [Image.fromarray(coloured)]), "semantic-segmentation",
+                          labels=["a", "b", "c"], val_fraction=0.5)
+
+
+def test_jpeg_scenes_with_png_masks_pass_the_size_check(tmp_path):
+    """Images are checked at full size where a mask has to match them (a JPEG decoded at reduced scale, as the
+    classification check does to save time, would not)."""
+    for i in range(6):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(tmp_path / f"{i}.jpg")
+        Image.fromarray(np.full((48, 64), i % 3, np.uint8)).save(tmp_path / f"{i}.png")
+    features = datasets.Features({"image": datasets.Image(), "annotation": datasets.Image()})
+    dataset = datasets.Dataset.from_dict({"image": [str(tmp_path / f"{i}.jpg") for i in range(6)],
+                                          "annotation": [str(tmp_path / f"{i}.png") for i in range(6)]},
+                                         features=features)
+    data = prepare_task_data(dataset, "semantic-segmentation", labels=["a", "b", "c"])
+    assert len(data.train) + len(data.validation) == 6 and not data.skipped
+
+
+def test_training_reads_images_by_the_same_rules_as_the_processor():
+    """A mode "I" image holding 8-bit values trains as the 8-bit image (it was read as 16-bit: nearly black)."""
+    from mobilevit import MobileViTImageProcessor
+
+    grey = np.random.default_rng(1).integers(0, 256, (40, 40), dtype=np.uint8)
+    as_int32 = Image.fromarray(grey.astype(np.int32))
+    assert as_int32.mode == "I"
+    assert torch.equal(image_to_tensor(as_int32), image_to_tensor(Image.fromarray(grey)))
+    processor = MobileViTImageProcessor(do_resize=False, do_center_crop=False)
+    assert torch.equal(processor(as_int32, return_tensors="pt")["pixel_values"][0], image_to_tensor(as_int32))

@@ -14,10 +14,14 @@ from mobilevit.training.demo_data import SHAPES_LABELS, load_digits_dataset, loa
 from mobilevit.training.job import OutputExistsError, work_dir_for
 
 
+def small_digits(num_train=320, num_val=90):
+    data = load_digits_dataset(image_size=32)
+    return data["train"].select(range(num_train)), data["validation"].select(range(num_val))
+
+
 @pytest.fixture(scope="module")
 def digits():
-    data = load_digits_dataset(image_size=32)
-    return data["train"].select(range(320)), data["validation"].select(range(90))
+    return small_digits()
 
 
 def _digits_job(digits, output_dir, **overrides):
@@ -97,5 +101,80 @@ def test_resume_after_interruption_reproduces_the_uninterrupted_run(digits, tmp_
     straight = load_file(tmp_path / "straight" / "model.safetensors")
     resumed = load_file(tmp_path / "resumed" / "model.safetensors")
     assert straight.keys() == resumed.keys()
+    for key in straight:
+        torch.testing.assert_close(resumed[key], straight[key], rtol=0, atol=1e-6, msg=key)
+
+
+# A training process that stops, in its second checkpoint, right after the weights were written (before the
+# optimizer, scheduler, RNG and trainer state), signals that, and waits there to be killed.
+_KILLED_TRAINING = """
+import importlib.util, sys, time
+from pathlib import Path
+from transformers import Trainer
+
+spec = importlib.util.spec_from_file_location("training_tests", {test_file!r})
+tests = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(tests)
+original, saves = Trainer._save_optimizer_and_scheduler, []
+
+def stop_inside_the_second_checkpoint(self, output_dir):
+    saves.append(output_dir)
+    if len(saves) == 2:
+        Path({signal!r}).write_text(output_dir)
+        time.sleep(600)
+    return original(self, output_dir)
+
+Trainer._save_optimizer_and_scheduler = stop_inside_the_second_checkpoint
+tests.train_and_save(tests._digits_job(tests.small_digits(*{sizes!r}), Path({output!r}), **{settings!r}))
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_while_a_checkpoint_is_written_then_resume_from_the_last_whole_one(tmp_path, capsys):
+    """A SIGKILL while Trainer wrote checkpoint-N left it without trainer_state.json, and --resume then failed.
+    Here a real training process is killed there; the resumed run skips (and reports) the cut-off checkpoint,
+    resumes from the last whole one and ends with the weights of an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    sizes, settings = (128, 32), dict(epochs=2, multi_scale=False)
+    digits = small_digits(*sizes)
+    signal_file, output = tmp_path / "inside-checkpoint", tmp_path / "resumed"
+    script = _KILLED_TRAINING.format(test_file=__file__, signal=str(signal_file), output=str(output), sizes=sizes,
+                                     settings=settings)
+    repo = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHONPATH=str(repo), OMP_NUM_THREADS=str(torch.get_num_threads()), HF_HUB_OFFLINE="1",
+               HF_DATASETS_OFFLINE="1")
+    child = subprocess.Popen([sys.executable, "-c", script], env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 600
+        while not signal_file.exists():
+            assert child.poll() is None, child.stderr.read()[-3000:]
+            assert time.monotonic() < deadline, "the training process never reached its second checkpoint"
+            time.sleep(0.2)
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.wait()
+        child.stderr.close()
+    cut_off = Path(signal_file.read_text())
+    assert sorted(p.name for p in cut_off.iterdir()) == ["config.json", "model.safetensors", "training_args.bin"]
+    assert not output.exists()
+
+    train_and_save(_digits_job(digits, tmp_path / "straight", **settings))
+    with pytest.raises(OutputExistsError, match="resume"):  # the first checkpoint is whole: say what to do with it
+        train_and_save(_digits_job(digits, output, **settings))
+    capsys.readouterr()
+    result = train_and_save(_digits_job(digits, output, resume=True, **settings))
+    err = capsys.readouterr().err
+    assert f"resume: skipping {cut_off.name}, incomplete (no trainer_state.json" in err
+    assert "resume: continuing from checkpoint-8" in err
+    assert [row["epoch"] for row in result.metrics["history"]] == [1, 2]
+    straight = load_file(tmp_path / "straight" / "model.safetensors")
+    resumed = load_file(output / "model.safetensors")
     for key in straight:
         torch.testing.assert_close(resumed[key], straight[key], rtol=0, atol=1e-6, msg=key)

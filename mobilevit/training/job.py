@@ -3,11 +3,16 @@
     result = train_and_save(TrainJob(task="image-classification", data="my_images/", output_dir="out",
                                      model="apple/mobilevit-xx-small-local-copy", epochs=10))
 
-Steps: check every argument and every example (errors before any training) -> build or load the model
-(new head for the new label set) -> `MobileViTTrainer` (checkpoints every epoch in `<output_dir>.partial/`)
--> evaluate on the test split (else validation) -> on rank 0, write config.json, model.safetensors,
-preprocessor_config.json, README.md (model card), metrics.json and training_history.png into a temporary
-folder and move it into place whole. A killed run restarts from its last checkpoint with `resume=True`.
+Steps: check every argument (`validate_job`: the one place, before anything is read or written) and every
+example (`prepare_task_data`) -> tidy `<output_dir>.partial/` (checkpoints of an earlier run: resumed,
+refused or replaced) -> build or load the model (new head for the new label set) -> `MobileViTTrainer`
+(checkpoints every epoch in `<output_dir>.partial/`) -> evaluate on the test split (else validation) -> on
+rank 0, write config.json, model.safetensors, preprocessor_config.json, README.md (model card), metrics.json
+and training_history.png into a temporary folder and move it into place whole.
+
+A killed run restarts from its last whole checkpoint with `resume=True`; checkpoints the kill cut off while
+they were written are reported and removed (`checkpoints.py`). A rejected run writes nothing, so the
+corrected command runs.
 """
 
 from __future__ import annotations
@@ -15,19 +20,22 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from transformers import set_seed
 
 from .. import auto
-from ..file_utils import staged_directory
+from ..errors import UserError
+from ..file_utils import check_output_dir, remove_abandoned_leftovers, staged_directory
 from ..hub import write_model_card
 from ..image_processing_mobilevit import MobileViTImageProcessor
 from ..tasks import CLASSIFICATION, SEGMENTATION, canonical_task
-from .data import MobileViTDataset, prepare_task_data
+from .checkpoints import checkpoint_problem, scan_checkpoints
+from .data import DataError, MobileViTDataset, prepare_task_data
 from .history import epoch_history, plot_history
 from .metrics import ClassificationMetrics, SegmentationMetrics
 from .trainer import MobileViTTrainer, MultiScaleOptions
@@ -40,8 +48,12 @@ MAIN_METRIC = {CLASSIFICATION: "accuracy", SEGMENTATION: "mean_iou"}
 MULTI_SCALE_DEFAULT = {CLASSIFICATION: True, SEGMENTATION: False}
 
 
-class OutputExistsError(FileExistsError):
-    """The output folder holds something and `overwrite` was not asked for."""
+class TrainError(UserError):
+    """An argument of `train` / `demo` that cannot be used; the message names it, what was expected and what came."""
+
+
+class OutputExistsError(TrainError, FileExistsError):
+    """The output folder (or its checkpoint folder) holds something and `overwrite` was not asked for."""
 
 
 @dataclass
@@ -75,6 +87,8 @@ class TrainJob:
     overwrite: bool = False
     keep_checkpoints: bool = False
     num_workers: int = 0
+    threads: int | None = None  # torch CPU threads for this process (None: leave torch's setting)
+    skip_bad_images: bool = False  # leave out (and report) examples that cannot be read, instead of stopping
     logging_steps: int = 10
     report_to: str = "none"
     callbacks: list = field(default_factory=list)  # extra `TrainerCallback`s
@@ -83,32 +97,153 @@ class TrainJob:
 def _positive(name, value, kind=(int,)):
     if isinstance(value, bool) or not isinstance(value, kind) or not value > 0:
         expected = "a positive integer" if kind == (int,) else "a positive number"
-        raise ValueError(f"{name}: expected {expected}, got {value!r}")
+        raise TrainError(f"{name}: expected {expected}, got {value!r}", usage=True)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _fraction(name, value):
+    if not _is_number(value) or not 0 <= value < 1:
+        raise TrainError(f"{name}: expected a fraction in [0, 1), got {value!r}", usage=True)
+
+
+def _range(name, pair, upper=None):
+    """A (MIN, MAX) pair with 0 < MIN <= MAX (<= upper)."""
+    fits = isinstance(pair, (tuple, list)) and len(pair) == 2 and all(map(_is_number, pair))
+    if not (fits and 0 < pair[0] <= pair[1] and (upper is None or pair[1] <= upper)):
+        bound = f" <= {upper}" if upper is not None else ""
+        raise TrainError(f"{name}: expected MIN,MAX with 0 < MIN <= MAX{bound}, got {pair!r}", usage=True)
 
 
 def validate_job(job: TrainJob) -> TrainJob:
-    """Check the arguments (not the data); returns the job with the task and variant spelled canonically."""
-    job.task = canonical_task(job.task, allowed=tuple(MAIN_METRIC))
-    job.variant = auto.resolve_variant(job.variant)[1]
-    _positive("batch_size", job.batch_size)
-    if job.eval_batch_size is not None:
-        _positive("eval_batch_size", job.eval_batch_size)
-    _positive("epochs", job.epochs, (int, float))
-    _positive("learning_rate", job.learning_rate, (int, float))
-    if job.image_size is not None:
-        _positive("image_size", job.image_size)
-    if job.eval_resize is not None:
-        _positive("eval_resize", job.eval_resize)
-    if not 0 <= job.warmup_ratio < 1:
-        raise ValueError(f"warmup_ratio: expected a fraction in [0, 1), got {job.warmup_ratio!r}")
-    if job.model is not None and not Path(job.model).is_dir():
-        raise ValueError(f"model: expected a local checkpoint folder (config.json + model.safetensors), got "
-                         f"{str(job.model)!r}, which is not a folder")
+    """The one check of a run's arguments, before anything is read or written: values, the model folder, the
+    data path, the output folder and its checkpoint folder, and a checkpoint to resume from. Returns the job
+    with the task and variant spelled canonically and `output_dir` absolute. Data are checked next, by
+    `prepare_task_data`."""
+    try:
+        job.task = canonical_task(job.task, allowed=tuple(MAIN_METRIC))
+        if job.model is None:
+            job.variant = auto.resolve_variant(job.variant)[1]
+    except ValueError as err:
+        raise TrainError(str(err), usage=True) from None
+    for name in ("batch_size", "epochs", "learning_rate"):
+        _positive(name, getattr(job, name), (int,) if name == "batch_size" else (int, float))
+    for name in ("eval_batch_size", "image_size", "eval_resize", "threads"):
+        if getattr(job, name) is not None:
+            _positive(name, getattr(job, name))
+    if not (_is_number(job.num_workers) and isinstance(job.num_workers, int) and job.num_workers >= 0):
+        raise TrainError(f"num_workers: expected an integer >= 0, got {job.num_workers!r}", usage=True)
+    if not (_is_number(job.weight_decay) and job.weight_decay >= 0):
+        raise TrainError(f"weight_decay: expected a number >= 0, got {job.weight_decay!r}", usage=True)
+    _fraction("warmup_ratio", job.warmup_ratio)
+    _range("crop_scale", job.crop_scale, upper=1)
+    _range("crop_ratio", job.crop_ratio)
+    if not _is_number(job.flip_prob) or not 0 <= job.flip_prob <= 1:
+        raise TrainError(f"flip_prob: expected a probability in [0, 1], got {job.flip_prob!r}", usage=True)
+    if job.labels is not None and (not job.labels or not all(isinstance(n, str) and n for n in job.labels)):
+        raise TrainError(f"labels: expected class names, got {job.labels!r}", usage=True)
+    config = _check_model(job)
+    minimum = getattr(auto.family_of(config).pretrained_class, "min_input_size", 32)
+    image_size = job.image_size or _as_int(config.image_size)
+    if image_size < minimum:
+        raise TrainError(f"image_size: expected at least {minimum} (the network downsamples {minimum}x), got "
+                         f"{image_size}", usage=True)
+    if job.multi_scale_range is not None:
+        low, high = job.multi_scale_range
+        if not (isinstance(low, int) and isinstance(high, int) and minimum <= low <= high):
+            raise TrainError(f"multi_scale_range: expected MIN,MAX with {minimum} <= MIN <= MAX, got "
+                             f"{low},{high}", usage=True)
+    if isinstance(job.data, (str, Path)) and not Path(job.data).exists():
+        raise DataError(f"data: expected an existing folder, got {str(job.data)!r} (does not exist)")
+    job.output_dir = _check_output(job)
     return job
 
 
-def _non_empty(path: Path) -> bool:
-    return path.exists() and (not path.is_dir() or any(path.iterdir()))
+def _check_model(job: TrainJob):
+    """The config the run starts from (a folder's, or the variant's), with the run's overrides applied."""
+    if job.model is None:
+        try:
+            return auto.new_config(job.variant, job.task, **job.config_overrides)
+        except (ValueError, TypeError) as err:
+            raise TrainError(str(err), usage=True) from None
+    if not Path(job.model).is_dir():
+        raise TrainError(f"model: expected a local checkpoint folder (config.json + model.safetensors), got "
+                         f"{str(job.model)!r}, which is {'a file' if Path(job.model).exists() else 'not there'}")
+    config = auto.load_config(job.model)
+    try:
+        return type(config).from_dict({**config.to_dict(), **job.config_overrides})
+    except (ValueError, TypeError) as err:
+        raise TrainError(str(err), usage=True) from None
+
+
+def _inputs(job: TrainJob) -> list[tuple[str, Path]]:
+    """What the run reads that an output could overwrite (a checkpoint to resume from is read before anything
+    is written, and usually lives in the checkpoint folder)."""
+    inputs = [("data", job.data)] if isinstance(job.data, (str, Path)) else []
+    return inputs + ([("model", job.model)] if job.model is not None else [])
+
+
+def _check_output(job: TrainJob) -> Path:
+    """The output folder and its checkpoint folder `<output_dir>.partial`: never an input, inside one or around
+    one (--overwrite would delete it), not a file; an output holding files needs `overwrite`; checkpoints of
+    an unfinished run need `resume` or `overwrite`; a checkpoint to resume from must be whole."""
+    output_dir = check_output_dir(job.output_dir, "output_dir", _inputs(job), error=TrainError)
+    work_dir = work_dir_for(output_dir)
+    check_output_dir(work_dir, "output_dir (its checkpoint folder)", _inputs(job), error=TrainError)
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not job.overwrite:
+        raise OutputExistsError(f"output_dir: expected an empty or new folder, got {str(output_dir)!r} which holds "
+                                f"files (pass overwrite=True / --overwrite to replace it)")
+    if isinstance(job.resume, (str, Path)) and not isinstance(job.resume, bool):
+        problem = checkpoint_problem(job.resume)
+        if problem:
+            raise TrainError(f"resume: expected a whole checkpoint folder (checkpoint-<step>), got "
+                             f"{str(job.resume)!r}: {problem}")
+    elif not job.resume and not job.overwrite:
+        whole, _ = scan_checkpoints(work_dir / "checkpoints")
+        if whole:
+            raise OutputExistsError(f"output_dir: {str(work_dir)!r} holds checkpoints of an unfinished run "
+                                    f"({whole[-1].name}); pass resume=True / --resume to continue it or "
+                                    f"overwrite=True / --overwrite to start again")
+    foreign = sorted(p.name for p in work_dir.iterdir() if p.name != "checkpoints") if work_dir.is_dir() else []
+    if foreign:
+        raise OutputExistsError(f"output_dir: its checkpoint folder {str(work_dir)!r} holds files this tool did not "
+                                f"write ({', '.join(foreign[:3])}); move them away")
+    return output_dir
+
+
+def _is_rank_zero() -> bool:
+    """Whether this process writes (the only process, or rank 0 of several)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _note(message: str) -> None:
+    if _is_rank_zero():
+        print(f"mobilevit train: {message}", file=sys.stderr, flush=True)
+
+
+def _prepare_work_dir(job: TrainJob, work_dir: Path) -> str | None:
+    """The checkpoint to resume from, or None for a fresh start, with `work_dir` made ready: checkpoints a kill
+    cut off are reported and removed; without `resume`, an earlier run's folder is removed (checked in
+    `_check_output`: only ever our own checkpoints, and whole ones only with `overwrite`)."""
+    if isinstance(job.resume, (str, Path)) and not isinstance(job.resume, bool):
+        return str(job.resume)
+    checkpoints = work_dir / "checkpoints"
+    whole, incomplete = scan_checkpoints(checkpoints)
+    if not job.resume:
+        if work_dir.exists() and _is_rank_zero():
+            shutil.rmtree(work_dir)
+        return None
+    for path, problem in incomplete:
+        _note(f"resume: skipping {path.name}, incomplete ({problem}; cut off while it was written?); removed")
+        if _is_rank_zero():
+            shutil.rmtree(path, ignore_errors=True)
+    if not whole:
+        _note(f"resume: no whole checkpoint in {checkpoints}, starting from the beginning")
+        return None
+    _note(f"resume: continuing from {whole[-1].name}")
+    return str(whole[-1])
 
 
 def work_dir_for(output_dir: Path) -> Path:
@@ -168,14 +303,18 @@ class TrainResult:
 def train_and_save(job: TrainJob) -> TrainResult:
     """Run `job` (see the module docstring); returns the trained model, its processor and the metrics."""
     job = validate_job(job)
-    output_dir = Path(job.output_dir).expanduser().absolute()
+    output_dir = job.output_dir
     work_dir = work_dir_for(output_dir)
-    if _non_empty(output_dir) and not job.overwrite:
-        raise OutputExistsError(f"output_dir: expected an empty or new folder, got {str(output_dir)!r} which holds "
-                                f"files (pass overwrite=True / --overwrite to replace it)")
-    resume_from = _resume_checkpoint(job, work_dir)
-
-    data = prepare_task_data(job.data, job.task, labels=job.labels, seed=job.seed)
+    data = prepare_task_data(job.data, job.task, labels=job.labels, seed=job.seed, skip_bad=job.skip_bad_images)
+    if data.skipped:
+        _note(f"data: left out {len(data.skipped)} examples that cannot be used (--skip-bad-images; listed in "
+              "metrics.json under skipped_examples)")
+    # nothing was written up to here; from here on this run owns the output's surroundings
+    resume_from = _prepare_work_dir(job, work_dir)
+    if _is_rank_zero():
+        remove_abandoned_leftovers(output_dir)
+    if job.threads is not None:
+        torch.set_num_threads(job.threads)
     set_seed(job.seed)  # the new weights (and a new head) depend on the seed only, like Trainer's model_init
     model = build_model(job, data.id2label)
     family = auto.family_of(model)
@@ -212,6 +351,7 @@ def train_and_save(job: TrainJob) -> TrainResult:
                            "world_size": trainer.args.world_size, "base_model": str(job.model) if job.model else None,
                            "variant": model.config.variant, "num_train_examples": len(train_set)}
     metrics["eval_resize"] = eval_resize
+    metrics["skipped_examples"] = [asdict(bad) for bad in data.skipped]
     if isinstance(job.data, (str, Path)):
         metrics["dataset"] = Path(job.data).name
 
@@ -229,30 +369,6 @@ def _as_int(value) -> int:
 def _strip(values: dict, prefix: str) -> dict:
     return {key[len(prefix):] if key.startswith(prefix) else key: value for key, value in values.items()
             if not key.endswith(("_runtime", "_samples_per_second", "_steps_per_second")) and key != "epoch"}
-
-
-def _resume_checkpoint(job: TrainJob, work_dir: Path) -> str | None:
-    """The checkpoint to resume from, or None; refuses to silently mix with a previous run's checkpoints."""
-    from transformers.trainer_utils import get_last_checkpoint
-
-    checkpoints = work_dir / "checkpoints"
-    if isinstance(job.resume, (str, Path)) and not isinstance(job.resume, bool):
-        if not Path(job.resume).is_dir():
-            raise ValueError(f"resume: expected a checkpoint folder (checkpoint-<step>), got {str(job.resume)!r}")
-        return str(job.resume)
-    if job.resume:
-        last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
-        if last is None:
-            print(f"resume: no checkpoint in {checkpoints}, starting from the beginning")
-        return last
-    if _non_empty(work_dir):
-        if not job.overwrite:
-            raise OutputExistsError(f"output_dir: {str(work_dir)!r} holds checkpoints of an unfinished run; pass "
-                                    f"resume=True / --resume to continue it or overwrite=True / --overwrite to "
-                                    f"start again")
-        if int(os.environ.get("RANK", "0")) == 0:
-            shutil.rmtree(work_dir)
-    return None
 
 
 def _write_output(model, processor, metrics: dict, job: TrainJob, output_dir: Path, work_dir: Path) -> None:

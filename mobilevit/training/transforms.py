@@ -19,49 +19,23 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = 255
+from ..image_processing_mobilevit import IGNORE_INDEX
+from ..image_reading import image_pixels, label_map
 
 
 def image_to_tensor(image) -> torch.Tensor:
-    """A PIL image, a (H, W[, C]) uint8/float NumPy array or a (C, H, W) tensor in RGB -> float32 BGR (3, H, W)
-    in [0, 1]. Greyscale is repeated to three channels, an alpha channel is dropped."""
-    if hasattr(image, "convert"):  # PIL: let PIL handle palettes, greyscale, CMYK and alpha
-        array = np.asarray(image.convert("RGB"))
-        tensor = torch.from_numpy(array.copy()).permute(2, 0, 1)
-    elif isinstance(image, np.ndarray):
-        array = image[..., None] if image.ndim == 2 else image
-        if array.ndim != 3:
-            raise ValueError(f"image: expected a (H, W) or (H, W, C) array, got shape {image.shape}")
-        tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
-    elif isinstance(image, torch.Tensor):
-        tensor = image[None] if image.ndim == 2 else image
-        if tensor.ndim != 3:
-            raise ValueError(f"image: expected a (H, W) or (C, H, W) tensor, got shape {tuple(image.shape)}")
-    else:
-        raise TypeError(f"image: expected a PIL image, NumPy array or torch tensor, got {type(image).__name__}")
-    if tensor.shape[0] == 1:
-        tensor = tensor.expand(3, -1, -1)
-    elif tensor.shape[0] == 4:
-        tensor = tensor[:3]
-    elif tensor.shape[0] != 3:
-        raise ValueError(f"image: expected 1, 3 or 4 channels, got {tensor.shape[0]}")
-    tensor = tensor.float() / 255.0 if tensor.dtype == torch.uint8 else tensor.float()
-    return tensor.flip(0).contiguous()  # RGB -> BGR, the order MobileViT was trained on
+    """A PIL image, a (H, W[, C]) NumPy array or a ([C,] H, W) tensor -> float32 BGR (3, H, W) in [0, 1], read by
+    the rules every tool shares (`mobilevit.image_reading`): grey repeated to three channels, alpha dropped,
+    16-bit scaled to 8 bits, float pixels in [0, 1] quantised to 8 bits as the processor does."""
+    layout = "channels_last" if isinstance(image, np.ndarray) else "channels_first"
+    pixels = image_pixels(image, "image", input_data_format=layout)  # (H, W, 3) uint8
+    return pixels.permute(2, 0, 1).flip(0).float().div_(255.0).contiguous()  # RGB -> BGR, as MobileViT was trained
 
 
 def mask_to_tensor(mask) -> torch.Tensor:
-    """A PIL image (mode L/P/I), a (H, W) array or tensor of class ids -> int64 (H, W)."""
-    if hasattr(mask, "mode"):
-        if mask.mode not in ("L", "P", "I", "I;16", "1"):
-            raise ValueError(f"mask: expected a single-channel image of class ids (mode L, P or I), got mode "
-                             f"{mask.mode!r}")
-        mask = np.asarray(mask)
-    tensor = mask if isinstance(mask, torch.Tensor) else torch.from_numpy(np.array(mask))
-    if tensor.ndim == 3 and tensor.shape[0] == 1:
-        tensor = tensor[0]
-    if tensor.ndim != 2:
-        raise ValueError(f"mask: expected a (H, W) map of class ids, got shape {tuple(tensor.shape)}")
-    return tensor.long()
+    """A segmentation map (PIL mode L/P/I, a (H, W) array or tensor of class ids, ...) -> int64 (H, W), read by
+    `mobilevit.image_reading.label_map`."""
+    return label_map(mask, "mask")
 
 
 def resize_image(pixels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

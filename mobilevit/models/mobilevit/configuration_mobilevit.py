@@ -10,6 +10,21 @@ from __future__ import annotations
 from transformers import PreTrainedConfig
 from transformers.activations import ACT2FN
 
+from ...configuration_utils import (
+    MAX_IMAGE_SIZE,
+    MAX_RATIO,
+    MAX_WIDTH,
+    PATCH_SIZES,
+    check_choice,
+    check_image_size,
+    check_int,
+    check_int_list,
+    check_labels,
+    check_number,
+    check_probability,
+    fail,
+    is_int,
+)
 from ...tasks import CLASSIFICATION, SEGMENTATION, canonical_task
 
 # Widths of the released models (ml-cvnets `mobilevit_{xx_small,x_small,small}.yaml`).
@@ -67,7 +82,8 @@ class MobileViTConfig(PreTrainedConfig):
     Args:
         num_channels: channels of the input image.
         image_size: the resolution the checkpoint was trained at (informational; any size runs).
-        patch_size: side of the square patches the MobileViT blocks unfold into (2 in every release).
+        patch_size: side of the square patches the MobileViT blocks unfold into: 1, 2, 4 or 8 (2 in every
+            release).
         hidden_sizes: transformer width in the MobileViT blocks of stages 3, 4 and 5.
         neck_hidden_sizes: channels of the stem, stages 1-5 and the final 1x1 expansion (7 values).
         num_attention_heads: heads in every transformer layer; must divide each of `hidden_sizes`.
@@ -129,50 +145,36 @@ class MobileViTConfig(PreTrainedConfig):
                 return name
         return None
 
-    # -- validation: every check names the field, what it expects and what came --------------------------
+    # -- validation: every check names the field, what it expects and what came (configuration_utils) ------
     def validate(self) -> None:
-        def fail(field, expected, exc=ValueError):
-            raise exc(f"MobileViTConfig.{field}: expected {expected}, got {getattr(self, field)!r}")
-
-        def is_int(value):
-            return isinstance(value, int) and not isinstance(value, bool)
-
-        def int_list(field, length):
-            value = getattr(self, field)
-            if not isinstance(value, (list, tuple)) or len(value) != length:
-                fail(field, f"a list of {length} positive integers")
-            if not all(is_int(v) and v > 0 for v in value):
-                fail(field, f"a list of {length} positive integers")
-
-        for field in ("num_channels", "num_attention_heads", "conv_kernel_size", "aspp_out_channels"):
-            if not is_int(getattr(self, field)) or getattr(self, field) < 1:
-                fail(field, "a positive integer")
-        int_list("hidden_sizes", len(TRANSFORMER_DEPTHS))
-        int_list("neck_hidden_sizes", 2 + len(MOBILENET_STAGE_DEPTHS) + len(TRANSFORMER_DEPTHS))
-        int_list("atrous_rates", 3)
+        check_labels(self)
+        check_image_size(self)
+        check_int(self, "num_channels", maximum=MAX_WIDTH)
+        check_int_list(self, "hidden_sizes", len(TRANSFORMER_DEPTHS), maximum=MAX_WIDTH)
+        check_int_list(self, "neck_hidden_sizes", 2 + len(MOBILENET_STAGE_DEPTHS) + len(TRANSFORMER_DEPTHS),
+                       maximum=MAX_WIDTH)
+        check_int(self, "aspp_out_channels", maximum=MAX_WIDTH)
+        check_int(self, "num_attention_heads", maximum=min(self.hidden_sizes))
+        check_int_list(self, "atrous_rates", 3, maximum=MAX_IMAGE_SIZE)
         for width in self.hidden_sizes:
             if width % self.num_attention_heads:
-                fail("hidden_sizes", f"widths divisible by num_attention_heads={self.num_attention_heads}")
-        patch = self.patch_size
-        if not (is_int(patch) and patch >= 1):
-            fail("patch_size", "an integer >= 1")
+                fail(self, "hidden_sizes", f"widths divisible by num_attention_heads={self.num_attention_heads}")
+        check_choice(self, "patch_size", PATCH_SIZES)
+        check_int(self, "conv_kernel_size", maximum=31)
         if self.conv_kernel_size % 2 == 0:
-            fail("conv_kernel_size", "an odd integer (the convolutions keep the feature map size)")
-        if self.output_stride not in (8, 16, 32):
-            fail("output_stride", "one of 8, 16, 32")
+            fail(self, "conv_kernel_size", "an odd integer (the convolutions keep the feature map size)")
+        check_choice(self, "output_stride", (8, 16, 32))
         for field in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout_prob",
                       "aspp_dropout_prob"):
-            value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-                fail(field, "a probability in [0, 1)")
-        for field in ("mlp_ratio", "expand_ratio", "layer_norm_eps", "initializer_range"):
-            value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                fail(field, "a positive number")
+            check_probability(self, field)
+        for field in ("mlp_ratio", "expand_ratio"):  # widths times these are widths too
+            check_number(self, field, maximum=MAX_RATIO)
+        for field in ("layer_norm_eps", "initializer_range"):
+            check_number(self, field)
         if not isinstance(self.hidden_act, str) or self.hidden_act not in ACT2FN:
-            fail("hidden_act", "an activation name such as 'silu', 'relu', 'gelu' (one of transformers' ACT2FN)")
+            fail(self, "hidden_act", "an activation name such as 'silu', 'relu', 'gelu' (one of transformers' ACT2FN)")
         if not is_int(self.semantic_loss_ignore_index):
-            fail("semantic_loss_ignore_index", "an integer")
+            fail(self, "semantic_loss_ignore_index", "an integer")
 
 
 __all__ = ["MobileViTConfig", "VARIANTS", "TASK_DEFAULTS", "canonical_variant"]

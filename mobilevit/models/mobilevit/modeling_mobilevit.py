@@ -33,18 +33,13 @@ from transformers.modeling_outputs import (
 from transformers.modeling_utils import PreTrainedModel
 
 from ... import fast_inference
+from ...configuration_utils import make_divisible
 from ...patches import fold_patches, round_up_to_patches, unfold_patches
 from . import fast_mobilevit
 from .configuration_mobilevit import MOBILENET_STAGE_DEPTHS, TRANSFORMER_DEPTHS, MobileViTConfig
 
 # The network halves the resolution five times; smaller inputs leave nothing for the last stage to see.
 MIN_INPUT_SIZE = 32
-
-
-def make_divisible(value: float, divisor: int = 8) -> int:
-    """Round a channel count to a multiple of `divisor` without losing more than 10% (MobileNetV2's rule)."""
-    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
-    return rounded + divisor if rounded < 0.9 * value else rounded
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -350,8 +345,10 @@ class MobileViTPreTrainedModel(fast_inference.FastInferenceMixin, PreTrainedMode
                 init.ones_(module.running_var)
                 init.zeros_(module.num_batches_tracked)
 
-    def _check_pixel_values(self, pixel_values) -> None:
-        """Turn the usual input mistakes into errors that say what is wrong, before torch does it obscurely."""
+    def _check_pixel_values(self, pixel_values) -> torch.Tensor:
+        """Turn the usual input mistakes into errors that say what is wrong, before torch does it obscurely.
+        Floating-point pixels of another precision (float64 from NumPy, float16, ...) are cast to the weights'
+        dtype, as transformers' pipelines do; returns the pixels to use."""
         if pixel_values is None:
             raise ValueError("pixel_values: expected a (batch, channels, height, width) float tensor, got None")
         if not isinstance(pixel_values, torch.Tensor):
@@ -377,6 +374,7 @@ class MobileViTPreTrainedModel(fast_inference.FastInferenceMixin, PreTrainedMode
                 f"pixel_values: expected height and width >= {MIN_INPUT_SIZE} (the network downsamples 32x), "
                 f"got {height}x{width}"
             )
+        return pixel_values.to(self.dtype)
 
 
 class MobileViTModel(MobileViTPreTrainedModel):
@@ -404,7 +402,7 @@ class MobileViTModel(MobileViTPreTrainedModel):
     ) -> tuple | BaseModelOutputWithPoolingAndNoAttention:
         output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
         return_dict = self.config.return_dict if return_dict is None else return_dict
-        self._check_pixel_values(pixel_values)
+        pixel_values = self._check_pixel_values(pixel_values)
 
         if fast_inference.applies(self, pixel_values):
             last_hidden_state, stages = self.fast_path.backbone(self, pixel_values, output_hidden_states)

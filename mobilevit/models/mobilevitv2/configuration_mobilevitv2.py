@@ -13,8 +13,23 @@ import re
 from transformers import PreTrainedConfig
 from transformers.activations import ACT2FN
 
+from ...configuration_utils import (
+    MAX_IMAGE_SIZE,
+    MAX_RATIO,
+    MAX_WIDTH,
+    PATCH_SIZES,
+    check_choice,
+    check_image_size,
+    check_int,
+    check_int_list,
+    check_labels,
+    check_number,
+    check_probability,
+    fail,
+    is_int,
+    make_divisible,
+)
 from ...tasks import CLASSIFICATION, SEGMENTATION, canonical_task
-from ..mobilevit.modeling_mobilevit import make_divisible  # MobileNetV2's channel rounding, as in v1
 
 # The released widths (ml-cvnets `config/classification/imagenet/mobilevit_v2.yaml` with
 # `model.classification.mitv2.width_multiplier`), named as the Hub names them (`apple/mobilevitv2-1.0-...`).
@@ -140,37 +155,30 @@ class MobileViTV2Config(PreTrainedConfig):
 
     # -- validation: every check names the field, what it expects and what came --------------------------
     def validate(self) -> None:
-        def fail(field, expected, exc=ValueError):
-            raise exc(f"MobileViTV2Config.{field}: expected {expected}, got {getattr(self, field)!r}")
-
-        def is_int(value):
-            return isinstance(value, int) and not isinstance(value, bool)
-
-        def is_number(value):
-            return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-        for field in ("num_channels", "conv_kernel_size", "aspp_out_channels", "patch_size", "ffn_multiplier"):
-            if not is_int(getattr(self, field)) or getattr(self, field) < 1:
-                fail(field, "a positive integer")
-        for field, length in (("n_attn_blocks", 3), ("base_attn_unit_dims", 3), ("atrous_rates", 3)):
-            value = getattr(self, field)
-            if not isinstance(value, (list, tuple)) or len(value) != length or not all(is_int(v) and v > 0 for v in value):
-                fail(field, f"a list of {length} positive integers")
+        check_labels(self)
+        check_image_size(self)
+        check_int(self, "num_channels", maximum=MAX_WIDTH)
+        # every channel count is a released base width (at most 512) times the multiplier
+        check_number(self, "width_multiplier", maximum=MAX_WIDTH / 512)
+        check_int_list(self, "base_attn_unit_dims", 3, maximum=MAX_WIDTH)
+        check_int_list(self, "n_attn_blocks", 3, maximum=64)
+        check_int(self, "aspp_out_channels", maximum=MAX_WIDTH)
+        check_int_list(self, "atrous_rates", 3, maximum=MAX_IMAGE_SIZE)
+        check_choice(self, "patch_size", PATCH_SIZES)
+        check_int(self, "conv_kernel_size", maximum=31)
         if self.conv_kernel_size % 2 == 0:
-            fail("conv_kernel_size", "an odd integer (the convolutions keep the feature map size)")
-        if self.output_stride not in (8, 16, 32):
-            fail("output_stride", "one of 8, 16, 32")
+            fail(self, "conv_kernel_size", "an odd integer (the convolutions keep the feature map size)")
+        check_choice(self, "output_stride", (8, 16, 32))
         for field in ("classifier_dropout_prob", "aspp_dropout_prob", "attn_dropout", "ffn_dropout"):
-            value = getattr(self, field)
-            if not is_number(value) or not 0.0 <= value < 1.0:
-                fail(field, "a probability in [0, 1)")
-        for field in ("width_multiplier", "expand_ratio", "layer_norm_eps", "initializer_range"):
-            if not is_number(getattr(self, field)) or getattr(self, field) <= 0:
-                fail(field, "a positive number")
+            check_probability(self, field)
+        for field in ("expand_ratio", "ffn_multiplier"):  # widths times these are widths too
+            check_number(self, field, maximum=MAX_RATIO)
+        for field in ("layer_norm_eps", "initializer_range"):
+            check_number(self, field)
         if not isinstance(self.hidden_act, str) or self.hidden_act not in ACT2FN:
-            fail("hidden_act", "an activation name such as 'swish', 'silu', 'relu' (one of transformers' ACT2FN)")
+            fail(self, "hidden_act", "an activation name such as 'swish', 'silu', 'relu' (one of transformers' ACT2FN)")
         if not is_int(self.semantic_loss_ignore_index):
-            fail("semantic_loss_ignore_index", "an integer")
+            fail(self, "semantic_loss_ignore_index", "an integer")
 
 
 __all__ = ["MobileViTV2Config", "VARIANTS", "TASK_DEFAULTS", "ADE20K_SEGMENTATION", "canonical_variant"]
