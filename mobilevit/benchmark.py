@@ -130,7 +130,7 @@ def export_in_child(model: nn.Module, image_size: int, workdir: Path) -> Path:
 def _export_for_benchmark(model: nn.Module, path: Path, image_size: int) -> None:
     from .export import export_onnx
 
-    export_onnx(model, path, overwrite=True, check_shapes=((1, image_size, image_size),))
+    export_onnx(model, path, overwrite=True, image_size=image_size)
 
 
 def tune_allocator() -> None:

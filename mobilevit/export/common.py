@@ -1,0 +1,305 @@
+"""The front end every format shares: the graph's inputs and outputs, real check images, the comparison with
+PyTorch, the sidecar that states the preprocessing, and writing outputs whole.
+
+Nothing here names a model family: models come from `mobilevit.auto`, so every registered family exports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import auto
+from ..errors import UserError
+from ..tasks import CLASSIFICATION, FEATURE_EXTRACTION, SEGMENTATION
+
+INPUT_NAME = "pixel_values"
+SIDECAR_SUFFIX = ".mobilevit.json"
+
+
+class ExportError(UserError):
+    """A mistake in `mobilevit export`'s arguments (exit 2) or an input it cannot use (exit 1)."""
+
+
+class ExportCheckError(ExportError):
+    """The artefact, run in its runtime, does not reproduce PyTorch's outputs within the bound."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The graph: pixels in, the main outputs out
+# ---------------------------------------------------------------------------------------------------------
+class MainOutputs(nn.Module):
+    """The model with one tensor in and plain tensors out (logits, or the backbone's last hidden state and
+    pooled output), which is what every exported graph holds; the per-stage hidden states are left out."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.task = auto.task_of_model(model)
+
+    @property
+    def config(self):
+        return self.model.config
+
+    def output_names(self) -> list[str]:
+        if self.task == FEATURE_EXTRACTION:
+            return ["last_hidden_state", "pooler_output"] if self.model.expand_output else ["last_hidden_state"]
+        return ["logits"]
+
+    def forward(self, pixel_values: torch.Tensor):
+        outputs = self.model(pixel_values, return_dict=True)
+        return tuple(outputs[name] for name in self.output_names())
+
+
+def load_model(model_dir: str | os.PathLike):
+    """(model in eval mode, its image processor, task) of a saved folder of any registered family, with a
+    one-line `ExportError` for a folder that is not one or whose weights do not fit its config."""
+    path = Path(model_dir)
+    if not path.is_dir():
+        what = "a file" if path.exists() else "nothing"
+        raise ExportError(f"--model: expected a folder written by save_pretrained, got {str(path)!r} ({what} there)")
+    try:
+        model, processor, task = auto.load_model_and_processor(path)
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as err:  # truncated or mismatched weights
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ExportError(f"--model: cannot load the model in {str(path)!r}: {first_line}") from None
+    if next(model.parameters()).dtype != torch.float32:
+        model = model.float()  # exports start from float32; precision is chosen by --quantize
+    return model.eval(), processor, task
+
+
+def input_size(processor, config) -> tuple[int, int]:
+    """(height, width) the model's processor produces: the fixed input of fixed-size formats."""
+    crop = getattr(processor, "crop_size", None) if getattr(processor, "do_center_crop", False) else None
+    if crop and crop.get("height"):
+        return int(crop["height"]), int(crop["width"])
+    size = config.image_size
+    return (size[0], size[1]) if isinstance(size, (list, tuple)) else (int(size), int(size))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Real images to check with
+# ---------------------------------------------------------------------------------------------------------
+def sample_photos() -> list[np.ndarray]:
+    """Photos shipped inside scikit-learn and scikit-image (no download): RGB uint8 arrays."""
+    from sklearn.datasets import load_sample_images
+    from skimage import data
+
+    photos = list(load_sample_images().images)
+    for name in ("astronaut", "coffee", "chelsea", "rocket"):
+        photos.append(np.asarray(getattr(data, name)()))
+    return [p if p.ndim == 3 else np.repeat(p[..., None], 3, axis=2) for p in photos]
+
+
+def check_inputs(processor, size: tuple[int, int], channels: int) -> torch.Tensor:
+    """The shipped photos through the model's own processor, at the export's input size."""
+    photos = sample_photos()
+    if channels != 3:  # a model of other channel counts: the photos' grey levels, repeated
+        photos = [np.repeat(p.mean(axis=2, keepdims=True).astype(np.uint8), channels, axis=2) for p in photos]
+    return preprocess(processor, photos, size)
+
+
+def preprocess(processor, images, size: tuple[int, int]) -> torch.Tensor:
+    """`images` as the processor prepares them, forced to `size` (crop or resize) for a fixed-size graph."""
+    pixel_values = processor(images, return_tensors="pt")["pixel_values"].float()
+    if tuple(pixel_values.shape[-2:]) != tuple(size):
+        pixel_values = torch.nn.functional.interpolate(pixel_values, size=size, mode="bilinear", align_corners=False)
+    return pixel_values
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Comparing an artefact with PyTorch
+# ---------------------------------------------------------------------------------------------------------
+# The bound each precision is checked against: max |artefact - PyTorch| over every output, divided by the
+# largest |PyTorch output| (fp32: an absolute 1e-4 instead). Measured on the trained demo models and on
+# random-weight xx-small models of every task (see README, "Deployment"): fp16 stays under 4e-3, bf16 under
+# 3e-2; int8 is judged by its agreement (the arg-max per image or per pixel) and by accuracy on held-out data.
+FP32_ATOL = 1e-4
+RELATIVE_BOUNDS = {"fp16": 2e-2, "bf16": 8e-2}
+MIN_AGREEMENT = {"int8": 0.80}
+
+
+@dataclass
+class Comparison:
+    """How an artefact's outputs compare with PyTorch's on the same inputs."""
+
+    max_abs_error: float
+    relative_error: float  # max_abs_error / max |PyTorch output|
+    agreement: float | None  # share of images (classification) or pixels (segmentation) with the same arg-max
+    inputs: str  # what was compared, e.g. "7 photos at 256x256"
+
+    def as_dict(self) -> dict:
+        return {"max_abs_error": self.max_abs_error, "relative_error": self.relative_error,
+                "agreement": self.agreement, "inputs": self.inputs}
+
+    def summary(self) -> str:
+        text = f"max abs error {self.max_abs_error:.2e} (relative {self.relative_error:.2e})"
+        return text + (f", arg-max agreement {self.agreement:.1%}" if self.agreement is not None else "")
+
+
+def compare(expected: Sequence[torch.Tensor], got: Sequence[np.ndarray], task: str, inputs: str) -> Comparison:
+    if len(got) != len(expected):
+        raise ExportCheckError(f"the artefact returned {len(got)} outputs, PyTorch {len(expected)}")
+    error, scale = 0.0, 0.0
+    for e, g in zip(expected, got):
+        g = torch.as_tensor(np.asarray(g), dtype=torch.float32)
+        if tuple(g.shape) != tuple(e.shape):
+            raise ExportCheckError(f"the artefact's output has shape {tuple(g.shape)}, PyTorch's {tuple(e.shape)}")
+        if not torch.isfinite(g).all():
+            raise ExportCheckError("the artefact's outputs hold NaN or infinity")
+        error = max(error, float((g - e).abs().max()))
+        scale = max(scale, float(e.abs().max()))
+    agreement = None
+    if task in (CLASSIFICATION, SEGMENTATION):
+        agreement = float((torch.as_tensor(np.asarray(got[0])).argmax(1) == expected[0].argmax(1)).float().mean())
+    return Comparison(error, error / max(scale, 1e-12), agreement, inputs)
+
+
+def enforce_bound(comparison: Comparison, precision: str, runtime: str) -> None:
+    """Raise `ExportCheckError` when `comparison` is outside the bound of `precision` (see RELATIVE_BOUNDS)."""
+    if precision == "fp32":
+        ok, bound = comparison.max_abs_error <= FP32_ATOL, f"max abs error <= {FP32_ATOL}"
+    elif precision in RELATIVE_BOUNDS:
+        ok, bound = comparison.relative_error <= RELATIVE_BOUNDS[precision], \
+            f"relative error <= {RELATIVE_BOUNDS[precision]}"
+    else:
+        floor = MIN_AGREEMENT[precision]
+        ok = comparison.agreement is None or comparison.agreement >= floor
+        bound = f"arg-max agreement >= {floor:.0%}"
+        if comparison.agreement is None:  # the backbone: no arg-max; the features must stay correlated
+            ok, bound = comparison.relative_error <= 0.5, "relative error <= 0.5"
+    if not ok:
+        raise ExportCheckError(f"{runtime} differs from PyTorch beyond the {precision} bound ({bound}): "
+                               f"{comparison.summary()} on {comparison.inputs}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The sidecar: what a deployment needs to feed the artefact and read its outputs
+# ---------------------------------------------------------------------------------------------------------
+def sidecar_path(output: Path) -> Path:
+    name = output.name[: -len(output.suffix)] if output.suffix else output.name
+    return output.with_name(name + SIDECAR_SUFFIX)
+
+
+def preprocessing_of(processor) -> dict:
+    """The processor's steps in words and numbers a runtime outside Python can follow."""
+    size = dict(processor.size) if processor.do_resize and processor.size else None
+    crop = dict(processor.crop_size) if processor.do_center_crop and processor.crop_size else None
+    return {
+        "resize": {"size": size, "resample": "bilinear", "antialias": bool(getattr(processor, "resize_antialias", False))}
+        if size else None,
+        "center_crop": crop,
+        "rescale_factor": float(processor.rescale_factor) if processor.do_rescale else None,
+        "channel_order": "BGR" if processor.do_flip_channel_order else "RGB",
+        "normalize": None,
+        "layout": "NCHW float32",
+        "summary": (
+            (f"resize the shortest edge to {size.get('shortest_edge')} (bilinear), " if size and size.get("shortest_edge")
+             else f"resize to {size} (bilinear), " if size else "")
+            + (f"centre-crop {crop['height']}x{crop['width']}, " if crop else "")
+            + (f"multiply by {float(processor.rescale_factor):.6g} (pixels in [0, 1]), " if processor.do_rescale else "")
+            + ("flip RGB to BGR, " if processor.do_flip_channel_order else "keep RGB, ")
+            + "no mean/std normalisation"
+        ),
+    }
+
+
+def write_sidecar(path: Path, content: dict) -> None:
+    path.write_text(json.dumps(content, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(value):
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Writing outputs whole
+# ---------------------------------------------------------------------------------------------------------
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass
+class StagedOutputs:
+    """A private folder beside the outputs, named after the first output and this process, in which the
+    export writes everything; `commit()` moves each file (or folder) into place. A killed export leaves only
+    that folder, which the next export to the same output removes (its process is gone)."""
+
+    targets: list[Path]
+    overwrite: bool = False
+    folder: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        first = self.targets[0]
+        remove_leftovers(first)
+        self.folder = Path(tempfile.mkdtemp(prefix=f".{first.name}.export-{os.getpid()}-", suffix=".tmp",
+                                            dir=first.parent))
+
+    def path(self, target: Path) -> Path:
+        return self.folder / target.name
+
+    def commit(self) -> None:
+        mask = os.umask(0)
+        os.umask(mask)
+        for target in self.targets:
+            staged = self.path(target)
+            if not staged.exists():
+                continue
+            if staged.is_file():
+                staged.chmod(0o666 & ~mask)  # an ordinary file, not mkdtemp's private mode
+            if target.is_dir():
+                shutil.rmtree(target)
+            os.replace(staged, target)
+
+    def discard(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.export-(?P<pid>\d+)-[^/]*\.tmp$")
+
+
+def remove_leftovers(target: Path) -> list[Path]:
+    """Staging folders of killed exports to `target` (their process no longer runs)."""
+    removed = []
+    for candidate in target.parent.glob(f".{glob_escape(target.name)}.export-*.tmp"):
+        match = _LEFTOVER.match(candidate.name)
+        if match and match["name"] == target.name and not _pid_alive(int(match["pid"])):
+            shutil.rmtree(candidate, ignore_errors=True) if candidate.is_dir() else candidate.unlink(missing_ok=True)
+            removed.append(candidate)
+    return removed
+
+
+def glob_escape(text: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", text)
+
+
+def is_inside(path: Path, folder: Path) -> bool:
+    path, folder = path.resolve(), folder.resolve()
+    return path == folder or folder in path.parents
+
+
+Runner = Callable[[np.ndarray], list]
+
+__all__ = ["ExportError", "ExportCheckError", "MainOutputs", "Comparison", "StagedOutputs", "INPUT_NAME",
+           "load_model", "input_size", "sample_photos", "check_inputs", "preprocess", "compare", "enforce_bound",
+           "sidecar_path", "preprocessing_of", "write_sidecar", "remove_leftovers", "is_inside", "Runner"]
