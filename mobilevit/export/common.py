@@ -68,14 +68,44 @@ def load_model(model_dir: str | os.PathLike):
     if not path.is_dir():
         what = "a file" if path.exists() else "nothing"
         raise ExportError(f"--model: expected a folder written by save_pretrained, got {str(path)!r} ({what} there)")
+    from transformers.utils import logging as transformers_logging
+
+    verbosity, bars = transformers_logging.get_verbosity(), transformers_logging.is_progress_bar_enabled()
+    transformers_logging.set_verbosity_error()  # its load report and bar would precede our one-line error
+    transformers_logging.disable_progress_bar()
     try:
         model, processor, task = auto.load_model_and_processor(path)
-    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as err:  # truncated or mismatched weights
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ExportError(f"--model: cannot load the model in {str(path)!r}: {first_line}") from None
+    except Exception as err:  # noqa: BLE001 truncated weights (SafetensorError), mismatched widths (RuntimeError), ...
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        if "mismatch" in first_line:
+            first_line = _first_mismatch(path) or first_line
+        raise ExportError(f"--model: cannot load the model in {str(path)!r}: {type(err).__name__}: {first_line}") from None
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+        if bars:
+            transformers_logging.enable_progress_bar()
     if next(model.parameters()).dtype != torch.float32:
         model = model.float()  # exports start from float32; precision is chosen by --quantize
     return model.eval(), processor, task
+
+
+def _first_mismatch(path: Path) -> str | None:
+    """'weights do not fit config.json: <key> is <shape> in the weights, <shape> by the config' (or None)."""
+    from safetensors import safe_open
+
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights:
+        return None
+    config = auto.load_config(path)
+    expected = {k: tuple(v.shape) for k, v in auto.new_model(config).state_dict().items()}
+    with safe_open(str(weights[0]), framework="pt") as stored:
+        for key in stored.keys():
+            shape = tuple(stored.get_slice(key).get_shape())
+            for name in (key, key.removeprefix(config.model_type + ".")):
+                if name in expected and expected[name] != shape:
+                    return (f"the weights do not fit config.json: {key} is {list(shape)} in {weights[0].name}, "
+                            f"{list(expected[name])} by the config")
+    return None
 
 
 def input_size(processor, config) -> tuple[int, int]:
