@@ -43,7 +43,9 @@ from .common import (
     input_size,
     is_inside,
     load_model,
+    preprocess,
     preprocessing_of,
+    sample_photos,
     sidecar_path,
     write_sidecar,
 )
@@ -233,25 +235,42 @@ def _size(path: Path) -> int:
     return path.stat().st_size if path.exists() else 0
 
 
-def export_onnx(model, output, overwrite: bool = False, image_size: int | None = None) -> None:
-    """A float32 ONNX file of an in-memory model (for `mobilevit benchmark`), checked with ONNX Runtime."""
-    output = Path(output)
+def export_model(model, format: str, output, precision: str = "fp32", image_size: int | None = None,
+                 calibration_images=None, overwrite: bool = False) -> dict:
+    """Export an in-memory model (no folder, no sidecar), checked in its runtime on the shipped photos; what
+    `mobilevit benchmark` times. int8 calibrates on `calibration_images` (default: the shipped photos)."""
+    chosen, output = FORMATS[format], Path(output)
     if output.exists() and not overwrite:
         raise ExportError(f"output: {str(output)!r} already exists (pass overwrite=True to replace it)")
     graph = MainOutputs(model.eval()).eval()
     processor = auto.image_processor_for(model.config)
     size = (image_size, image_size) if image_size else input_size(processor, model.config)
-    job = ExportJob(graph, processor, size, "fp32", None)
-    staged = StagedOutputs([output], overwrite)
+    calibration = None
+    if precision in chosen.calibrated:
+        images = calibration_images if calibration_images is not None else sample_photos()
+        calibration = [preprocess(processor, images, size)]
+    job = ExportJob(graph, processor, size, precision, calibration)
+    staged = StagedOutputs([output, *chosen.companion_paths(output)], overwrite)
     try:
-        onnx.export_graph(job, staged.path(output))
-        _check_in_runtime(onnx.FORMAT, job, onnx.FORMAT.runner(staged.path(output), job))
+        facts = chosen.write(job, staged.path(output))
+        _check_in_runtime(chosen, job, chosen.runner(staged.path(output), job))
         staged.commit()
     finally:
         staged.discard()
+    return facts
+
+
+def export_onnx(model, output, overwrite: bool = False, image_size: int | None = None) -> None:
+    """A float32 ONNX file of an in-memory model, checked with ONNX Runtime (`mobilevit benchmark`'s graph)."""
+    export_model(model, "onnx", output, image_size=image_size, overwrite=overwrite)
+
+
+def artefact_runner(format: str, path, precision: str = "fp32", threads: int | None = None):
+    """A callable NCHW float32 array -> output arrays for a written artefact (no model needed)."""
+    return FORMATS[format].load(Path(path), precision, threads)
 
 
 from .command import add_arguments, run  # noqa: E402  (the CLI module is this package)
 
 __all__ = ["FORMATS", "PRECISIONS", "ExportError", "ExportCheckError", "Comparison", "export", "validate",
-           "export_onnx", "ort_session", "add_arguments", "run"]
+           "export_model", "export_onnx", "artefact_runner", "ort_session", "add_arguments", "run"]

@@ -64,6 +64,10 @@ class Format:
     def runner(self, path: Path, job: ExportJob) -> Runner | None:
         """A callable NCHW float32 array -> list of output arrays that runs the written artefact, or None
         where this machine has no runtime for it."""
+        return self.load(path, job.precision, job.threads)
+
+    def load(self, path: Path, precision: str, threads: int | None) -> Runner:
+        """The artefact in its runtime in this process (`runner` without the model)."""
         raise NotImplementedError
 
     def verify_without_runtime(self, path: Path, job: ExportJob) -> dict:

@@ -151,12 +151,13 @@ def preprocess(processor, images, size: tuple[int, int]) -> torch.Tensor:
 # Comparing an artefact with PyTorch
 # ---------------------------------------------------------------------------------------------------------
 # The bound each precision is checked against: max |artefact - PyTorch| over every output, divided by the
-# largest |PyTorch output| (fp32: an absolute 1e-4 instead). Measured on the trained demo models and on
-# random-weight xx-small models of every task (see README, "Deployment"): fp16 stays under 4e-3, bf16 under
-# 3e-2; int8 is judged by its agreement (the arg-max per image or per pixel) and by accuracy on held-out data.
+# largest |PyTorch output| (fp32: an absolute 1e-4 instead); measured values are in README, "Deployment".
+# int8 changes outputs too much for an elementwise bound: the check on the photos only catches a broken
+# artefact (arg-max agreement per image or pixel, which random-weight test models keep well above 50 %);
+# what int8 costs is measured as accuracy on the user's held-out data (--eval-data).
 FP32_ATOL = 1e-4
 RELATIVE_BOUNDS = {"fp16": 2e-2, "bf16": 8e-2}
-MIN_AGREEMENT = {"int8": 0.80}
+MIN_AGREEMENT = {"int8": 0.50}
 
 
 @dataclass

@@ -110,7 +110,7 @@ class ExecuTorchFormat(Format):
         path.write_bytes(edge.to_executorch().buffer)
         return facts
 
-    def runner(self, path: Path, job: ExportJob) -> Runner:
+    def load(self, path: Path, precision: str, threads: int | None) -> Runner:
         return executorch_runner(path)
 
 

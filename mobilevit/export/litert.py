@@ -73,6 +73,12 @@ class LiteRTFormat(Format):
         return {"input_shape": [1, job.graph.config.num_channels, *job.size],
                 "environment": "in-process" if _in_process() else f"child process ({separate_python()})"}
 
+    def load(self, path: Path, precision: str, threads: int | None) -> Runner:
+        if not _in_process():
+            raise MissingDependencyError("running a .tflite in this process needs litert-torch here (pip install "
+                                         "\"mobilevit[litert]\" in a separate environment, and run from there)")
+        return interpreter_runner(path, threads)
+
     def runner(self, path: Path, job: ExportJob) -> Runner:
         if _in_process():
             return interpreter_runner(path, job.threads)

@@ -94,8 +94,8 @@ class OnnxFormat(Format):
         finally:
             float_path.unlink(missing_ok=True)
 
-    def runner(self, path: Path, job: ExportJob) -> Runner:
-        session = ort_session(path, job.threads)
+    def load(self, path: Path, precision: str, threads: int | None) -> Runner:
+        session = ort_session(path, threads)
 
         def run(pixel_values: np.ndarray) -> list:
             return session.run(None, {INPUT_NAME: np.ascontiguousarray(pixel_values, dtype=np.float32)})

@@ -54,8 +54,8 @@ class OpenVINOFormat(Format):
         ov.save_model(model, str(path), compress_to_fp16=job.precision == "fp16")
         return facts
 
-    def runner(self, path: Path, job: ExportJob) -> Runner:
-        return openvino_runner(path, INFERENCE_PRECISION[job.precision], job.threads)
+    def load(self, path: Path, precision: str, threads: int | None) -> Runner:
+        return openvino_runner(path, INFERENCE_PRECISION[precision], threads)
 
 
 def openvino_runner(path: Path, precision: str = "f32", threads: int | None = None) -> Runner:
