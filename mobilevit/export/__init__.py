@@ -270,7 +270,5 @@ def artefact_runner(format: str, path, precision: str = "fp32", threads: int | N
     return FORMATS[format].load(Path(path), precision, threads)
 
 
-from .command import add_arguments, run  # noqa: E402  (the CLI module is this package)
-
 __all__ = ["FORMATS", "PRECISIONS", "ExportError", "ExportCheckError", "Comparison", "export", "validate",
-           "export_model", "export_onnx", "artefact_runner", "ort_session", "add_arguments", "run"]
+           "export_model", "export_onnx", "artefact_runner", "ort_session"]

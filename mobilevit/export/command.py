@@ -6,12 +6,11 @@ import argparse
 import json
 import sys
 
+from . import FORMATS, PRECISIONS, export
 from .data import DEFAULT_CALIBRATION_SIZE, DEFAULT_CALIBRATION_SPLIT, DEFAULT_EVALUATION_SPLIT
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from . import FORMATS, PRECISIONS
-
     parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
     parser.add_argument("--format", required=True, choices=list(FORMATS),
                         help="deployment format (each needs its extra, e.g. pip install \"mobilevit[executorch]\")")
@@ -37,8 +36,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from . import export
-
     sidecar = export(args.model, args.format, args.output, args.quantize, calibration_data=args.calibration_data,
                      calibration_split=args.calibration_split, calibration_size=args.calibration_size,
                      eval_data=args.eval_data, eval_split=args.eval_split, image_size=args.image_size,
