@@ -151,7 +151,9 @@ def preprocess(processor, images, size: tuple[int, int]) -> torch.Tensor:
 # Comparing an artefact with PyTorch
 # ---------------------------------------------------------------------------------------------------------
 # The bound each precision is checked against: max |artefact - PyTorch| over every output, divided by the
-# largest |PyTorch output| (fp32: an absolute 1e-4 instead); measured values are in README, "Deployment".
+# largest |PyTorch output|; measured values are in README, "Deployment". fp32: 1e-4, absolute for outputs
+# within [-1, 1] (float32 rounding grows with the values: a trained segmenter's logits reach 6.5 and its
+# 250x310 ONNX graph, resizes included, differed by 1.5e-4).
 # int8 changes outputs too much for an elementwise bound: the check on the photos only catches a broken
 # artefact (arg-max agreement per image or pixel, which random-weight test models keep well above 50 %);
 # what int8 costs is measured as accuracy on the user's held-out data (--eval-data).
@@ -165,12 +167,14 @@ class Comparison:
     """How an artefact's outputs compare with PyTorch's on the same inputs."""
 
     max_abs_error: float
-    relative_error: float  # max_abs_error / max |PyTorch output|
+    output_scale: float  # max |PyTorch output|
+    relative_error: float  # max_abs_error / output_scale
     agreement: float | None  # share of images (classification) or pixels (segmentation) with the same arg-max
     inputs: str  # what was compared, e.g. "7 photos at 256x256"
 
     def as_dict(self) -> dict:
-        return {"max_abs_error": self.max_abs_error, "relative_error": self.relative_error,
+        return {"max_abs_error": self.max_abs_error, "output_scale": self.output_scale,
+                "relative_error": self.relative_error,
                 "agreement": self.agreement, "inputs": self.inputs}
 
     def summary(self) -> str:
@@ -193,13 +197,14 @@ def compare(expected: Sequence[torch.Tensor], got: Sequence[np.ndarray], task: s
     agreement = None
     if task in (CLASSIFICATION, SEGMENTATION):
         agreement = float((torch.as_tensor(np.asarray(got[0])).argmax(1) == expected[0].argmax(1)).float().mean())
-    return Comparison(error, error / max(scale, 1e-12), agreement, inputs)
+    return Comparison(error, scale, error / max(scale, 1e-12), agreement, inputs)
 
 
 def enforce_bound(comparison: Comparison, precision: str, runtime: str) -> None:
     """Raise `ExportCheckError` when `comparison` is outside the bound of `precision` (see RELATIVE_BOUNDS)."""
     if precision == "fp32":
-        ok, bound = comparison.max_abs_error <= FP32_ATOL, f"max abs error <= {FP32_ATOL}"
+        ok = comparison.max_abs_error <= FP32_ATOL * max(1.0, comparison.output_scale)
+        bound = f"max abs error <= {FP32_ATOL} x max(1, |output|)"
     elif precision in RELATIVE_BOUNDS:
         ok, bound = comparison.relative_error <= RELATIVE_BOUNDS[precision], \
             f"relative error <= {RELATIVE_BOUNDS[precision]}"

@@ -19,6 +19,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from .base import ExportJob, Format
 from .common import ExportCheckError, INPUT_NAME, Runner
@@ -115,22 +116,30 @@ class CoreMLFormat(Format):
         if unexpected:
             raise ExportCheckError(f"Core ML program: unexpected operations {unexpected}")
 
-        stored = get_weights_metadata(saved, weight_threshold=1)
-        checked, worst = 0, 0.0
-        for name, parameter in job.graph.named_parameters():
-            entry = stored.get("p_" + name.replace(".", "_"))
-            if entry is None or entry.val.dtype == np.int8 or entry.val.shape != tuple(parameter.shape):
-                continue  # folded into a neighbour (BatchNorm), or stored quantized
-            reference = parameter.detach().numpy()
-            worst = max(worst, float(np.abs(entry.val.astype(np.float32) - reference).max()
-                                     / max(np.abs(reference).max(), 1e-12)))
-            checked += 1
-        bound = 1e-6 if job.precision == "fp32" else 1e-3
-        if worst > bound:
-            raise ExportCheckError(f"Core ML package: stored weights differ from PyTorch's by {worst:.2e} (relative, "
-                                   f"bound {bound})")
-        if job.precision != "int8" and checked == 0:
-            raise ExportCheckError("Core ML package: none of PyTorch's weights were found in the saved program")
+        # Core ML renames weights (float16 ones become const_N_to_fp16), so each linear layer's weight is found
+        # by shape and value; convolutions are left out, their BatchNorm is folded into them
+        stored = [entry.val for entry in get_weights_metadata(saved, weight_threshold=1).values() if entry.val.ndim == 2]
+        linears = [m.weight.detach().numpy() for m in job.graph.modules() if isinstance(m, torch.nn.Linear)]
+        if job.precision == "int8":
+            checked = sum(1 for value in stored if value.dtype == np.int8)
+            worst = 0.0
+            if checked < len(linears):
+                raise ExportCheckError(f"Core ML package: {checked} int8 weight matrices stored, expected at least "
+                                       f"{len(linears)} (one per linear layer)")
+        else:
+            checked, worst = 0, 0.0
+            for reference in linears:
+                scale = max(float(np.abs(reference).max()), 1e-12)
+                errors = [float(np.abs(value.astype(np.float32) - reference).max()) / scale
+                          for value in stored if value.shape == reference.shape and value.dtype != np.int8]
+                if not errors:
+                    raise ExportCheckError(f"Core ML package: no stored weight of shape {list(reference.shape)} "
+                                           "(a linear layer of PyTorch's) was found")
+                worst, checked = max(worst, min(errors)), checked + 1
+            bound = 1e-6 if job.precision == "fp32" else 1e-3  # float16 keeps 11 significant bits
+            if worst > bound:
+                raise ExportCheckError(f"Core ML package: stored weights differ from PyTorch's by {worst:.2e} "
+                                       f"(relative, bound {bound})")
         return {"inputs": [INPUT_NAME], "outputs": outputs, "ops": dict(ops), "weights_compared": checked,
                 "weights_max_relative_error": worst,
                 "unverified": "predictions: Core ML runs only on macOS; the program, its op set and its weights "
