@@ -233,7 +233,7 @@ def test_onnx_matches_pytorch_at_other_sizes(exported):
 
 def test_onnx_sidecar_states_preprocessing_and_the_check(exported):
     model, output = exported
-    sidecar = json.loads(output.with_name("model.mobilevit.json").read_text())
+    sidecar = json.loads(output.with_name(output.name + ".json").read_text())
     assert sidecar["format"] == "onnx" and sidecar["precision"] == "fp32" and sidecar["task"] == "image-classification"
     assert sidecar["input"]["shape"] == ["batch", 3, "height", "width"]
     assert sidecar["preprocessing"]["channel_order"] == "BGR"

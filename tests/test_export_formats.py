@@ -72,7 +72,7 @@ def test_export_runs_like_pytorch(tmp_path, photos_dir, name, precision, task):
         args += ["--calibration-data", str(photos_dir)]
     assert cli_main(args) == 0
 
-    sidecar = json.loads(output.with_name("model.mobilevit.json").read_text())
+    sidecar = json.loads(output.with_name(output.name + ".json").read_text())
     assert (sidecar["format"], sidecar["precision"], sidecar["task"]) == (name, precision, task)
     assert sidecar["preprocessing"]["channel_order"] == "BGR"
     assert sidecar["input"]["shape"] == [1, 3, 64, 64]

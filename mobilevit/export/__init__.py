@@ -15,7 +15,7 @@ PyTorch before it is kept.
 Every task (classification, segmentation, the bare backbone) of every family registered in `mobilevit.auto`
 exports. One module per format (`onnx.py`, ...) holds what differs; this front end validates the
 arguments before any work, loads the model, prepares calibration and evaluation images, stages the outputs,
-runs the checks and writes the sidecar `<name>.mobilevit.json` (preprocessing, labels, outputs, measured
+runs the checks and writes the sidecar `<artefact>.json` (e.g. `model.onnx.json`) (preprocessing, labels, outputs, measured
 error, accuracy, size). Fixed-size formats take the model processor's crop size at batch 1 (`--image-size`
 to change it); ONNX keeps batch, height and width dynamic.
 """
@@ -116,7 +116,7 @@ def export(model_dir, format: str, output, quantize: str | None = None, *, calib
            eval_data=None, eval_split: str = DEFAULT_EVALUATION_SPLIT, image_size: int | None = None,
            overwrite: bool = False, threads: int | None = None, log=print) -> dict:
     """Export the saved model in `model_dir` to `output`; returns the sidecar's content (also written beside
-    the artefact as `<name>.mobilevit.json`). Raises `ExportError` for bad arguments or inputs and
+    the artefact as `<artefact>.json`). Raises `ExportError` for bad arguments or inputs and
     `ExportCheckError` when the runtime's outputs are outside the precision's bound (nothing is kept then)."""
     chosen, precision, output = validate(format, output, model_dir, quantize, calibration_data, eval_data,
                                          calibration_size, image_size, overwrite, threads)

@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     check = sidecar["check"]
     print(f"wrote {args.output} ({sidecar['format']}, {sidecar['precision']}, {sidecar['size_bytes'] / 1e6:.2f} MB) "
-          f"and {sidecar['artefact'].rsplit('.', 1)[0]}.mobilevit.json")
+          f"and its sidecar {sidecar['artefact']}.json")
     for comparison in check.get("comparisons", []):
         print(f"  {check['runtime']} vs PyTorch on {comparison['inputs']}: max abs error "
               f"{comparison['max_abs_error']:.2e}" + (f", arg-max agreement {comparison['agreement']:.1%}"

@@ -24,7 +24,7 @@ from ..errors import UserError
 from ..tasks import CLASSIFICATION, FEATURE_EXTRACTION, SEGMENTATION
 
 INPUT_NAME = "pixel_values"
-SIDECAR_SUFFIX = ".mobilevit.json"
+SIDECAR_SUFFIX = ".json"  # model.onnx -> model.onnx.json: one per artefact, whatever sits beside it
 
 
 class ExportError(UserError):
@@ -223,8 +223,7 @@ def enforce_bound(comparison: Comparison, precision: str, runtime: str) -> None:
 # The sidecar: what a deployment needs to feed the artefact and read its outputs
 # ---------------------------------------------------------------------------------------------------------
 def sidecar_path(output: Path) -> Path:
-    name = output.name[: -len(output.suffix)] if output.suffix else output.name
-    return output.with_name(name + SIDECAR_SUFFIX)
+    return output.with_name(output.name + SIDECAR_SUFFIX)
 
 
 def preprocessing_of(processor) -> dict:
