@@ -7,8 +7,10 @@ The families live in `mobilevit/models/<family>/` and are reached by tools throu
 import logging
 
 # torchao (installed with the [executorch] extra, imported by transformers when present) warns on import that
-# its CUDA kernels do not load on a CPU machine; that is expected here and would clutter every command
+# its CUDA kernels do not load on a CPU machine, and its enum registration triggers torch's pytree deprecation
+# notice; both are expected and would clutter every command
 logging.getLogger("torchao").setLevel(logging.ERROR)
+logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
 
 from . import auto  # noqa: E402
 from .image_processing_mobilevit import MobileViTImageProcessor  # noqa: E402

@@ -19,13 +19,13 @@ from mobilevit.testing_utils import fill_realistic_weights_
 
 pytestmark = pytest.mark.slow
 
-CASES = [  # (format, precision, task): every format, every precision, every task at least once
+# (format, precision, task): every format, every precision and every task at least once, kept few because CI
+# runs them all (float32 ONNX is in the fast suite; notebooks/06_deploy.ipynb exports every format in fp32)
+CASES = [
     ("onnx", "int8", "semantic-segmentation"),
-    ("executorch", "fp32", "image-classification"),
     ("executorch", "int8", "image-classification"),
-    ("openvino", "fp32", "image-feature-extraction"),
+    ("openvino", "bf16", "image-feature-extraction"),
     ("openvino", "fp16", "semantic-segmentation"),
-    ("openvino", "bf16", "image-classification"),
     ("openvino", "int8", "image-classification"),
     ("coreml", "fp32", "semantic-segmentation"),
     ("coreml", "int8", "image-classification"),

@@ -28,7 +28,7 @@ import torch
 
 from ..errors import MissingDependencyError
 from .base import ExportJob, Format
-from .common import Runner
+from .common import ExportError, Runner
 
 PYTHON_VARIABLE = "MOBILEVIT_LITERT_PYTHON"
 
@@ -128,7 +128,7 @@ def _child(command: str, **arguments) -> None:
                                capture_output=True, text=True)
     if completed.returncode != 0:
         last = (completed.stderr.strip().splitlines() or ["(no message)"])[-1]
-        raise RuntimeError(f"LiteRT child process ({separate_python()}) failed: {last}")
+        raise ExportError(f"LiteRT child process ({separate_python()}) failed: {last}")
 
 
 def _main(command: str, arguments: dict) -> None:
