@@ -59,7 +59,8 @@ def test_export_runs_like_pytorch(tmp_path, photos_dir, name, precision, task):
     if not _available(name):
         pytest.skip(f"the [{FORMATS[name].extra}] extra is not installed")
     chosen = FORMATS[name]
-    config = auto.new_config("xx-small", task, num_labels=4, image_size=64,
+    config_task = "image-classification" if task == "image-feature-extraction" else task  # the backbone's widths
+    config = auto.new_config("xx-small", config_task, num_labels=4, image_size=64,
                              **({"output_stride": 16} if task == "semantic-segmentation" else {}))
     model = fill_realistic_weights_(auto.new_model(config, task)).eval()
     model.save_pretrained(tmp_path / "model")
