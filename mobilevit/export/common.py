@@ -154,12 +154,13 @@ def preprocess(processor, images, size: tuple[int, int]) -> torch.Tensor:
 # largest |PyTorch output|; measured values are in README, "Deployment". fp32: 1e-4, absolute for outputs
 # within [-1, 1] (float32 rounding grows with the values: a trained segmenter's logits reach 6.5 and its
 # 250x310 ONNX graph, resizes included, differed by 1.5e-4).
-# int8 changes outputs too much for an elementwise bound: the check on the photos only catches a broken
-# artefact (arg-max agreement per image or pixel, which random-weight test models keep well above 50 %);
-# what int8 costs is measured as accuracy on the user's held-out data (--eval-data).
+# int8 changes outputs too much for an elementwise bound, and arg-max agreement on a few photos is coarse (a
+# random-weight test model's logits lie close together): the check only catches a broken artefact, by the
+# correlation of all its outputs with PyTorch's; what int8 costs is measured as accuracy on the user's
+# held-out data (--eval-data).
 FP32_ATOL = 1e-4
 RELATIVE_BOUNDS = {"fp16": 2e-2, "bf16": 8e-2}
-MIN_AGREEMENT = {"int8": 0.50}
+MIN_CORRELATION = {"int8": 0.9}
 
 
 @dataclass
@@ -169,23 +170,25 @@ class Comparison:
     max_abs_error: float
     output_scale: float  # max |PyTorch output|
     relative_error: float  # max_abs_error / output_scale
+    correlation: float  # Pearson correlation of all output values with PyTorch's
     agreement: float | None  # share of images (classification) or pixels (segmentation) with the same arg-max
     inputs: str  # what was compared, e.g. "7 photos at 256x256"
 
     def as_dict(self) -> dict:
         return {"max_abs_error": self.max_abs_error, "output_scale": self.output_scale,
-                "relative_error": self.relative_error,
+                "relative_error": self.relative_error, "correlation": self.correlation,
                 "agreement": self.agreement, "inputs": self.inputs}
 
     def summary(self) -> str:
-        text = f"max abs error {self.max_abs_error:.2e} (relative {self.relative_error:.2e})"
+        text = (f"max abs error {self.max_abs_error:.2e} (relative {self.relative_error:.2e}), "
+                f"correlation {self.correlation:.4f}")
         return text + (f", arg-max agreement {self.agreement:.1%}" if self.agreement is not None else "")
 
 
 def compare(expected: Sequence[torch.Tensor], got: Sequence[np.ndarray], task: str, inputs: str) -> Comparison:
     if len(got) != len(expected):
         raise ExportCheckError(f"the artefact returned {len(got)} outputs, PyTorch {len(expected)}")
-    error, scale = 0.0, 0.0
+    error, scale, pairs = 0.0, 0.0, []
     for e, g in zip(expected, got):
         g = torch.as_tensor(np.asarray(g), dtype=torch.float32)
         if tuple(g.shape) != tuple(e.shape):
@@ -194,10 +197,12 @@ def compare(expected: Sequence[torch.Tensor], got: Sequence[np.ndarray], task: s
             raise ExportCheckError("the artefact's outputs hold NaN or infinity")
         error = max(error, float((g - e).abs().max()))
         scale = max(scale, float(e.abs().max()))
+        pairs.append(torch.stack([g.flatten(), e.flatten().float()]))
     agreement = None
     if task in (CLASSIFICATION, SEGMENTATION):
         agreement = float((torch.as_tensor(np.asarray(got[0])).argmax(1) == expected[0].argmax(1)).float().mean())
-    return Comparison(error, scale, error / max(scale, 1e-12), agreement, inputs)
+    correlation = float(torch.corrcoef(torch.cat(pairs, dim=1))[0, 1])
+    return Comparison(error, scale, error / max(scale, 1e-12), correlation, agreement, inputs)
 
 
 def enforce_bound(comparison: Comparison, precision: str, runtime: str) -> None:
@@ -209,11 +214,8 @@ def enforce_bound(comparison: Comparison, precision: str, runtime: str) -> None:
         ok, bound = comparison.relative_error <= RELATIVE_BOUNDS[precision], \
             f"relative error <= {RELATIVE_BOUNDS[precision]}"
     else:
-        floor = MIN_AGREEMENT[precision]
-        ok = comparison.agreement is None or comparison.agreement >= floor
-        bound = f"arg-max agreement >= {floor:.0%}"
-        if comparison.agreement is None:  # the backbone: no arg-max; the features must stay correlated
-            ok, bound = comparison.relative_error <= 0.5, "relative error <= 0.5"
+        floor = MIN_CORRELATION[precision]
+        ok, bound = comparison.correlation >= floor, f"correlation with PyTorch's outputs >= {floor}"
     if not ok:
         raise ExportCheckError(f"{runtime} differs from PyTorch beyond the {precision} bound ({bound}): "
                                f"{comparison.summary()} on {comparison.inputs}")
