@@ -97,7 +97,7 @@ def export_cli(*args):
 
 @pytest.mark.parametrize("args, output_name, code, words", [
     (["--format", "onnx", "--quantize", "fp16"], "m.onnx", 2, ["--quantize", "ONNX exports int8", "'fp16'"]),
-    (["--format", "litert", "--quantize", "int8"], "m.tflite", 2, ["--quantize", "LiteRT exports float32 only"]),
+    (["--format", "litert", "--quantize", "fp16"], "m.tflite", 2, ["--quantize", "LiteRT exports int8", "'fp16'"]),
     (["--format", "executorch"], "m.onnx", 2, ["--output", "ending in .pte"]),
     (["--format", "onnx", "--quantize", "int8"], "m.onnx", 2, ["--calibration-data", "calibrate"]),
     (["--format", "onnx", "--calibration-size", "0"], "m.onnx", 2, ["--calibration-size", "integer >= 1", "0"]),

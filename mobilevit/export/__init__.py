@@ -8,7 +8,7 @@ PyTorch before it is kept.
 |-------------|---------------------|------------------------------|-------------------------|----------------|
 | onnx        | `.onnx`, dynamic    | ONNX Runtime                 | fp32, int8              | `[export]`     |
 | executorch  | `.pte`, XNNPACK     | ExecuTorch Python runtime    | fp32, int8              | `[executorch]` |
-| litert      | `.tflite`           | LiteRT interpreter           | fp32                    | `[litert]` (own venv) |
+| litert      | `.tflite`           | LiteRT interpreter           | fp32, int8              | `[litert]` (own venv) |
 | coreml      | `.mlpackage`        | none off macOS: program, op set, weights | fp32, fp16, int8 (weights) | `[coreml]` |
 | openvino    | `.xml` + `.bin`     | OpenVINO CPU                 | fp32, fp16, bf16, int8  | `[openvino]`   |
 

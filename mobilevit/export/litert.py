@@ -10,8 +10,12 @@
 process (`python -m mobilevit.export.litert ...`), and compares the outputs here. Where `litert_torch`
 imports in the current environment, everything runs in-process instead.
 
-The graph is `torch.export`ed at the processor's input size (batch 1). fp32 only: litert-torch's PT2E int8
-failed on MobileViT (see README, "Deployment").
+The graph is `torch.export`ed at the processor's input size (batch 1). int8 (`--quantize int8`): PT2E with
+litert-torch's quantizer (symmetric, weights per channel, activations per tensor, calibrated on the user's
+images). The converted model then takes and returns int8 tensors: the input is quantized with the scale and
+zero point stated in the sidecar (`io_quantization`; for pixels in [0, 1] that is x / scale + zero_point),
+and the outputs are dequantized the same way. The runners here do both, so the comparison with PyTorch is in
+float.
 """
 
 from __future__ import annotations
@@ -49,7 +53,8 @@ def separate_python() -> str | None:
 class LiteRTFormat(Format):
     name, title, suffix, extra = "litert", "LiteRT", ".tflite", "litert"
     modules = ("litert_torch",)
-    precisions = ("fp32",)
+    precisions = ("fp32", "int8")
+    calibrated = ("int8",)
     runtime = "LiteRT interpreter"
 
     def require(self, precision: str) -> None:
@@ -66,12 +71,22 @@ class LiteRTFormat(Format):
                                          "(no such file)")
 
     def write(self, job: ExportJob, path: Path) -> dict:
+        calibration = torch.cat(job.calibration) if job.calibration else None
         if _in_process():
-            convert(job.graph, job.example, path)
+            io = convert(job.graph, job.example, path, calibration)
         else:
-            _child("convert", model_dir=str(job.model_dir), size=list(job.size), output=str(path))
-        return {"input_shape": [1, job.graph.config.num_channels, *job.size],
-                "environment": "in-process" if _in_process() else f"child process ({separate_python()})"}
+            with tempfile.TemporaryDirectory(prefix="mobilevit-litert-") as folder:
+                if calibration is not None:
+                    np.save(Path(folder) / "calibration.npy", calibration.numpy())
+                _child("convert", model_dir=str(job.model_dir), size=list(job.size), output=str(path), folder=folder)
+                io = json.loads((Path(folder) / "io.json").read_text())
+        facts = {"input_shape": [1, job.graph.config.num_channels, *job.size], "io_quantization": io,
+                 "environment": "in-process" if _in_process() else f"child process ({separate_python()})"}
+        if job.precision == "int8":
+            facts["quantization"] = {"method": "PT2E, litert-torch PT2EQuantizer (static)",
+                                     "weights": "int8 per channel", "activations": "int8 per tensor",
+                                     "inputs_and_outputs": "int8, see io_quantization"}
+        return facts
 
     def load(self, path: Path, precision: str, threads: int | None) -> Runner:
         if not _in_process():
@@ -93,30 +108,68 @@ class LiteRTFormat(Format):
         return run
 
 
-def convert(graph: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
+def convert(graph: torch.nn.Module, example: torch.Tensor, path: Path, calibration: torch.Tensor | None = None) -> dict:
+    """Write the `.tflite` (int8 when `calibration` images are given); returns its inputs' and outputs'
+    int8 quantization (empty lists for float32)."""
     import litert_torch
 
     from .. import export_mode
 
+    graph = graph.eval()
     with torch.no_grad(), export_mode.exporting(graph, fixed_size=True):
-        converted = litert_torch.convert(graph.eval(), (example,))
+        if calibration is None:
+            converted = litert_torch.convert(graph, (example,))
+        else:
+            from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+            from litert_torch.quantize.quant_config import QuantConfig
+            from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+            quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+            prepared = prepare_pt2e(torch.export.export(graph, (example,), strict=False).module(), quantizer)
+            for image in calibration.split(1):  # the graph takes one image
+                prepared(image)
+            quantized = convert_pt2e(prepared, fold_quantize=False)
+            converted = litert_torch.convert(quantized, (example,), quant_config=QuantConfig(pt2e_quantizer=quantizer))
     converted.export(str(path))
+    interpreter = _interpreter(path, 1)
+    return {side: [{"dtype": np.dtype(d["dtype"]).name, "scale": float(d["quantization"][0]),
+                    "zero_point": int(d["quantization"][1])} for d in details if d["dtype"] == np.int8]
+            for side, details in (("inputs", interpreter.get_input_details()),
+                                  ("outputs", interpreter.get_output_details()))}
 
 
-def interpreter_runner(path: Path, threads: int | None = None) -> Runner:
+def _interpreter(path: Path, threads: int | None):
     from ai_edge_litert.interpreter import Interpreter
 
     interpreter = Interpreter(model_path=str(path), num_threads=threads or 2)
     interpreter.allocate_tensors()
-    input_index = interpreter.get_input_details()[0]["index"]
+    return interpreter
+
+
+def interpreter_runner(path: Path, threads: int | None = None) -> Runner:
+    """The `.tflite` in LiteRT's interpreter; int8 inputs are quantized and int8 outputs dequantized."""
+    interpreter = _interpreter(path, threads)
+    source = interpreter.get_input_details()[0]
     outputs = interpreter.get_output_details()
+
+    def quantize(image: np.ndarray) -> np.ndarray:
+        if source["dtype"] != np.int8:
+            return np.ascontiguousarray(image, dtype=np.float32)
+        scale, zero_point = source["quantization"]
+        return np.clip(np.round(image / scale + zero_point), -128, 127).astype(np.int8)
+
+    def dequantize(value: np.ndarray, detail: dict) -> np.ndarray:
+        if detail["dtype"] != np.int8:
+            return value.copy()
+        scale, zero_point = detail["quantization"]
+        return (value.astype(np.float32) - zero_point) * scale
 
     def run(pixel_values: np.ndarray) -> list:
         results = []
         for image in pixel_values:  # the graph takes one image
-            interpreter.set_tensor(input_index, np.ascontiguousarray(image[None], dtype=np.float32))
+            interpreter.set_tensor(source["index"], quantize(image[None]))
             interpreter.invoke()
-            results.append([interpreter.get_tensor(o["index"]).copy() for o in outputs])
+            results.append([dequantize(interpreter.get_tensor(o["index"]), o) for o in outputs])
         return [np.concatenate([r[i] for r in results]) for i in range(len(outputs))]
 
     return run
@@ -139,7 +192,10 @@ def _main(command: str, arguments: dict) -> None:
 
         model = auto.load_model(arguments["model_dir"]).eval()
         example = torch.rand(1, model.config.num_channels, *arguments["size"], generator=torch.Generator().manual_seed(0))
-        convert(MainOutputs(model).eval(), example, Path(arguments["output"]))
+        folder = Path(arguments["folder"])
+        calibration = torch.from_numpy(np.load(folder / "calibration.npy")) if (folder / "calibration.npy").exists() else None
+        io = convert(MainOutputs(model).eval(), example, Path(arguments["output"]), calibration)
+        (folder / "io.json").write_text(json.dumps(io))
     else:
         folder = Path(arguments["folder"])
         outputs = interpreter_runner(Path(arguments["artefact"]), arguments.get("threads"))(np.load(folder / "inputs.npy"))
