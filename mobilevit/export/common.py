@@ -337,6 +337,16 @@ def is_inside(path: Path, folder: Path) -> bool:
 
 Runner = Callable[[np.ndarray], list]
 
+
+def per_image(run_one: Callable[[np.ndarray], list]) -> Runner:
+    """A runner for whole batches from one that takes a single 1xCxHxW image (the fixed-size graphs)."""
+
+    def run(pixel_values: np.ndarray) -> list:
+        outputs = [run_one(np.ascontiguousarray(image[None], dtype=np.float32)) for image in pixel_values]
+        return [np.concatenate([np.asarray(o[i]) for o in outputs]) for i in range(len(outputs[0]))]
+
+    return run
+
 __all__ = ["ExportError", "ExportCheckError", "MainOutputs", "Comparison", "StagedOutputs", "INPUT_NAME",
-           "load_model", "input_size", "sample_photos", "check_inputs", "preprocess", "compare", "enforce_bound",
+           "per_image", "load_model", "input_size", "sample_photos", "check_inputs", "preprocess", "compare", "enforce_bound",
            "sidecar_path", "preprocessing_of", "write_sidecar", "remove_leftovers", "is_inside", "Runner"]

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .base import ExportJob, Format
-from .common import ExportCheckError, INPUT_NAME, Runner
+from .common import INPUT_NAME, ExportCheckError, Runner, per_image
 
 # the operations a MobileViT program is made of; anything else means the conversion took a path not checked
 EXPECTED_OPS = {"const", "reshape", "transpose", "linear", "conv", "silu", "relu", "add", "sub", "mul",
@@ -77,19 +77,17 @@ class CoreMLFormat(Format):
         model = ct.models.MLModel(str(path))
         names = job.graph.output_names()
 
-        def run(pixel_values: np.ndarray) -> list:
+        def run_one(image: np.ndarray) -> list:
             from PIL import Image
 
-            outputs = []
-            for image in pixel_values:  # back to the 8-bit picture the app would hand over
-                pixels = np.clip(np.round(image.transpose(1, 2, 0) * 255), 0, 255).astype(np.uint8)
-                if job.processor.do_flip_channel_order:
-                    pixels = pixels[..., ::-1]
-                result = model.predict({INPUT_NAME: Image.fromarray(np.ascontiguousarray(pixels))})
-                outputs.append([np.asarray(result[n]) for n in names])
-            return [np.concatenate([o[i] for o in outputs]) for i in range(len(names))]
+            # back to the 8-bit picture an app would hand over
+            pixels = np.clip(np.round(image[0].transpose(1, 2, 0) * 255), 0, 255).astype(np.uint8)
+            if job.processor.do_flip_channel_order:
+                pixels = pixels[..., ::-1]
+            result = model.predict({INPUT_NAME: Image.fromarray(np.ascontiguousarray(pixels))})
+            return [np.asarray(result[n]) for n in names]
 
-        return run
+        return per_image(run_one)
 
     def verify_without_runtime(self, path: Path, job: ExportJob) -> dict:
         """Inputs, outputs, op set and the weights' round trip of the saved package."""

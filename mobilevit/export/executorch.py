@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .base import ExportJob, Format
-from .common import ExportCheckError, Runner
+from .common import ExportCheckError, Runner, per_image
 
 MAX_OUTSIDE = 0.05  # share of the graph's compute ops allowed to run outside XNNPACK
 _BOOKKEEPING = {"getitem", "executorch_call_delegate", "alloc", "view_copy", "_to_dim_order_copy"}
@@ -119,13 +119,7 @@ def executorch_runner(path: Path) -> Runner:
     from executorch.runtime import Runtime
 
     method = Runtime.get().load_program(str(path)).load_method("forward")
-
-    def run(pixel_values: np.ndarray) -> list:
-        outputs = [method.execute([torch.from_numpy(np.ascontiguousarray(image[None], dtype=np.float32))])
-                   for image in pixel_values]  # the graph takes one image
-        return [np.concatenate([np.asarray(o[i]) for o in outputs]) for i in range(len(outputs[0]))]
-
-    return run
+    return per_image(lambda image: [np.asarray(o) for o in method.execute([torch.from_numpy(image)])])
 
 
 FORMAT = ExecuTorchFormat()

@@ -32,7 +32,7 @@ import torch
 
 from ..errors import MissingDependencyError
 from .base import ExportJob, Format
-from .common import ExportError, Runner
+from .common import ExportError, Runner, per_image
 
 PYTHON_VARIABLE = "MOBILEVIT_LITERT_PYTHON"
 
@@ -164,15 +164,12 @@ def interpreter_runner(path: Path, threads: int | None = None) -> Runner:
         scale, zero_point = detail["quantization"]
         return (value.astype(np.float32) - zero_point) * scale
 
-    def run(pixel_values: np.ndarray) -> list:
-        results = []
-        for image in pixel_values:  # the graph takes one image
-            interpreter.set_tensor(source["index"], quantize(image[None]))
-            interpreter.invoke()
-            results.append([dequantize(interpreter.get_tensor(o["index"]), o) for o in outputs])
-        return [np.concatenate([r[i] for r in results]) for i in range(len(outputs))]
+    def run_one(image: np.ndarray) -> list:
+        interpreter.set_tensor(source["index"], quantize(image))
+        interpreter.invoke()
+        return [dequantize(interpreter.get_tensor(o["index"]), o) for o in outputs]
 
-    return run
+    return per_image(run_one)
 
 
 def _child(command: str, **arguments) -> None:

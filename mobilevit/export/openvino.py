@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .base import ExportJob, Format
-from .common import Runner
+from .common import Runner, per_image
 
 INFERENCE_PRECISION = {"fp32": "f32", "fp16": "f32", "int8": "f32", "bf16": "bf16"}
 
@@ -67,14 +67,11 @@ def openvino_runner(path: Path, precision: str = "f32", threads: int | None = No
     compiled = ov.Core().compile_model(str(path), "CPU", config)
     request = compiled.create_infer_request()
 
-    def run(pixel_values: np.ndarray) -> list:
-        outputs = []
-        for image in pixel_values:  # the graph takes one image
-            result = request.infer({0: np.ascontiguousarray(image[None], dtype=np.float32)})
-            outputs.append([np.array(result[o]) for o in compiled.outputs])
-        return [np.concatenate([o[i] for o in outputs]) for i in range(len(outputs[0]))]
+    def run_one(image: np.ndarray) -> list:
+        result = request.infer({0: image})
+        return [np.array(result[o]) for o in compiled.outputs]
 
-    return run
+    return per_image(run_one)
 
 
 FORMAT = OpenVINOFormat()
