@@ -31,6 +31,9 @@ EXPECTED_OPS = {"const", "reshape", "transpose", "linear", "conv", "silu", "relu
                 "expand_dims", "tile", "real_div", "batch_norm", "rsqrt", "sqrt", "slice_by_index"}
 
 
+INT8_MIN_ELEMENTS = 2048  # coremltools' default: smaller weights (a small classifier) stay float16
+
+
 class CoreMLFormat(Format):
     name, title, suffix, extra = "coreml", "Core ML", ".mlpackage", "coreml"
     modules = ("coremltools",)
@@ -50,10 +53,10 @@ class CoreMLFormat(Format):
             scale = float(job.processor.rescale_factor) if job.processor.do_rescale else 1.0
             image = ct.ImageType(name=INPUT_NAME, shape=shape, scale=scale,
                                  color_layout=ct.colorlayout.BGR if bgr else ct.colorlayout.RGB)
-            facts = {"input": f"image, {'BGR' if bgr else 'RGB'}, scale {scale:.6g}, {job.size[0]}x{job.size[1]}"}
+            facts = {"coreml_input": f"image, {'BGR' if bgr else 'RGB'}, scale {scale:.6g}, {job.size[0]}x{job.size[1]}"}
         else:  # Core ML images are grey or colour; other channel counts take a float tensor
             image = ct.TensorType(name=INPUT_NAME, shape=shape)
-            facts = {"input": f"float32 tensor {list(shape)}"}
+            facts = {"coreml_input": f"float32 tensor {list(shape)}"}
         precision = ct.precision.FLOAT32 if job.precision == "fp32" else ct.precision.FLOAT16
         model = ct.convert(program, inputs=[image], outputs=[ct.TensorType(name=n) for n in job.graph.output_names()],
                            convert_to="mlprogram", compute_precision=precision,
@@ -61,7 +64,8 @@ class CoreMLFormat(Format):
         if job.precision == "int8":
             import coremltools.optimize.coreml as optimize
 
-            config = optimize.OptimizationConfig(global_config=optimize.OpLinearQuantizerConfig(mode="linear_symmetric"))
+            config = optimize.OptimizationConfig(global_config=optimize.OpLinearQuantizerConfig(
+                mode="linear_symmetric", weight_threshold=INT8_MIN_ELEMENTS))
             model = optimize.linear_quantize_weights(model, config)
             facts["quantization"] = {"method": "coremltools linear_quantize_weights", "weights": "int8 per channel",
                                      "activations": "float16"}
@@ -119,11 +123,11 @@ class CoreMLFormat(Format):
         stored = [entry.val for entry in get_weights_metadata(saved, weight_threshold=1).values() if entry.val.ndim == 2]
         linears = [m.weight.detach().numpy() for m in job.graph.modules() if isinstance(m, torch.nn.Linear)]
         if job.precision == "int8":
-            checked = sum(1 for value in stored if value.dtype == np.int8)
-            worst = 0.0
-            if checked < len(linears):
+            checked, worst = sum(1 for value in stored if value.dtype == np.int8), 0.0
+            expected = sum(1 for weight in linears if weight.size >= INT8_MIN_ELEMENTS)
+            if checked < expected:
                 raise ExportCheckError(f"Core ML package: {checked} int8 weight matrices stored, expected at least "
-                                       f"{len(linears)} (one per linear layer)")
+                                       f"{expected} (one per linear layer of {INT8_MIN_ELEMENTS}+ weights)")
         else:
             checked, worst = 0, 0.0
             for reference in linears:
