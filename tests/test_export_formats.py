@@ -19,15 +19,15 @@ from mobilevit.testing_utils import fill_realistic_weights_
 
 pytestmark = pytest.mark.slow
 
-# (format, precision, task): every format, every precision and every task at least once, kept few because CI
-# runs them all (float32 ONNX is in the fast suite; notebooks/06_deploy.ipynb exports every format in fp32)
+# (format, precision, task): every format and task, and int8 in every format that has it, kept few because CI
+# runs them all (float32 ONNX is in the fast suite; notebooks/06_deploy.ipynb exports every format in fp32;
+# OpenVINO fp16 was checked by hand on the demo models, README's table)
 CASES = [
     ("onnx", "int8", "semantic-segmentation"),
     ("executorch", "int8", "image-classification"),
     ("openvino", "bf16", "image-feature-extraction"),
-    ("openvino", "fp16", "semantic-segmentation"),
     ("openvino", "int8", "image-classification"),
-    ("coreml", "fp32", "semantic-segmentation"),
+    ("coreml", "fp16", "semantic-segmentation"),
     ("coreml", "int8", "image-classification"),
     ("litert", "int8", "image-classification"),  # skipped unless a LiteRT environment is configured
 ]
