@@ -46,15 +46,25 @@ class MainOutputs(nn.Module):
         super().__init__()
         self.model = model
         self.task = auto.task_of_model(model)
+        self._names = ["logits"] if self.task != FEATURE_EXTRACTION else self._backbone_outputs()
 
     @property
     def config(self):
         return self.model.config
 
+    @property
+    def min_input_size(self) -> int:
+        return int(getattr(self.model, "min_input_size", 32))
+
     def output_names(self) -> list[str]:
-        if self.task == FEATURE_EXTRACTION:
-            return ["last_hidden_state", "pooler_output"] if self.model.expand_output else ["last_hidden_state"]
-        return ["logits"]
+        return list(self._names)
+
+    def _backbone_outputs(self) -> list[str]:
+        """What this family's backbone returns (some have no pooled output), asked of the model itself."""
+        probe = torch.zeros(1, self.config.num_channels, 2 * self.min_input_size, 2 * self.min_input_size)
+        with torch.no_grad():
+            outputs = self.model(probe, return_dict=True)
+        return [name for name in ("last_hidden_state", "pooler_output") if outputs.get(name) is not None]
 
     def forward(self, pixel_values: torch.Tensor):
         outputs = self.model(pixel_values, return_dict=True)

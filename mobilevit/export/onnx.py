@@ -35,8 +35,8 @@ def export_graph(job: ExportJob, path: Path, opset: int = DEFAULT_OPSET) -> None
     graph = job.graph
     example = torch.rand(2, graph.config.num_channels, *job.size)  # batch 2: a batch of 1 would be specialised
     dim = torch.export.Dim
-    dynamic = {0: dim("batch", min=1, max=4096), 2: dim("height", min=graph.model.min_input_size, max=MAX_SIDE),
-               3: dim("width", min=graph.model.min_input_size, max=MAX_SIDE)}
+    dynamic = {0: dim("batch", min=1, max=4096), 2: dim("height", min=graph.min_input_size, max=MAX_SIDE),
+               3: dim("width", min=graph.min_input_size, max=MAX_SIDE)}
     with torch.no_grad(), export_mode.exporting(graph, fixed_size=False):
         torch.onnx.export(graph, (example,), str(path), dynamo=True, opset_version=opset, input_names=[INPUT_NAME],
                           output_names=graph.output_names(), dynamic_shapes={INPUT_NAME: dynamic},
