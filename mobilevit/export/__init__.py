@@ -224,8 +224,9 @@ def _postprocessing(task: str, config) -> str:
     if task == CLASSIFICATION:
         return "logits (batch, num_labels): softmax for probabilities, arg-max for the class (id2label)"
     if task == SEGMENTATION:
-        return ("logits (batch, num_labels, height/{0}, width/{0}): upsample bilinearly to the image size, then "
-                "arg-max per pixel (id2label)").format(config.output_stride)
+        stride = getattr(config, "output_stride", "output_stride")
+        return (f"logits (batch, num_labels, height/{stride}, width/{stride}): upsample bilinearly to the image size, "
+                "then arg-max per pixel (id2label)")
     return "last_hidden_state (batch, channels, height/32, width/32) and, when present, pooler_output (batch, channels)"
 
 
