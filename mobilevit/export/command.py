@@ -11,7 +11,6 @@ from .data import DEFAULT_CALIBRATION_SIZE, DEFAULT_CALIBRATION_SPLIT, DEFAULT_E
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
     parser.add_argument("--format", required=True, choices=list(FORMATS),
                         help="deployment format (each needs its extra, e.g. pip install \"mobilevit[executorch]\")")
     parser.add_argument("--quantize", choices=[p for p in PRECISIONS if p != "fp32"], default=None,
@@ -21,16 +20,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="artefact to write: .onnx, .pte, .tflite, .mlpackage or .xml (with .bin beside)")
     parser.add_argument("--calibration-data", default=None,
                         help="int8: your images to calibrate on, a folder of images or a datasets.save_to_disk folder")
-    parser.add_argument("--calibration-split", default=DEFAULT_CALIBRATION_SPLIT, help="split of --calibration-data")
+    parser.add_argument("--calibration-split", default=DEFAULT_CALIBRATION_SPLIT, help=f"split of --calibration-data (default: {DEFAULT_CALIBRATION_SPLIT})")
     parser.add_argument("--calibration-size", type=int, default=DEFAULT_CALIBRATION_SIZE,
-                        help="images drawn from the calibration split")
+                        help=f"images drawn from the calibration split (default: {DEFAULT_CALIBRATION_SIZE})")
     parser.add_argument("--eval-data", default=None,
                         help="labelled held-out data (class sub-folders, or a datasets folder with labels or masks): "
                         "top-1 or mean IoU of PyTorch and of the artefact")
-    parser.add_argument("--eval-split", default=DEFAULT_EVALUATION_SPLIT, help="split of --eval-data")
+    parser.add_argument("--eval-split", default=DEFAULT_EVALUATION_SPLIT, help=f"split of --eval-data (default: {DEFAULT_EVALUATION_SPLIT})")
     parser.add_argument("--image-size", type=int, default=None,
                         help="input side of fixed-size formats (default: the model processor's crop size)")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for the runtimes' checks")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for the runtimes' checks (default: the runtime's own)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("--json", action="store_true", help="print the sidecar as JSON at the end")
 
