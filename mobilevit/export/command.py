@@ -20,13 +20,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="artefact to write: .onnx, .pte, .tflite, .mlpackage or .xml (with .bin beside)")
     parser.add_argument("--calibration-data", default=None,
                         help="int8: your images to calibrate on, a folder of images or a datasets.save_to_disk folder")
-    parser.add_argument("--calibration-split", default=DEFAULT_CALIBRATION_SPLIT, help=f"split of --calibration-data (default: {DEFAULT_CALIBRATION_SPLIT})")
+    parser.add_argument("--calibration-split", default=DEFAULT_CALIBRATION_SPLIT,
+                        help=f"split of --calibration-data (default: {DEFAULT_CALIBRATION_SPLIT})")
     parser.add_argument("--calibration-size", type=int, default=DEFAULT_CALIBRATION_SIZE,
                         help=f"images drawn from the calibration split (default: {DEFAULT_CALIBRATION_SIZE})")
     parser.add_argument("--eval-data", default=None,
                         help="labelled held-out data (class sub-folders, or a datasets folder with labels or masks): "
                         "top-1 or mean IoU of PyTorch and of the artefact")
-    parser.add_argument("--eval-split", default=DEFAULT_EVALUATION_SPLIT, help=f"split of --eval-data (default: {DEFAULT_EVALUATION_SPLIT})")
+    parser.add_argument("--eval-split", default=DEFAULT_EVALUATION_SPLIT,
+                        help=f"split of --eval-data (default: {DEFAULT_EVALUATION_SPLIT})")
     parser.add_argument("--image-size", type=int, default=None,
                         help="input side of fixed-size formats (default: the model processor's crop size)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for the runtimes' checks (default: the runtime's own)")
