@@ -73,6 +73,19 @@ LABELS = {
     "onnxruntime": "onnxruntime (exported)",
     "resnet-50": "ResNet-50 (transformers)",
 }
+# Deployment artefacts (`mobilevit export`), timed in their runtimes beside the candidates above when named in
+# --candidates (never by default: each needs its extra). candidate -> (export format, precision); int8
+# calibrates on the photos shipped with scikit-learn and scikit-image. Fixed-size formats take batch 1 only.
+EXPORT_CANDIDATES = {
+    "onnxruntime-int8": ("onnx", "int8"),
+    "executorch": ("executorch", "fp32"),
+    "executorch-int8": ("executorch", "int8"),
+    "openvino": ("openvino", "fp32"),
+    "openvino-int8": ("openvino", "int8"),
+    "litert": ("litert", "fp32"),
+}
+LABELS.update({name: f"{fmt} {precision} (exported)" for name, (fmt, precision) in EXPORT_CANDIDATES.items()})
+ALL_CANDIDATES = CANDIDATES + tuple(EXPORT_CANDIDATES)
 REFERENCE = "transformers"
 IN_PROCESS_ALLOCATORS = ("tuned", "default")  # the conditions a single-process benchmark can have
 ALLOCATORS = (*IN_PROCESS_ALLOCATORS, "fresh")
@@ -145,7 +158,24 @@ def export_in_child(model: nn.Module, image_size: int, workdir: Path) -> Path:
 def _export_for_benchmark(model: nn.Module, path: Path, image_size: int) -> None:
     from .export import export_onnx
 
-    export_onnx(model, path, overwrite=True, check_shapes=((1, image_size, image_size),))
+    export_onnx(model, path, overwrite=True, image_size=image_size)
+
+
+def export_artefact_in_child(model: nn.Module, candidate: str, image_size: int, workdir: Path) -> Path:
+    """The artefact of an export candidate (`EXPORT_CANDIDATES`), exported and checked in a child process."""
+    from .export import FORMATS
+
+    fmt, precision = EXPORT_CANDIDATES[candidate]
+    path = workdir / f"{model.config.variant}-{type(model).__name__}-{candidate}{FORMATS[fmt].suffix}"
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as child:
+        child.submit(_export_artefact, model, path, fmt, precision, image_size).result()
+    return path
+
+
+def _export_artefact(model: nn.Module, path: Path, fmt: str, precision: str, image_size: int) -> None:
+    from .export import export_model
+
+    export_model(model, fmt, path, precision, image_size=image_size, overwrite=True)
 
 
 def tune_allocator() -> None:
@@ -253,7 +283,7 @@ _FRESH_PROCESS = {}  # in a FreshProcessRunner's process: its runner and its inp
 
 def _fresh_process_start(candidate, variant, task, threads, onnx_path) -> None:
     torch.set_num_threads(threads)
-    if candidate == "onnxruntime":
+    if candidate == "onnxruntime" or candidate in EXPORT_CANDIDATES:
         model = None  # the parent exported the graph
     else:
         model = build_resnet50() if candidate == "resnet-50" else build_mobilevit(variant, task)
@@ -318,9 +348,9 @@ def check_settings(*, variants, batch_sizes, threads, task, image_size, repeats,
     if not variants:
         raise BenchmarkError("variants: expected at least one released size, got none", usage=True)
     candidates = default_candidates() if candidates is None else tuple(candidates)
-    unknown = sorted(set(candidates) - set(CANDIDATES))
+    unknown = sorted(set(candidates) - set(ALL_CANDIDATES))
     if unknown or not candidates:
-        raise BenchmarkError(f"candidates: expected names from {list(CANDIDATES)}, got {unknown or 'none'}",
+        raise BenchmarkError(f"candidates: expected names from {list(ALL_CANDIDATES)}, got {unknown or 'none'}",
                              usage=True)
     if not batch_sizes or any(not _is_int(b) or b < 1 for b in batch_sizes):
         raise BenchmarkError(f"batch_sizes: expected positive integers, got {list(batch_sizes)}", usage=True)
@@ -337,6 +367,13 @@ def check_settings(*, variants, batch_sizes, threads, task, image_size, repeats,
     if "onnxruntime" in candidates:
         for module in ONNX_MODULES:
             require(module, "export", "the onnxruntime candidate (exporting and running the ONNX graph)")
+    exported = [name for name in candidates if name in EXPORT_CANDIDATES]
+    if exported:
+        from .export import FORMATS
+
+        for name in exported:  # each format's extra, named in a one-line error when it is missing
+            fmt, precision = EXPORT_CANDIDATES[name]
+            FORMATS[fmt].require(precision)
     return dict(variants=variants, batch_sizes=list(batch_sizes), threads=threads, task=task, image_size=image_size,
                 repeats=repeats, warmup=warmup, candidates=candidates, allocator=allocator)
 
@@ -380,7 +417,7 @@ def benchmark(
             groups.append(("resnet-50", build_resnet50()))
         fresh = allocator == "fresh"
         for variant, model in groups:
-            names = ["resnet-50"] if variant == "resnet-50" else [c for c in CANDIDATES if c in candidates and c != "resnet-50"]
+            names = ["resnet-50"] if variant == "resnet-50" else [c for c in ALL_CANDIDATES if c in candidates and c != "resnet-50"]
             if not names:
                 continue
             runners = {name: build_runner(name, model, variant, task, image_size, threads, Path(workdir), fresh) for name in names}
@@ -420,6 +457,8 @@ def build_runner(name: str, model: nn.Module, variant: str, task: str, image_siz
     a fresh process of its own that builds the same weights. ONNX Runtime's graph is exported here, in a
     child process (see `--allocator`)."""
     onnx_path = export_in_child(model, image_size, workdir) if name == "onnxruntime" else None
+    if name in EXPORT_CANDIDATES:  # the artefact's path travels where the ONNX graph's does
+        onnx_path = export_artefact_in_child(model, name, image_size, workdir)
     if fresh:
         return FreshProcessRunner(name, variant, task, image_size, threads, onnx_path)
     return local_runner(name, model, threads, onnx_path)
@@ -432,6 +471,12 @@ def local_runner(name: str, model: nn.Module | None, threads: int, onnx_path: Pa
         from .export import ort_session
 
         return ort_runner(ort_session(onnx_path, threads=threads))
+    if name in EXPORT_CANDIDATES:
+        from .export import artefact_runner
+
+        fmt, precision = EXPORT_CANDIDATES[name]
+        run = artefact_runner(fmt, onnx_path, precision, threads)
+        return lambda pixel_values: run(pixel_values.numpy())
     if name == "transformers":
         return torch_runner(build_stock(model))
     return torch_runner(model)
@@ -529,9 +574,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", type=int, default=None, help="square input side (default 256, 512 for segmentation)")
     parser.add_argument("--repeats", type=int, default=20, help="timed rounds per batch size")
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls per candidate first")
-    parser.add_argument("--candidates", nargs="+", default=None, choices=CANDIDATES,
-                        help="what to time (default: all whose dependencies are installed; onnxruntime needs "
-                             'pip install "mobilevit[export]")')
+    parser.add_argument("--candidates", nargs="+", default=None, choices=ALL_CANDIDATES,
+                        help="what to time (default: all of " + ", ".join(CANDIDATES) + " whose dependencies are "
+                        'installed; onnxruntime needs pip install "mobilevit[export]"); exported artefacts too: '
+                        + ", ".join(EXPORT_CANDIDATES) + " (batch 1; each needs its extra)")
     parser.add_argument(
         "--allocator", default="tuned", choices=ALLOCATORS,
         help="glibc malloc tuned to keep freed memory (default; stock at its best), as the process has it, or "

@@ -23,7 +23,7 @@ COMMANDS = {
     "predict": ("mobilevit.predict", "classify or segment image files with a saved model"),
     "convert": ("mobilevit.conversion", "convert an ml-cvnets checkpoint into a Hub-ready folder"),
     "benchmark": ("mobilevit.benchmark", "time this package against stock transformers and ONNX Runtime"),
-    "export": ("mobilevit.export", "export a saved model to ONNX and check it with ONNX Runtime"),
+    "export": ("mobilevit.export.command", "export a saved model to ONNX, ExecuTorch, LiteRT, Core ML or OpenVINO, checked in its runtime"),
 }
 
 

@@ -91,8 +91,10 @@ def _pick(candidates, available, what, source):
     raise DataError(f"data {source}: expected {what} (one of {list(candidates)}), got columns {list(available)}")
 
 
-def load_local_dataset(path: str | Path):
-    """Load `path` offline as a `DatasetDict`: a `save_to_disk` folder, or an image folder tree."""
+def load_local_dataset(path: str | Path, class_folders: bool = False):
+    """Load `path` offline as a `DatasetDict`: a `save_to_disk` folder, or an image folder tree. With
+    `class_folders` (training a classifier) the tree must hold at least two class folders, none empty;
+    without (calibration images) a plain folder of images is one split."""
     import datasets
 
     path = Path(path)
@@ -108,7 +110,8 @@ def load_local_dataset(path: str | Path):
     if not images:
         raise DataError(f"data: expected image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) in class sub-folders "
                         f"of {str(path)!r}, or a datasets.save_to_disk folder; found no images")
-    check_class_folders(path)
+    if class_folders:
+        check_class_folders(path)
     return datasets.load_dataset("imagefolder", data_dir=str(path))
 
 
@@ -176,7 +179,7 @@ def prepare_task_data(source, task: str, *, labels: list[str] | None = None, val
         label_file = Path(source) / LABEL_FILE
         if labels is None and label_file.is_file():
             labels = _read_label_file(label_file)
-        source = load_local_dataset(source)
+        source = load_local_dataset(source, class_folders=not _is_segmentation(task))
     else:
         source_name = type(source).__name__
         if isinstance(source, datasets.Dataset):

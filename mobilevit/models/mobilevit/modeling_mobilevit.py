@@ -32,7 +32,7 @@ from transformers.modeling_outputs import (
 )
 from transformers.modeling_utils import PreTrainedModel
 
-from ... import fast_inference
+from ... import export_mode, fast_inference
 from ...configuration_utils import make_divisible
 from ...patches import fold_patches, round_up_to_patches, unfold_patches
 from . import fast_mobilevit
@@ -143,7 +143,7 @@ class MobileViTSelfAttention(nn.Module):
         def heads(projection):  # (batch, tokens, width) -> (batch, heads, tokens, head_size)
             return projection(hidden_states).view(batch, tokens, self.num_heads, self.head_size).transpose(1, 2)
 
-        context = F.scaled_dot_product_attention(
+        context = export_mode.attention(  # SDPA; its explicit form while exporting (export_mode.py)
             heads(self.query), heads(self.key), heads(self.value),
             dropout_p=self.dropout_prob if self.training else 0.0,
         )
@@ -248,12 +248,12 @@ class MobileViTLayer(GradientCheckpointingLayer):
         features = self.conv_1x1(self.conv_kxk(features))
 
         # Like ml-cvnets, a map that does not split into whole patches is resized (bilinear) to the next
-        # multiple of the patch size and restored after folding. An exported graph must serve every size,
-        # so it always resizes (a same-size bilinear resize is the identity).
+        # multiple of the patch size and restored after folding. A graph exported for every input size
+        # always resizes (a same-size bilinear resize is the identity; see export_mode.py).
         batch, _, height, width = features.shape
         patch = self.patch_size
         patched_height, patched_width = round_up_to_patches(height, patch), round_up_to_patches(width, patch)
-        resized = torch.compiler.is_exporting() or (patched_height, patched_width) != (height, width)
+        resized = export_mode.must_resize((height, width), (patched_height, patched_width))
         if resized:
             features = F.interpolate(features, size=(patched_height, patched_width), mode="bilinear", align_corners=False)
 

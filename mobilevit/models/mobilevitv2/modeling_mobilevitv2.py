@@ -33,7 +33,7 @@ from torch.nn import functional as F
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import PreTrainedModel
 
-from ... import fast_inference
+from ... import export_mode, fast_inference
 from ...patches import fold_patch_grid, round_up_to_patches, unfold_patch_grid
 from ..mobilevit.modeling_mobilevit import (
     MobileViTConvLayer,
@@ -70,7 +70,7 @@ class MobileViTV2LinearSelfAttention(nn.Module):
     def forward(self, grid: torch.Tensor) -> torch.Tensor:
         query, key, value = self.qkv_proj(grid).split([1, self.width, self.width], dim=1)
         scores = self.attn_dropout(query.softmax(dim=-1))  # [B, 1, P, N]
-        context = (key * scores).sum(dim=-1, keepdim=True)  # [B, d, P, 1]
+        context = export_mode.sum_last(key * scores)  # [B, d, P, 1]; a mean while exporting (export_mode.py)
         return self.out_proj(F.relu(value) * context)
 
 
@@ -156,10 +156,10 @@ class MobileViTV2Layer(GradientCheckpointingLayer):
 def resize_to_whole_patches(features: torch.Tensor, patch: int) -> torch.Tensor:
     """ml-cvnets v2: a block input that does not split into whole patches is resized (bilinear,
     align_corners=True) up to the next multiple of the patch size, and the block's output keeps that size.
-    An exported graph must serve every size, so it always resizes (a same-size resize is the identity)."""
+    A graph exported for every input size always resizes (a same-size resize is the identity; export_mode.py)."""
     height, width = features.shape[-2:]
     size = (round_up_to_patches(height, patch), round_up_to_patches(width, patch))
-    if torch.compiler.is_exporting() or size != (height, width):
+    if export_mode.must_resize((height, width), size):
         features = F.interpolate(features, size=size, mode="bilinear", align_corners=True)
     return features
 

@@ -1,0 +1,362 @@
+"""The front end every format shares: the graph's inputs and outputs, real check images, the comparison with
+PyTorch, the sidecar that states the preprocessing, and writing outputs whole.
+
+Nothing here names a model family: models come from `mobilevit.auto`, so every registered family exports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import auto
+from ..errors import UserError
+from ..tasks import CLASSIFICATION, FEATURE_EXTRACTION, SEGMENTATION
+
+INPUT_NAME = "pixel_values"
+SIDECAR_SUFFIX = ".json"  # model.onnx -> model.onnx.json: one per artefact, whatever sits beside it
+
+
+class ExportError(UserError):
+    """A mistake in `mobilevit export`'s arguments (exit 2) or an input it cannot use (exit 1)."""
+
+
+class ExportCheckError(ExportError):
+    """The artefact, run in its runtime, does not reproduce PyTorch's outputs within the bound."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The graph: pixels in, the main outputs out
+# ---------------------------------------------------------------------------------------------------------
+class MainOutputs(nn.Module):
+    """The model with one tensor in and plain tensors out (logits, or the backbone's last hidden state and
+    pooled output), which is what every exported graph holds; the per-stage hidden states are left out."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.task = auto.task_of_model(model)
+        self._names = ["logits"] if self.task != FEATURE_EXTRACTION else self._backbone_outputs()
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def min_input_size(self) -> int:
+        return int(getattr(self.model, "min_input_size", 32))
+
+    def output_names(self) -> list[str]:
+        return list(self._names)
+
+    def _backbone_outputs(self) -> list[str]:
+        """What this family's backbone returns (some have no pooled output), asked of the model itself."""
+        probe = torch.zeros(1, self.config.num_channels, 2 * self.min_input_size, 2 * self.min_input_size)
+        with torch.no_grad():
+            outputs = self.model(probe, return_dict=True)
+        return [name for name in ("last_hidden_state", "pooler_output") if outputs.get(name) is not None]
+
+    def forward(self, pixel_values: torch.Tensor):
+        outputs = self.model(pixel_values, return_dict=True)
+        return tuple(outputs[name] for name in self.output_names())
+
+
+def load_model(model_dir: str | os.PathLike):
+    """(model in eval mode, its image processor, task) of a saved folder of any registered family, with a
+    one-line `ExportError` for a folder that is not one or whose weights do not fit its config."""
+    path = Path(model_dir)
+    if not path.is_dir():
+        what = "a file" if path.exists() else "nothing"
+        raise ExportError(f"--model: expected a folder written by save_pretrained, got {str(path)!r} ({what} there)")
+    from transformers.utils import logging as transformers_logging
+
+    verbosity, bars = transformers_logging.get_verbosity(), transformers_logging.is_progress_bar_enabled()
+    transformers_logging.set_verbosity_error()  # its load report and bar would precede our one-line error
+    transformers_logging.disable_progress_bar()
+    try:
+        model, processor, task = auto.load_model_and_processor(path)
+    except Exception as err:  # noqa: BLE001 truncated weights (SafetensorError), mismatched widths (RuntimeError), ...
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        if "mismatch" in first_line:
+            first_line = _first_mismatch(path) or first_line
+        raise ExportError(f"--model: cannot load the model in {str(path)!r}: {type(err).__name__}: {first_line}") from None
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+        if bars:
+            transformers_logging.enable_progress_bar()
+    if next(model.parameters()).dtype != torch.float32:
+        model = model.float()  # exports start from float32; precision is chosen by --quantize
+    return model.eval(), processor, task
+
+
+def _first_mismatch(path: Path) -> str | None:
+    """'weights do not fit config.json: <key> is <shape> in the weights, <shape> by the config' (or None)."""
+    from safetensors import safe_open
+
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights:
+        return None
+    config = auto.load_config(path)
+    expected = {k: tuple(v.shape) for k, v in auto.new_model(config).state_dict().items()}
+    with safe_open(str(weights[0]), framework="pt") as stored:
+        for key in stored.keys():
+            shape = tuple(stored.get_slice(key).get_shape())
+            for name in (key, key.removeprefix(config.model_type + ".")):
+                if name in expected and expected[name] != shape:
+                    return (f"the weights do not fit config.json: {key} is {list(shape)} in {weights[0].name}, "
+                            f"{list(expected[name])} by the config")
+    return None
+
+
+def input_size(processor, config) -> tuple[int, int]:
+    """(height, width) the model's processor produces: the fixed input of fixed-size formats."""
+    crop = getattr(processor, "crop_size", None) if getattr(processor, "do_center_crop", False) else None
+    if crop and crop.get("height"):
+        return int(crop["height"]), int(crop["width"])
+    size = config.image_size
+    return (size[0], size[1]) if isinstance(size, (list, tuple)) else (int(size), int(size))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Real images to check with
+# ---------------------------------------------------------------------------------------------------------
+def sample_photos() -> list[np.ndarray]:
+    """Photos shipped inside scikit-learn and scikit-image (no download): RGB uint8 arrays."""
+    from sklearn.datasets import load_sample_images
+    from skimage import data
+
+    photos = list(load_sample_images().images)
+    for name in ("astronaut", "coffee", "chelsea", "rocket"):
+        photos.append(np.asarray(getattr(data, name)()))
+    return [p if p.ndim == 3 else np.repeat(p[..., None], 3, axis=2) for p in photos]
+
+
+def check_inputs(processor, size: tuple[int, int], channels: int) -> torch.Tensor:
+    """The shipped photos through the model's own processor, at the export's input size."""
+    photos = sample_photos()
+    if channels != 3:  # a model of other channel counts: the photos' grey levels, repeated
+        photos = [np.repeat(p.mean(axis=2, keepdims=True).astype(np.uint8), channels, axis=2) for p in photos]
+    return preprocess(processor, photos, size)
+
+
+def preprocess(processor, images, size: tuple[int, int]) -> torch.Tensor:
+    """`images` as the processor prepares them, forced to `size` (crop or resize) for a fixed-size graph."""
+    pixel_values = processor(images, return_tensors="pt")["pixel_values"].float()
+    if tuple(pixel_values.shape[-2:]) != tuple(size):
+        pixel_values = torch.nn.functional.interpolate(pixel_values, size=size, mode="bilinear", align_corners=False)
+    return pixel_values
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Comparing an artefact with PyTorch
+# ---------------------------------------------------------------------------------------------------------
+# The bound each precision is checked against: max |artefact - PyTorch| over every output, divided by the
+# largest |PyTorch output|; measured values are in README, "Deployment". fp32: 1e-4, absolute for outputs
+# within [-1, 1] (float32 rounding grows with the values: a trained segmenter's logits reach 6.5 and its
+# 250x310 ONNX graph, resizes included, differed by 1.5e-4).
+# int8 changes outputs too much for an elementwise bound, and arg-max agreement on a few photos is coarse (a
+# random-weight test model's logits lie close together): the check only catches a broken artefact, by the
+# correlation of all its outputs with PyTorch's; what int8 costs is measured as accuracy on the user's
+# held-out data (--eval-data).
+FP32_ATOL = 1e-4
+RELATIVE_BOUNDS = {"fp16": 2e-2, "bf16": 8e-2}
+MIN_CORRELATION = {"int8": 0.5}  # garbage gives ~0; a random-weight classifier in OpenVINO int8 gave 0.63
+
+
+@dataclass
+class Comparison:
+    """How an artefact's outputs compare with PyTorch's on the same inputs."""
+
+    max_abs_error: float
+    output_scale: float  # max |PyTorch output|
+    relative_error: float  # max_abs_error / output_scale
+    correlation: float  # Pearson correlation of all output values with PyTorch's
+    agreement: float | None  # share of images (classification) or pixels (segmentation) with the same arg-max
+    inputs: str  # what was compared, e.g. "7 photos at 256x256"
+
+    def as_dict(self) -> dict:
+        return {"max_abs_error": self.max_abs_error, "output_scale": self.output_scale,
+                "relative_error": self.relative_error, "correlation": self.correlation,
+                "agreement": self.agreement, "inputs": self.inputs}
+
+    def summary(self) -> str:
+        text = (f"max abs error {self.max_abs_error:.2e} (relative {self.relative_error:.2e}), "
+                f"correlation {self.correlation:.4f}")
+        return text + (f", arg-max agreement {self.agreement:.1%}" if self.agreement is not None else "")
+
+
+def compare(expected: Sequence[torch.Tensor], got: Sequence[np.ndarray], task: str, inputs: str) -> Comparison:
+    if len(got) != len(expected):
+        raise ExportCheckError(f"the artefact returned {len(got)} outputs, PyTorch {len(expected)}")
+    error, scale, pairs = 0.0, 0.0, []
+    for e, g in zip(expected, got):
+        g = torch.as_tensor(np.asarray(g), dtype=torch.float32)
+        if tuple(g.shape) != tuple(e.shape):
+            raise ExportCheckError(f"the artefact's output has shape {tuple(g.shape)}, PyTorch's {tuple(e.shape)}")
+        if not torch.isfinite(g).all():
+            raise ExportCheckError("the artefact's outputs hold NaN or infinity")
+        error = max(error, float((g - e).abs().max()))
+        scale = max(scale, float(e.abs().max()))
+        pairs.append(torch.stack([g.flatten(), e.flatten().float()]))
+    agreement = None
+    if task in (CLASSIFICATION, SEGMENTATION):
+        agreement = float((torch.as_tensor(np.asarray(got[0])).argmax(1) == expected[0].argmax(1)).float().mean())
+    correlation = float(torch.corrcoef(torch.cat(pairs, dim=1))[0, 1])
+    return Comparison(error, scale, error / max(scale, 1e-12), correlation, agreement, inputs)
+
+
+def enforce_bound(comparison: Comparison, precision: str, runtime: str) -> None:
+    """Raise `ExportCheckError` when `comparison` is outside the bound of `precision` (see RELATIVE_BOUNDS)."""
+    if precision == "fp32":
+        ok = comparison.max_abs_error <= FP32_ATOL * max(1.0, comparison.output_scale)
+        bound = f"max abs error <= {FP32_ATOL} x max(1, |output|)"
+    elif precision in RELATIVE_BOUNDS:
+        ok, bound = comparison.relative_error <= RELATIVE_BOUNDS[precision], \
+            f"relative error <= {RELATIVE_BOUNDS[precision]}"
+    else:
+        floor = MIN_CORRELATION[precision]
+        ok, bound = comparison.correlation >= floor, f"correlation with PyTorch's outputs >= {floor}"
+    if not ok:
+        raise ExportCheckError(f"{runtime} differs from PyTorch beyond the {precision} bound ({bound}): "
+                               f"{comparison.summary()} on {comparison.inputs}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The sidecar: what a deployment needs to feed the artefact and read its outputs
+# ---------------------------------------------------------------------------------------------------------
+def sidecar_path(output: Path) -> Path:
+    return output.with_name(output.name + SIDECAR_SUFFIX)
+
+
+def preprocessing_of(processor) -> dict:
+    """The processor's steps in words and numbers a runtime outside Python can follow."""
+    size = dict(processor.size) if processor.do_resize and processor.size else None
+    crop = dict(processor.crop_size) if processor.do_center_crop and processor.crop_size else None
+    return {
+        "resize": {"size": size, "resample": "bilinear", "antialias": bool(getattr(processor, "resize_antialias", False))}
+        if size else None,
+        "center_crop": crop,
+        "rescale_factor": float(processor.rescale_factor) if processor.do_rescale else None,
+        "channel_order": "BGR" if processor.do_flip_channel_order else "RGB",
+        "normalize": None,
+        "layout": "NCHW float32",
+        "summary": (
+            (f"resize the shortest edge to {size.get('shortest_edge')} (bilinear), " if size and size.get("shortest_edge")
+             else f"resize to {size} (bilinear), " if size else "")
+            + (f"centre-crop {crop['height']}x{crop['width']}, " if crop else "")
+            + (f"multiply by {float(processor.rescale_factor):.6g} (pixels in [0, 1]), " if processor.do_rescale else "")
+            + ("flip RGB to BGR, " if processor.do_flip_channel_order else "keep RGB, ")
+            + "no mean/std normalisation"
+        ),
+    }
+
+
+def write_sidecar(path: Path, content: dict) -> None:
+    path.write_text(json.dumps(content, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(value):
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Writing outputs whole
+# ---------------------------------------------------------------------------------------------------------
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass
+class StagedOutputs:
+    """A private folder beside the outputs, named after the first output and this process, in which the
+    export writes everything; `commit()` moves each file (or folder) into place. A killed export leaves only
+    that folder, which the next export to the same output removes (its process is gone)."""
+
+    targets: list[Path]
+    overwrite: bool = False
+    folder: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        first = self.targets[0]
+        remove_leftovers(first)
+        self.folder = Path(tempfile.mkdtemp(prefix=f".{first.name}.export-{os.getpid()}-", suffix=".tmp",
+                                            dir=first.parent))
+
+    def path(self, target: Path) -> Path:
+        return self.folder / target.name
+
+    def commit(self) -> None:
+        mask = os.umask(0)
+        os.umask(mask)
+        for target in self.targets:
+            staged = self.path(target)
+            if not staged.exists():
+                continue
+            if staged.is_file():
+                staged.chmod(0o666 & ~mask)  # an ordinary file, not mkdtemp's private mode
+            if target.is_dir():
+                shutil.rmtree(target)
+            os.replace(staged, target)
+
+    def discard(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.export-(?P<pid>\d+)-[^/]*\.tmp$")
+
+
+def remove_leftovers(target: Path) -> list[Path]:
+    """Staging folders of killed exports to `target` (their process no longer runs)."""
+    removed = []
+    for candidate in target.parent.glob(f".{glob_escape(target.name)}.export-*.tmp"):
+        match = _LEFTOVER.match(candidate.name)
+        if match and match["name"] == target.name and not _pid_alive(int(match["pid"])):
+            shutil.rmtree(candidate, ignore_errors=True) if candidate.is_dir() else candidate.unlink(missing_ok=True)
+            removed.append(candidate)
+    return removed
+
+
+def glob_escape(text: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", text)
+
+
+def is_inside(path: Path, folder: Path) -> bool:
+    path, folder = path.resolve(), folder.resolve()
+    return path == folder or folder in path.parents
+
+
+Runner = Callable[[np.ndarray], list]
+
+
+def per_image(run_one: Callable[[np.ndarray], list]) -> Runner:
+    """A runner for whole batches from one that takes a single 1xCxHxW image (the fixed-size graphs)."""
+
+    def run(pixel_values: np.ndarray) -> list:
+        outputs = [run_one(np.ascontiguousarray(image[None], dtype=np.float32)) for image in pixel_values]
+        return [np.concatenate([np.asarray(o[i]) for o in outputs]) for i in range(len(outputs[0]))]
+
+    return run
+
+__all__ = ["ExportError", "ExportCheckError", "MainOutputs", "Comparison", "StagedOutputs", "INPUT_NAME",
+           "per_image", "load_model", "input_size", "sample_photos", "check_inputs", "preprocess", "compare", "enforce_bound",
+           "sidecar_path", "preprocessing_of", "write_sidecar", "remove_leftovers", "is_inside", "Runner"]

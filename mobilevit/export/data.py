@@ -1,0 +1,107 @@
+"""The user's images for int8: calibration (any images) and a held-out labelled split whose accuracy is
+measured before and after quantization (top-1 for classification, mean IoU for segmentation).
+
+A source is a folder of images (class sub-folders give classification labels) or a `datasets.save_to_disk`
+folder, read offline with the training code's reader, so the same folders serve training and export.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..tasks import CLASSIFICATION, SEGMENTATION
+from ..training.data import CLASS_COLUMNS, IMAGE_COLUMNS, MASK_COLUMNS, DataError, load_local_dataset
+from ..training.metrics import ClassificationMetrics, SegmentationMetrics
+from .common import ExportError, preprocess
+
+DEFAULT_CALIBRATION_SIZE = 128
+DEFAULT_CALIBRATION_SPLIT = "train"
+DEFAULT_EVALUATION_SPLIT = "test"
+
+
+@dataclass
+class ImageSet:
+    """Images of one split, with their class ids or masks when the split has them."""
+
+    images: list
+    labels: list | None
+    description: str  # e.g. "'data/'[test], 360 images"
+
+
+def read_split(source: str | Path, split: str, argument: str, labelled: bool, task: str | None = None,
+               limit: int | None = None, seed: int = 0) -> ImageSet:
+    """`split` of `source` (`limit` images drawn with `seed`, all by default); `labelled`: also the labels of
+    `task` (class ids or masks), which must then be there."""
+    try:
+        splits = load_local_dataset(source)
+    except DataError as err:
+        raise ExportError(f"{argument}: {str(err).removeprefix('data: ')}") from None
+    if split not in splits:
+        if len(splits) == 1 and split == DEFAULT_CALIBRATION_SPLIT:
+            split = next(iter(splits))  # a plain folder of images: its one split
+        else:
+            raise ExportError(f"{argument}: expected a split named {split!r} in {str(source)!r}, got {list(splits)}")
+    dataset = splits[split]
+    if len(dataset) == 0:
+        raise ExportError(f"{argument}: the split {split!r} of {str(source)!r} holds no images")
+    image_columns = [name for name, feature in dataset.features.items() if type(feature).__name__ == "Image"]
+    image_column = next((c for c in IMAGE_COLUMNS if c in image_columns), None)
+    if image_column is None:
+        raise ExportError(f"{argument}: expected an image column (one of {list(IMAGE_COLUMNS)}) in "
+                          f"{str(source)!r}[{split}], got columns {dataset.column_names}")
+    label_column = None
+    if labelled:
+        candidates = [c for c in image_columns if c != image_column] if task == SEGMENTATION else dataset.column_names
+        names = MASK_COLUMNS if task == SEGMENTATION else CLASS_COLUMNS
+        label_column = next((c for c in names if c in candidates), None)
+        if label_column is None:
+            what = "a mask column" if task == SEGMENTATION else "a class label column (or class sub-folders)"
+            raise ExportError(f"{argument}: expected {what} in {str(source)!r}[{split}] to measure accuracy, "
+                              f"got columns {dataset.column_names}")
+    if limit is not None and limit < len(dataset):
+        dataset = dataset.shuffle(seed=seed).select(range(limit))
+    images = [image.convert("RGB") for image in dataset[image_column]]
+    labels = list(dataset[label_column]) if label_column else None
+    return ImageSet(images, labels, f"{str(source)!r}[{split}], {len(images)} images")
+
+
+def calibration_batches(images: ImageSet, processor, size: tuple[int, int], batch_size: int = 8):
+    """The calibration images as the model's processor prepares them, in batches of `batch_size`."""
+    pixel_values = preprocess(processor, images.images, size)
+    return list(torch.split(pixel_values, batch_size))
+
+
+def evaluate(run, images: ImageSet, processor, size: tuple[int, int], task: str, config,
+             align_corners: bool, batch_size: int = 64) -> dict:
+    """Top-1 (classification) or mean IoU (segmentation) of `run` (NCHW float32 array -> outputs) on a
+    labelled split, `batch_size` images per call (runners of fixed-batch artefacts loop over them)."""
+    if task == CLASSIFICATION:
+        metric = ClassificationMetrics(top_k=(1,))
+    else:
+        metric = SegmentationMetrics(config.num_labels, id2label=config.id2label, align_corners=align_corners)
+    for start in range(0, len(images.images), batch_size):
+        chunk = images.images[start:start + batch_size]
+        labels = images.labels[start:start + batch_size]
+        if task == CLASSIFICATION:
+            pixel_values = preprocess(processor, chunk, size)
+            target = torch.as_tensor([int(label) for label in labels])
+        else:
+            masks = [np.asarray(mask, dtype=np.int64) for mask in labels]
+            prepared = processor(chunk, segmentation_maps=masks, return_tensors="pt")
+            pixel_values, target = prepared["pixel_values"].float(), prepared["labels"]
+            if tuple(pixel_values.shape[-2:]) != tuple(size):
+                raise ExportError(f"--eval-data: the processor makes {tuple(pixel_values.shape[-2:])} inputs, the "
+                                  f"artefact takes {size}; evaluate at the processor's crop size")
+        logits = torch.as_tensor(np.asarray(run(pixel_values.numpy())[0]), dtype=torch.float32)
+        metric.update(logits, target)
+    result = metric.compute()
+    return {"accuracy": result["accuracy"]} if task == CLASSIFICATION else \
+        {"mean_iou": result["mean_iou"], "pixel_accuracy": result["pixel_accuracy"]}
+
+
+__all__ = ["ImageSet", "read_split", "calibration_batches", "evaluate", "DEFAULT_CALIBRATION_SIZE",
+           "DEFAULT_CALIBRATION_SPLIT", "DEFAULT_EVALUATION_SPLIT"]
