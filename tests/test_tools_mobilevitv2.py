@@ -99,7 +99,7 @@ def test_onnx_export_of_a_v2_segmenter_matches_pytorch_at_two_sizes(saved_v2_seg
     from mobilevit.export import ort_session
 
     output = tmp_path / "v2.onnx"  # the export itself checks 256x256 and 250x310 (odd: the block resize)
-    assert cli_main(["export", "--model", str(saved_v2_segmenter), "--output", str(output)]) == 0
+    assert cli_main(["export", "--format", "onnx", "--model", str(saved_v2_segmenter), "--output", str(output)]) == 0
     model = auto.load_model(saved_v2_segmenter).eval()
     session = ort_session(output, threads=2)
     generator = torch.Generator().manual_seed(0)
