@@ -5,9 +5,9 @@ When a model is in eval mode and autograd is not needed, it hands its input to i
 (`models/<family>/fast_<family>.py`), which walks the same modules with the pieces below:
 
 - BatchNorm is folded into the convolution before it (w' = w * gamma / sqrt(var + eps), b' = ...),
-- on CPU in float32, each convolution runs as one oneDNN call on a weight prepacked into oneDNN's blocked
-  layout, with its activation (or, at the end of an inverted residual, the skip addition) fused in: the
-  same fused operator PyTorch's own compiler emits for CPU convolutions,
+- on CPU in float32 and bfloat16, each convolution runs as one oneDNN call on a weight prepacked into
+  oneDNN's blocked layout, with its activation (or, at the end of an inverted residual, the skip addition)
+  fused in: the same fused operator PyTorch's own compiler emits for CPU convolutions,
 - activations stay channels_last (NHWC) from the stem to the head, which oneDNN convolves fastest and
   which turns unfold/fold into one copy each,
 - activations and residual additions happen in place on tensors this path owns,
@@ -25,6 +25,9 @@ the key and the entry is rebuilt on its next use. `model.train()` and `.to()`/`.
 entry outright (`FastInferenceMixin`). Cached tensors are computed without autograd and are never used
 when gradients are wanted, so no gradient can flow through them.
 
+A CPU forward without autograd also runs under the thread policy (`thread_policy.py`): one thread for a
+forward while other processes hold the CPUs, where a team of threads would wait at every operator's barrier.
+
 Switching it off (to debug, or to compare): `model.set_fast_inference(False)`, or `MOBILEVIT_FAST=0` in the
 environment (read at every call). Outputs returned to the caller are NCHW-contiguous, like the plain path's.
 """
@@ -40,6 +43,8 @@ from torch.nn import functional as F
 
 from transformers.activations import SiLUActivation
 
+from . import thread_policy
+
 ENV_SWITCH = "MOBILEVIT_FAST"
 CACHE_ATTR = "_fast_inference_cache"
 CHANNELS_LAST = torch.channels_last
@@ -51,6 +56,7 @@ SETTLING_BLOCK_BYTES = 31 << 20  # see settle_allocator: just under that 32 MiB 
 _ONEDNN_CONV = getattr(torch.ops.mkldnn, "_convolution_pointwise", None) if torch.backends.mkldnn.is_available() else None
 # below this many pixels a pointwise conv is faster as a plain GEMM (oneDNN's fixed cost per call dominates)
 ONEDNN_MIN_PIXELS_POINTWISE = 32 * 32
+ONEDNN_DTYPES = (torch.float32, torch.bfloat16)  # bfloat16: the CPU's BF16 instructions where it has them
 MAX_PACKED_SHAPES = 4  # per layer: packed weights kept for this many input shapes
 _ONEDNN_ACTIVATIONS = {SiLUActivation: "swish", nn.SiLU: "swish", nn.ReLU: "relu", type(None): "none"}
 
@@ -159,7 +165,7 @@ def folded_convolution(layer: nn.Module) -> FoldedConvolution:
             bias = bias * scale + shift
         dtype = conv.weight.dtype
         weight, bias = weight.to(dtype).contiguous(memory_format=CHANNELS_LAST), bias.to(dtype)
-        fusable = _ONEDNN_CONV is not None and weight.dtype == torch.float32 and weight.device.type == "cpu"
+        fusable = _ONEDNN_CONV is not None and weight.dtype in ONEDNN_DTYPES and weight.device.type == "cpu"
         geometry = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
         pointwise = weight.shape[-2:] == (1, 1) and conv.stride == (1, 1) and conv.groups == 1
         return FoldedConvolution(weight, bias, {} if fusable else None, geometry, pointwise)
@@ -205,7 +211,7 @@ def conv_layer(layer: nn.Module, features: torch.Tensor, residual: torch.Tensor 
         and onednn_activation is not None
         and (residual is None or onednn_activation == "none")
         and not (folded.pointwise and batch * height * width < ONEDNN_MIN_PIXELS_POINTWISE)
-        and features.dtype == torch.float32
+        and features.dtype == folded.weight.dtype
         and features.is_contiguous(memory_format=CHANNELS_LAST)
     ):
         weight = packed_weight(folded, features)
@@ -354,6 +360,14 @@ class FastInferenceMixin:
             if isinstance(module, FastInferenceMixin):
                 module._fast_inference_enabled = enabled
         return self
+
+    def __call__(self, *args, **kwargs):
+        # a CPU forward without autograd runs under the thread policy (thread_policy.py), head included; a model
+        # nested in another one (the base model in a head) finds the policy taken by the outer one
+        if self.training or torch.is_grad_enabled() or not is_enabled(self) or self.device.type != "cpu":
+            return super().__call__(*args, **kwargs)
+        with thread_policy.POLICY.forward():
+            return super().__call__(*args, **kwargs)
 
     def train(self, mode: bool = True):
         if mode:  # training changes BatchNorm statistics: derived weights are rebuilt at the next eval call

@@ -275,3 +275,32 @@ def test_models_copy_and_pickle_after_a_fast_call():
         assert not any(m.__dict__.get(fast_inference.CACHE_ATTR) for m in clone.modules())
         with torch.no_grad():
             torch.testing.assert_close(clone(x).logits, fast.logits, **TOL)
+
+
+# bfloat16 (`model.to(torch.bfloat16)`): the fast path runs it through the same fused oneDNN convolutions; its
+# error against float32 is bfloat16's own (8 significant bits), README's table: 1.4-6.8 % of the largest logit
+BF16_RELATIVE_BOUND = 0.1
+
+
+@pytest.mark.parametrize("variant, task", [("xx-small", "image-classification"), ("mobilevitv2-0.5", "image-classification"),
+                                           ("xx-small", "semantic-segmentation")])
+def test_bfloat16_fast_path_stays_within_its_bound_of_float32(variant, task):
+    from mobilevit import auto
+
+    config = auto.new_config(variant, task, num_labels=21 if task == "semantic-segmentation" else 1000)
+    model = fill_realistic_weights_(auto.new_model(config, task)).eval()
+    pixel_values = torch.rand(2, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        model.set_fast_inference(False)
+        reference = model(pixel_values).logits
+        model.set_fast_inference(True)
+        model.to(torch.bfloat16)
+        fast, plain = run_both(model, pixel_values.to(torch.bfloat16))
+    fast, plain = fast.logits, plain.logits
+    assert fast.dtype == plain.dtype == torch.bfloat16
+    scale = float(reference.abs().max())
+    assert scale > 0.3
+    for output in (fast, plain):
+        assert float((output.float() - reference).abs().max()) / scale <= BF16_RELATIVE_BOUND
+    if fast_inference._ONEDNN_CONV is not None:  # the fused bfloat16 convolutions really ran
+        assert any(entry.packed for entry in folded_convolutions(model))

@@ -1,0 +1,129 @@
+"""The thread policy (mobilevit/thread_policy.py): one thread for a forward after forwards that did not get
+their CPUs, the user's thread setting untouched, the threads back when CPUs are idle. Driven by fake
+measurements and a fake /proc count; never asserts on time."""
+
+import pytest
+import torch
+
+from mobilevit import auto, thread_policy
+from mobilevit.testing_utils import fill_realistic_weights_
+
+
+@pytest.fixture
+def policy(monkeypatch):
+    """A fresh policy with a fake clock, fake CPU measurements and a fake runnable count, and 2 torch threads."""
+    fresh = thread_policy.ThreadPolicy()
+    state = {"share": 1.0, "runnable": 1, "now": 100.0, "threads_seen": []}
+    wall = {"t": 0.0}
+
+    def perf_counter():  # every forward lasts 5 ms of wall time
+        wall["t"] += 0.005
+        return wall["t"]
+
+    def process_time():  # and gets `share` of the CPUs it asked for
+        return wall["t"] * torch.get_num_threads() * state["share"]
+
+    monkeypatch.setattr(thread_policy.time, "perf_counter", perf_counter)
+    monkeypatch.setattr(thread_policy.time, "process_time", process_time)
+    monkeypatch.setattr(thread_policy.time, "monotonic", lambda: state["now"])
+    monkeypatch.setattr(thread_policy, "_runnable_tasks", lambda: state["runnable"])
+    monkeypatch.setattr(thread_policy, "_available_cpus", lambda: 2)
+    monkeypatch.delenv(thread_policy.ENV_SWITCH, raising=False)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        yield fresh, state
+    finally:
+        torch.set_num_threads(before)
+
+
+def forward(policy, state):
+    with policy.forward():
+        state["threads_seen"].append(torch.get_num_threads())
+
+
+def test_idle_machine_keeps_every_thread(policy):
+    policy, state = policy
+    for _ in range(5):
+        forward(policy, state)
+    assert state["threads_seen"] == [2] * 5 and not policy.single_thread
+
+
+def test_contended_forwards_drop_to_one_thread_and_restore_the_setting(policy):
+    policy, state = policy
+    state["share"], state["runnable"] = 0.4, 4  # two busy processes beside us
+    for _ in range(4):
+        forward(policy, state)
+    assert state["threads_seen"] == [2, 2, 1, 1]  # two slow forwards in a row, then one thread
+    assert torch.get_num_threads() == 2  # the user's setting, between forwards
+
+
+def test_one_slow_forward_is_not_enough(policy):
+    policy, state = policy
+    for share in (0.4, 1.0, 0.4, 1.0):
+        state["share"] = share
+        forward(policy, state)
+    assert state["threads_seen"] == [2, 2, 2, 2]
+
+
+def test_threads_come_back_when_cpus_are_idle_or_after_a_while(policy):
+    policy, state = policy
+    state["share"], state["runnable"] = 0.4, 4
+    for _ in range(3):
+        forward(policy, state)
+    assert state["threads_seen"][-1] == 1
+    state["runnable"] = 1  # the others are gone: only this thread is runnable
+    forward(policy, state)
+    assert state["threads_seen"][-1] == 2
+
+    state["threads_seen"].clear()
+    state["runnable"] = 4
+    for _ in range(3):  # busy again
+        forward(policy, state)
+    state["now"] += thread_policy.RETRY_AFTER_S + 1  # still busy, but time for a probe
+    forward(policy, state)
+    forward(policy, state)
+    assert state["threads_seen"] == [2, 1, 1, 2, 1]  # the probe's one slow forward sends it back to one thread
+
+
+def test_switched_off_single_threaded_or_nested_it_stays_out_of_the_way(policy, monkeypatch):
+    policy, state = policy
+    state["share"], state["runnable"] = 0.4, 4
+    monkeypatch.setenv(thread_policy.ENV_SWITCH, "0")
+    for _ in range(3):
+        forward(policy, state)
+    assert state["threads_seen"] == [2, 2, 2] and not policy.single_thread
+    monkeypatch.delenv(thread_policy.ENV_SWITCH)
+
+    with policy.forward():  # a model inside another one's forward: the outer one decides
+        for _ in range(3):
+            forward(policy, state)
+    assert not policy.single_thread
+
+    torch.set_num_threads(1)
+    for _ in range(3):
+        forward(policy, state)
+    assert not policy.single_thread
+
+
+def test_models_run_their_eval_forwards_under_the_policy(monkeypatch):
+    entered = []
+    real = thread_policy.POLICY.forward
+
+    def spy():
+        entered.append(1)
+        return real()
+
+    monkeypatch.setattr(thread_policy.POLICY, "forward", spy)
+    config = auto.new_config("xx-small", "semantic-segmentation", num_labels=3)
+    model = fill_realistic_weights_(auto.new_model(config, "semantic-segmentation")).eval()
+    pixel_values = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        model(pixel_values)
+    assert len(entered) == 2  # the head model and its base model (which finds the policy taken)
+    entered.clear()
+    model(pixel_values)  # autograd on: the plain path, no policy
+    model.train()
+    with torch.no_grad():
+        model(torch.rand(2, 3, 64, 64))  # training-mode BatchNorm wants more than one value per channel
+    assert entered == []
