@@ -31,6 +31,13 @@ Memory allocation decides much of the result, so it is a stated condition (`--al
   benchmark, with glibc malloc as it starts; the parent still interleaves them call by call (only one runs
   at a time) and each process times its own calls, so sending inputs and results costs nothing.
 
+Named in `--candidates` only: `mobilevit-bf16`, this package's model cast with `model.to(torch.bfloat16)`
+(inputs too; oneDNN uses the CPU's BF16 instructions where it has them), and the exported artefacts of
+`mobilevit export` (`EXPORT_CANDIDATES`: ONNX Runtime int8, ExecuTorch, OpenVINO fp32 / bf16 / int8, LiteRT).
+
+`--background-load N` starts N busy processes (one CPU each, `BackgroundLoad`) before timing and stops them
+after: latency on a machine that is doing other work, reproducibly.
+
 `--output DIR` also writes results.json, results.md and chart.png there (refusing to replace them
 without `--overwrite`).
 
@@ -43,6 +50,7 @@ one-line error naming the extra.
 from __future__ import annotations
 
 import argparse
+import copy
 import ctypes
 import ctypes.util
 import importlib.util
@@ -67,8 +75,11 @@ from .tasks import CLASSIFICATION, SEGMENTATION, canonical_task
 from .testing_utils import fill_realistic_weights_
 
 CANDIDATES = ("mobilevit", "transformers", "onnxruntime", "resnet-50")
+# this package's model cast to a lower precision (`model.to(dtype)`, inputs too), timed when named in --candidates
+REDUCED_PRECISION = {"mobilevit-bf16": torch.bfloat16}
 LABELS = {
     "mobilevit": "mobilevit (this package)",
+    "mobilevit-bf16": "mobilevit bfloat16 (this package)",
     "transformers": "transformers (stock)",
     "onnxruntime": "onnxruntime (exported)",
     "resnet-50": "ResNet-50 (transformers)",
@@ -81,11 +92,12 @@ EXPORT_CANDIDATES = {
     "executorch": ("executorch", "fp32"),
     "executorch-int8": ("executorch", "int8"),
     "openvino": ("openvino", "fp32"),
+    "openvino-bf16": ("openvino", "bf16"),  # OpenVINO's own default on a CPU with bfloat16 instructions
     "openvino-int8": ("openvino", "int8"),
     "litert": ("litert", "fp32"),
 }
 LABELS.update({name: f"{fmt} {precision} (exported)" for name, (fmt, precision) in EXPORT_CANDIDATES.items()})
-ALL_CANDIDATES = CANDIDATES + tuple(EXPORT_CANDIDATES)
+ALL_CANDIDATES = CANDIDATES + tuple(REDUCED_PRECISION) + tuple(EXPORT_CANDIDATES)
 REFERENCE = "transformers"
 IN_PROCESS_ALLOCATORS = ("tuned", "default")  # the conditions a single-process benchmark can have
 ALLOCATORS = (*IN_PROCESS_ALLOCATORS, "fresh")
@@ -113,6 +125,7 @@ class Result:
     images_per_s: float
     speedup: float | None  # over stock transformers, median of per-round ratios
     allocator: str = "tuned"  # see the module docstring
+    background_load: int = 0  # busy processes running beside the timing (--background-load)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -299,6 +312,45 @@ def _fresh_process_call(batch: int, image_size: int) -> float:
     return time.perf_counter() - start
 
 
+# A busy loop for --background-load: pure arithmetic (one CPU, next to no memory traffic) that stops when told
+# (SIGTERM), when the benchmark that started it is gone, or after its time limit, whatever happens.
+_BUSY_LOOP = """
+import os, sys, time
+parent, deadline = int(sys.argv[1]), time.monotonic() + float(sys.argv[2])
+x = 0.0
+while time.monotonic() < deadline and os.getppid() == parent:
+    for _ in range(200_000):
+        x = x * 0.999999 + 1.0
+"""
+BACKGROUND_LOAD_LIMIT_S = 3 * 3600
+
+
+class BackgroundLoad:
+    """`count` processes that keep one CPU busy each while the benchmark times: the contention of a shared
+    server or a laptop doing other work, made reproducible. A context manager: started on entry, stopped on
+    exit (also on an error or Ctrl-C); each one also stops by itself if this process dies."""
+
+    def __init__(self, count: int):
+        self.count, self._processes = count, []
+
+    def __enter__(self):
+        import subprocess
+
+        for _ in range(self.count):
+            self._processes.append(subprocess.Popen(
+                [sys.executable, "-c", _BUSY_LOOP, str(os.getpid()), str(BACKGROUND_LOAD_LIMIT_S)],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            ))
+        return self
+
+    def __exit__(self, *exc_info):
+        for process in self._processes:
+            process.terminate()
+        for process in self._processes:
+            process.wait()
+        self._processes = []
+
+
 def benchmark_input(batch: int, image_size: int) -> torch.Tensor:
     return torch.rand(batch, 3, image_size, image_size, generator=torch.Generator().manual_seed(batch))
 
@@ -337,7 +389,7 @@ def _is_int(value) -> bool:
 
 
 def check_settings(*, variants, batch_sizes, threads, task, image_size, repeats, warmup, candidates,
-                   allocator) -> dict:
+                   allocator, background_load=0) -> dict:
     """The one check of the benchmark's arguments, before any model is built; returns them spelled canonically
     (task, variant names, image size filled in, candidates resolved)."""
     try:
@@ -354,7 +406,8 @@ def check_settings(*, variants, batch_sizes, threads, task, image_size, repeats,
                              usage=True)
     if not batch_sizes or any(not _is_int(b) or b < 1 for b in batch_sizes):
         raise BenchmarkError(f"batch_sizes: expected positive integers, got {list(batch_sizes)}", usage=True)
-    for name, value, minimum in (("threads", threads, 1), ("repeats", repeats, 1), ("warmup", warmup, 0)):
+    for name, value, minimum in (("threads", threads, 1), ("repeats", repeats, 1), ("warmup", warmup, 0),
+                                 ("background_load", background_load, 0)):
         if not _is_int(value) or value < minimum:
             expected = "a positive integer" if minimum == 1 else "an integer >= 0"
             raise BenchmarkError(f"{name}: expected {expected}, got {value!r}", usage=True)
@@ -375,7 +428,8 @@ def check_settings(*, variants, batch_sizes, threads, task, image_size, repeats,
             fmt, precision = EXPORT_CANDIDATES[name]
             FORMATS[fmt].require(precision)
     return dict(variants=variants, batch_sizes=list(batch_sizes), threads=threads, task=task, image_size=image_size,
-                repeats=repeats, warmup=warmup, candidates=candidates, allocator=allocator)
+                repeats=repeats, warmup=warmup, candidates=candidates, allocator=allocator,
+                background_load=background_load)
 
 
 def check_output(output: Path, overwrite: bool) -> None:
@@ -398,13 +452,15 @@ def benchmark(
     candidates=None,
     progress: bool = True,
     allocator: str = "tuned",
+    background_load: int = 0,
 ) -> list[Result]:
     """Time `candidates` on every variant and batch size; returns one Result per (candidate, variant, batch).
     `candidates=None`: every candidate whose dependencies are installed (`default_candidates`).
-    `allocator="tuned"` changes this process's malloc settings for good (there is no way back)."""
+    `allocator="tuned"` changes this process's malloc settings for good (there is no way back).
+    `background_load`: that many busy processes run while the candidates are timed (`BackgroundLoad`)."""
     settings = check_settings(variants=variants, batch_sizes=batch_sizes, threads=threads, task=task,
                               image_size=image_size, repeats=repeats, warmup=warmup, candidates=candidates,
-                              allocator=allocator)
+                              allocator=allocator, background_load=background_load)
     variants, task, image_size, candidates = (settings[k] for k in ("variants", "task", "image_size", "candidates"))
     torch.set_num_threads(threads)
     if allocator == "tuned":
@@ -425,22 +481,23 @@ def benchmark(
             gflops = count_flops(model, image_size) / 1e9
             try:
                 for batch in batch_sizes:
-                    if fresh:  # each process makes the same input itself
-                        times = time_interleaved(
-                            runners, lambda name: batch, repeats, warmup, progress, self_timed=True, lead_in=True
-                        )
-                    else:
-                        pixel_values = benchmark_input(batch, image_size)
-                        times = time_interleaved(
-                            runners, lambda name: pixel_values, repeats, warmup, progress, lead_in=True
-                        )
+                    with BackgroundLoad(background_load):
+                        if fresh:  # each process makes the same input itself
+                            times = time_interleaved(
+                                runners, lambda name: batch, repeats, warmup, progress, self_timed=True, lead_in=True
+                            )
+                        else:
+                            pixel_values = benchmark_input(batch, image_size)
+                            times = time_interleaved(
+                                runners, lambda name: pixel_values, repeats, warmup, progress, lead_in=True
+                            )
                     for name, s in summarise(times, REFERENCE).items():
                         results.append(
                             Result(
                                 candidate=name, variant=variant, task=task, image_size=image_size, batch_size=batch,
                                 params_m=params, gflops=gflops, median_ms=s["median_ms"], p10_ms=s["p10_ms"],
                                 p90_ms=s["p90_ms"], images_per_s=1000 * batch / s["median_ms"], speedup=s["speedup"],
-                                allocator=allocator,
+                                allocator=allocator, background_load=background_load,
                             )
                         )
                     if progress:
@@ -479,6 +536,10 @@ def local_runner(name: str, model: nn.Module | None, threads: int, onnx_path: Pa
         return lambda pixel_values: run(pixel_values.numpy())
     if name == "transformers":
         return torch_runner(build_stock(model))
+    if name in REDUCED_PRECISION:
+        dtype = REDUCED_PRECISION[name]
+        run = torch_runner(copy.deepcopy(model).to(dtype))
+        return lambda pixel_values: run(pixel_values.to(dtype))
     return torch_runner(model)
 
 
@@ -533,7 +594,9 @@ def save_chart(results: list[Result], path: Path) -> None:
         ax.set_title(title, fontsize=10)
     axes[0][0].legend(fontsize=8)
     r0 = results[0]
-    fig.suptitle(f"MobileViT {r0.task}, {r0.image_size}x{r0.image_size}, {torch.get_num_threads()} threads, fp32", fontsize=11)
+    load = f", {r0.background_load} busy background processes" if r0.background_load else ""
+    fig.suptitle(f"MobileViT {r0.task}, {r0.image_size}x{r0.image_size}, {torch.get_num_threads()} threads{load}",
+                 fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -583,6 +646,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="glibc malloc tuned to keep freed memory (default; stock at its best), as the process has it, or "
         "fresh: each candidate in its own new process (what a user of each library gets)",
     )
+    parser.add_argument("--background-load", type=int, default=0, metavar="N",
+                        help="N busy processes (one CPU each) started beside the timing and stopped after it: "
+                        "latency under contention (default: 0)")
     parser.add_argument("--output", type=Path, default=None, help="folder for results.json, results.md, chart.png")
     parser.add_argument("--overwrite", action="store_true", help="replace existing files in --output")
 
@@ -592,14 +658,16 @@ def run(args: argparse.Namespace) -> int:
     `mobilevit.cli`, which prints it as one line."""
     settings = check_settings(variants=args.variants, batch_sizes=args.batch_sizes, threads=args.threads,
                               task=args.task, image_size=args.image_size, repeats=args.repeats, warmup=args.warmup,
-                              candidates=args.candidates, allocator=args.allocator)
+                              candidates=args.candidates, allocator=args.allocator,
+                              background_load=args.background_load)
     if args.output is not None:
         check_output(args.output, args.overwrite)
     if args.candidates is None and "onnxruntime" not in settings["candidates"]:
         print('note: onnxruntime is not timed: it needs pip install "mobilevit[export]"', file=sys.stderr)
     results = benchmark(**settings)
-    print(f"\n{results[0].task}, {results[0].image_size}x{results[0].image_size}, {args.threads} threads, fp32, "
-          f"{args.allocator} allocator, torch {torch.__version__}; {machine_load()}\n")
+    load = f", {args.background_load} busy background processes" if args.background_load else ""
+    print(f"\n{results[0].task}, {results[0].image_size}x{results[0].image_size}, {args.threads} threads, "
+          f"{args.allocator} allocator{load}, torch {torch.__version__}; {machine_load()}\n")
     print(format_table(results))
     if args.output is not None:
         paths = write_outputs(results, args.output, args.overwrite)

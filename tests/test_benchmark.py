@@ -56,6 +56,7 @@ def test_flops_include_attention():
     (["--threads", "0"], "threads: expected a positive integer, got 0", 2),
     (["--repeats", "0"], "repeats: expected a positive integer, got 0", 2),
     (["--warmup", "-1"], "warmup: expected an integer >= 0, got -1", 2),
+    (["--background-load", "-1"], "background_load: expected an integer >= 0, got -1", 2),
     (["--image-size", "16"], "image_size: expected an integer >= 32 (the network downsamples 32x), got 16", 2),
     (["--task", "detection"], "task: expected one of", 2),
     (["--output", "{tmp}/a-file"], "--output: expected a folder, got", 1),
@@ -163,3 +164,31 @@ def test_lead_in_call_precedes_every_timed_call_and_only_when_asked():
     events.clear()
     benchmark.time_interleaved(runners, lambda name: None, repeats=1, warmup=0, progress=False)
     assert events == ["a", "b"]
+
+
+def test_bfloat16_candidate_and_background_load(monkeypatch):
+    started = []
+    real_popen = __import__("subprocess").Popen
+
+    def popen(*args, **kwargs):
+        started.append(real_popen(*args, **kwargs))
+        return started[-1]
+
+    monkeypatch.setattr("subprocess.Popen", popen)
+    seen_running = []
+    real = benchmark.time_interleaved
+    monkeypatch.setattr(benchmark, "time_interleaved",
+                        lambda *a, **k: (seen_running.append([p.poll() is None for p in started]), real(*a, **k))[1])
+    results = benchmark.benchmark(variants=["xx-small"], batch_sizes=[1], image_size=64, repeats=2, warmup=0,
+                                  candidates=["mobilevit", "mobilevit-bf16"], allocator="default", background_load=2,
+                                  progress=False)
+    assert [r.candidate for r in results] == ["mobilevit", "mobilevit-bf16"]
+    assert all(r.background_load == 2 and r.median_ms > 0 for r in results)
+    assert seen_running == [[True, True]]  # both busy processes ran while the candidates were timed
+    assert len(started) == 2 and all(p.poll() is not None for p in started)  # and were stopped after
+
+
+def test_busy_process_stops_by_itself_when_its_time_is_up():
+    busy = subprocess.run([sys.executable, "-c", benchmark._BUSY_LOOP, str(__import__("os").getpid()), "0.2"],
+                          timeout=60)
+    assert busy.returncode == 0
