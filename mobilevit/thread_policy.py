@@ -73,7 +73,7 @@ class ThreadPolicy:
     def _record(self, threads: int, wall: float, cpu: float) -> None:
         if threads < 2 or wall < MIN_MEASURED_S:
             return
-        if cpu / (wall * threads) < MIN_CPU_SHARE:
+        if cpu / (wall * min(threads, _available_cpus())) < MIN_CPU_SHARE:  # more threads than CPUs: not contention
             self._low_share_calls += 1
             if self._low_share_calls >= LOW_SHARE_CALLS:
                 self.single_thread, self._since = True, time.monotonic()

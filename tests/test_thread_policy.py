@@ -127,3 +127,12 @@ def test_models_run_their_eval_forwards_under_the_policy(monkeypatch):
     with torch.no_grad():
         model(torch.rand(2, 3, 64, 64))  # training-mode BatchNorm wants more than one value per channel
     assert entered == []
+
+
+def test_more_threads_than_cpus_is_not_contention(policy):
+    policy, state = policy
+    torch.set_num_threads(4)
+    state["share"] = 0.5  # four threads on two idle CPUs: the process gets both CPUs, all it can
+    for _ in range(3):
+        forward(policy, state)
+    assert state["threads_seen"] == [4, 4, 4] and not policy.single_thread
