@@ -97,6 +97,7 @@ EXPORT_CANDIDATES = {
     "litert": ("litert", "fp32"),
 }
 LABELS.update({name: f"{fmt} {precision} (exported)" for name, (fmt, precision) in EXPORT_CANDIDATES.items()})
+LABELS["openvino-bf16"] = "openvino bf16 (exported; OpenVINO's default on a BF16 CPU)"
 ALL_CANDIDATES = CANDIDATES + tuple(REDUCED_PRECISION) + tuple(EXPORT_CANDIDATES)
 REFERENCE = "transformers"
 IN_PROCESS_ALLOCATORS = ("tuned", "default")  # the conditions a single-process benchmark can have
