@@ -136,3 +136,18 @@ def test_more_threads_than_cpus_is_not_contention(policy):
     for _ in range(3):
         forward(policy, state)
     assert state["threads_seen"] == [4, 4, 4] and not policy.single_thread
+
+
+def test_a_forward_on_one_thread_equals_the_usual_one(policy):
+    policy, state = policy
+    config = auto.new_config("xx-small", "image-classification", num_labels=10)
+    model = fill_realistic_weights_(auto.new_model(config, "image-classification")).eval()
+    pixel_values = torch.rand(2, 3, 96, 96, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        usual = model(pixel_values).logits
+        policy.single_thread, policy._since, state["runnable"] = True, state["now"], 4  # contended just now
+        with policy.forward():  # what the model's own call does, with this test's policy
+            assert torch.get_num_threads() == 1
+            single = model(pixel_values).logits
+    assert usual.abs().max() > 0.3
+    torch.testing.assert_close(single, usual, atol=1e-5, rtol=0)
