@@ -10,6 +10,7 @@ config's `architectures` when it is not given.
 
 from __future__ import annotations
 
+import copy
 import os
 
 from . import auto
@@ -25,7 +26,8 @@ def pipeline(task: str | None = None, model=None, image_processor=None, **kwargs
         model: a folder saved by this package (`save_pretrained`, `mobilevit train`, `mobilevit convert`),
             a Hub repository id of one, or a classification / segmentation model object of this package.
         image_processor: a `MobileViTImageProcessor`; by default the folder's, or the family's evaluation
-            preprocessing for the model's `image_size`.
+            preprocessing for the model's `image_size`. Segmentation runs it without its centre crop, so the
+            masks cover the whole image at its own size (stock transformers' pipeline crops).
         **kwargs: passed on to `transformers.pipeline` (`device`, `dtype`, ...).
 
     Example:
@@ -57,6 +59,11 @@ def pipeline(task: str | None = None, model=None, image_processor=None, **kwargs
     if task not in PIPELINE_TASKS:
         raise ValueError(f"task: the {task!r} model has no pipeline; expected a model with one of the heads "
                          f"{sorted(PIPELINE_TASKS)}")
+    if task == SEGMENTATION and getattr(image_processor, "do_center_crop", False):
+        # segment the whole image: masks are resized back onto the photo, and a centre crop stretched over a
+        # non-square photo would misplace everything outside it (as `mobilevit predict` does, predict.segment)
+        image_processor = copy.deepcopy(image_processor)
+        image_processor.do_center_crop = False
     return transformers.pipeline(PIPELINE_TASKS[task], model=model, image_processor=image_processor, **kwargs)
 
 

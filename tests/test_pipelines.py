@@ -19,10 +19,12 @@ def direct_top_k(folder, image, k):
     return [(model.config.id2label[int(i)], float(s)) for s, i in zip(scores, indices)]
 
 
-def direct_class_map(folder, image):
+def direct_class_map(folder, image, center_crop=False):
+    """The class map of the whole image (`mobilevit.pipeline`), or, with `center_crop`, of the processor's crop
+    stretched over the image (stock transformers' pipeline)."""
     model, processor, _ = load_model_and_processor(folder)
     with torch.no_grad():
-        outputs = model(**processor(images=image, return_tensors="pt"))
+        outputs = model(**processor(images=image, do_center_crop=center_crop, return_tensors="pt"))
     return processor.post_process_semantic_segmentation(outputs, target_sizes=[(image.height, image.width)])[0].numpy()
 
 
@@ -51,6 +53,24 @@ def test_segmentation_pipeline_gives_one_mask_per_class_present_equal_to_the_arg
         np.testing.assert_array_equal(np.asarray(annotation["mask"]), (class_map == class_id).astype(np.uint8) * 255)
 
 
+@pytest.mark.parametrize("size", [(288, 96), (96, 288)], ids=["wide", "tall"])
+def test_segmentation_pipeline_covers_the_whole_of_a_non_square_photo(saved_segmenter, photo, size):
+    from mobilevit.image_reading import image_pixels
+    from mobilevit.predict import segment as predict_segment
+
+    image = photo.resize(size)
+    segment = pipeline(model=saved_segmenter)
+    masks = {a["label"]: np.asarray(a["mask"]) > 0 for a in segment(image)}
+    model, processor, _ = load_model_and_processor(saved_segmenter)
+    expected = predict_segment(model, processor, image_pixels(np.asarray(image), "image"))  # tested on off-centre objects
+    assert processor.do_center_crop  # the folder's processor crops; the pipeline's copy does not
+    got = np.full(expected.shape, -1)
+    for label, mask in masks.items():
+        assert mask.shape == expected.shape
+        got[mask] = model.config.label2id[label]
+    assert (got == expected).mean() > 0.999
+
+
 def test_pipeline_with_model_and_processor_objects(saved_classifier, saved_segmenter, photo):
     model = MobileViTForImageClassification.from_pretrained(saved_classifier).eval()
     processor = MobileViTImageProcessor.from_pretrained(saved_classifier)
@@ -62,7 +82,7 @@ def test_pipeline_with_model_and_processor_objects(saved_classifier, saved_segme
     segmenter = MobileViTForSemanticSegmentation.from_pretrained(saved_segmenter).eval()
     segment = transformers.pipeline("image-segmentation", model=segmenter,
                                     image_processor=MobileViTImageProcessor.from_pretrained(saved_segmenter))
-    class_map = direct_class_map(saved_segmenter, photo)
+    class_map = direct_class_map(saved_segmenter, photo, center_crop=True)  # transformers' own pipeline crops
     assert [a["label"] for a in segment(photo)] == [segmenter.config.id2label[int(c)] for c in np.unique(class_map)]
 
 
@@ -75,7 +95,7 @@ def test_plain_transformers_pipeline_on_the_folder_loads_stock_classes_that_agre
     stock_segment = transformers.pipeline("image-segmentation", model=str(saved_segmenter))
     assert type(stock_segment.model).__module__.startswith("transformers.")
     stock_masks = {a["label"]: np.asarray(a["mask"]) > 0 for a in stock_segment(photo)}
-    class_map = direct_class_map(saved_segmenter, photo)
+    class_map = direct_class_map(saved_segmenter, photo, center_crop=True)
     names = stock_segment.model.config.id2label
     stock_map = np.full(class_map.shape, -1)
     for label, mask in stock_masks.items():
