@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 import numbers
 
+from transformers.activations import ACT2FN
+
 # No width of a released MobileViT exceeds 640; this is 12x that. A larger width is almost certainly a typo,
 # and would ask for many gigabytes before any error could show (hidden_sizes of 10**6: about 4 TB).
 MAX_WIDTH = 8192
@@ -73,6 +75,13 @@ def check_probability(config, field: str) -> None:
     value = getattr(config, field)
     if not (is_number(value) and 0.0 <= value < 1.0):
         fail(config, field, "a probability in [0, 1)")
+
+
+def check_activation(config, field: str, examples: str) -> None:
+    """The name of one of transformers' activations (`ACT2FN`); `examples` shows the family's usual ones."""
+    value = getattr(config, field)
+    if not isinstance(value, str) or value not in ACT2FN:
+        fail(config, field, f"an activation name such as {examples} (one of transformers' ACT2FN)")
 
 
 def check_choice(config, field: str, choices) -> None:

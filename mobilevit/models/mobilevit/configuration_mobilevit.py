@@ -8,13 +8,13 @@ lives in `VARIANTS`; `MobileViTConfig.from_variant("x-small")` reads it.
 from __future__ import annotations
 
 from transformers import PreTrainedConfig
-from transformers.activations import ACT2FN
 
 from ...configuration_utils import (
     MAX_IMAGE_SIZE,
     MAX_RATIO,
     MAX_WIDTH,
     PATCH_SIZES,
+    check_activation,
     check_choice,
     check_image_size,
     check_int,
@@ -171,8 +171,7 @@ class MobileViTConfig(PreTrainedConfig):
             check_number(self, field, maximum=MAX_RATIO)
         for field in ("layer_norm_eps", "initializer_range"):
             check_number(self, field)
-        if not isinstance(self.hidden_act, str) or self.hidden_act not in ACT2FN:
-            fail(self, "hidden_act", "an activation name such as 'silu', 'relu', 'gelu' (one of transformers' ACT2FN)")
+        check_activation(self, "hidden_act", "'silu', 'relu', 'gelu'")
         if not is_int(self.semantic_loss_ignore_index):
             fail(self, "semantic_loss_ignore_index", "an integer")
 

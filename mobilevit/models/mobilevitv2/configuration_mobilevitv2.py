@@ -11,13 +11,13 @@ from __future__ import annotations
 import re
 
 from transformers import PreTrainedConfig
-from transformers.activations import ACT2FN
 
 from ...configuration_utils import (
     MAX_IMAGE_SIZE,
     MAX_RATIO,
     MAX_WIDTH,
     PATCH_SIZES,
+    check_activation,
     check_choice,
     check_image_size,
     check_int,
@@ -175,8 +175,7 @@ class MobileViTV2Config(PreTrainedConfig):
             check_number(self, field, maximum=MAX_RATIO)
         for field in ("layer_norm_eps", "initializer_range"):
             check_number(self, field)
-        if not isinstance(self.hidden_act, str) or self.hidden_act not in ACT2FN:
-            fail(self, "hidden_act", "an activation name such as 'swish', 'silu', 'relu' (one of transformers' ACT2FN)")
+        check_activation(self, "hidden_act", "'swish', 'silu', 'relu'")
         if not is_int(self.semantic_loss_ignore_index):
             fail(self, "semantic_loss_ignore_index", "an integer")
 
