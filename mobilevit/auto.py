@@ -2,9 +2,11 @@
 
 Every tool (pipelines, predict, export, benchmark, hub, train, demo, convert) reaches a model family only
 through this module, so adding a family is one folder under `models/` plus one entry in `_REGISTERED`.
-It is this package's counterpart of transformers' Auto classes, kept to itself: nothing is registered in
-transformers' own Auto mappings (a folder saved here still loads there, as the stock class of its
-`model_type`).
+It is this package's counterpart of transformers' Auto classes, kept to itself: nothing of stock transformers'
+is changed (a folder saved here still loads there, as the stock class of its `model_type`). One entry is
+added to transformers' `AutoBackbone`, keyed on this package's config classes (stock's own `MobileViTConfig`
+is untouched): this package's config -> its `...Backbone`, so that transformers' heads that build their
+backbone from a `backbone_config` (UperNet, DPT, ...) take a MobileViT one.
 
     model = auto.load_model("runs/digits")                      # any registered family, task from the folder
     model, processor, task = auto.load_model_and_processor("apple/mobilevit-small")
@@ -26,10 +28,22 @@ from .conversion_utils import ConversionError
 from .errors import UserError
 from .model_family import ModelFamily
 from .models import mobilevit, mobilevitv2
-from .tasks import CLASSIFICATION, FEATURE_EXTRACTION, SEGMENTATION, canonical_task
+from .tasks import CLASSIFICATION, FEATURE_EXTRACTION, OBJECT_DETECTION, SEGMENTATION, canonical_task
 
 _REGISTERED = (mobilevit.FAMILY, mobilevitv2.FAMILY)
 FAMILIES: dict[str, ModelFamily] = {family.model_type: family for family in _REGISTERED}
+
+
+def _register_backbones() -> None:
+    """transformers' `AutoBackbone.from_config(config)` builds this package's backbone for this package's configs."""
+    from transformers import AutoBackbone
+
+    for known in _REGISTERED:
+        if known.backbone_class is not None:
+            AutoBackbone.register(known.config_class, known.backbone_class, exist_ok=True)
+
+
+_register_backbones()
 
 
 class NotAModelError(UserError):
@@ -68,13 +82,13 @@ def task_of(config, source: str | os.PathLike | None = None) -> str:
     """The task of a saved model, from the head class named in `config.architectures` (`source`: the folder,
     for the message)."""
     known = family_of(config)
-    names = {cls.__name__: task for task, cls in known.model_classes.items()}
-    for architecture in config.architectures or []:
-        if architecture in names:
-            return names[architecture]
+    task = known.task_of_architectures(config)
+    if task is not None:
+        return task
     where = f"model: {str(source)!r}: " if source is not None else ""
+    names = sorted(cls.__name__ for cls in known.model_classes.values())
     raise NotAModelError(
-        f"{where}config.architectures: expected one of {sorted(names)} to infer the task, got {config.architectures!r}; "
+        f"{where}config.architectures: expected one of {names} to infer the task, got {config.architectures!r}; "
         f"pass the task ({', '.join(known.tasks)})"
     )
 
@@ -113,9 +127,10 @@ def new_model(config, task: str | None = None):
     return known.model_class(task)(config)
 
 
-def image_processor_for(config):
-    """The preprocessing a family's checkpoints were evaluated with, for a model of `config`."""
-    return family_of(config).image_processor(config)
+def image_processor_for(config, task: str | None = None):
+    """The preprocessing (and post-processing) a family's checkpoints of `task` were evaluated with, for a model
+    of `config` (default task: the one `config.architectures` names; classification's when none)."""
+    return family_of(config).image_processor(config, task)
 
 
 def family_for_checkpoint(state_dict) -> ModelFamily:
@@ -234,8 +249,8 @@ def load_model(model_dir: str | os.PathLike, task: str | None = None, **from_pre
 def load_image_processor(model_dir: str | os.PathLike, config=None, **kwargs):
     """The folder's `preprocessor_config.json`, or the family's evaluation preprocessing when it has none. A file
     that is there but invalid is an error, never silently replaced by the defaults. A processor config that
-    does not say how to upsample segmentation logits (one saved by stock transformers or before this option
-    existed) gets the family's way."""
+    does not say how to upsample segmentation logits or how to pick detections (one saved by stock transformers or
+    before these options existed) gets the family's way."""
     from .image_processing_mobilevit import MobileViTImageProcessor
 
     path = Path(model_dir)
@@ -251,12 +266,16 @@ def load_image_processor(model_dir: str | os.PathLike, config=None, **kwargs):
         raise NotAModelError(f"model: {where} cannot be read ({str(err).splitlines()[0]})") from None
     except (ValueError, TypeError) as err:
         raise NotAModelError(f"model: {where} holds an invalid setting ({str(err).splitlines()[0]})") from None
-    if processor.logits_align_corners is None:
+    if processor.logits_align_corners is None or processor.detection_postprocessing is None:
         try:
             config = config if config is not None else load_config(model_dir)
         except NotAModelError:  # a processor without a model: nothing to learn from
             return processor
-        processor.logits_align_corners = family_of(config).segmentation_align_corners
+        known = family_of(config)
+        if processor.logits_align_corners is None:
+            processor.logits_align_corners = known.segmentation_align_corners
+        if processor.detection_postprocessing is None and known.task_of_architectures(config) == OBJECT_DETECTION:
+            processor.detection_postprocessing = known.detection_postprocessing.to_dict()
     return processor
 
 
@@ -301,7 +320,11 @@ class AutoModelForSemanticSegmentation(AutoModel):
     task = SEGMENTATION
 
 
+class AutoModelForObjectDetection(AutoModel):
+    task = OBJECT_DETECTION
+
+
 __all__ = ["FAMILIES", "NotAModelError", "family", "family_of", "task_of", "task_of_model", "resolve_variant",
            "new_config", "new_model", "image_processor_for", "family_for_checkpoint", "load_config", "load_model",
            "load_image_processor", "load_model_and_processor", "AutoConfig", "AutoModel",
-           "AutoModelForImageClassification", "AutoModelForSemanticSegmentation"]
+           "AutoModelForImageClassification", "AutoModelForSemanticSegmentation", "AutoModelForObjectDetection"]

@@ -18,12 +18,13 @@ import tempfile
 from pathlib import Path
 
 from . import auto
-from .tasks import CLASSIFICATION, PIPELINE_TASKS, SEGMENTATION
+from .tasks import CLASSIFICATION, OBJECT_DETECTION, PIPELINE_TASKS, SEGMENTATION
 
 # task -> what the model outputs
 TASK_OUTPUTS = {
     CLASSIFICATION: "class logits",
     SEGMENTATION: "per-pixel class logits at 1/{output_stride} of the input resolution",
+    OBJECT_DETECTION: "SSDLite: per anchor, class logits (background first) and a box",
 }
 
 # What a card written before the folder had a Hub name says to load (a push puts the repository id in its place).
@@ -105,6 +106,12 @@ def model_card_text(
         lines += ["", "## Training", "", f"![training curves]({training_curves})"]
 
     resize_to, crop_to = _preprocessing_sizes(preprocessing, image_size)
+    if task == OBJECT_DETECTION:
+        lines += ["", *_detection_card(family, model_class, load_from, resize_to, preprocessing)]
+        if notes:
+            lines += ["", "## Notes", "", notes]
+        lines += ["", "## Citation", "", "```bibtex", family.citation, "```", ""]
+        return "\n".join(lines)
     lines += [
         "",
         "## Preprocessing",
@@ -141,6 +148,55 @@ def model_card_text(
         lines += ["", "## Notes", "", notes]
     lines += ["", "## Citation", "", "```bibtex", family.citation, "```", ""]
     return "\n".join(lines)
+
+
+def _detection_card(family, model_class: str, load_from: str, resize_to: str, preprocessing: dict | None) -> list[str]:
+    """The preprocessing, post-processing and usage sections of a detector's card."""
+    preprocessing = preprocessing or {}
+    order = "BGR" if preprocessing.get("do_flip_channel_order", True) else "RGB"
+    rule = preprocessing.get("detection_postprocessing") or family.detection_postprocessing.to_dict()
+    per_class = rule.get("candidates_per_class")
+    caps = [f"at most {rule['detections_per_class']} per class" if rule.get("detections_per_class") else None,
+            f"at most {rule['detections_per_image']} per image" if rule.get("detections_per_image") else None]
+    return [
+        "## Preprocessing",
+        "",
+        f"The model takes **{order}** images with values in **[0, 1]** and **no mean/std normalisation**. "
+        f"`preprocessor_config.json` resizes the whole image to {resize_to} (the aspect ratio is not kept, nothing "
+        "is cropped), rescales by 1/255" + (" and flips RGB to BGR." if order == "BGR" else "."),
+        "",
+        "## Post-processing",
+        "",
+        "The outputs are, per anchor, class logits (column 0: background; scores are the softmax over all "
+        "columns) and a box, normalised (center x, center y, width, height). "
+        "`processor.post_process_object_detection` turns them into pixel boxes (x1, y1, x2, y2) by the rule this "
+        f"family's checkpoints were evaluated with (`detection_postprocessing`): scores above "
+        f"{rule['score_threshold']}"
+        + (f", the best {per_class} of each class" if per_class else "")
+        + f", non-maximum suppression per class at IoU {rule['nms_iou_threshold']}, "
+        + ", ".join(cap for cap in caps if cap) + ". Pass `threshold=` for a picture of confident boxes only.",
+        "",
+        "## How to use",
+        "",
+        "Stock transformers has no MobileViT detector; the `mobilevit` package runs this folder (stock "
+        f"transformers loads its backbone: `MobileViT{'V2' if 'V2' in model_class else ''}Model.from_pretrained(..., "
+        "expand_output=False)`).",
+        "",
+        "```python",
+        "from PIL import Image",
+        "import mobilevit",
+        "",
+        f'detector = mobilevit.pipeline("object-detection", model="{load_from}")',
+        'print(detector(Image.open("image.jpg"), threshold=0.3))  # [{"score", "label", "box"}, ...]',
+        "",
+        f"model = mobilevit.{model_class}.from_pretrained(\"{load_from}\").eval()",
+        f'processor = mobilevit.MobileViTImageProcessor.from_pretrained("{load_from}")',
+        'image = Image.open("image.jpg")',
+        'outputs = model(**processor(images=image, return_tensors="pt"))',
+        "detections = processor.post_process_object_detection(outputs, threshold=0.3, "
+        "target_sizes=[(image.height, image.width)])[0]",
+        "```",
+    ]
 
 
 def _preprocessing_sizes(preprocessing: dict | None, image_size: int) -> tuple[str, str]:
@@ -316,7 +372,9 @@ def push_to_hub(
     _check_repo_id(repo_id)
     with tempfile.TemporaryDirectory(prefix="mobilevit-push-") as staging:
         model_or_folder.save_pretrained(staging)
-        (image_processor or auto.image_processor_for(model_or_folder.config)).save_pretrained(staging)
+        processor = image_processor or auto.image_processor_for(model_or_folder.config,
+                                                                auto.task_of_model(model_or_folder))
+        processor.save_pretrained(staging)
         return push_folder_to_hub(staging, repo_id, private=private, token=token, commit_message=commit_message,
                                   regenerate_card=True)
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 CLASSIFICATION = "image-classification"
 SEGMENTATION = "semantic-segmentation"
 FEATURE_EXTRACTION = "image-feature-extraction"  # the bare backbone (transformers' pipeline name for it)
+OBJECT_DETECTION = "object-detection"  # SSDLite boxes (transformers' pipeline name too)
 
-TASKS = (CLASSIFICATION, SEGMENTATION, FEATURE_EXTRACTION)
+TASKS = (CLASSIFICATION, SEGMENTATION, FEATURE_EXTRACTION, OBJECT_DETECTION)
 
 # other spellings people use for the same tasks (short forms, the pipelines' name, the model card's)
 TASK_ALIASES = {
@@ -21,10 +22,13 @@ TASK_ALIASES = {
     "feature-extraction": FEATURE_EXTRACTION,
     "backbone": FEATURE_EXTRACTION,
     "base": FEATURE_EXTRACTION,
+    "detection": OBJECT_DETECTION,
+    "ssd": OBJECT_DETECTION,
 }
 
 # our task -> the transformers pipeline that serves it
-PIPELINE_TASKS = {CLASSIFICATION: "image-classification", SEGMENTATION: "image-segmentation"}
+PIPELINE_TASKS = {CLASSIFICATION: "image-classification", SEGMENTATION: "image-segmentation",
+                  OBJECT_DETECTION: "object-detection"}
 
 
 def canonical_task(name, allowed=TASKS) -> str:
@@ -37,5 +41,5 @@ def canonical_task(name, allowed=TASKS) -> str:
     return key
 
 
-__all__ = ["CLASSIFICATION", "SEGMENTATION", "FEATURE_EXTRACTION", "TASKS", "TASK_ALIASES", "PIPELINE_TASKS",
+__all__ = ["CLASSIFICATION", "SEGMENTATION", "FEATURE_EXTRACTION", "OBJECT_DETECTION", "TASKS", "TASK_ALIASES", "PIPELINE_TASKS",
            "canonical_task"]

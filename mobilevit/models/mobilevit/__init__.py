@@ -1,11 +1,13 @@
 """MobileViT v1 (Mehta & Rastegari, ICLR 2022): the family's classes and its registry entry, `FAMILY`."""
 
 from ...model_family import ModelFamily
-from ...tasks import CLASSIFICATION, FEATURE_EXTRACTION, SEGMENTATION
+from ...tasks import CLASSIFICATION, FEATURE_EXTRACTION, OBJECT_DETECTION, SEGMENTATION
 from .configuration_mobilevit import VARIANTS, MobileViTConfig, canonical_variant
 from .conversion_mobilevit import CONVERTER
 from .modeling_mobilevit import (
+    MobileViTBackbone,
     MobileViTForImageClassification,
+    MobileViTForObjectDetection,
     MobileViTForSemanticSegmentation,
     MobileViTModel,
     MobileViTPreTrainedModel,
@@ -19,7 +21,9 @@ FAMILY = ModelFamily(
         CLASSIFICATION: MobileViTForImageClassification,
         SEGMENTATION: MobileViTForSemanticSegmentation,
         FEATURE_EXTRACTION: MobileViTModel,
+        OBJECT_DETECTION: MobileViTForObjectDetection,
     },
+    backbone_class=MobileViTBackbone,
     pretrained_class=MobileViTPreTrainedModel,
     variants=tuple(VARIANTS),
     canonical_variant=canonical_variant,
@@ -45,4 +49,6 @@ __all__ = [
     "MobileViTModel",
     "MobileViTForImageClassification",
     "MobileViTForSemanticSegmentation",
+    "MobileViTForObjectDetection",
+    "MobileViTBackbone",
 ]
