@@ -12,7 +12,9 @@ The two ml-cvnets releases post-process differently, and each detector is evalua
 | order | by class, then score | by score |
 
 Scores are the softmax over all classes (background included); the background column is then dropped. A
-class's candidates are its scores strictly above the threshold. NMS is greedy in decreasing score (ties keep
+class's candidates are its scores strictly above the threshold; its top k are the first k in decreasing score
+with ties in anchor order (ml-cvnets' `torch.topk` leaves the order of ties open; the fixtures have none at
+the cut). NMS is greedy in decreasing score (ties keep
 the anchor order, as a stable sort does) and suppresses a later box whose IoU with a kept one is strictly
 above the threshold, IoU in float32 without eps compared in float64: torchvision's CPU kernel, exactly.
 
@@ -38,6 +40,8 @@ from .boxes import box_iou
 # the margins by which the search for overlapping pairs widens its bound (float rounding of the IoU's terms)
 RELATIVE_MARGIN, ABSOLUTE_MARGIN = 1e-4, 1e-6
 ORDERS = ("class", "score")
+# with a cap per image, NMS first looks at the best max(PREFIX_MIN, PREFIX_FACTOR x cap) candidates
+PREFIX_MIN, PREFIX_FACTOR = 256, 4
 
 
 @dataclass(frozen=True)
@@ -165,33 +169,44 @@ def select_detections(scores: torch.Tensor, boxes: torch.Tensor, rule: PostProce
                       score_threshold: float | None = None, max_detections: int | None = None):
     """One image's detections: `scores` (N, C) softmax probabilities of the object classes 1..C (background
     column dropped), `boxes` (N, 4) corners. Returns (boxes (K, 4), scores (K,), labels (K,) in 1..C) in the
-    rule's order. `score_threshold` and `max_detections` replace the rule's threshold and per-image cap."""
+    rule's order. `score_threshold` and `max_detections` replace the rule's threshold and per-image cap.
+
+    With a cap per image, only the best-scored candidates need NMS: whether a box is kept depends only on the
+    boxes of its class scored above it, so NMS of the best P candidates (over all classes) decides them exactly,
+    and once `cap` of them are kept the rest cannot enter. P starts at a few times the cap and doubles."""
     threshold = rule.score_threshold if score_threshold is None else score_threshold
     cap = rule.detections_per_image if max_detections is None else max_detections
-    # candidates class by class (class-major, anchors ascending), then by decreasing score within each class:
-    # one stable sort of class - score (exact in float64: scores are float32 in (0, 1])
-    class_index, anchor = (scores.t() > threshold).nonzero(as_tuple=True)
+    # candidates class by class, by decreasing score within a class, ties in anchor order: one stable sort of
+    # class - score (exact in float64: scores are float32 in [0, 1]) of the anchor-major candidates
+    anchor, class_index = (scores > threshold).nonzero(as_tuple=True)
     candidate_scores = scores[anchor, class_index]
     order = torch.sort(class_index.double() * 2 - candidate_scores.double(), stable=True).indices
     class_index, anchor, candidate_scores = class_index[order], anchor[order], candidate_scores[order]
     if rule.candidates_per_class is not None:
         first = _rank_within_class(class_index) < rule.candidates_per_class
         class_index, anchor, candidate_scores = class_index[first], anchor[first], candidate_scores[first]
-    kept = class_wise_nms(boxes[anchor], candidate_scores, class_index, rule.nms_iou_threshold)
-    class_index, anchor, candidate_scores = class_index[kept], anchor[kept], candidate_scores[kept]
-    if rule.detections_per_class is not None:
-        first = _rank_within_class(class_index) < rule.detections_per_class
-        class_index, anchor, candidate_scores = class_index[first], anchor[first], candidate_scores[first]
+    count = len(candidate_scores)
+    # rank over all classes (score order; same-class ties keep their order): the prefix NMS needs to see
+    best_first = torch.sort(candidate_scores, descending=True, stable=True).indices
+    overall_rank = torch.empty_like(best_first)
+    overall_rank[best_first] = torch.arange(count, device=best_first.device)
+    seen = count if cap is None else min(count, max(PREFIX_MIN, PREFIX_FACTOR * cap))
+    while True:
+        part = overall_rank < seen
+        kept = class_wise_nms(boxes[anchor[part]], candidate_scores[part], class_index[part], rule.nms_iou_threshold)
+        chosen = part.clone()
+        chosen[part] = kept
+        if rule.detections_per_class is not None:
+            chosen[chosen.clone()] = _rank_within_class(class_index[chosen]) < rule.detections_per_class
+        if seen >= count or int(chosen.sum()) >= cap:
+            break
+        seen = min(count, 2 * seen)
+    if cap is not None:  # the best `cap` (all of them come before the prefix's end)
+        chosen &= overall_rank < seen
+        chosen[chosen.clone()] = torch.sort(candidate_scores[chosen], descending=True, stable=True).indices.argsort() < cap
     if rule.order == "score":
-        order = torch.sort(candidate_scores, descending=True, stable=True).indices
-        class_index, anchor, candidate_scores = class_index[order], anchor[order], candidate_scores[order]
-    if cap is not None:
-        if rule.order == "class":  # the best `cap` over all classes, still listed class by class
-            best = torch.sort(candidate_scores, descending=True, stable=True).indices[:cap].sort().values
-            class_index, anchor, candidate_scores = class_index[best], anchor[best], candidate_scores[best]
-        else:
-            class_index, anchor, candidate_scores = class_index[:cap], anchor[:cap], candidate_scores[:cap]
-    return boxes[anchor], candidate_scores, class_index + 1
+        chosen = best_first[chosen[best_first]]
+    return boxes[anchor[chosen]], candidate_scores[chosen], class_index[chosen] + 1
 
 
 def _rank_within_class(class_index: torch.Tensor) -> torch.Tensor:
