@@ -130,9 +130,8 @@ def test_loss_through_the_model_and_a_training_step(converted_ssd, inputs):
 
 
 def test_detector_errors_are_one_line():
-    config = auto.new_config("xx-small", "object-detection", num_labels=3, out_features=["stage5"])
-    with pytest.raises(ValueError, match=r"out_features: a detector with ssd_output_strides .* needs the "
-                                         r"backbone's \['stage4', 'stage5'\]"):
+    config = auto.new_config("xx-small", "semantic-segmentation", num_labels=3)
+    with pytest.raises(ValueError, match="output_stride: expected 32 for a detector"):
         auto.new_model(config, "object-detection")
     model = auto.new_model(auto.new_config("xx-small", "object-detection", num_labels=3), "object-detection")
     with pytest.raises(ValueError, match=r"labels\[0\]\['class_labels'\]: expected classes in \[1, 2\]"):
@@ -163,6 +162,15 @@ def test_backbone_feature_maps_and_channels(config):
         assert fast_map.is_contiguous()
         torch.testing.assert_close(fast_map, plain_map, atol=1e-4, rtol=0)
     assert len(plain.hidden_states) == 6 and fast.hidden_states is None
+
+
+def test_a_classifier_folder_loads_as_a_detector_to_train(saved_classifier):
+    """Detection fine-tuning starts from a classification checkpoint: its backbone, new SSD heads."""
+    classifier = auto.load_model(saved_classifier)
+    detector = auto.load_model(saved_classifier, "object-detection", num_labels=4, ignore_mismatched_sizes=True)
+    assert detector.config.out_features == ["stage4", "stage5"]  # the detector's levels, whatever the folder named
+    assert torch.equal(detector.mobilevit.conv_stem.convolution.weight, classifier.mobilevit.conv_stem.convolution.weight)
+    assert detector(torch.rand(1, 3, 64, 64)).logits.shape[-1] == 4
 
 
 def test_backbone_loads_the_backbone_of_a_detector_folder(saved_detector):

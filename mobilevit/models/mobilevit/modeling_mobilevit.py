@@ -686,9 +686,9 @@ class MobileViTForObjectDetection(MobileViTPreTrainedModel):
 
     def __init__(self, config: MobileViTConfig) -> None:
         super().__init__(config)
+        channels = detector_backbone_channels(config)  # before the backbone is built: it sets out_features
         self.mobilevit = MobileViTBackbone(config)
-        self.ssd = ssd.SSDLite(config, detector_backbone_channels(self.base_model),
-                               functools.partial(MobileViTConvLayer, config))
+        self.ssd = ssd.SSDLite(config, channels, functools.partial(MobileViTConvLayer, config))
         self.post_init()
 
     def forward(
@@ -735,17 +735,18 @@ class MobileViTForObjectDetection(MobileViTPreTrainedModel):
 STAGE_STRIDES = (2, 2, 4, 8, 16, 32)  # the output stride of each map in STAGE_NAMES (no dilation)
 
 
-def detector_backbone_channels(backbone) -> dict[int, int]:
-    """{output stride: channels} of a backbone's `out_features`, which must be the backbone levels of
-    `ssd_output_strides` (one stage per stride, no dilation), for `ssd.SSDLite`."""
-    config = backbone.config
-    wanted = [s for s in config.ssd_output_strides if s in ssd.BACKBONE_STRIDES]
-    stages = [STAGE_NAMES[STAGE_STRIDES.index(s)] for s in wanted]
-    if list(backbone.out_features) != stages or config.output_stride != 32:
-        raise ValueError(f"{type(config).__name__}.out_features: a detector with ssd_output_strides "
-                         f"{list(config.ssd_output_strides)} needs the backbone's {stages} at output_stride 32, got "
-                         f"{list(backbone.out_features)} at output_stride {config.output_stride}")
-    return dict(zip(wanted, backbone.channels))
+def detector_backbone_channels(config) -> dict[int, int]:
+    """{output stride: channels} of the backbone levels in `ssd_output_strides` (for `ssd.SSDLite`). The detector's
+    backbone gives exactly those maps: `config.out_features` is set to their stages (a classification folder's
+    config, say, names only the last one), at output stride 32 (a dilated backbone has no stride-32 map)."""
+    wanted = [stride for stride in config.ssd_output_strides if stride in ssd.BACKBONE_STRIDES]
+    stages = [STAGE_NAMES[STAGE_STRIDES.index(stride)] for stride in wanted]
+    if config.output_stride != 32:
+        raise ValueError(f"{type(config).__name__}.output_stride: expected 32 for a detector (its levels are the "
+                         f"backbone's undilated maps), got {config.output_stride}")
+    if list(config.out_features) != stages:
+        config.out_features = stages
+    return {stride: config.stage_channels[STAGE_NAMES.index(stage)] for stride, stage in zip(wanted, stages)}
 
 
 __all__ = [

@@ -308,9 +308,9 @@ class MobileViTV2ForObjectDetection(MobileViTV2PreTrainedModel):
 
     def __init__(self, config: MobileViTV2Config) -> None:
         super().__init__(config)
+        channels = detector_backbone_channels(config)  # before the backbone is built: it sets out_features
         self.mobilevitv2 = MobileViTV2Backbone(config)
-        self.ssd = ssd.SSDLite(config, detector_backbone_channels(self.base_model),
-                               functools.partial(MobileViTConvLayer, config))
+        self.ssd = ssd.SSDLite(config, channels, functools.partial(MobileViTConvLayer, config))
         self.post_init()
 
     # v1's head logic on `self.base_model` (here `self.mobilevitv2`): feature maps -> extra layers and heads (fast
