@@ -216,7 +216,7 @@ def test_a_missing_model_folder_says_so(images, capsys, model, message):
     (["--device", "cuda"], "--device: expected a device this machine has, got 'cuda' (torch sees no cuda device here)",
      EXIT_DATA),
     (["--top-k", "0"], "--top-k: expected a positive integer, got 0", EXIT_USAGE),
-    (["--task", "detection"], "--task: expected one of", EXIT_USAGE),
+    (["--task", "depth-estimation"], "--task: expected one of", EXIT_USAGE),
 ])
 def test_bad_arguments_are_refused_before_loading_anything(saved_classifier, images, capsys, monkeypatch, argv,
                                                             message, code):
