@@ -44,10 +44,14 @@ def expected(mlcvnets_ssd_fixtures):
 # Anchors and boxes: bit for bit
 # ---------------------------------------------------------------------------------------------------------
 def test_anchors_are_mlcvnets_bit_for_bit(expected):
-    anchors = AnchorGenerator(RELEASED_RATIOS, 0.1, 1.05)(LEVELS_AT_320)
+    generator = AnchorGenerator(RELEASED_RATIOS, 0.1, 1.05)
+    anchors = generator(LEVELS_AT_320)
     assert anchors.shape == (3232, 4)
     for tensors in expected.values():
         assert torch.equal(anchors, tensors["anchors"])
+    assert torch.equal(generator.constant(LEVELS_AT_320), anchors)  # what a fixed-size export holds
+    odd = [(13, 17), (7, 9), (4, 5), (2, 3), (1, 2), (1, 1)]
+    assert torch.equal(generator.constant(odd), generator(odd))
     assert AnchorGenerator(RELEASED_RATIOS).anchors_per_location == [6, 6, 6, 6, 6, 4]
     # clamped in centre-size form: the large anchors of the last levels are 1 wide, not clipped corners
     assert float(anchors[:, 2:].max()) == 1.0 and float(anchors[-4:, :2].min()) == 0.5

@@ -95,6 +95,17 @@ class AnchorGenerator:
     def num_anchors(self, level_sizes) -> int:
         return sum(h * w * a for (h, w), a in zip(level_sizes, self.anchors_per_location))
 
+    def constant(self, level_sizes, device=None) -> torch.Tensor:
+        """The same anchors as `__call__`, built from Python numbers: inside a traced graph (an export for one
+        input size) they are one constant tensor rather than operations. Each value is computed in float64 and
+        rounded once to float32, which equals `__call__`'s float32 arithmetic (see the class doc)."""
+        rows = []
+        for (height, width), shapes in zip(level_sizes, self.shapes):
+            clamped = [(min(max(w, 0.0), 1.0), min(max(h, 0.0), 1.0)) for w, h in shapes]
+            rows += [((x + 0.5) / width, (y + 0.5) / height, w, h)
+                     for y in range(height) for x in range(width) for w, h in clamped]
+        return torch.tensor(rows, dtype=torch.float32, device=device).reshape(-1, 4)
+
     def __call__(self, level_sizes, device=None) -> torch.Tensor:
         """(N, 4) anchors (cx, cy, w, h) for feature maps of `level_sizes` [(height, width), ...]. Sizes may be
         symbolic (an export for every input size): everything is tensor arithmetic on them."""
