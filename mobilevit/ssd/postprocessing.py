@@ -171,42 +171,47 @@ def select_detections(scores: torch.Tensor, boxes: torch.Tensor, rule: PostProce
     column dropped), `boxes` (N, 4) corners. Returns (boxes (K, 4), scores (K,), labels (K,) in 1..C) in the
     rule's order. `score_threshold` and `max_detections` replace the rule's threshold and per-image cap.
 
-    With a cap per image, only the best-scored candidates need NMS: whether a box is kept depends only on the
-    boxes of its class scored above it, so NMS of the best P candidates (over all classes) decides them exactly,
-    and once `cap` of them are kept the rest cannot enter. P starts at a few times the cap and doubles."""
+    With a cap per image, only the best-scored candidates need NMS: whether a box is kept (and its rank in its
+    class) depends only on the boxes of its class scored above it, so the candidates scoring at least as much
+    as the P-th best (over all classes) decide their own fate exactly, and once `cap` of them are chosen the
+    rest cannot enter. P starts at a few times the cap and doubles while too few are chosen."""
     threshold = rule.score_threshold if score_threshold is None else score_threshold
     cap = rule.detections_per_image if max_detections is None else max_detections
-    # candidates class by class, by decreasing score within a class, ties in anchor order: one stable sort of
-    # class - score (exact in float64: scores are float32 in [0, 1]) of the anchor-major candidates
-    anchor, class_index = (scores > threshold).nonzero(as_tuple=True)
+    anchor, class_index = (scores > threshold).nonzero(as_tuple=True)  # anchor-major
     candidate_scores = scores[anchor, class_index]
-    order = torch.sort(class_index.double() * 2 - candidate_scores.double(), stable=True).indices
-    class_index, anchor, candidate_scores = class_index[order], anchor[order], candidate_scores[order]
-    if rule.candidates_per_class is not None:
-        first = _rank_within_class(class_index) < rule.candidates_per_class
-        class_index, anchor, candidate_scores = class_index[first], anchor[first], candidate_scores[first]
     count = len(candidate_scores)
-    # rank over all classes (score order; same-class ties keep their order): the prefix NMS needs to see
-    best_first = torch.sort(candidate_scores, descending=True, stable=True).indices
-    overall_rank = torch.empty_like(best_first)
-    overall_rank[best_first] = torch.arange(count, device=best_first.device)
     seen = count if cap is None else min(count, max(PREFIX_MIN, PREFIX_FACTOR * cap))
     while True:
-        part = overall_rank < seen
-        kept = class_wise_nms(boxes[anchor[part]], candidate_scores[part], class_index[part], rule.nms_iou_threshold)
-        chosen = part.clone()
-        chosen[part] = kept
-        if rule.detections_per_class is not None:
-            chosen[chosen.clone()] = _rank_within_class(class_index[chosen]) < rule.detections_per_class
-        if seen >= count or int(chosen.sum()) >= cap:
+        if seen < count:  # the best `seen`, and every candidate tied with the last of them
+            best = (candidate_scores >= candidate_scores.topk(seen).values[-1]).nonzero(as_tuple=True)[0]
+        else:
+            best = torch.arange(count, device=scores.device)
+        chosen = _choose(best, anchor, class_index, candidate_scores, boxes, rule)
+        if seen >= count or len(chosen) >= cap:
             break
         seen = min(count, 2 * seen)
-    if cap is not None:  # the best `cap` (all of them come before the prefix's end)
-        chosen &= overall_rank < seen
-        chosen[chosen.clone()] = torch.sort(candidate_scores[chosen], descending=True, stable=True).indices.argsort() < cap
-    if rule.order == "score":
-        chosen = best_first[chosen[best_first]]
+    if rule.order == "score" or cap is not None:
+        by_score = torch.sort(candidate_scores[chosen], descending=True, stable=True).indices[:cap]
+        # "class": the best `cap` over all classes, listed class by class as before
+        chosen = chosen[by_score] if rule.order == "score" else chosen[by_score.sort().values]
     return boxes[anchor[chosen]], candidate_scores[chosen], class_index[chosen] + 1
+
+
+def _choose(candidates: torch.Tensor, anchor: torch.Tensor, class_index: torch.Tensor, scores: torch.Tensor,
+            boxes: torch.Tensor, rule: PostProcessing) -> torch.Tensor:
+    """The `candidates` (indices, anchor-major) that the rule keeps: each class's top k, NMS, the cap per class;
+    returned class by class, in decreasing score within a class (ties in anchor order)."""
+    # one stable sort of class - score (exact in float64: scores are float32 in [0, 1])
+    key = class_index[candidates].double() * 2 - scores[candidates].double()
+    candidates = candidates[torch.sort(key, stable=True).indices]
+    if rule.candidates_per_class is not None:
+        candidates = candidates[_rank_within_class(class_index[candidates]) < rule.candidates_per_class]
+    kept = class_wise_nms(boxes[anchor[candidates]], scores[candidates], class_index[candidates],
+                          rule.nms_iou_threshold)
+    candidates = candidates[kept]
+    if rule.detections_per_class is not None:
+        candidates = candidates[_rank_within_class(class_index[candidates]) < rule.detections_per_class]
+    return candidates
 
 
 def _rank_within_class(class_index: torch.Tensor) -> torch.Tensor:
