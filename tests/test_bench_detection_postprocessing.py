@@ -3,6 +3,7 @@
 import pytest
 
 
+@pytest.mark.slow  # a detector at 320x320, timed (20 s on a busy 2-core machine)
 def test_prints_the_share_of_the_forward(load_benchmark_script, capsys):
     bench = load_benchmark_script("bench_detection_postprocessing")
     assert bench.main(["--variants", "xx-small", "--repeats", "1", "--threads", "0"]) == 0

@@ -14,18 +14,18 @@ The two ml-cvnets releases post-process differently, and each detector is evalua
 Scores are the softmax over all classes (background included); the background column is then dropped. A
 class's candidates are its scores strictly above the threshold; its top k are the first k in decreasing score
 with ties in anchor order (ml-cvnets' `torch.topk` leaves the order of ties open; the fixtures have none at
-the cut). NMS is greedy in decreasing score (ties keep
-the anchor order, as a stable sort does) and suppresses a later box whose IoU with a kept one is strictly
-above the threshold, IoU in float32 without eps compared in float64: torchvision's CPU kernel, exactly.
+the cut). NMS is greedy in decreasing score (ties in anchor order, as a stable sort keeps them) and suppresses
+a later box whose IoU with a kept one is strictly above the threshold, the IoU in float32 without eps compared
+in float64: torchvision's CPU kernel, exactly.
 
-`class_wise_nms` is that greedy NMS for every class at once, in plain torch (no torchvision): the IoUs of
-only the same-class pairs that can overlap enough (found by sorting the left edges), then the greedy
-choice as the fixed point of "kept = not suppressed by a kept box before it", reached after as many rounds
-as the longest chain of suppressions (each round settles at least one more box), each round one tensor
-operation over the pairs. torchvision's `batched_nms` also does per-class NMS for more than 1000 boxes, and for
-fewer shifts every class's boxes apart and runs one NMS: that differs from per-class NMS in rare
-float-rounding cases (ml-cvnets' fixtures: 1-8 boxes ranked below the 200 kept). Per class is what the
-shift approximates, so it is used throughout.
+`class_wise_nms` is that greedy NMS for every class at once, in plain torch (no torchvision): the IoUs of only
+the same-class pairs that can overlap enough (found by sorting the left edges), then the greedy choice as the
+fixed point of "kept = not suppressed by a kept box before it", reached after as many rounds as the longest
+chain of suppressions (each round settles at least one more box), each round one tensor operation over the
+pairs. torchvision's `batched_nms` also does per-class NMS for more than 1000 boxes, and for fewer shifts
+every class's boxes apart and runs one NMS: that differs from per-class NMS in rare float-rounding cases
+(ml-cvnets' fixtures: 1-8 boxes ranked below the 200 kept). Per class is what the shift approximates, so it is
+used throughout.
 """
 
 from __future__ import annotations
