@@ -72,6 +72,7 @@ TRANSFORMER_DEPTHS = (2, 4, 3)
 # The backbone's feature maps as transformers' Backbone API names them (`out_features`): the stem, then
 # layer_1 .. layer_5 (output strides 2, 2, 4, 8, 16, 32 without dilation).
 STAGE_NAMES = ["stem", "stage1", "stage2", "stage3", "stage4", "stage5"]
+STAGE_STRIDES = (2, 2, 4, 8, 16, 32)
 
 
 def canonical_variant(name: str) -> str:
@@ -194,4 +195,4 @@ class MobileViTConfig(BackboneConfigMixin, SSDConfigMixin, PreTrainedConfig):
         return list(self.neck_hidden_sizes[:6])
 
 
-__all__ = ["MobileViTConfig", "VARIANTS", "TASK_DEFAULTS", "canonical_variant"]
+__all__ = ["MobileViTConfig", "VARIANTS", "TASK_DEFAULTS", "STAGE_NAMES", "STAGE_STRIDES", "canonical_variant"]

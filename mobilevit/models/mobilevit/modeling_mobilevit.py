@@ -45,7 +45,13 @@ from ... import export_mode, fast_inference, ssd
 from ...configuration_utils import make_divisible
 from ...patches import fold_patches, round_up_to_patches, unfold_patches
 from . import fast_mobilevit
-from .configuration_mobilevit import MOBILENET_STAGE_DEPTHS, STAGE_NAMES, TRANSFORMER_DEPTHS, MobileViTConfig
+from .configuration_mobilevit import (
+    MOBILENET_STAGE_DEPTHS,
+    STAGE_NAMES,
+    STAGE_STRIDES,
+    TRANSFORMER_DEPTHS,
+    MobileViTConfig,
+)
 
 # The network halves the resolution five times; smaller inputs leave nothing for the last stage to see.
 MIN_INPUT_SIZE = 32
@@ -461,12 +467,12 @@ class MobileViTBackbone(BackboneMixin, MobileViTPreTrainedModel):
 
         if fast_inference.applies(self, pixel_values):
             _, maps = self.fast_path.backbone(self, pixel_values, keep_stages=True, keep_stem=True)
-            maps = tuple(stage.contiguous() for stage in maps)  # the fast path's NHWC layout stays internal
         else:
             stem = self.conv_stem(pixel_values)
             maps = (stem,) + self.encoder(stem, output_hidden_states=True).hidden_states
-        feature_maps = tuple(maps[index] for index in self.out_indices)
-        hidden_states = maps if output_hidden_states else None
+        # the fast path's NHWC layout stays internal (a no-op on the plain path's maps)
+        feature_maps = tuple(maps[index].contiguous() for index in self.out_indices)
+        hidden_states = tuple(stage.contiguous() for stage in maps) if output_hidden_states else None
         if not return_dict:
             return (feature_maps,) + ((hidden_states,) if hidden_states is not None else ())
         return BackboneOutput(feature_maps=feature_maps, hidden_states=hidden_states)
@@ -730,9 +736,6 @@ class MobileViTForObjectDetection(MobileViTPreTrainedModel):
             hidden_states=backbone.hidden_states,
         )
         return output if return_dict else output.to_tuple()
-
-
-STAGE_STRIDES = (2, 2, 4, 8, 16, 32)  # the output stride of each map in STAGE_NAMES (no dilation)
 
 
 def detector_backbone_channels(config) -> dict[int, int]:
