@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from . import auto
-from .tasks import CLASSIFICATION, OBJECT_DETECTION, PIPELINE_TASKS, SEGMENTATION
+from .tasks import CLASSIFICATION, FEATURE_EXTRACTION, OBJECT_DETECTION, PIPELINE_TASKS, SEGMENTATION
 
 # task -> what the model outputs
 TASK_OUTPUTS = {
@@ -108,12 +108,18 @@ def model_card_text(
     resize_to, crop_to = _preprocessing_sizes(preprocessing, image_size)
     if task == OBJECT_DETECTION:
         lines += ["", *_detection_card(family, model_class, load_from, resize_to, preprocessing)]
-        if notes:
-            lines += ["", "## Notes", "", notes]
-        lines += ["", "## Citation", "", "```bibtex", family.citation, "```", ""]
-        return "\n".join(lines)
-    lines += [
-        "",
+    else:
+        lines += ["", *_usage(task, family, model_class, load_from, resize_to, crop_to, output_stride)]
+    if notes:
+        lines += ["", "## Notes", "", notes]
+    lines += ["", "## Citation", "", "```bibtex", family.citation, "```", ""]
+    return "\n".join(lines)
+
+
+def _usage(task: str, family, model_class: str, load_from: str, resize_to: str, crop_to: str,
+           output_stride: int) -> list[str]:
+    """The preprocessing and usage sections of a classifier's or segmenter's card."""
+    lines = [
         "## Preprocessing",
         "",
         "The model takes **BGR** images with values in **[0, 1]** and **no mean/std normalisation** "
@@ -139,15 +145,11 @@ def model_card_text(
                       "`processor.post_process_semantic_segmentation` does)" if family.segmentation_align_corners else "")
         lines.append(f"mask = logits.argmax(1)[0]  # (H/{output_stride}, W/{output_stride}) class indices; "
                      f"upsample logits first for full size{upsampling}")
-    lines += [
+    return lines + [
         "```",
         "",
         f"The `mobilevit` package loads the same folder with `mobilevit.{model_class}.from_pretrained(...)`.",
     ]
-    if notes:
-        lines += ["", "## Notes", "", notes]
-    lines += ["", "## Citation", "", "```bibtex", family.citation, "```", ""]
-    return "\n".join(lines)
 
 
 def _detection_card(family, model_class: str, load_from: str, resize_to: str, preprocessing: dict | None) -> list[str]:
@@ -179,7 +181,7 @@ def _detection_card(family, model_class: str, load_from: str, resize_to: str, pr
         "## How to use",
         "",
         "Stock transformers has no MobileViT detector; the `mobilevit` package runs this folder (stock "
-        f"transformers loads its backbone: `MobileViT{'V2' if 'V2' in model_class else ''}Model.from_pretrained(..., "
+        f"transformers loads its backbone: `{family.model_class(FEATURE_EXTRACTION).__name__}.from_pretrained(..., "
         "expand_output=False)`).",
         "",
         "```python",

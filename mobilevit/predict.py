@@ -11,7 +11,7 @@ Segmentation runs on the whole image: the processor's resize (shortest edge), no
 logits cover every pixel and the mask maps back onto the photo exactly (a centre crop stretched over the
 whole photo would misplace everything outside the crop). Detection squashes the whole image to the model's
 size (ml-cvnets' evaluation) and maps the boxes back onto the photo's pixels; `--threshold` (default 0.5, as
-transformers' pipeline) keeps the confident ones, `--top-k` caps their number.
+transformers' pipeline) keeps the confident ones, `--max-detections` caps their number.
 
 Everything is checked before the model runs (`check_arguments`, then the model folder, the outputs and every
 image); a mistake ends with one line on stderr, `mobilevit predict: error: ...`, and nothing is written.
@@ -34,7 +34,6 @@ from .tasks import CLASSIFICATION, OBJECT_DETECTION, SEGMENTATION, canonical_tas
 DEFAULT_SEGMENTATION_OUTPUT = "predictions"  # where pictures go when --output-dir is not given
 MAX_PALETTE_CLASSES = 256
 PREDICT_TASKS = (CLASSIFICATION, SEGMENTATION, OBJECT_DETECTION)
-DEFAULT_TOP_K = 5  # classification's labels shown; detection has no cap unless --top-k is given
 DEFAULT_DETECTION_THRESHOLD = 0.5  # transformers' object-detection pipeline's
 DETECTIONS_FILE = "detections.json"
 
@@ -50,12 +49,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", default="auto",
                         help="auto (from the config's architectures), image-classification, semantic-segmentation or "
                              "object-detection")
-    parser.add_argument("--top-k", type=int, default=None, metavar="K",
-                        help=f"classification: labels to show (default {DEFAULT_TOP_K}); detection: at most K boxes "
-                             "per image, the best (default: no cap beyond the model's post-processing rule)")
-    parser.add_argument("--threshold", type=float, default=None, metavar="SCORE",
-                        help="detection: keep detections scoring above this, in [0, 1] (default "
-                             f"{DEFAULT_DETECTION_THRESHOLD}, as transformers' object-detection pipeline)")
+    parser.add_argument("--top-k", type=int, default=5, metavar="K", help="classification: labels to show")
+    parser.add_argument("--threshold", type=float, default=DEFAULT_DETECTION_THRESHOLD, metavar="SCORE",
+                        help="detection: keep detections scoring above this, in [0, 1] (transformers' object-detection "
+                             "pipeline's default)")
+    parser.add_argument("--max-detections", type=int, default=None, metavar="N",
+                        help="detection: at most N boxes per image, the best (default: the model's post-processing "
+                             "rule's cap, if any)")
     parser.add_argument("--json", action="store_true", help="print the results as one JSON document")
     parser.add_argument("--output-dir", metavar="DIR", default=None,
                         help="where segmentation masks, detection pictures and detections.json (and "
@@ -73,12 +73,11 @@ def run(args: argparse.Namespace) -> int:
     images = [read_image(path, processor) for path in args.images]  # every input is checked before any work
     model.to(device)
     if task == CLASSIFICATION:
-        results = classify(model, processor, images, args.images, args.top_k or DEFAULT_TOP_K)
+        results = classify(model, processor, images, args.images, args.top_k)
         if outputs:
             write_file_atomically(outputs[0], json.dumps(results, indent=2).encode())
     elif task == OBJECT_DETECTION:
-        threshold = DEFAULT_DETECTION_THRESHOLD if args.threshold is None else args.threshold
-        results = [detect_and_draw(model, processor, image, path, figure, threshold, args.top_k)
+        results = [detect_and_draw(model, processor, image, path, figure, args.threshold, args.max_detections)
                    for image, path, figure in zip(images, args.images, outputs[1:])]
         write_file_atomically(outputs[0], json.dumps(results, indent=2).encode())
     else:
@@ -94,10 +93,12 @@ def run(args: argparse.Namespace) -> int:
 # -- checks before any work ----------------------------------------------------------------------------------
 def check_arguments(args: argparse.Namespace):
     """The one place where predict's arguments are checked; returns the torch device."""
-    if args.top_k is not None and args.top_k < 1:
+    if args.top_k < 1:
         raise PredictError(f"--top-k: expected a positive integer, got {args.top_k}", usage=True)
-    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:  # NaN fails too
+    if not 0.0 <= args.threshold <= 1.0:  # NaN fails too
         raise PredictError(f"--threshold: expected a score in [0, 1], got {args.threshold}", usage=True)
+    if args.max_detections is not None and args.max_detections < 1:
+        raise PredictError(f"--max-detections: expected a positive integer, got {args.max_detections}", usage=True)
     if args.task != "auto":
         try:
             args.task = canonical_task(args.task, allowed=PREDICT_TASKS)

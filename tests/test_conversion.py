@@ -389,7 +389,7 @@ def test_the_checkpoints_own_folder_is_never_replaced(tmp_path, capsys):
 
 @pytest.mark.parametrize("option, message", [
     (["--variant", "huge"], "variant: expected a released size"),
-    (["--task", "detection"], "task: expected one of"),
+    (["--task", "depth-estimation"], "task: expected one of"),
 ])
 def test_bad_options_are_usage_errors_before_reading(tmp_path, capsys, option, message):
     checkpoint = tmp_path / "never-read.pt"

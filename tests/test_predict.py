@@ -415,9 +415,9 @@ def test_detection_draws_the_box_on_the_objects_pixels(known_box_detector, tmp_p
     assert tuple(picture[middle_y, x2 + 1]) == (200, 200, 200)
 
 
-def test_detection_prints_boxes_and_respects_threshold_and_top_k(saved_detector, images, tmp_path, capsys):
+def test_detection_prints_boxes_and_respects_threshold_and_cap(saved_detector, images, tmp_path, capsys):
     code, out, err = run(capsys, images / "photo.jpg", "--model", saved_detector, "--output-dir", tmp_path,
-                         "--threshold", 0.2, "--top-k", 3)
+                         "--threshold", 0.2, "--max-detections", 3)
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0] == str(images / "photo.jpg") and lines[-1].strip().startswith("figure:")
@@ -431,6 +431,7 @@ def test_detection_prints_boxes_and_respects_threshold_and_top_k(saved_detector,
 @pytest.mark.parametrize("argv, message", [
     (["--threshold", "1.5"], "--threshold: expected a score in [0, 1], got 1.5"),
     (["--threshold", "nan"], "--threshold: expected a score in [0, 1], got nan"),
+    (["--max-detections", "0"], "--max-detections: expected a positive integer, got 0"),
 ])
 def test_bad_detection_arguments(saved_detector, images, capsys, argv, message):
     code, _, err = run(capsys, images / "photo.jpg", "--model", saved_detector, *argv)
