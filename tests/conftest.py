@@ -69,7 +69,7 @@ def _save_small_model(folder, task, names, seed, variant="xx-small"):
                              label2id={n: i for i, n in enumerate(names)})
     model = fill_realistic_weights_(auto.new_model(config, task), seed=seed).eval()
     model.save_pretrained(folder)
-    auto.image_processor_for(config).save_pretrained(folder)
+    auto.image_processor_for(config, task).save_pretrained(folder)
     return folder
 
 
