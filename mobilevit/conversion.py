@@ -280,7 +280,10 @@ def fix_preprocessing(folder: str | Path) -> dict[str, tuple]:
     family = auto.family_of(config)
     path = folder / PROCESSOR_FILE
     if not path.is_file():
-        write_file_atomically(path, auto.image_processor_for(config).to_json_string().encode("utf-8"))
+        try:
+            write_file_atomically(path, auto.image_processor_for(config).to_json_string().encode("utf-8"))
+        except OSError as err:
+            raise ConversionError(f"fix_preprocessing: {str(path)!r} could not be written ({err})") from None
         return {PROCESSOR_FILE: ("absent", "written whole")}
     try:
         settings = json.loads(path.read_text(encoding="utf-8"))
@@ -299,7 +302,11 @@ def fix_preprocessing(folder: str | Path) -> dict[str, tuple]:
             settings.pop(legacy, None)
     settings.update({name: new for name, (_, new) in changes.items()})
     MobileViTImageProcessor.from_dict(dict(settings))  # the new file loads (it cannot fail where the old loaded)
-    write_file_atomically(path, (json.dumps(settings, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+    try:
+        write_file_atomically(path, (json.dumps(settings, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+    except OSError as err:
+        raise ConversionError(f"fix_preprocessing: {str(path)!r} could not be written ({err}); the old file is "
+                              "unchanged") from None
     return changes
 
 

@@ -640,6 +640,103 @@ def test_a_config_stock_transformers_writes_loads_here_and_means_what_it_says(tm
 
 
 # ------------------------------------------------------------------------------------------------
+# transformers' own image-processor tests (tests/test_image_processing_common.py, 5.x), written anew for this
+# class: an explicit None is kept and means the default; a saved config reads back through stock
+# AutoImageProcessor as an equal dict, in every backend
+
+
+# The settings transformers' MobileViT processor tests build their processors from
+TRANSFORMERS_TEST_SETTINGS = {"do_resize": True, "size": {"shortest_edge": 20}, "do_center_crop": True,
+                              "crop_size": {"height": 18, "width": 18}, "do_flip_channel_order": True,
+                              "do_reduce_labels": False}
+SWITCHES = ("do_resize", "do_center_crop", "do_rescale", "do_flip_channel_order", "do_convert_rgb")
+
+
+@pytest.mark.parametrize("name", ["do_resize", "do_rescale", "do_center_crop", "do_flip_channel_order", "do_normalize"])
+def test_an_explicit_none_is_kept_and_means_the_default(tmp_path, monkeypatch, flower, name):
+    """`do_resize=None` at construction is stored (to_dict, save, reload keep None), and a call then uses the
+    class default; it used to fail with "do_resize: expected true or false, got None"."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    processor = MobileViTImageProcessor(**dict(TRANSFORMERS_TEST_SETTINGS, **{name: None}))
+    assert name in processor.to_dict() and processor.to_dict()[name] is None
+    processor.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "preprocessor_config.json").read_text())[name] is None
+    reloaded = MobileViTImageProcessor.from_pretrained(tmp_path)
+    assert getattr(reloaded, name) is None, f"explicit None for {name} was lost after reload"
+    default = getattr(MobileViTImageProcessor, name)
+    assert reloaded.setting(name) is default
+    explicit = MobileViTImageProcessor(**dict(TRANSFORMERS_TEST_SETTINGS, **{name: default}))
+    assert torch.equal(pixels(reloaded, flower), pixels(explicit, flower))
+
+
+def test_a_none_passed_to_a_call_means_the_processors_own_setting(flower):
+    """transformers' call-time contract: `processor(x, do_rescale=None)` is `processor(x)` (transformers only
+    filled in absent settings, so a None switch silently skipped its step)."""
+    processor = MobileViTImageProcessor(**dict(TRANSFORMERS_TEST_SETTINGS, do_flip_channel_order=False))
+    reference = pixels(processor, flower)
+    for name in SWITCHES + ("size", "crop_size", "resample", "rescale_factor"):
+        assert torch.equal(pixels(processor, flower, **{name: None}), reference), name
+    # still checked: a switch must be a bool (or None), a resize needs a resampling filter
+    with pytest.raises(ValueError, match=r"do_resize: expected true, false or null \(the default\), got 'yes'"):
+        MobileViTImageProcessor(do_resize="yes")
+    with pytest.raises(ValueError, match=r"resample: expected NEAREST \(0\), BILINEAR \(2\) or BICUBIC \(3\), got None"):
+        MobileViTImageProcessor(resample=None)(flower)
+
+
+def _v2_family_settings() -> dict:
+    from mobilevit import auto
+
+    return auto.image_processor_for(auto.new_config("mobilevitv2-0.5", "semantic-segmentation"),
+                                    "semantic-segmentation").to_dict()
+
+
+@pytest.mark.parametrize("backend", ["pil", "torchvision"])  # without torchvision transformers falls back to PIL
+@pytest.mark.parametrize("settings", [TRANSFORMERS_TEST_SETTINGS, {}, "v2 family", LEGACY_CONFIG,
+                                      dict(TRANSFORMERS_TEST_SETTINGS, do_resize=None)])
+def test_a_saved_processor_reads_back_through_stock_auto_image_processor_as_an_equal_dict(tmp_path, monkeypatch,
+                                                                                          backend, settings, caplog):
+    """The JSON holds the keys stock transformers writes, with its types: read back through stock
+    `AutoImageProcessor`, the stock processor's `to_dict()` equals ours, value for value and type for type
+    (no `image_mean`/`image_std` appearing, `resample` an int, not an enum)."""
+    from transformers import AutoImageProcessor
+    from transformers.testing_utils import check_json_file_has_correct_format
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    ours = MobileViTImageProcessor(**(_v2_family_settings() if settings == "v2 family" else settings))
+    check_json_file_has_correct_format(ours.save_pretrained(tmp_path)[0])
+    with caplog.at_level(logging.ERROR):
+        stock = AutoImageProcessor.from_pretrained(tmp_path, backend=backend)
+    assert type(stock).__module__.startswith("transformers.models.mobilevit")
+    assert stock.to_dict() == ours.to_dict()
+    assert {k: type(v) for k, v in stock.to_dict().items()} == {k: type(v) for k, v in ours.to_dict().items()}
+    assert type(ours.to_dict()["resample"]) is int
+
+
+def test_backends_read_each_others_configs_through_auto_image_processor(tmp_path, monkeypatch, caplog):
+    """transformers' cross-backend rule, with this class as the torch backend and stock's PIL class beside it: a
+    config saved by one reads back through `AutoImageProcessor` in the other with equal common keys, and any
+    key only one side has is None there."""
+    from transformers import AutoImageProcessor
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    backends = {"pil": MobileViTImageProcessorPil, "torchvision": MobileViTImageProcessor}
+    for saving, cls in backends.items():
+        first = cls(**TRANSFORMERS_TEST_SETTINGS)
+        for reading in backends:
+            if reading == saving:
+                continue
+            folder = tmp_path / f"{saving}-{reading}"
+            first.save_pretrained(folder)
+            with caplog.at_level(logging.ERROR):
+                second = AutoImageProcessor.from_pretrained(folder, backend=reading)
+            a, b = first.to_dict(), second.to_dict()
+            only_one_side = {k: a.get(k, b.get(k)) for k in set(a) ^ set(b)}
+            assert all(v is None for k, v in only_one_side.items() if k not in ("default_to_square", "data_format")), \
+                (saving, reading, only_one_side)
+            assert {k: a[k] for k in set(a) & set(b)} == {k: b[k] for k in set(a) & set(b)}, (saving, reading)
+
+
+# ------------------------------------------------------------------------------------------------
 # Bad input
 
 
