@@ -162,16 +162,16 @@ class MobileViTImageProcessor(BaseImageProcessor):
     do_resize = True
     size = {"shortest_edge": 288}
     resample = PILImageResampling.BILINEAR
-    resize_antialias = False
-    resize_bit_exact = False
+    resize_antialias = None  # None (here and below): see _NONE_MEANS
+    resize_bit_exact = None
     do_center_crop = True
     crop_size = {"height": 256, "width": 256}
     do_rescale = True
     rescale_factor = 1 / 255
-    do_normalize = False
+    do_normalize = None
     image_mean = IMAGENET_STANDARD_MEAN  # used with do_normalize=True; stock transformers' defaults (0.5)
     image_std = IMAGENET_STANDARD_STD
-    do_convert_rgb = True
+    do_convert_rgb = None
     do_flip_channel_order = True
     do_reduce_labels = False
     logits_align_corners = None  # set by the model family's processor (`mobilevit.auto`), saved in the folder
@@ -189,10 +189,13 @@ class MobileViTImageProcessor(BaseImageProcessor):
         self._validate_preprocess_kwargs(**{name: self.setting(name) for name in self._valid_kwargs_names})
 
     def setting(self, name: str):
-        """The value a call uses for the setting `name`: the processor's own, or the class default for a switch
-        stored as None (an explicit null in a config means the default)."""
+        """The value a call uses for the setting `name`: the processor's own, or the default for a switch stored as
+        None (an explicit null in a config means the default)."""
         value = getattr(self, name, None)
-        return getattr(type(self), name) if value is None and name in _FLAGS else value
+        if value is None and name in _FLAGS:
+            value = getattr(type(self), name)
+            value = _NONE_MEANS[name] if value is None else value
+        return value
 
     def _merge_and_standardize_kwargs(self, **kwargs) -> dict:
         # a setting a call passes as None means "not given": the processor's own (transformers only fills
@@ -362,9 +365,12 @@ def reduce_labels(labels: torch.Tensor) -> torch.Tensor:
 # Settings and inputs (how each image is read: `image_reading.image_pixels`)
 
 
-# The switches: True or False, or None for the class default (`MobileViTImageProcessor.setting`).
+# The switches: True or False, or None for the default (`MobileViTImageProcessor.setting`).
 _FLAGS = ("do_resize", "resize_antialias", "resize_bit_exact", "do_center_crop", "do_rescale", "do_normalize",
           "do_flip_channel_order", "do_reduce_labels", "do_convert_rgb")
+# What None means for the switches whose class default is None: the ones stock transformers' MobileViT processor
+# does not have or leaves unset, so that a config saved with the defaults holds exactly stock's keys
+_NONE_MEANS = {"do_convert_rgb": True, "do_normalize": False, "resize_antialias": False, "resize_bit_exact": False}
 
 
 def _is_positive_int(value) -> bool:

@@ -241,7 +241,7 @@ def test_each_family_and_task_gets_its_release_preprocessing(variant, task, size
     if crop is not None:
         assert dict(processor.crop_size) == {"height": crop, "width": crop}
     assert processor.do_flip_channel_order is bgr and processor.resample == resample
-    assert processor.resize_antialias is antialias and processor.do_normalize is False
+    assert processor.resize_antialias is antialias and processor.setting("do_normalize") is False
     shape = pixels(processor, np.zeros((300, 451, 3), np.uint8)).shape
     assert shape == (1, 3, image_size, image_size)
 
@@ -594,7 +594,12 @@ def test_the_v1_family_processor_is_the_class_defaults():
     from mobilevit import auto
 
     config = auto.new_config("xx-small", "image-classification")
-    assert auto.image_processor_for(config).to_dict() == MobileViTImageProcessor(logits_align_corners=False).to_dict()
+    family, default = auto.image_processor_for(config), MobileViTImageProcessor(logits_align_corners=False)
+    assert {name: family.setting(name) for name in family._valid_kwargs_names} == \
+        {name: default.setting(name) for name in default._valid_kwargs_names}
+    # a processor made with the defaults saves exactly the keys stock transformers writes
+    stock_keys = set(MobileViTImageProcessorPil().to_dict())
+    assert set(MobileViTImageProcessor().to_dict()) == stock_keys
 
 
 STOCK_STYLE_CONFIG = dict(MODERN_CONFIG, do_normalize=True, image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
@@ -618,11 +623,11 @@ def test_saved_config_loads_in_stock_transformers_with_the_same_settings(tmp_pat
     assert stock.do_flip_channel_order == ours.do_flip_channel_order
     assert int(stock.resample) == int(ours.resample)
     assert stock.do_center_crop == ours.do_center_crop and stock.do_rescale == ours.do_rescale
-    assert stock.do_normalize == ours.do_normalize == source.get("do_normalize", False)
+    assert stock.do_normalize == ours.do_normalize and ours.setting("do_normalize") == source.get("do_normalize", False)
     assert list(stock.image_mean) == list(ours.image_mean) and list(stock.image_std) == list(ours.image_std)
     if not ours.do_normalize:  # stock's defaults, written as stock writes them
         assert saved["image_mean"] == saved["image_std"] == [0.5, 0.5, 0.5]
-    assert stock.do_convert_rgb == ours.do_convert_rgb == source.get("do_convert_rgb", True)
+    assert stock.do_convert_rgb == ours.do_convert_rgb and ours.setting("do_convert_rgb") == source.get("do_convert_rgb", True)
     reloaded = MobileViTImageProcessor.from_pretrained(tmp_path)
     assert reloaded.to_dict() == ours.to_dict()
 
@@ -652,7 +657,7 @@ TRANSFORMERS_TEST_SETTINGS = {"do_resize": True, "size": {"shortest_edge": 20}, 
 SWITCHES = ("do_resize", "do_center_crop", "do_rescale", "do_flip_channel_order", "do_convert_rgb")
 
 
-@pytest.mark.parametrize("name", ["do_resize", "do_rescale", "do_center_crop", "do_flip_channel_order", "do_normalize"])
+@pytest.mark.parametrize("name", ["do_resize", "do_rescale", "do_center_crop", "do_flip_channel_order", "do_reduce_labels"])
 def test_an_explicit_none_is_kept_and_means_the_default(tmp_path, monkeypatch, flower, name):
     """`do_resize=None` at construction is stored (to_dict, save, reload keep None), and a call then uses the
     class default; it used to fail with "do_resize: expected true or false, got None"."""
@@ -712,23 +717,26 @@ def test_a_saved_processor_reads_back_through_stock_auto_image_processor_as_an_e
     assert type(ours.to_dict()["resample"]) is int
 
 
-def test_backends_read_each_others_configs_through_auto_image_processor(tmp_path, monkeypatch, caplog):
-    """transformers' cross-backend rule, with this class as the torch backend and stock's PIL class beside it: a
-    config saved by one reads back through `AutoImageProcessor` in the other with equal common keys, and any
-    key only one side has is None there."""
+@pytest.mark.parametrize("through", ["AutoImageProcessor", "the class"])
+def test_backends_read_each_others_configs(tmp_path, monkeypatch, caplog, through):
+    """transformers' cross-backend rule (`test_save_load_backends_auto`, `test_save_load_backends`), with this
+    class as the torch backend and stock's PIL class beside it: a config saved by one reads back in the other
+    (through `AutoImageProcessor`, or the other class's `from_pretrained`) with equal common keys, and any key
+    only one side has is None there."""
     from transformers import AutoImageProcessor
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     backends = {"pil": MobileViTImageProcessorPil, "torchvision": MobileViTImageProcessor}
     for saving, cls in backends.items():
         first = cls(**TRANSFORMERS_TEST_SETTINGS)
-        for reading in backends:
+        for reading, reading_cls in backends.items():
             if reading == saving:
                 continue
             folder = tmp_path / f"{saving}-{reading}"
             first.save_pretrained(folder)
             with caplog.at_level(logging.ERROR):
-                second = AutoImageProcessor.from_pretrained(folder, backend=reading)
+                second = (AutoImageProcessor.from_pretrained(folder, backend=reading) if through == "AutoImageProcessor"
+                          else reading_cls.from_pretrained(folder))
             a, b = first.to_dict(), second.to_dict()
             only_one_side = {k: a.get(k, b.get(k)) for k in set(a) ^ set(b)}
             assert all(v is None for k, v in only_one_side.items() if k not in ("default_to_square", "data_format")), \
