@@ -2,9 +2,10 @@
 
 `write_model_card` is used by the checkpoint converter and by training; it describes what the folder holds
 (family, task, variant, size, metrics when known, where the weights came from, training curves) and how to
-use it, including the one thing MobileViT users trip over: the model takes BGR pixels in [0, 1] with no
-mean/std normalisation. `model_card_for_folder` reads those facts from a saved folder. What differs between
-families (their description, citation and class names) comes from the family registry, `mobilevit.auto`.
+use it, including the one thing MobileViT users trip over: the model takes pixels in [0, 1] with no mean/std
+normalisation, in its family's channel order (MobileViT v1 BGR, MobileViTv2 RGB). `model_card_for_folder`
+reads those facts from a saved folder. What differs between families (their description, citation, class
+names and preprocessing) comes from the family registry, `mobilevit.auto`.
 
 `push_to_hub` uploads a saved folder (or a model and its processor) as one commit: config, safetensors
 weights, `preprocessor_config.json`, the model card and, for folders that come from training, the curves.

@@ -70,7 +70,7 @@ _RESAMPLE_TO_TORCH_MODE = {
 class MobileViTImageProcessorKwargs(ImagesKwargs, total=False):
     """
     do_flip_channel_order (`bool`, *optional*, defaults to `self.do_flip_channel_order`):
-        Whether to flip the colour channels from RGB to BGR (the order the MobileViT checkpoints expect).
+        Whether to flip the colour channels from RGB to BGR (MobileViT v1's checkpoints take BGR, MobileViTv2's RGB).
     do_reduce_labels (`bool`, *optional*, defaults to `self.do_reduce_labels`):
         Whether to shift segmentation labels down by one, mapping 0 (background) to 255 (ignored).
     resize_antialias (`bool`, *optional*, defaults to `self.resize_antialias`):
@@ -127,7 +127,7 @@ class MobileViTImageProcessor(BaseImageProcessor):
     `num_channels` 1 or 4 (a batch must then share its channel count). The channel flip reverses the channel
     axis as stock transformers' does (RGB -> BGR, RGBA -> ABGR; one channel stays).
 
-    Normalisation: off by default (MobileViT's checkpoints take BGR pixels in [0, 1]). `do_normalize=True`
+    Normalisation: off by default (MobileViT's checkpoints take pixels in [0, 1]). `do_normalize=True`
     subtracts `image_mean` and divides by `image_std` after rescaling; both are given per input channel (RGB
     order, one value for all channels also works) and follow their channels through the flip. Stock
     transformers' MobileViT processor accepts the same settings but ignores them; here they mean what they say.
