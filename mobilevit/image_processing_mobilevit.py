@@ -414,8 +414,9 @@ def _check_settings(*, do_convert_rgb=None, size=None, crop_size=None, rescale_f
         mode = _torch_mode(resample)
         antialias = bool(flags.get("resize_antialias"))
         if flags.get("resize_bit_exact") and (mode, antialias) not in _BIT_EXACT_RESIZES:
-            raise ValueError(f"resize_bit_exact: an exact emulation exists for {', '.join(_BIT_EXACT_RESIZES.values())}; "
-                             f"got resample={int(resample)} ({mode}) with resize_antialias={antialias}")
+            raise ValueError(f"resize_bit_exact: an exact emulation exists for "
+                             f"{', '.join(_BIT_EXACT_RESIZES.values())}; got resample={int(resample)} ({mode}) with "
+                             f"resize_antialias={antialias}")
     if do_normalize:
         for name, value in (("image_mean", image_mean), ("image_std", image_std)):
             values = _per_channel(name, value)

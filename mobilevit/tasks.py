@@ -38,5 +38,5 @@ def canonical_task(name, allowed=TASKS) -> str:
     return key
 
 
-__all__ = ["CLASSIFICATION", "SEGMENTATION", "FEATURE_EXTRACTION", "OBJECT_DETECTION", "TASKS", "TASK_ALIASES", "PIPELINE_TASKS",
-           "canonical_task"]
+__all__ = ["CLASSIFICATION", "SEGMENTATION", "FEATURE_EXTRACTION", "OBJECT_DETECTION", "TASKS", "TASK_ALIASES",
+           "PIPELINE_TASKS", "canonical_task"]

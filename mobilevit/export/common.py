@@ -257,7 +257,8 @@ def preprocessing_of(processor) -> dict:
             (f"resize the shortest edge to {size.get('shortest_edge')} ({how}), " if size and size.get("shortest_edge")
              else f"resize to {size} ({how}), " if size else "")
             + (f"centre-crop {crop['height']}x{crop['width']}, " if crop else "")
-            + (f"multiply by {float(processor.rescale_factor):.6g} (pixels in [0, 1]), " if setting("do_rescale") else "")
+            + (f"multiply by {float(processor.rescale_factor):.6g} (pixels in [0, 1]), " if setting("do_rescale")
+               else "")
             + ("flip RGB to BGR, " if setting("do_flip_channel_order") else "keep RGB, ")
             + "no mean/std normalisation"
         ),
