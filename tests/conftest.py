@@ -99,6 +99,22 @@ def saved_v2_segmenter(tmp_path_factory):
                              variant="mobilevitv2-0.5")
 
 
+@pytest.fixture
+def stock_v2_folder(saved_v2_classifier, tmp_path):
+    """A MobileViTv2 classifier folder as stock transformers' converter writes it: its processor flips to BGR and
+    resizes bilinearly."""
+    import shutil
+
+    from transformers.models.mobilevit.image_processing_pil_mobilevit import MobileViTImageProcessorPil
+
+    folder = tmp_path / "stock-v2"
+    shutil.copytree(saved_v2_classifier, folder)
+    (folder / "preprocessor_config.json").unlink()
+    MobileViTImageProcessorPil(size={"shortest_edge": 96}, crop_size={"height": 64, "width": 64}, resample=2,
+                               do_reduce_labels=True).save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def photo():
     """A real photo (scikit-learn's china.jpg, 640x427 RGB), shrunk to keep the tests quick."""

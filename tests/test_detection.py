@@ -93,6 +93,18 @@ def test_folder_processor_reproduces_mlcvnets_detections_exactly(converted_ssd, 
             assert torch.equal(pixels["boxes"], expected["photo_0_det_boxes_pixels"])
 
 
+@pytest.mark.parametrize("name", FAST)
+def test_folder_processor_reproduces_mlcvnets_eval_pixels(converted_ssd, inputs, name):
+    """The converted folder's preprocessing of the photo is ml-cvnets' evaluation transform of its release (v1:
+    OpenCV BGR bilinear; v2: Pillow RGB bicubic; both stretched to 320x320) within 1/255."""
+    folder, _ = converted_ssd(name)
+    _, processor, _ = auto.load_model_and_processor(folder)
+    pixels = processor(images=inputs["image_rgb_uint8"].numpy(), return_tensors="pt")["pixel_values"]
+    expected = inputs[_photo_key(name)]
+    assert pixels.shape == expected.shape == (1, 3, 320, 320)
+    assert float((pixels - expected).abs().max()) <= 1 / 255 + 1e-6
+
+
 def test_end_to_end_detections_agree_with_mlcvnets_at_the_top(converted_ssd, inputs):
     """The model's own outputs (within 2e-4 of ml-cvnets') through the processor: the confident detections are
     ml-cvnets' (the many borderline ones of random weights may differ, the fixtures' README says why)."""
