@@ -55,6 +55,20 @@ def test_converted_detector_matches_mlcvnets_in_both_paths(converted_ssd, inputs
             torch.testing.assert_close(got, expected[key], atol=TOLERANCE, rtol=0, msg=f"{key} (fast={fast})")
 
 
+def test_converter_reads_the_task_and_refuses_a_contradiction(converted_ssd, tmp_path):
+    from mobilevit.conversion import ConversionError, convert_checkpoint
+
+    folder, _ = converted_ssd("ssdlite_mobilevit_xx_small_320")
+    checkpoint = folder.parent / "ssdlite_mobilevit_xx_small_320.pt"
+    with pytest.raises(ConversionError, match="--task image-classification was given, but the checkpoint's tensors "
+                                              "are those of a object-detection model"):
+        convert_checkpoint(checkpoint, tmp_path / "out", task="classification", progress=False)
+    with pytest.raises(ConversionError, match="output_stride: only segmentation checkpoints have one"):
+        convert_checkpoint(checkpoint, tmp_path / "out", output_stride=16, progress=False)
+    assert not (tmp_path / "out").exists()
+    assert type(auto.AutoModelForObjectDetection.from_pretrained(folder)).__name__ == "MobileViTForObjectDetection"
+
+
 def test_converted_folder_says_how_it_was_evaluated(converted_ssd):
     v1, _ = converted_ssd("ssdlite_mobilevit_xx_small_320")
     v2, _ = converted_ssd("ssdlite_mobilevitv2_050_320")

@@ -182,13 +182,13 @@ class SSDLite(nn.Module):
         return regression, logits, features
 
     def anchors(self, level_sizes, device=None) -> torch.Tensor:
-        """(N, 4) anchors (cx, cy, w, h) for levels of `level_sizes`; kept for the last few sizes seen. While
-        tracing (export, compile) a graph of one input size holds them as a constant, and a graph of every size
-        computes them from its symbolic sizes."""
+        """(N, 4) anchors (cx, cy, w, h) for levels of `level_sizes`; kept for the last few sizes seen. An export
+        for one input size holds them as one constant; a graph for every size (and torch.compile) computes them
+        from its sizes."""
+        if torch.compiler.is_exporting() and all(isinstance(side, int) for size in level_sizes for side in size):
+            return self.anchor_generator.constant(level_sizes, device)  # non-strict export runs Python as is
         if torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing():
-            if all(isinstance(side, int) for size in level_sizes for side in size):
-                return self.anchor_generator.constant(level_sizes, device)
-            return self.anchor_generator(level_sizes, device)
+            return self.anchor_generator(level_sizes, device)  # tensor arithmetic the graph can hold
         key = (tuple((int(h), int(w)) for h, w in level_sizes), str(device))
         cached = self._anchors_cache.get(key)
         if cached is None:
