@@ -138,7 +138,6 @@ class SSDLite(nn.Module):
         super().__init__()
         strides, widths = list(config.ssd_output_strides), list(config.ssd_projection_channels)
         activation = config.ssd_activation
-        self.output_strides = strides
         self.anchor_generator = AnchorGenerator(config.ssd_aspect_ratios, config.ssd_min_scale, config.ssd_max_scale)
         self.box_coder = BoxCoder(config.ssd_center_variance, config.ssd_size_variance)
         # the extra layers continue from the backbone's last map (stride 32), each from the level before it
