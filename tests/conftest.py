@@ -179,3 +179,10 @@ DETECTION_NAMES = ["background", "cat", "dog", "bird"]
 def saved_detector(tmp_path_factory):
     """A folder with a 3-class xx-small SSDLite detector (realistic random weights) and its processor config."""
     return _save_small_model(tmp_path_factory.mktemp("detector"), "object-detection", DETECTION_NAMES, seed=5)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Slow tests first (a stable sort: the rest keep their order, which a documentation page's blocks rely on).
+    On two workers (`-n 2`) the long end-to-end runs then start at once, side by side, and the fast tests fill
+    the gaps, instead of a 10-minute demo run starting when the other worker is nearly done."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
