@@ -17,7 +17,7 @@ from mobilevit.training import demo_report
 from mobilevit.training.demo_report import (MISTAKE_RGB, classification_picture, mistake_map, next_steps,
                                             pick_examples, segmentation_picture, write_example_images)
 
-RED = tuple(c / 255 for c in MISTAKE_RGB)
+RED = MISTAKE_RGB
 
 
 def test_pick_examples_shows_the_worst_then_the_first_in_their_order():
@@ -36,7 +36,7 @@ def test_mistake_map_paints_exactly_the_wrong_pixels_and_never_ignored_ones():
     predicted = truth.copy()
     predicted[0, 0], predicted[2, 3], predicted[3, 1] = 1, 2, 1
     shown = mistake_map(photo, predicted, truth)
-    red = np.all(shown == np.array(MISTAKE_RGB) / 255, axis=-1)
+    red = np.all(shown == MISTAKE_RGB, axis=-1)
     assert np.argwhere(red).tolist() == [[2, 3], [3, 1]]
     grey = shown[~red]
     assert np.allclose(grey[:, 0], grey[:, 1]) and np.allclose(grey[:, 1], grey[:, 2])  # the rest in grey
@@ -72,7 +72,8 @@ def test_segmentation_picture_colours_classes_as_predict_does_and_marks_wrong_pi
     wrong[1, 1] = 3  # one wrong pixel
     image = Image.fromarray(np.full((6, 6, 3), 200, dtype=np.uint8))
     figure = segmentation_picture([(image, truth.copy(), truth), (image, wrong, truth)], labels, "shapes")
-    grid = np.array([axis for axis in figure.axes if axis.images]).reshape(4, 2)  # rows: image, true, predicted, mistakes
+    # rows: image, true, predicted, mistakes
+    grid = np.array([axis for axis in figure.axes if axis.images]).reshape(4, 2)
     palette = predict.color_palette(len(labels))
     for column, predicted in enumerate((truth, wrong)):
         assert np.allclose(grid[1, column].images[0].get_array(), palette[truth] / 255)
@@ -105,10 +106,12 @@ def demo_output(tmp_path, monkeypatch):
                                  id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
         auto.new_model(config, task).save_pretrained(out / folder)
         auto.image_processor_for(config, task).save_pretrained(out / folder)
-    digits = datasets.Dataset.from_dict(
-        {"image": [_digit(d) for d in range(10)] * 11, "label": list(range(10)) * 11},
-        features=datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=[str(d) for d in range(10)])}))
-    scenes = datasets.Dataset.from_dict({"image": [_digit(100)] * 5}, features=datasets.Features({"image": datasets.Image()}))
+    digit_features = datasets.Features({"image": datasets.Image(),
+                                        "label": datasets.ClassLabel(names=[str(d) for d in range(10)])})
+    digits = datasets.Dataset.from_dict({"image": [_digit(d) for d in range(10)] * 11, "label": list(range(10)) * 11},
+                                        features=digit_features)
+    scenes = datasets.Dataset.from_dict({"image": [_digit(100)] * 5},
+                                        features=datasets.Features({"image": datasets.Image()}))
     write_example_images(out / "images", digits, scenes)
     for name in ("classification_predictions.png", "segmentation_predictions.png", "training_history.png"):
         (out / name).write_bytes(b"png")

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..predict import color_palette
 
-MISTAKE_RGB = (255, 0, 0)  # pure red: the palette's first colours are dark (black, 128/0/0, 0/128/0, ...)
+MISTAKE_RGB = (1.0, 0.0, 0.0)  # pure red (matplotlib's RGB in [0, 1]): the palette's first colours are dark ones
 EXAMPLES_DIR = "images"  # inside the demo's output folder
 DIGITS_PER_CLASS = 10  # 100 digits: enough for `mobilevit train` to split off a stratified validation set
 SCENES = 4
@@ -43,12 +43,8 @@ def mistake_map(photo: np.ndarray, predicted: np.ndarray, truth: np.ndarray, ign
     grey = 0.25 + 0.5 * (photo @ np.array([0.299, 0.587, 0.114], dtype=photo.dtype))
     shown = np.repeat(grey[..., None], 3, axis=2)
     wrong = (predicted != truth) & (truth != ignore_index)
-    shown[wrong] = np.array(MISTAKE_RGB, dtype=shown.dtype) / 255.0
+    shown[wrong] = MISTAKE_RGB
     return shown
-
-
-def _mistake_colour() -> tuple[float, float, float]:
-    return tuple(c / 255.0 for c in MISTAKE_RGB)
 
 
 def classification_picture(examples: Sequence[tuple], title: str, count: int = 24, columns: int = 8):
@@ -62,21 +58,20 @@ def classification_picture(examples: Sequence[tuple], title: str, count: int = 2
     rows = max(1, -(-len(shown) // columns))
     figure = Figure(figsize=(columns * 1.2, rows * 1.45 + 0.7))
     axes = np.atleast_1d(figure.subplots(rows, columns)).reshape(-1)
-    red = _mistake_colour()
     for axis in axes:
         axis.set_axis_off()
     for axis, index in zip(axes, shown):
         image, predicted, truth = examples[index]
         mistake = predicted != truth
         axis.imshow(np.asarray(image.convert("L")), cmap="gray")
-        axis.set_title(f"true {truth}\npred {predicted}", color=red if mistake else "black", fontsize=8,
+        axis.set_title(f"true {truth}\npred {predicted}", color=MISTAKE_RGB if mistake else "black", fontsize=8,
                        fontweight="bold" if mistake else "normal")
         if mistake:  # a frame: axis on, ticks off, thick red spines
             axis.set_axis_on()
             axis.set_xticks([])
             axis.set_yticks([])
             for spine in axis.spines.values():
-                spine.set_edgecolor(red)
+                spine.set_edgecolor(MISTAKE_RGB)
                 spine.set_linewidth(3)
     count_wrong = int(sum(wrong))
     figure.suptitle(f"{title}: {count_wrong} of {len(examples)} wrong"
@@ -108,12 +103,12 @@ def segmentation_picture(examples: Sequence[tuple], labels: Sequence[str], title
             axes[row, column].imshow(np.clip(picture, 0, 1))
             axes[row, column].set_axis_off()
         axes[3, column].set_title(f"{wrong[index]:.1%} wrong", fontsize=9,
-                                  color=_mistake_colour() if wrong[index] else "black")
+                                  color=MISTAKE_RGB if wrong[index] else "black")
     for row, name in enumerate(("image", "true", "predicted", "mistakes")):
         axes[row, 0].text(-0.08, 0.5, name, transform=axes[row, 0].transAxes, rotation=90, ha="right", va="center",
                           fontsize=10)
     handles = [Patch(color=palette[i] / 255.0, label=name) for i, name in enumerate(labels)]
-    handles.append(Patch(color=_mistake_colour(), label="mistake (predicted != true)"))
+    handles.append(Patch(color=MISTAKE_RGB, label="mistake (predicted != true)"))
     figure.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False)
     figure.suptitle(f"{title}: {np.mean(wrong):.1%} of the pixels wrong over {len(examples)} images", fontsize=10)
     figure.tight_layout(rect=(0.02, 0.05, 1, 1))
