@@ -152,3 +152,12 @@ def test_next_steps_refuse_a_folder_the_demo_did_not_finish(tmp_path):
     (tmp_path / "images" / "shapes" / "scene-0.png").write_bytes(b"")
     with pytest.raises(FileNotFoundError, match="classification"):
         next_steps(tmp_path)
+
+
+def test_next_steps_say_how_to_install_the_export_extra_only_when_it_is_missing(demo_output, monkeypatch):
+    install = 'pip install -e ".[export]"'
+    assert (install in next_steps(demo_output)) == (not demo_report._onnx_ready())
+    monkeypatch.setattr(demo_report, "_onnx_ready", lambda: False)
+    lines = next_steps(demo_output).splitlines()
+    assert lines.index(next(line for line in lines if line.startswith(install))) < lines.index(
+        next(line for line in lines if line.startswith("mobilevit export")))
