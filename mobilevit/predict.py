@@ -308,8 +308,7 @@ def _display_rgb(pixels) -> np.ndarray:
 # -- pictures --------------------------------------------------------------------------------------------------
 def color_palette(num_classes: int) -> np.ndarray:
     """(num_classes, 3) uint8 colours: the PASCAL VOC colour map (class 0 black, then distinct colours),
-    which segmentation users recognise; it spreads the bits of the class id over the three channels. The
-    package's one class palette: `predict`'s masks, figures and boxes and `mobilevit demo`'s pictures use it."""
+    which segmentation users recognise; it spreads the bits of the class id over the three channels."""
     palette = np.zeros((num_classes, 3), dtype=np.uint8)
     for class_id in range(num_classes):
         value, shift = class_id, 7

@@ -31,7 +31,7 @@ import torch
 from .. import auto
 from ..file_utils import check_output_dir, staged_directory
 from .demo_data import SHAPES_LABELS, load_digits_dataset, load_shapes_dataset
-from .demo_report import (EXAMPLES_DIR, classification_picture, next_steps, save_picture, segmentation_picture,
+from .demo_report import (EXAMPLES_DIR, classification_picture, next_steps, segmentation_picture,
                           write_example_images)
 from .history import plot_histories
 from .job import OutputExistsError, TrainError, TrainJob, train_and_save
@@ -91,6 +91,19 @@ def _pipeline_segmentation(folder: Path, test) -> tuple[dict, list]:
     return metrics.compute(), examples
 
 
+def _plot_segmentations(examples: list, path: Path, count: int = 8) -> None:
+    # true and predicted masks in `predict`'s colours, wrong pixels in red (demo_report)
+    fig = segmentation_picture(examples, SHAPES_LABELS, "MobileViT-XXS DeepLabV3 on held-out shapes scenes (pipeline "
+                               "output)", count)
+    fig.savefig(path, dpi=80)
+
+
+def _plot_digits(examples: list, path: Path, count: int = 24) -> None:
+    # true and predicted labels, mistakes picked and framed in red (demo_report)
+    fig = classification_picture(examples, "MobileViT-XXS on held-out digits (pipeline predictions)", count)
+    fig.savefig(path, dpi=80)
+
+
 def run_demo(output_dir: Path, overwrite: bool = False, seed: int = 0) -> dict:
     """Run both tasks into a temporary folder, then move it to `output_dir`; returns the metrics."""
     output_dir = check_output_dir(output_dir, "output_dir", error=TrainError)
@@ -109,8 +122,7 @@ def run_demo(output_dir: Path, overwrite: bool = False, seed: int = 0) -> dict:
                                      "trainer_test": result.metrics["test"],
                                      "train_seconds": result.metrics["train_seconds"]}
         histories.append(("digits classification", result.metrics["history"], "accuracy"))
-        save_picture(classification_picture(digit_examples, "MobileViT-XXS on held-out digits (pipeline predictions)"),
-                     staging / "classification_predictions.png")
+        _plot_digits(digit_examples, staging / "classification_predictions.png")
 
         print("== 2/2 semantic segmentation: shapes over real photos, MobileViT-XXS DeepLabV3 from scratch ==",
               flush=True)
@@ -122,8 +134,7 @@ def run_demo(output_dir: Path, overwrite: bool = False, seed: int = 0) -> dict:
                                    "trainer_test": result.metrics["test"],
                                    "train_seconds": result.metrics["train_seconds"]}
         histories.append(("shapes segmentation", result.metrics["history"], "mean_iou"))
-        save_picture(segmentation_picture(seg_examples, SHAPES_LABELS, "MobileViT-XXS DeepLabV3 on held-out shapes "
-                                          "scenes (pipeline output)"), staging / "segmentation_predictions.png")
+        _plot_segmentations(seg_examples, staging / "segmentation_predictions.png")
 
         plot_histories(histories, staging / "training_history.png")
         write_example_images(staging / EXAMPLES_DIR, digits["test"], shapes["test"])

@@ -115,10 +115,6 @@ def segmentation_picture(examples: Sequence[tuple], labels: Sequence[str], title
     return figure
 
 
-def save_picture(figure, path: Path) -> None:
-    figure.savefig(path, dpi=80)
-
-
 def write_example_images(folder: Path, digits, scenes) -> None:
     """Held-out images as files, for the next steps: `DIGITS_PER_CLASS` digits of each class in
     `folder/digits/<label>/<index>.png` (an image-folder tree) and the first `SCENES` shape scenes in
