@@ -4,8 +4,10 @@ Each sub-command lives in its own module, which provides `add_arguments(parser)`
 Modules are imported only when their sub-command runs, so `mobilevit --help` stays fast and a missing
 optional dependency (say onnxruntime) only affects the sub-command that needs it. A `UserError` raised by a
 sub-command (`mobilevit/errors.py`) is printed as one line, `mobilevit <command>: error: <message>`, and
-sets the exit code (2 for a wrong argument, 1 for unusable input). Every sub-command's `--help` shows the
-defaults.
+sets the exit code (2 for a wrong argument, 1 for unusable input). So does a malformed command line
+(argparse's own errors, one line here too), what the machine refuses (a full disk, a name too long for the file
+system, ...: `errors.environment_error`), and Ctrl-C or SIGTERM, which end as one line with exit code 130 or
+143 after the run removed what it had staged. Every sub-command's `--help` shows the defaults.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import argparse
 import importlib
 import sys
 
-from .errors import UserError, report
+from .errors import EXIT_USAGE, run_reporting
 
 # sub-command -> (module, one-line help)
 COMMANDS = {
@@ -37,8 +39,15 @@ class HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's errors as one line, like every other mistake (no usage block; `--help` shows it)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser(argv: list[str]) -> tuple[argparse.ArgumentParser, object | None]:
-    parser = argparse.ArgumentParser(prog="mobilevit", description="MobileViT for the Hugging Face ecosystem.")
+    parser = OneLineParser(prog="mobilevit", description="MobileViT for the Hugging Face ecosystem.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     chosen = argv[0] if argv and argv[0] in COMMANDS else None
     module = None
@@ -52,18 +61,16 @@ def build_parser(argv: list[str]) -> tuple[argparse.ArgumentParser, object | Non
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    try:
+
+    def run() -> int:
         parser, module = build_parser(argv)
-    except UserError as error:  # the sub-command's module needs an extra that is not installed
-        return report(f"mobilevit {argv[0]}", error)
-    args = parser.parse_args(argv)
-    if module is None:
-        parser.print_help()
-        return 0 if not argv else 2
-    try:
+        args = parser.parse_args(argv)
+        if module is None:
+            parser.print_help()
+            return 0 if not argv else 2
         return int(module.run(args) or 0)
-    except UserError as error:
-        return report(f"mobilevit {args.command}", error)
+
+    return run_reporting(f"mobilevit {argv[0]}" if argv and argv[0] in COMMANDS else "mobilevit", run)
 
 
 if __name__ == "__main__":
