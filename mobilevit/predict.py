@@ -16,14 +16,20 @@ image); a mistake ends with one line on stderr, `mobilevit predict: error: ...`,
 from __future__ import annotations
 
 import argparse
-import json
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
 
 from .errors import UserError
-from .file_utils import check_output_dir, write_file_atomically
+from .file_utils import (
+    check_output_dir,
+    check_output_files,
+    claim_output,
+    json_text,
+    staged_outputs,
+    write_file_atomically,
+)
 from .image_reading import image_pixels, open_image
 from .tasks import CLASSIFICATION, SEGMENTATION, canonical_task
 
@@ -55,17 +61,21 @@ def run(args: argparse.Namespace) -> int:
     with _quiet_transformers():
         model, processor, task = _load(args)
     outputs = planned_outputs(args, task)
-    images = [read_image(path, processor) for path in args.images]  # every input is checked before any work
-    model.to(device)
-    if task == CLASSIFICATION:
-        results = classify(model, processor, images, args.images, args.top_k)
-        if outputs:
-            write_file_atomically(outputs[0], json.dumps(results, indent=2).encode())
-    else:
-        results = [segment_and_save(model, processor, image, path, *pair)
-                   for image, path, pair in zip(images, args.images, zip(outputs[::2], outputs[1::2]))]
+    # one run writes an output folder at a time (file_utils.claim_output); the outputs are checked again under it
+    with claim_output(args.output_dir, "--output-dir", error=PredictError) if outputs else nullcontext():
+        outputs = planned_outputs(args, task)
+        images = [read_image(path, processor) for path in args.images]  # every input is checked before any work
+        model.to(device)
+        if task == CLASSIFICATION:
+            results = classify(model, processor, images, args.images, args.top_k)
+            if outputs:
+                write_file_atomically(outputs[0], json_text(results).encode(), overwrite=args.overwrite,
+                                      argument="--output-dir", error=PredictError)
+        else:
+            results = [segment_and_save(model, processor, image, path, *pair, overwrite=args.overwrite)
+                       for image, path, pair in zip(images, args.images, zip(outputs[::2], outputs[1::2]))]
     if args.json:
-        print(json.dumps(results, indent=2))
+        print(json_text(results))
     else:
         print_results(results)
     return 0
@@ -172,6 +182,8 @@ def planned_outputs(args, task: str) -> list[Path]:
                                "each other in the output folder (run them separately)", usage=True)
         paths = [Path(args.output_dir) / f"{stem}{suffix}" for stem in stems
                  for suffix in ("_mask.png", "_segmentation.png")]
+    # names the file system holds, no dangling links, no folder in the way, leftovers of a killed run put right
+    check_output_files(paths, "--output-dir", overwrite=True, error=PredictError)
     inputs = {Path(image).resolve() for image in args.images}
     for path in paths:
         if path.resolve() in inputs:
@@ -203,7 +215,10 @@ def classify(model, processor, images: list, names: list[str], top_k: int) -> li
         for image, name in zip(images, names):
             pixels = processor(images=image, input_data_format="channels_last",
                                return_tensors="pt")["pixel_values"].to(model.device)
-            probabilities = model(pixel_values=pixels).logits.softmax(-1)[0]
+            logits = model(pixel_values=pixels).logits
+            if not bool(logits.isfinite().all()):
+                raise PredictError(f"image {name!r}: the model's outputs hold NaN or infinity")
+            probabilities = logits.softmax(-1)[0]
             scores, indices = probabilities.topk(k)
             results.append({
                 "image": name,
@@ -223,6 +238,8 @@ def segment(model, processor, image) -> np.ndarray:
         inputs = processor(images=image, input_data_format="channels_last", do_center_crop=False,
                            return_tensors="pt").to(model.device)
         outputs = model(**inputs)
+        if not bool(outputs.logits.isfinite().all()):
+            raise PredictError("the model's outputs hold NaN or infinity for this image")
         return processor.post_process_semantic_segmentation(outputs, target_sizes=[(height, width)])[0].cpu().numpy()
 
 
@@ -234,12 +251,16 @@ def class_areas(class_map: np.ndarray, id2label: dict) -> list[dict]:
             for i in order]
 
 
-def segment_and_save(model, processor, image, path: str, mask_path: Path, figure_path: Path) -> dict:
+def segment_and_save(model, processor, image, path: str, mask_path: Path, figure_path: Path,
+                     overwrite: bool = True) -> dict:
     class_map = segment(model, processor, image)
     areas = class_areas(class_map, model.config.id2label)
     palette = color_palette(model.config.num_labels)
-    write_file_atomically(mask_path, palette_png(class_map, palette))
-    write_file_atomically(figure_path, segmentation_figure(_display_rgb(image), class_map, palette, areas))
+    # the mask and its figure appear together or not at all (file_utils.staged_outputs)
+    with staged_outputs([mask_path, figure_path], overwrite=overwrite, argument="--output-dir",
+                        error=PredictError) as staged:
+        staged.path(mask_path).write_bytes(palette_png(class_map, palette))
+        staged.path(figure_path).write_bytes(segmentation_figure(_display_rgb(image), class_map, palette, areas))
     return {"image": path, "mask": str(mask_path), "figure": str(figure_path), "areas": areas}
 
 

@@ -116,8 +116,8 @@ def export_cli(*args):
     (["--format", "litert", "--quantize", "fp16"], "m.tflite", 2, ["--quantize", "LiteRT exports int8", "'fp16'"]),
     (["--format", "executorch"], "m.onnx", 2, ["--output", "ending in .pte"]),
     (["--format", "onnx", "--quantize", "int8"], "m.onnx", 2, ["--calibration-data", "calibrate"]),
-    (["--format", "onnx", "--calibration-size", "0"], "m.onnx", 2, ["--calibration-size", "integer >= 1", "0"]),
-    (["--format", "onnx", "--image-size", "16"], "m.onnx", 2, ["--image-size", ">= 32"]),
+    (["--format", "onnx", "--calibration-size", "0"], "m.onnx", 2, ["--calibration-size", "a positive integer", "0"]),
+    (["--format", "onnx", "--image-size", "16"], "m.onnx", 2, ["--image-size", "from 32 to 8192"]),
     (["--format", "onnx", "--threads", "0"], "m.onnx", 2, ["--threads"]),
 ])
 def test_wrong_arguments_are_one_line_usage_errors(model_dir, tmp_path, capsys, args, output_name, code, words):
@@ -143,7 +143,7 @@ def test_folder_where_a_file_is_wanted(model_dir, tmp_path, capsys):
     (tmp_path / "model.pte").mkdir()
     assert export_cli("--format", "executorch", "--model", model_dir, "--output", tmp_path / "model.pte",
                       "--overwrite") == 2
-    assert "is a folder; it cannot be replaced by the export's file" in capsys.readouterr().err
+    assert "is a folder; it cannot be replaced by the file this run writes" in capsys.readouterr().err
 
 
 def test_missing_model_folder_and_missing_parent(tmp_path, capsys):
@@ -201,9 +201,10 @@ def test_a_killed_export_leaves_only_a_staging_folder_that_the_next_run_removes(
     target = tmp_path / "model.onnx"
     script = textwrap.dedent(f"""
         import pathlib, sys, time
-        from mobilevit.export.common import StagedOutputs
-        staged = StagedOutputs([pathlib.Path({str(target)!r})])
-        staged.path(pathlib.Path({str(target)!r})).write_bytes(b"")  # the half-written artefact
+        from mobilevit.file_utils import StagedOutputs
+        target = pathlib.Path({str(target)!r})
+        staged = StagedOutputs([target, target.with_name(target.name + ".json")])
+        staged.path(target).write_bytes(b"")  # the half-written artefact
         print(staged.folder, flush=True)
         time.sleep(60)
     """)
@@ -211,12 +212,12 @@ def test_a_killed_export_leaves_only_a_staging_folder_that_the_next_run_removes(
     folder = child.stdout.readline().strip()
     os.kill(child.pid, signal.SIGKILL)
     child.wait()
-    assert not target.exists()  # no 0-byte file at the output
+    assert folder and not target.exists()  # no 0-byte file at the output
     assert [p.name for p in tmp_path.iterdir()] == [os.path.basename(folder)]
 
-    from mobilevit.export.common import remove_leftovers
+    from mobilevit.file_utils import remove_abandoned_leftovers
 
-    assert [p.name for p in remove_leftovers(target)] == [os.path.basename(folder)]
+    assert [p.name for p in remove_abandoned_leftovers([target])] == [os.path.basename(folder)]
     assert list(tmp_path.iterdir()) == []
 
 

@@ -7,8 +7,8 @@ def test_success_replaces_the_folder_whole_and_leaves_no_staging(tmp_path):
     target = tmp_path / "out"
     target.mkdir()
     (target / "old.txt").write_text("old")
-    with staged_directory(target) as staging:
-        assert staging.parent == tmp_path and staging != target
+    with staged_directory(target, overwrite=True) as staging:
+        assert tmp_path in staging.parents and staging.relative_to(tmp_path).parts[0].startswith(".out.")
         (staging / "new.txt").write_text("new")
         assert (target / "old.txt").exists()  # untouched until the block succeeds
     assert sorted(p.name for p in target.iterdir()) == ["new.txt"]
@@ -20,7 +20,7 @@ def test_failure_keeps_the_old_folder_and_removes_the_staging(tmp_path):
     target.mkdir()
     (target / "old.txt").write_text("old")
     with pytest.raises(RuntimeError, match="boom"):
-        with staged_directory(target) as staging:
+        with staged_directory(target, overwrite=True) as staging:
             (staging / "half.txt").write_text("half")
             raise RuntimeError("boom")
     assert (target / "old.txt").read_text() == "old"
@@ -146,7 +146,7 @@ def test_a_real_kill_mid_write_leaves_staging_that_the_next_run_removes(tmp_path
     assert len(left) == 1 and left[0].startswith(".model.mobilevit-") and left[0].endswith(".tmp")
     assert (target / "old.txt").read_text() == "previous output"
 
-    with staged_directory(target) as staging:
+    with staged_directory(target, overwrite=True) as staging:
         (staging / "new.txt").write_text("new")
     assert _leftovers(tmp_path) == [] and sorted(os.listdir(target)) == ["new.txt"]
 
