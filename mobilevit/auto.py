@@ -33,7 +33,7 @@ from .conversion_utils import ConversionError, unpickler_reason
 from .errors import UserError
 from .model_family import ModelFamily
 from .models import mobilevit, mobilevitv2
-from .tasks import CLASSIFICATION, FEATURE_EXTRACTION, SEGMENTATION, canonical_task
+from .tasks import CLASSIFICATION, FEATURE_EXTRACTION, SEGMENTATION, a_task, canonical_task
 
 _REGISTERED = (mobilevit.FAMILY, mobilevitv2.FAMILY)
 FAMILIES: dict[str, ModelFamily] = {family.model_type: family for family in _REGISTERED}
@@ -237,20 +237,24 @@ def _from_pretrained(model_class, model_dir, config=None, new_head: bool = False
     new = [key for key in new if not key.endswith("num_batches_tracked")]  # a step counter, unused at inference
     if new and not new_head:
         task = family_of(model).task_of_class(model_class) or model_class.__name__
-        raise NotAModelError(f"model: the weights in {str(model_dir)!r} lack {len(new)} tensors a {task} model "
-                             f"needs (e.g. {new[0]}): the folder holds a "
-                             f"{_saved_task(model_dir)} model; load it for that task, or train this head on it "
-                             "(mobilevit train --model ...)")
+        saved = _saved_task(model_dir)
+        if saved not in (None, task):
+            raise NotAModelError(f"model: {str(model_dir)!r} holds {a_task(saved)} model, whose weights have no {task} "
+                                 f"head ({len(new)} tensors missing, e.g. {new[0]}); load it as {saved}, or train a "
+                                 f"{task} head on it (mobilevit train --model {str(model_dir)} --task {task})")
+        raise NotAModelError(f"model: the weights in {str(model_dir)!r} lack {len(new)} of the "
+                             f"{len(model.state_dict())} tensors its config.json asks for (e.g. {new[0]}): they do "
+                             "not belong to this config")
     check_finite_weights(model, f"model: the weights in {str(model_dir)!r}")
     model.new_tensors = new  # what was initialised here (a new head): for the caller's note
     return model
 
 
-def _saved_task(model_dir) -> str:
+def _saved_task(model_dir) -> str | None:
     try:
         return task_of(load_config(model_dir), model_dir)
     except (UserError, ValueError):
-        return "different"
+        return None
 
 
 def check_finite_weights(model, where: str) -> None:

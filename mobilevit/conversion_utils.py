@@ -301,5 +301,6 @@ def resolve(detected: str, requested: str | None, what: str, canonical) -> str:
     return requested
 
 
-__all__ = ["ConversionError", "RenameTable", "unpickler_reason", "CheckpointConverter", "convert_state_dict", "read_checkpoint_file",
+__all__ = ["ConversionError", "RenameTable", "unpickler_reason", "CheckpointConverter", "convert_state_dict",
+           "read_checkpoint_file",
            "unwrap_state_dict", "strip_ddp_prefix", "sha256_of_file", "resolve"]

@@ -96,13 +96,24 @@ def environment_error(error: BaseException) -> UserError | None:
         code = int(found[1]) if found else None
     if code not in _ENVIRONMENT_ERRNOS:
         return None
-    return UserError(f"{_ENVIRONMENT_ERRNOS[code]}{where}: {os.strerror(code)} [errno {errno.errorcode.get(code, code)}];"
-                     " nothing was replaced")
+    name = errno.errorcode.get(code, code)
+    return UserError(f"{_ENVIRONMENT_ERRNOS[code]}{where}: {os.strerror(code)} [errno {name}]; nothing was replaced")
+
+
+def _finish_progress_bars() -> None:
+    """End the progress bars still drawn (tqdm's), so that the message starts a line of its own."""
+    tqdm = sys.modules.get("tqdm.std")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", None) or []):
+        try:
+            bar.close()
+        except Exception:  # noqa: BLE001 a bar that cannot be closed must not hide the message
+            pass
 
 
 def report(command: str, error: UserError) -> int:
     """Print `error` as `<command>: error: <message>` on stderr (`<command>: <message>` for an interruption);
     returns its exit code."""
+    _finish_progress_bars()
     print(f"{command}: {'' if isinstance(error, Interrupted) else 'error: '}{error}", file=sys.stderr, flush=True)
     return error.exit_code
 

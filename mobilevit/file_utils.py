@@ -18,7 +18,8 @@ leftovers that outlive a killed run. Every tool writes through this module.
   is then kept under a visible name rather than replacing it), writes a journal, moves the previous outputs
   aside (the manifest, e.g. an export's sidecar, first), moves the new ones in (the manifest last) and removes
   the journal: that is the commit point. A failure before it puts the previous outputs back; so does the
-  next run when a kill (SIGKILL, power loss) cut the commit off, before it checks anything.
+  next run when a kill (SIGKILL) cut the commit off, before it checks anything. (Nothing is fsynced: what a
+  killed process wrote is in the page cache for the next run; surviving a power cut is the file system's.)
 - `write_file_atomically`: one file, written beside its place and renamed over it.
 
 Leftovers. Staging folders and temporary files are named `.<name>.mobilevit-<host>-<pid>-<start>.<random>.tmp`:
@@ -106,7 +107,8 @@ def check_name_fits(path: str | os.PathLike, argument: str, error: type[UserErro
             raise error(f"{argument}: expected names of at most {limit} bytes (the file system's limit), got "
                         f"{str(path)!r}, with a {size}-byte name {part[:40]!r}...")
     if len(os.fsencode(str(path.expanduser().absolute()))) >= 4096:
-        raise error(f"{argument}: expected a path shorter than 4096 bytes (the system's limit), got {str(path)[:60]!r}...")
+        raise error(f"{argument}: expected a path shorter than 4096 bytes (the system's limit), got "
+                    f"{str(path)[:60]!r}...")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -534,20 +536,6 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def _fsync(path: Path) -> None:
-    """Flush a file or folder to the disk (a power cut after the commit keeps what it committed)."""
-    try:
-        descriptor = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
-
-
 def _roll_back(staging: Path, parent: Path, announce: bool = False) -> None:
     """Undo a commit that did not reach its commit point, from its journal: previous outputs moved aside go
     back, outputs that were new are removed. Safe to run again after a kill in the middle of it."""
@@ -621,14 +609,9 @@ class StagedOutputs:
         mask = _current_umask()
         for target in staged:  # ordinary permissions, not those of a private temporary file
             self.path(target).chmod((0o777 if self.path(target).is_dir() else 0o666) & ~mask)
-        for path in [self.folder / "new", *(self.folder / "new").rglob("*")]:
-            if not path.is_symlink():
-                _fsync(path)
         existed = [t.name for t in staged if _exists(t)]
         journal = self.folder / JOURNAL
         journal.write_text(json.dumps({"targets": [t.name for t in staged], "existed": existed}))
-        _fsync(journal)
-        _fsync(self.folder)
         try:
             (self.folder / "old").mkdir()
             for target in reversed(staged):  # the manifest leaves first
@@ -636,13 +619,11 @@ class StagedOutputs:
                     os.replace(target, self.folder / "old" / target.name)
             for target in staged:  # ... and arrives last
                 os.replace(self.path(target), target)
-            _fsync(self.parent)
             journal.unlink()  # the commit point
         except BaseException:
             _roll_back(self.folder, self.parent)
             raise
         self.committed = True
-        _fsync(self.parent)
 
     def discard(self) -> None:
         """Remove the staging folder (with the previous outputs, after a commit)."""
@@ -688,8 +669,6 @@ def write_file_atomically(path: str | os.PathLike, data: bytes, *, overwrite: bo
     try:
         with os.fdopen(handle, "wb") as file:
             file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
         os.chmod(temporary, 0o666 & ~_current_umask())  # mkstemp makes it private
         if overwrite:
             os.replace(temporary, path)
@@ -727,6 +706,7 @@ def json_text(value, **options) -> str:
     return json.dumps(finite_json(value), allow_nan=False, **options)
 
 
-__all__ = ["check_output_dir", "check_output_files", "check_name_fits", "refuse_if_claimed", "claim_output", "claim_of", "Claim",
+__all__ = ["check_output_dir", "check_output_files", "check_name_fits", "refuse_if_claimed", "claim_output", "claim_of",
+           "Claim",
            "command_line", "lock_path", "StagedOutputs", "staged_outputs", "staged_directory",
            "write_file_atomically", "remove_abandoned_leftovers", "finite_json", "json_text"]

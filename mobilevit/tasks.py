@@ -37,5 +37,10 @@ def canonical_task(name, allowed=TASKS) -> str:
     return key
 
 
-__all__ = ["CLASSIFICATION", "SEGMENTATION", "FEATURE_EXTRACTION", "TASKS", "TASK_ALIASES", "PIPELINE_TASKS",
+def a_task(task: str) -> str:
+    """"an image-classification", "a semantic-segmentation": a task named in a sentence."""
+    return f"{'an' if task[:1] in 'aeiou' else 'a'} {task}"
+
+
+__all__ = ["a_task", "CLASSIFICATION", "SEGMENTATION", "FEATURE_EXTRACTION", "TASKS", "TASK_ALIASES", "PIPELINE_TASKS",
            "canonical_task"]

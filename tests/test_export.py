@@ -270,3 +270,34 @@ def test_refuses_to_overwrite(exported, capsys):
     assert "--overwrite" in capsys.readouterr().err
     assert output.stat().st_mtime_ns == before
     assert not [p for p in output.parent.iterdir() if p.name.endswith(".tmp")]  # no half-written leftovers
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Labelled data is read against the model's classes, by name (issue 27)
+# ---------------------------------------------------------------------------------------------------------
+def _photo_folder(root, names, per_class=2):
+    import numpy as np
+    from PIL import Image
+
+    for k, name in enumerate(names):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(np.full((40, 40, 3), 40 * k + i, np.uint8)).save(root / name / f"{i}.png")
+    return root
+
+
+def test_eval_data_holding_some_of_the_models_classes_is_measured_by_name(tmp_path):
+    """A folder holding a subset of the classes got ids from its own order: accuracy 0.0000."""
+    from mobilevit.export.common import ExportError
+    from mobilevit.export.data import read_split
+
+    id2label = {0: "cat", 1: "dog", 2: "eel", 3: "fox"}
+    data = _photo_folder(tmp_path / "subset", ["dog", "fox"])
+    images = read_split(data, "train", "--eval-data", labelled=True, task="image-classification", id2label=id2label,
+                        model="'m'")
+    assert [label for _, labels in images.batches(3) for label in labels] == [1, 1, 3, 3]
+    _photo_folder(tmp_path / "extra", ["dog", "gnu"])
+    with pytest.raises(ExportError, match=r"--eval-data .*extra'\[train\]: holds the class 'gnu', which the model 'm' "
+                                          r"lacks \(its classes: 'cat', 'dog', 'eel', 'fox'\)"):
+        read_split(tmp_path / "extra", "train", "--eval-data", labelled=True, task="image-classification",
+                   id2label=id2label, model="'m'")

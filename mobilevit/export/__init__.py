@@ -114,15 +114,16 @@ def output_paths(chosen: Format, output: Path) -> list[Path]:
     return [output, *chosen.companion_paths(output), sidecar_path(output)]
 
 
-def _check_memory(model, task: str, size: tuple[int, int], calibration_size: int | None) -> None:
-    """The calibration images, preprocessed at once, and a forward at the export size must fit in memory."""
+def _check_memory(model, task: str, size: tuple[int, int], calibration_images: int | None = None) -> None:
+    """A forward at the export size, and the calibration images prepared at that size (what calibration keeps),
+    must fit in memory."""
     per_image = auto.memory_per_image(model.config, task, *size, training=False)
     limits.check_fits_in_memory("--image-size", 1, per_image, f"{_described(model)} at {size[0]}x{size[1]} takes about",
                                 ExportError)
-    if calibration_size is not None:
-        pixels = model.config.num_channels * size[0] * size[1] * 4 * 2  # the images and their preprocessed copy
-        limits.check_fits_in_memory("--calibration-size", calibration_size, pixels, f"calibration at {size[0]}x"
-                                    f"{size[1]} holds about", ExportError, fixed_bytes=per_image)
+    if calibration_images is not None:
+        pixels = model.config.num_channels * size[0] * size[1] * 4
+        limits.check_fits_in_memory("--calibration-size", calibration_images, pixels, f"calibration at {size[0]}x"
+                                    f"{size[1]} keeps about", ExportError, fixed_bytes=per_image)
 
 
 def _described(model) -> str:
@@ -153,11 +154,12 @@ def _export(chosen, precision, output, targets, model_dir, calibration_data, cal
     model, processor, task = load_model(model_dir)
     graph = MainOutputs(model).eval()
     size = (image_size, image_size) if image_size else input_size(processor, model.config)
-    _check_memory(model, task, size, calibration_size if precision in chosen.calibrated else None)
+    _check_memory(model, task, size)
     calibration = evaluation = None
     if precision in chosen.calibrated:
         images = read_split(calibration_data, calibration_split, "--calibration-data", labelled=False,
                             limit=calibration_size)
+        _check_memory(model, task, size, len(images))
         calibration = calibration_batches(images, processor, size)
         log(f"calibration: {images.description}")
     if eval_data is not None:

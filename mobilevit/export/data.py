@@ -34,11 +34,30 @@ DEFAULT_EVALUATION_SPLIT = "test"
 
 @dataclass
 class ImageSet:
-    """Images of one split, with their class ids or masks when the split has them."""
+    """Images of one split, with their class ids (of the model's label set) or masks when the split has them.
+    Images are decoded a batch at a time (`batches`): a large held-out set never sits in memory whole."""
 
-    images: list
-    labels: list | None
+    dataset: object  # a datasets.Dataset
+    image_column: str
+    label_column: str | None
+    mapping: list[int] | None  # the data's class ids -> the model's (None: the same)
+    task: str | None
     description: str  # e.g. "'data/'[test], 360 images"
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def batches(self, batch_size: int):
+        """(RGB PIL images, their labels or None) per `batch_size` examples, in order."""
+        for start in range(0, len(self.dataset), batch_size):
+            chunk = self.dataset[start:start + batch_size]
+            images = [image.convert("RGB") for image in chunk[self.image_column]]
+            labels = None
+            if self.label_column is not None:
+                labels = chunk[self.label_column]
+                if self.mapping is not None:
+                    labels = _relabel(labels, self.mapping, self.task)
+            yield images, labels
 
 
 def read_split(source: str | Path, split: str, argument: str, labelled: bool, task: str | None = None,
@@ -75,17 +94,17 @@ def read_split(source: str | Path, split: str, argument: str, labelled: bool, ta
             raise ExportError(f"{argument}: expected {what} in {str(source)!r}[{split}] to measure accuracy, "
                               f"got columns {dataset.column_names}")
     if limit is not None and limit < len(dataset):  # in memory: nothing is written beside a saved data set
-        dataset = dataset.shuffle(seed=seed, keep_in_memory=True).select(range(limit), keep_in_memory=True)
-    images = [image.convert("RGB") for image in dataset[image_column]]
-    labels = list(dataset[label_column]) if label_column else None
-    if labels is not None and id2label is not None:
+        order = np.random.default_rng(seed).permutation(len(dataset))[:limit]
+        dataset = dataset.select(sorted(int(i) for i in order), keep_in_memory=True)
+    mapping = None
+    if label_column is not None and id2label is not None:
         names = _class_names(dataset, label_column, source, task)
         if names is not None:
             label2id = {name: index for index, name in sorted(id2label.items())}
             mapping = map_labels(names, label2id, f"{argument} {str(source)!r}[{split}]", f"the model {model}",
                                  error=ExportError)
-            labels = _relabel(labels, mapping, task)
-    return ImageSet(images, labels, f"{str(source)!r}[{split}], {len(images)} images")
+    return ImageSet(dataset, image_column, label_column, mapping, task,
+                    f"{str(source)!r}[{split}], {len(dataset)} images")
 
 
 def _class_names(dataset, label_column: str, source, task: str) -> list[str] | None:
@@ -110,9 +129,9 @@ def _relabel(labels: list, mapping: list[int], task: str) -> list:
 
 
 def calibration_batches(images: ImageSet, processor, size: tuple[int, int], batch_size: int = 8):
-    """The calibration images as the model's processor prepares them, in batches of `batch_size`."""
-    pixel_values = preprocess(processor, images.images, size)
-    return list(torch.split(pixel_values, batch_size))
+    """The calibration images as the model's processor prepares them, in batches of `batch_size` (decoded a
+    batch at a time; the prepared batches are what calibration keeps, bounded by --calibration-size)."""
+    return [preprocess(processor, chunk, size) for chunk, _ in images.batches(batch_size)]
 
 
 def evaluate(run, images: ImageSet, processor, size: tuple[int, int], task: str, config,
@@ -123,9 +142,7 @@ def evaluate(run, images: ImageSet, processor, size: tuple[int, int], task: str,
         metric = ClassificationMetrics(top_k=(1,))
     else:
         metric = SegmentationMetrics(config.num_labels, id2label=config.id2label, align_corners=align_corners)
-    for start in range(0, len(images.images), batch_size):
-        chunk = images.images[start:start + batch_size]
-        labels = images.labels[start:start + batch_size]
+    for chunk, labels in images.batches(batch_size):
         if task == CLASSIFICATION:
             pixel_values = preprocess(processor, chunk, size)
             target = torch.as_tensor([int(label) for label in labels])

@@ -88,5 +88,6 @@ def map_labels(names, label2id: dict[str, int], source: str, target: str, error:
     return [label2id[name] for name in names]
 
 
-__all__ = ["map_labels", "imagenet_1k_id2label", "pascal_voc_id2label", "ade20k_id2label", "ade20k_with_background_id2label",
+__all__ = ["map_labels", "imagenet_1k_id2label", "pascal_voc_id2label", "ade20k_id2label",
+           "ade20k_with_background_id2label",
            "label2id", "label_set_for", "KNOWN_LABEL_SETS"]

@@ -15,6 +15,7 @@ moved into place only at the end.
 from __future__ import annotations
 
 import argparse
+import math
 
 from .job import TrainJob, train_and_save
 
@@ -103,7 +104,9 @@ def run(args: argparse.Namespace) -> int:
     split = "test" if "test" in metrics else "validation"
     main = metrics["main_metric"]
     if result.trainer.is_world_process_zero():
-        print(f"{split} {main}: {metrics[split][main]:.4f}  ({metrics['train_seconds']:.0f} s of training)")
+        value = metrics[split][main]
+        shown = f"{value:.4f}" if isinstance(value, float) and math.isfinite(value) else "undefined"
+        print(f"{split} {main}: {shown}  ({metrics['train_seconds']:.0f} s of training)")
         print(f"saved to {result.output_dir}")
     return 0
 

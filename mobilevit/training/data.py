@@ -358,7 +358,8 @@ def prepare_task_data(source, task: str, *, labels: list[str] | None = None, val
         skipped += bad
     if skipped and not skip_bad:  # every split checked first, so that one run names every bad file
         raise_bad_examples(source_name, skipped, sum(len(split) for split in splits.values() if split is not None))
-    data.train, data.validation, data.test, data.skipped = splits["train"], splits["validation"], splits["test"], skipped
+    data.train, data.validation, data.test = splits["train"], splits["validation"], splits["test"]
+    data.skipped = skipped
     return data
 
 

@@ -18,6 +18,7 @@ corrected command runs.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import sys
@@ -34,7 +35,7 @@ from ..errors import Interrupted, UserError
 from ..file_utils import check_output_dir, claim_output, json_text, staged_directory
 from ..hub import write_model_card
 from ..image_processing_mobilevit import MobileViTImageProcessor
-from ..tasks import CLASSIFICATION, SEGMENTATION, canonical_task
+from ..tasks import CLASSIFICATION, SEGMENTATION, a_task, canonical_task
 from .checkpoints import checkpoint_problem, scan_checkpoints
 from .data import DataError, prepare_task_data
 from .history import epoch_history, plot_history
@@ -308,14 +309,14 @@ def _checkpoint_labels(checkpoint: Path, job: TrainJob, config) -> dict[int, str
                          f"({err})") from None
     shown = f"resume: the checkpoint {str(checkpoint)!r}"
     if saved.get("model_type") != config.model_type:
-        raise TrainError(f"{shown} holds a {saved.get('model_type')!r} model; this run trains {config.model_type!r} "
-                         f"({_described(config)})")
+        raise TrainError(f"{shown} holds a model of type {saved.get('model_type')!r}; this run trains "
+                         f"{config.model_type!r} ({_described(config)})")
     family = auto.family_of(config)
     tasks = {cls.__name__: task for task, cls in family.model_classes.items()}
     saved_tasks = {tasks.get(name) for name in saved.get("architectures") or []}
     if job.task not in saved_tasks:
-        raise TrainError(f"{shown} holds a {', '.join(sorted(filter(None, saved_tasks))) or 'headless'} model; this "
-                         f"run trains {job.task}")
+        held = ", ".join(sorted(filter(None, saved_tasks))) or "headless"
+        raise TrainError(f"{shown} holds {a_task(held)} model; this run trains {job.task}")
     try:
         return {int(key): str(name) for key, name in (saved.get("id2label") or {}).items()}
     except (TypeError, ValueError):
@@ -541,7 +542,7 @@ def _write_output(model, processor, metrics: dict, job: TrainJob, output_dir: Pa
 def _write_card(model, metrics: dict, job: TrainJob, folder: Path) -> None:
     split = "test" if "test" in metrics else "validation"
     shown = {f"{split} {name}": value for name, value in metrics[split].items()
-             if isinstance(value, float) and not name.startswith("iou_")}
+             if isinstance(value, float) and math.isfinite(value) and not name.startswith("iou_")}
     training = metrics["training"]
     notes = (f"Trained with `mobilevit train` ({'fine-tuned from ' + str(job.model) if job.model else 'from scratch'}"
              f"): {training['epochs']} epochs on {training['num_train_examples']} images, batch size "
