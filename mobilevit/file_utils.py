@@ -568,7 +568,7 @@ class StagedOutputs:
         parent = self.targets[0].parent
         if any(t.parent != parent for t in self.targets):
             raise ValueError(f"targets: expected outputs in one folder, got {[str(t) for t in self.targets]}")
-        self.overwrite, self.argument, self.error, self.committed = overwrite, argument, error, False
+        self.overwrite, self.argument, self.error = overwrite, argument, error
         parent.mkdir(parents=True, exist_ok=True)
         remove_abandoned_leftovers(self.targets)
         self.folder = Path(tempfile.mkdtemp(prefix=_hidden_prefix(self.targets[0]), suffix=".tmp", dir=parent))
@@ -623,7 +623,6 @@ class StagedOutputs:
         except BaseException:
             _roll_back(self.folder, self.parent)
             raise
-        self.committed = True
 
     def discard(self) -> None:
         """Remove the staging folder (with the previous outputs, after a commit)."""

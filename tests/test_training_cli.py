@@ -147,6 +147,7 @@ def test_a_rejected_run_leaves_nothing_and_the_corrected_rerun_trains(tmp_path, 
 
     threads = []
     monkeypatch.setattr(torch, "set_num_threads", threads.append)  # recorded, not applied to the test process
+    monkeypatch.setenv("MOBILEVIT_THREAD_POLICY", "0")  # on a busy machine it sets threads for one forward too
     data, out = _image_folder(tmp_path / "data"), tmp_path / "out"
     settings = ["--data", data, "--output-dir", out, "--epochs", "1", "--batch-size", "8", "--no-multi-scale"]
     assert _train(capsys, *settings, "--image-size", "31")[0] == EXIT_USAGE
