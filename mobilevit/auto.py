@@ -188,9 +188,10 @@ def load_config(model_dir: str | os.PathLike, **kwargs):
 
 
 @contextmanager
-def quiet_loading():
-    """transformers' loading bar and load report stay off the screen: what loading found is decided here (a
-    one-line error, or a note from the caller)."""
+def quiet_transformers():
+    """transformers' progress bars ("Loading weights", "Writing model shards") and its load report stay off the
+    screen: what loading found is decided here (a one-line error, or a note from the caller), and the tools show
+    their own progress."""
     from transformers.utils import logging as transformers_logging
 
     verbosity, bars = transformers_logging.get_verbosity(), transformers_logging.is_progress_bar_enabled()
@@ -211,7 +212,7 @@ def _from_pretrained(model_class, model_dir, config=None, new_head: bool = False
     from safetensors import SafetensorError
 
     try:
-        with quiet_loading():
+        with quiet_transformers():
             model, info = model_class.from_pretrained(
                 str(model_dir), **({"config": config} if config is not None else {}), output_loading_info=True,
                 **({"ignore_mismatched_sizes": True} if new_head else {}), **kwargs)
@@ -360,7 +361,7 @@ def load_image_processor(model_dir: str | os.PathLike, config=None, **kwargs):
         raise NotAModelError(f"model: {where} is {what}; expected the processor's settings (JSON), or no such file "
                              "(the family's evaluation preprocessing is used then)")
     try:
-        with quiet_loading():
+        with quiet_transformers():
             processor = MobileViTImageProcessor.from_pretrained(str(model_dir), **kwargs)
     except OSError as err:
         if not path.is_dir() and "does not appear to have a file named" in str(err):  # a Hub repository without one
@@ -440,5 +441,5 @@ class AutoModelForSemanticSegmentation(AutoModel):
 __all__ = ["FAMILIES", "NotAModelError", "family", "family_of", "task_of", "task_of_model", "resolve_variant",
            "new_config", "new_model", "image_processor_for", "family_for_checkpoint", "load_config", "load_model",
            "load_image_processor", "load_model_and_processor", "check_processor_sizes", "check_finite_weights",
-           "memory_per_image", "quiet_loading", "AutoConfig", "AutoModel",
+           "memory_per_image", "quiet_transformers", "AutoConfig", "AutoModel",
            "AutoModelForImageClassification", "AutoModelForSemanticSegmentation"]

@@ -226,7 +226,8 @@ def convert_checkpoint(
 
         with staged_directory(output_dir, overwrite=overwrite, error=ConversionError) as work:
             num_parameters = sum(p.numel() for p in model.parameters())
-            model.save_pretrained(str(work))
+            with auto.quiet_transformers():
+                model.save_pretrained(str(work))
             family.image_processor(config).save_pretrained(str(work))
             write_model_card(work, task=task, variant=variant, num_parameters=num_parameters,
                              image_size=config.image_size, num_labels=num_labels, dataset=dataset,

@@ -92,8 +92,8 @@ def environment_error(error: BaseException) -> UserError | None:
         code = error.errno
         where = f" ({error.filename})" if error.filename else ""
     elif type(error).__name__ == "SafetensorError":
-        found = re.search(r"code: (\d+)", str(error))
-        code = int(found[1]) if found else None
+        found = re.search(r"code: (\d+)|os error (\d+)", str(error))  # its two spellings, by version
+        code = int(found[1] or found[2]) if found else None
     if code not in _ENVIRONMENT_ERRNOS:
         return None
     name = errno.errorcode.get(code, code)

@@ -97,6 +97,9 @@ def test_safetensors_io_errors_are_read_for_their_os_error(fake_command, capsys)
                                         'message: "No space left on device" })'))
     assert cli.main(["fake"]) == EXIT_DATA
     assert "the disk is full: No space left on device [errno ENOSPC]" in capsys.readouterr().err
+    fake_command[0] = SafetensorError("Error while serializing: I/O error: File too large (os error 27)")
+    assert cli.main(["fake"]) == EXIT_DATA
+    assert "the file is larger than this system allows: File too large [errno EFBIG]" in capsys.readouterr().err
 
 
 def test_other_os_errors_stay_bugs(fake_command):

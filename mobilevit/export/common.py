@@ -78,22 +78,14 @@ def load_model(model_dir: str | os.PathLike):
     if not path.is_dir():
         what = "a file" if path.exists() else "nothing"
         raise ExportError(f"--model: expected a folder written by save_pretrained, got {str(path)!r} ({what} there)")
-    from transformers.utils import logging as transformers_logging
-
-    verbosity, bars = transformers_logging.get_verbosity(), transformers_logging.is_progress_bar_enabled()
-    transformers_logging.set_verbosity_error()  # its load report and bar would precede our one-line error
-    transformers_logging.disable_progress_bar()
     try:
-        model, processor, task = auto.load_model_and_processor(path)
+        with auto.quiet_transformers():  # its load report and bar would precede our one-line error
+            model, processor, task = auto.load_model_and_processor(path)
     except Exception as err:  # noqa: BLE001 truncated weights (SafetensorError), mismatched widths (RuntimeError), ...
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
         if "mismatch" in first_line:
             first_line = _first_mismatch(path) or first_line
         raise ExportError(f"--model: cannot load the model in {str(path)!r}: {type(err).__name__}: {first_line}") from None
-    finally:
-        transformers_logging.set_verbosity(verbosity)
-        if bars:
-            transformers_logging.enable_progress_bar()
     if next(model.parameters()).dtype != torch.float32:
         model = model.float()  # exports start from float32; precision is chosen by --quantize
     return model.eval(), processor, task

@@ -31,7 +31,7 @@ import torch
 from transformers import set_seed
 
 from .. import auto, limits
-from ..errors import Interrupted, UserError
+from ..errors import EXIT_INTERRUPTED, EXIT_TERMINATED, Interrupted, Terminated, UserError
 from ..file_utils import check_output_dir, claim_output, json_text, staged_directory
 from ..hub import write_model_card
 from ..image_processing_mobilevit import MobileViTImageProcessor
@@ -430,10 +430,12 @@ def train_and_save(job: TrainJob) -> TrainResult:
         _check_output(job)  # again, now that no other run can change it
         try:
             return _train_and_save(job, output_dir, work_dir)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (`errors.Terminated`)
             kept = (f"; the checkpoints of finished epochs are in {str(work_dir)!r}: the same command with --resume "
                     "continues from the last one") if scan_checkpoints(work_dir / "checkpoints")[0] else ""
-            raise Interrupted(f"interrupted (Ctrl-C); {str(output_dir)!r} was not written{kept}") from None
+            how, code = (("terminated (SIGTERM)", EXIT_TERMINATED) if isinstance(stop, Terminated) else
+                         ("interrupted (Ctrl-C)", EXIT_INTERRUPTED))
+            raise Interrupted(f"{how}; {str(output_dir)!r} was not written{kept}", exit_code=code) from None
         finally:
             if _is_rank_zero():
                 _remove_if_empty(work_dir)
@@ -529,7 +531,8 @@ def _write_output(model, processor, metrics: dict, job: TrainJob, output_dir: Pa
     """Write the Hub folder into a temporary sibling, then swap it into place whole."""
     # an existing output_dir is only replaced with overwrite (checked before training, and again at the move)
     with staged_directory(output_dir, overwrite=job.overwrite, argument="output_dir", error=TrainError) as staging:
-        model.save_pretrained(staging)
+        with auto.quiet_transformers():
+            model.save_pretrained(staging)
         processor.save_pretrained(staging)
         (staging / "metrics.json").write_text(json_text(metrics) + "\n")
         plot_history(metrics["history"], MAIN_METRIC[job.task], staging / "training_history.png",
