@@ -175,9 +175,9 @@ def _image_size(job: TrainJob, config) -> int:
     return _as_int(config.image_size)
 
 
-def check_batch_sizes(job: TrainJob, config, num_train: int, image_size: int, eval_size: int) -> None:
+def check_batch_sizes(job: TrainJob, config, num_train: int, image_size: int) -> None:
     """A batch never exceeds the data (larger values are lowered to the training split's size, with a note), and
-    the batches must fit in memory at their resolution (`mobilevit.limits`)."""
+    the batches must fit in memory at the crop size, where training and evaluation run (`mobilevit.limits`)."""
     if job.batch_size > num_train:
         _note(f"batch_size: {job.batch_size} is more than the {num_train} training examples; batches of {num_train}")
         job.batch_size = num_train
@@ -187,9 +187,10 @@ def check_batch_sizes(job: TrainJob, config, num_train: int, image_size: int, ev
     limits.check_fits_in_memory("batch_size", job.batch_size, training, f"training {_described(config)} at "
                                 f"{image_size}x{image_size} keeps about", TrainError, device, fixed_bytes=weights)
     if job.eval_batch_size is not None:
-        inference = auto.memory_per_image(config, job.task, eval_size, eval_size, training=False)
+        inference = auto.memory_per_image(config, job.task, image_size, image_size, training=False)
         limits.check_fits_in_memory("eval_batch_size", job.eval_batch_size, inference, f"evaluating "
-                                    f"{_described(config)} at {eval_size}x{eval_size} takes about", TrainError, device)
+                                    f"{_described(config)} at {image_size}x{image_size} takes about", TrainError,
+                                    device)
 
 
 def _described(config) -> str:
@@ -454,7 +455,7 @@ def _train_and_save(job: TrainJob, output_dir: Path, work_dir: Path) -> TrainRes
     eval_resize = job.eval_resize or default_resize
 
     def check_sizes(num_train: int) -> None:  # before every example is read
-        check_batch_sizes(job, config, num_train, image_size, min(eval_resize, limits.MAX_IMAGE_SIDE))
+        check_batch_sizes(job, config, num_train, image_size)
 
     data = prepare_task_data(job.data, job.task, labels=job.labels, seed=job.seed, skip_bad=job.skip_bad_images,
                              check_size=check_sizes)
