@@ -104,8 +104,8 @@ def check_name_fits(path: str | os.PathLike, argument: str, error: type[UserErro
     for part in path.parts:
         size = len(os.fsencode(part))
         if size > limit:
-            raise error(f"{argument}: expected names of at most {limit} bytes (the file system's limit), got "
-                        f"{str(path)!r}, with a {size}-byte name {part[:40]!r}...")
+            raise error(f"{argument}: expected names of at most {limit} bytes (the file system's limit), got a "
+                        f"{size}-byte name, {part[:40]!r}...")
     if len(os.fsencode(str(path.expanduser().absolute()))) >= 4096:
         raise error(f"{argument}: expected a path shorter than 4096 bytes (the system's limit), got "
                     f"{str(path)[:60]!r}...")
