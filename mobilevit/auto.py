@@ -23,6 +23,7 @@ asks for a new head on purpose (`new_head=`, what fine-tuning does).
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 from contextlib import contextmanager
@@ -37,6 +38,7 @@ from .tasks import CLASSIFICATION, FEATURE_EXTRACTION, SEGMENTATION, a_task, can
 
 _REGISTERED = (mobilevit.FAMILY, mobilevitv2.FAMILY)
 FAMILIES: dict[str, ModelFamily] = {family.model_type: family for family in _REGISTERED}
+logger = logging.getLogger(__name__)
 
 
 class NotAModelError(UserError):
@@ -75,14 +77,13 @@ def task_of(config, source: str | os.PathLike | None = None) -> str:
     """The task of a saved model, from the head class named in `config.architectures` (`source`: the folder,
     for the message)."""
     known = family_of(config)
-    names = {cls.__name__: task for task, cls in known.model_classes.items()}
-    for architecture in config.architectures or []:
-        if architecture in names:
-            return names[architecture]
+    task = known.task_named_by(config)
+    if task is not None:
+        return task
     where = f"model: {str(source)!r}: " if source is not None else ""
     raise NotAModelError(
-        f"{where}config.architectures: expected one of {sorted(names)} to infer the task, got {config.architectures!r}; "
-        f"pass the task ({', '.join(known.tasks)})"
+        f"{where}config.architectures: expected one of {sorted(c.__name__ for c in known.model_classes.values())} to "
+        f"infer the task, got {config.architectures!r}; pass the task ({', '.join(known.tasks)})"
     )
 
 
@@ -120,9 +121,10 @@ def new_model(config, task: str | None = None):
     return known.model_class(task)(config)
 
 
-def image_processor_for(config):
-    """The preprocessing a family's checkpoints were evaluated with, for a model of `config`."""
-    return family_of(config).image_processor(config)
+def image_processor_for(config, task: str | None = None):
+    """The preprocessing a family's checkpoints were evaluated with, for a `task` model of `config` (default:
+    the head its `architectures` name; classification for a config that names none, such as a new one)."""
+    return family_of(config).image_processor(config, task)
 
 
 def family_for_checkpoint(state_dict) -> ModelFamily:
@@ -348,7 +350,11 @@ def load_image_processor(model_dir: str | os.PathLike, config=None, **kwargs):
     """The folder's `preprocessor_config.json`, or the family's evaluation preprocessing when it has none. A file
     that is there but invalid is an error, never silently replaced by the defaults. A processor config that
     does not say how to upsample segmentation logits (one saved by stock transformers or before this option
-    existed) gets the family's way."""
+    existed) gets the family's way. `kwargs` override the folder's settings (`do_flip_channel_order=False`).
+
+    A folder whose channel order is not the one its family was trained on (a MobileViTv2 folder converted by
+    stock transformers flips to BGR) runs as the folder says, and the package says so once per folder and
+    process, with the way to switch (`mobilevit convert --fix-preprocessing`)."""
     from .image_processing_mobilevit import MobileViTImageProcessor
 
     path = Path(model_dir)
@@ -370,12 +376,14 @@ def load_image_processor(model_dir: str | os.PathLike, config=None, **kwargs):
     except (ValueError, TypeError) as err:
         raise NotAModelError(f"model: {where} holds an invalid setting ({str(err).splitlines()[0]})") from None
     check_processor_sizes(processor, where)
+    try:
+        config = config if config is not None else load_config(model_dir)
+    except NotAModelError:  # a processor without a model: nothing to learn from
+        return processor
+    known = family_of(config)
     if processor.logits_align_corners is None:
-        try:
-            config = config if config is not None else load_config(model_dir)
-        except NotAModelError:  # a processor without a model: nothing to learn from
-            return processor
-        processor.logits_align_corners = family_of(config).segmentation_align_corners
+        processor.logits_align_corners = known.segmentation_align_corners
+    _say_if_channel_order_differs(model_dir, processor, known)
     return processor
 
 
@@ -395,6 +403,26 @@ def check_processor_sizes(processor, where: str) -> None:
             why = (f"the network downsamples {low}x" if name.startswith("crop") and value < low else
                    "the limit of mobilevit.limits")
             raise NotAModelError(f"model: {where}: {name} expected {low} to {high} pixels ({why}), got {value!r}")
+
+
+_CHANNEL_ORDER_NOTICES: set[str] = set()  # the folders this process has said it of
+
+
+def _say_if_channel_order_differs(model_dir, processor, known: ModelFamily) -> None:
+    """One line, once per folder and process, when a folder feeds its model the other channel order than the
+    family's release trained it on."""
+    trained = known.preprocessing.channel_order
+    fed = "BGR" if processor.setting("do_flip_channel_order") else "RGB"
+    path = Path(model_dir)
+    key = str(path.resolve()) if path.exists() else str(model_dir)
+    if fed == trained or key in _CHANNEL_ORDER_NOTICES:
+        return
+    _CHANNEL_ORDER_NOTICES.add(key)
+    logger.warning(
+        f"mobilevit: {str(model_dir)!r}: its preprocessor_config.json feeds {known.title} {fed} pixels, but "
+        f"{known.preprocessing.release} trained {known.title} on {trained} ({known.preprocessing.describe()}); it runs "
+        f"as the folder says. To switch: `mobilevit convert --fix-preprocessing {model_dir}` rewrites the file, or "
+        f"pass do_flip_channel_order={trained == 'BGR'} to the processor (docs/image-processor.md)")
 
 
 def load_model_and_processor(model_dir: str | os.PathLike, task: str | None = None, **from_pretrained_kwargs):

@@ -10,6 +10,7 @@ from __future__ import annotations
 CLASSIFICATION = "image-classification"
 SEGMENTATION = "semantic-segmentation"
 FEATURE_EXTRACTION = "image-feature-extraction"  # the bare backbone (transformers' pipeline name for it)
+OBJECT_DETECTION = "object-detection"  # SSDLite; its preprocessing is known (`ModelFamily.preprocessing`)
 
 TASKS = (CLASSIFICATION, SEGMENTATION, FEATURE_EXTRACTION)
 
@@ -42,5 +43,5 @@ def a_task(task: str) -> str:
     return f"{'an' if task[:1] in 'aeiou' else 'a'} {task}"
 
 
-__all__ = ["a_task", "CLASSIFICATION", "SEGMENTATION", "FEATURE_EXTRACTION", "TASKS", "TASK_ALIASES", "PIPELINE_TASKS",
-           "canonical_task"]
+__all__ = ["a_task", "CLASSIFICATION", "SEGMENTATION", "FEATURE_EXTRACTION", "OBJECT_DETECTION", "TASKS",
+           "TASK_ALIASES", "PIPELINE_TASKS", "canonical_task"]

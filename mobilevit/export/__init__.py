@@ -278,7 +278,7 @@ def export_model(model, format: str, output, precision: str = "fp32", image_size
     check_output_files(targets, "output", overwrite=overwrite, folders=[output] if chosen.is_folder else [],
                        error=ExportError)
     graph = MainOutputs(model.eval()).eval()
-    processor = auto.image_processor_for(model.config)
+    processor = auto.image_processor_for(model.config, auto.family_of(model).task_of_class(type(model)))
     size = (image_size, image_size) if image_size else input_size(processor, model.config)
     calibration = None
     if precision in chosen.calibrated:

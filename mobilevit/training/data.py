@@ -94,10 +94,10 @@ class TaskData:
             self.label_maps[split] = None if mapping == list(range(len(names))) else mapping
         self.id2label = dict(id2label)
 
-    def dataset(self, split: str, transform) -> "MobileViTDataset":
-        """A split as `MobileViTDataset`, its class ids in the learned label set."""
+    def dataset(self, split: str, transform, channel_order: str = "BGR") -> "MobileViTDataset":
+        """A split as `MobileViTDataset` (pixels in `channel_order`), its class ids in the learned label set."""
         return MobileViTDataset(getattr(self, split), self.task, transform, self.image_column, self.label_column,
-                                label_map=self.label_maps.get(split))
+                                channel_order=channel_order, label_map=self.label_maps.get(split))
 
 
 def _is_segmentation(task: str) -> bool:
@@ -520,9 +520,10 @@ class MobileViTDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, dataset, task: str, transform, image_column: str = "image", label_column: str = "label",
-                 label_map: list[int] | None = None):
+                 channel_order: str = "BGR", label_map: list[int] | None = None):
         self.dataset, self.task, self.transform = dataset, task, transform
         self.image_column, self.label_column = image_column, label_column
+        self.channel_order = channel_order  # the model family's (`ModelFamily.preprocessing`)
         # the split's class ids -> the model's (`TaskData.use_label_set`); masks keep IGNORE_INDEX
         self.label_map = None if label_map is None else torch.tensor(
             list(label_map) + [IGNORE_INDEX] * (IGNORE_INDEX + 1 - len(label_map)), dtype=torch.long)
@@ -540,7 +541,7 @@ class MobileViTDataset(torch.utils.data.Dataset):
             size, generator = (key.height, key.width), torch.Generator().manual_seed(key.seed)
             key = key.index
         example = self.dataset[int(key)]
-        pixels = image_to_tensor(example[self.image_column])
+        pixels = image_to_tensor(example[self.image_column], self.channel_order)
         if _is_segmentation(self.task):
             mask = mask_to_tensor(example[self.label_column])
             if mask.shape != pixels.shape[-2:]:

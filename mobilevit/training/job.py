@@ -172,6 +172,8 @@ def _image_size(job: TrainJob, config) -> int:
         crop = processor.crop_size if processor.do_center_crop and processor.crop_size else None
         if crop and crop.get("height"):
             return int(crop["height"])
+        if not processor.do_center_crop and processor.size and processor.size.get("height"):
+            return int(processor.size["height"])  # a stretch to a fixed size (MobileViTv2 segmentation)
     return _as_int(config.image_size)
 
 
@@ -382,11 +384,12 @@ def _folder_labels(job: TrainJob) -> dict[int, str] | None:
 
 
 def build_processor(crop_size: int, resize: int, family) -> MobileViTImageProcessor:
-    """The processor saved with the model: the same geometry as `EvalTransform(resize, crop_size)`, and the
-    family's segmentation post-processing."""
+    """The processor saved with the model: the same geometry as `EvalTransform(resize, crop_size)`, the family's
+    channel order (the one training fed) and resampling, and its segmentation post-processing."""
     return MobileViTImageProcessor(do_resize=True, size={"shortest_edge": resize}, do_center_crop=True,
-                                   crop_size={"height": crop_size, "width": crop_size}, do_flip_channel_order=True,
-                                   logits_align_corners=family.segmentation_align_corners)
+                                   crop_size={"height": crop_size, "width": crop_size},
+                                   logits_align_corners=family.segmentation_align_corners,
+                                   **family.preprocessing.pixel_settings)
 
 
 def _training_arguments(job: TrainJob, checkpoints: Path):
@@ -481,10 +484,12 @@ def _train_and_save(job: TrainJob, output_dir: Path, work_dir: Path) -> TrainRes
     model.config.image_size = image_size  # the config says what the saved processor feeds it
     processor = build_processor(image_size, eval_resize, family)
     augment = TrainAugmentation(image_size, job.crop_scale, job.crop_ratio, job.flip_prob)
-    train_set = data.dataset("train", augment)
+    # pixels in the channel order the family's checkpoints were trained on (v1 BGR, v2 RGB)
+    order = family.preprocessing.channel_order
+    train_set = data.dataset("train", augment, order)
     eval_transform = EvalTransform(eval_resize, image_size)
-    val_set = data.dataset("validation", eval_transform)
-    test_set = data.dataset("test", eval_transform) if data.test is not None else None
+    val_set = data.dataset("validation", eval_transform, order)
+    test_set = data.dataset("test", eval_transform, order) if data.test is not None else None
 
     multi_scale = MULTI_SCALE_DEFAULT[job.task] if job.multi_scale is None else job.multi_scale
     low, high = job.multi_scale_range or (None, None)
