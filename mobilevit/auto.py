@@ -2,9 +2,11 @@
 
 Every tool (pipelines, predict, export, benchmark, hub, train, demo, convert) reaches a model family only
 through this module, so adding a family is one folder under `models/` plus one entry in `_REGISTERED`.
-It is this package's counterpart of transformers' Auto classes, kept to itself: nothing is registered in
-transformers' own Auto mappings (a folder saved here still loads there, as the stock class of its
-`model_type`).
+It is this package's counterpart of transformers' Auto classes, kept to itself: nothing of stock transformers'
+is changed (a folder saved here still loads there, as the stock class of its `model_type`). One entry is
+added to transformers' `AutoBackbone`, keyed on this package's config classes (stock's own `MobileViTConfig`
+is untouched): this package's config -> its `...Backbone`, so that transformers' heads that build their
+backbone from a `backbone_config` (UperNet, DPT, ...) take a MobileViT one.
 
     model = auto.load_model("runs/digits")                      # any registered family, task from the folder
     model, processor, task = auto.load_model_and_processor("apple/mobilevit-small")
@@ -34,11 +36,23 @@ from .conversion_utils import ConversionError, unpickler_reason
 from .errors import UserError
 from .model_family import ModelFamily
 from .models import mobilevit, mobilevitv2
-from .tasks import CLASSIFICATION, FEATURE_EXTRACTION, SEGMENTATION, a_task, canonical_task
+from .tasks import CLASSIFICATION, FEATURE_EXTRACTION, OBJECT_DETECTION, SEGMENTATION, a_task, canonical_task
 
 _REGISTERED = (mobilevit.FAMILY, mobilevitv2.FAMILY)
 FAMILIES: dict[str, ModelFamily] = {family.model_type: family for family in _REGISTERED}
 logger = logging.getLogger(__name__)
+
+
+def _register_backbones() -> None:
+    """transformers' `AutoBackbone.from_config(config)` builds this package's backbone for this package's configs."""
+    from transformers import AutoBackbone
+
+    for known in _REGISTERED:
+        if known.backbone_class is not None:
+            AutoBackbone.register(known.config_class, known.backbone_class, exist_ok=True)
+
+
+_register_backbones()
 
 
 class NotAModelError(UserError):
@@ -242,9 +256,11 @@ def _from_pretrained(model_class, model_dir, config=None, new_head: bool = False
         task = family_of(model).task_of_class(model_class) or model_class.__name__
         saved = _saved_task(model_dir)
         if saved not in (None, task):
+            start = (f"train {a_task(task)} head on it (mobilevit train --model {str(model_dir)} --task {task})"
+                     if task in (CLASSIFICATION, SEGMENTATION) else  # what `mobilevit train` trains
+                     f"start {a_task(task)} head on purpose with load_model(..., new_head={{...}}) and train it")
             raise NotAModelError(f"model: {str(model_dir)!r} holds {a_task(saved)} model, whose weights have no {task} "
-                                 f"head ({len(new)} tensors missing, e.g. {new[0]}); load it as {saved}, or train a "
-                                 f"{task} head on it (mobilevit train --model {str(model_dir)} --task {task})")
+                                 f"head ({len(new)} tensors missing, e.g. {new[0]}); load it as {saved}, or {start}")
         raise NotAModelError(f"model: the weights in {str(model_dir)!r} lack {len(new)} of the "
                              f"{len(model.state_dict())} tensors its config.json asks for (e.g. {new[0]}): they do "
                              "not belong to this config")
@@ -349,8 +365,9 @@ def _label_dependent_keys(config, task: str) -> set[str]:
 def load_image_processor(model_dir: str | os.PathLike, config=None, **kwargs):
     """The folder's `preprocessor_config.json`, or the family's evaluation preprocessing when it has none. A file
     that is there but invalid is an error, never silently replaced by the defaults. A processor config that
-    does not say how to upsample segmentation logits (one saved by stock transformers or before this option
-    existed) gets the family's way. `kwargs` override the folder's settings (`do_flip_channel_order=False`).
+    does not say how to upsample segmentation logits or how to pick detections (one saved by stock transformers or
+    before these options existed) gets the family's way. `kwargs` override the folder's settings
+    (`do_flip_channel_order=False`).
 
     A folder whose channel order is not the one its family was trained on (a MobileViTv2 folder converted by
     stock transformers flips to BGR) runs as the folder says, and the package says so once per folder and
@@ -384,6 +401,8 @@ def load_image_processor(model_dir: str | os.PathLike, config=None, **kwargs):
     if processor.logits_align_corners is None:
         processor.logits_align_corners = known.segmentation_align_corners
     _say_if_channel_order_differs(model_dir, processor, known)
+    if processor.detection_postprocessing is None and known.task_named_by(config) == OBJECT_DETECTION:
+        processor.detection_postprocessing = known.detection_postprocessing.to_dict()
     return processor
 
 
@@ -466,8 +485,12 @@ class AutoModelForSemanticSegmentation(AutoModel):
     task = SEGMENTATION
 
 
+class AutoModelForObjectDetection(AutoModel):
+    task = OBJECT_DETECTION
+
+
 __all__ = ["FAMILIES", "NotAModelError", "family", "family_of", "task_of", "task_of_model", "resolve_variant",
            "new_config", "new_model", "image_processor_for", "family_for_checkpoint", "load_config", "load_model",
            "load_image_processor", "load_model_and_processor", "check_processor_sizes", "check_finite_weights",
            "memory_per_image", "quiet_transformers", "AutoConfig", "AutoModel",
-           "AutoModelForImageClassification", "AutoModelForSemanticSegmentation"]
+           "AutoModelForImageClassification", "AutoModelForSemanticSegmentation", "AutoModelForObjectDetection"]

@@ -17,6 +17,7 @@ the limit and where the limit comes from, instead of an out-of-memory kill minut
 | seeds | 0 ... 2**32 - 1 | NumPy's seeding |
 | rates, fractions, probabilities | finite | |
 | benchmark --repeats / --warmup | 1 ... 10,000 / 0 ... 1,000 | |
+| results per image: predict --top-k and --max-detections, a detection rule's caps and candidates per class | 1 ... 100,000 | what a picture and a JSON file can usefully hold (the released rules keep 200, consider 400) |
 
 "The memory this process may still use" is the least of: the kernel's MemAvailable, the cgroup's limit less
 its usage, and the address-space limit (`ulimit -v`, RLIMIT_AS) less what the process has mapped; on a CUDA
@@ -39,6 +40,7 @@ MAX_EPOCHS = 10_000
 MAX_SEED = 2**32 - 1
 MAX_REPEATS = 10_000
 MAX_WARMUP = 1_000
+MAX_RESULTS_PER_IMAGE = 100_000  # labels listed, boxes kept, candidates considered per image or class
 MEMORY_SHARE = 0.8  # of the memory still available: the rest is for the data, the allocator's slack, other work
 # measured (`python -c` on xx-small, small and v2-1.0 at 256x256): training keeps 1.2-1.4x the sum of every
 # layer's output per image, inference peaks at 1-5x the largest layer output
@@ -177,6 +179,11 @@ def check_seed(name: str, value, error: type[UserError] = UserError) -> int:
     return check_int(name, value, 0, MAX_SEED, "what NumPy seeds with", error)
 
 
+def check_results_per_image(name: str, value, error: type[UserError] = UserError) -> int:
+    return check_int(name, value, 1, MAX_RESULTS_PER_IMAGE, "more than a picture or a JSON file of results can "
+                     "usefully hold", error)
+
+
 def check_epochs(name: str, value, error: type[UserError] = UserError) -> float:
     return check_number(name, value, 0, MAX_EPOCHS, above=True, error=error)
 
@@ -240,6 +247,6 @@ def memory_per_image(key: str, build, channels: int, height: int, width: int, tr
 
 
 __all__ = ["MIN_IMAGE_SIDE", "MAX_IMAGE_SIDE", "MAX_RESIZE_SIDE", "MAX_EPOCHS", "MAX_SEED", "MAX_REPEATS",
-           "MAX_WARMUP", "MEMORY_SHARE", "usable_cpus", "available_memory", "describe_bytes", "check_int",
-           "check_number", "check_image_side", "check_threads", "check_processes", "check_seed", "check_epochs",
+           "MAX_WARMUP", "MAX_RESULTS_PER_IMAGE", "MEMORY_SHARE", "usable_cpus", "available_memory", "describe_bytes", "check_int",
+           "check_number", "check_image_side", "check_threads", "check_processes", "check_seed", "check_results_per_image", "check_epochs",
            "check_fits_in_memory", "activation_bytes", "memory_per_image"]

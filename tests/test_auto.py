@@ -30,6 +30,19 @@ def test_a_head_the_folder_does_not_hold_is_refused(saved_classifier, load):
         load(saved_classifier)
 
 
+@pytest.mark.parametrize("load", [
+    lambda folder: mobilevit.pipeline("object-detection", model=folder),
+    lambda folder: auto.AutoModelForObjectDetection.from_pretrained(folder),
+])
+def test_a_detection_head_the_folder_does_not_hold_is_refused(saved_classifier, load):
+    """The same rule for detectors (issue 23 came after it): no random SSD heads drawing boxes; `mobilevit train`
+    does not train detectors, so the message does not send the user there."""
+    with pytest.raises(NotAModelError, match=r"whose weights have no object-detection head \(\d+ tensors missing, "
+                                             r"e\.g\. ssd\..*start an object-detection head on purpose") as found:
+        load(saved_classifier)
+    assert "mobilevit train" not in str(found.value)
+
+
 def test_the_backbone_of_a_classifier_and_a_new_head_on_purpose_still_load(saved_classifier, saved_segmenter):
     backbone = auto.load_model(saved_classifier, "image-feature-extraction")
     assert backbone.new_tensors == []

@@ -133,6 +133,7 @@ import torch
 from mobilevit import MobileViTImageProcessor, auto
 from mobilevit import predict as predict_module
 from mobilevit.errors import EXIT_DATA, EXIT_USAGE
+from mobilevit.predict import PredictError
 
 
 def one_line_error(capsys, *argv) -> tuple[int, str]:
@@ -215,8 +216,8 @@ def test_a_missing_model_folder_says_so(images, capsys, model, message):
     (["--device", "meta"], "--device: expected one of cpu, cuda, mps, xpu", EXIT_USAGE),
     (["--device", "cuda"], "--device: expected a device this machine has, got 'cuda' (torch sees no cuda device here)",
      EXIT_DATA),
-    (["--top-k", "0"], "--top-k: expected a positive integer, got 0", EXIT_USAGE),
-    (["--task", "detection"], "--task: expected one of", EXIT_USAGE),
+    (["--top-k", "0"], "--top-k: expected an integer from 1 to 100000", EXIT_USAGE),
+    (["--task", "depth-estimation"], "--task: expected one of", EXIT_USAGE),
 ])
 def test_bad_arguments_are_refused_before_loading_anything(saved_classifier, images, capsys, monkeypatch, argv,
                                                             message, code):
@@ -340,3 +341,151 @@ def test_segmentation_of_a_wide_photo_from_the_command_line(saved_segmenter, tmp
                          "--json")
     assert code == 0, err
     assert Image.open(json.loads(out)[0]["mask"]).size == (288, 96)
+
+
+# -- detection ---------------------------------------------------------------------------------------------------
+KNOWN_BOX = (0.15, 0.25, 0.6, 0.8)  # normalised corners the detector below always finds
+
+
+@pytest.fixture(scope="module")
+def known_box_detector(tmp_path_factory):
+    """A detector that finds exactly one object, a "square" at KNOWN_BOX, in any image: its heads' last
+    convolutions are zero, so their outputs are their biases; every anchor is background but the first anchor of
+    the global level, whose regression decodes to KNOWN_BOX."""
+    import math
+
+    import torch
+
+    from mobilevit import auto
+    from mobilevit.testing_utils import fill_realistic_weights_
+
+    config = auto.new_config("xx-small", "object-detection", image_size=64, id2label={0: "background", 1: "square"},
+                             label2id={"background": 0, "square": 1})
+    model = fill_realistic_weights_(auto.new_model(config, "object-detection")).eval()
+    outputs = 4 + 2
+    with torch.no_grad():
+        for head in model.ssd.heads:
+            final = head.predictor.pointwise if hasattr(head.predictor, "pointwise") else head.predictor
+            final.convolution.weight.zero_()
+            bias = final.convolution.bias
+            bias.zero_()
+            bias[4::outputs] = 10.0  # background logit of every anchor
+        anchor = model.ssd.anchors([(1, 1)] * 6)[-4]  # the global level's first anchor: (0.5, 0.5, s, s)
+        x1, y1, x2, y2 = KNOWN_BOX
+        box = torch.tensor([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1])
+        regression = model.ssd.box_coder.encode(box, anchor)
+        bias = model.ssd.heads[-1].predictor.convolution.bias
+        bias[:4], bias[4], bias[5] = regression, -10.0, 10.0
+        assert math.isclose(float(model.ssd.box_coder.decode(regression[None], anchor[None])[0, 0]), box[0], abs_tol=1e-6)
+    folder = tmp_path_factory.mktemp("known_box")
+    model.save_pretrained(folder)
+    auto.image_processor_for(config, "object-detection").save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("size", [(240, 120), (120, 240)], ids=["wide", "tall"])
+def test_detection_draws_the_box_on_the_objects_pixels(known_box_detector, tmp_path, capsys, size):
+    """A photo (wide or tall) with a red rectangle exactly where the detector finds its object: the JSON box is
+    the rectangle's pixels, and the picture's outline is drawn on its edge in the class's colour."""
+    from mobilevit.predict import box_line_width
+
+    width, height = size
+    x1, y1, x2, y2 = (round(v * s) for v, s in zip(KNOWN_BOX, (width, height, width, height)))
+    photo = np.full((height, width, 3), 200, dtype=np.uint8)
+    photo[y1:y2, x1:x2] = (220, 30, 30)
+    Image.fromarray(photo).save(tmp_path / "scene.png")
+    out_dir = tmp_path / "out"
+    code, out, err = run(capsys, tmp_path / "scene.png", "--model", known_box_detector, "--output-dir", out_dir,
+                         "--json", "--threshold", 0.05)
+    assert code == 0, err
+    (result,) = json.loads(out)
+    assert json.loads((out_dir / "detections.json").read_text()) == [result]
+    (found,) = result["detections"]
+    assert found["label"] == "square" and found["score"] > 0.99
+    assert [found["box"][k] for k in ("xmin", "ymin", "xmax", "ymax")] == pytest.approx([x1, y1, x2, y2], abs=0.01)
+
+    picture = np.asarray(Image.open(result["figure"]).convert("RGB"))
+    assert picture.shape == photo.shape  # the photo at its own size
+    colour = tuple(int(c) for c in color_palette(2)[1])
+    line = box_line_width(height, width)
+    middle_x, middle_y = (x1 + x2) // 2, (y1 + y2) // 2
+    for x, y in [(x1, middle_y), (x2 - 1, middle_y), (middle_x, y2 - 1), (x1 + line - 1, middle_y + 5)]:
+        assert tuple(picture[y, x]) == colour, (x, y)  # the outline lies on the rectangle's edge pixels
+    assert tuple(picture[middle_y, x1 + line + 2]) == (220, 30, 30)  # inside: the object itself
+    assert tuple(picture[middle_y, x1 - 2]) == (200, 200, 200)  # outside: the background
+    assert tuple(picture[middle_y, x2 + 1]) == (200, 200, 200)
+
+
+def test_detection_prints_boxes_and_respects_threshold_and_cap(saved_detector, images, tmp_path, capsys):
+    code, out, err = run(capsys, images / "photo.jpg", "--model", saved_detector, "--output-dir", tmp_path,
+                         "--threshold", 0.2, "--max-detections", 3)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0] == str(images / "photo.jpg") and lines[-1].strip().startswith("figure:")
+    scores = [float(line.split()[0]) for line in lines[1:-1]]
+    assert 0 < len(scores) <= 3 and all(s > 0.2 for s in scores) and scores == sorted(scores, reverse=True)
+    assert sorted(os.listdir(tmp_path)) == ["detections.json", "photo_detections.png"]
+    code, _, err = run(capsys, images / "photo.jpg", "--model", saved_detector, "--output-dir", tmp_path)
+    assert code == 1 and "already exists" in err  # nothing replaced without --overwrite
+
+
+def test_detection_outputs_land_whole(saved_detector, images, tmp_path, capsys, monkeypatch):
+    """detections.json describes every picture: a run that fails at its second image leaves none of them (the
+    pictures were written one by one), and a rerun with --overwrite replaces the set as one."""
+    shutil.copy(images / "photo.jpg", tmp_path / "second.jpg")
+    out_dir = tmp_path / "out"
+    code, _, err = run(capsys, images / "photo.jpg", "--model", saved_detector, "--output-dir", out_dir)
+    assert code == 0, err
+    before = {name: (out_dir / name).read_bytes() for name in os.listdir(out_dir)}
+    drawn = []
+
+    def second_fails(photo, detections, palette):
+        drawn.append(photo)
+        if len(drawn) == 2:
+            raise PredictError("image 'second.jpg': cannot be drawn (as a full disk would end it)")
+        return b"new picture"
+
+    monkeypatch.setattr(predict_module, "detections_picture", second_fails)
+    code, line = one_line_error(capsys, images / "photo.jpg", tmp_path / "second.jpg", "--model", saved_detector,
+                                "--output-dir", out_dir, "--overwrite")
+    assert code == EXIT_DATA and "cannot be drawn" in line
+    assert {name: (out_dir / name).read_bytes() for name in os.listdir(out_dir)} == before  # not a file changed
+    monkeypatch.setattr(predict_module, "detections_picture", lambda *a: b"new picture")
+    code, out, err = run(capsys, images / "photo.jpg", tmp_path / "second.jpg", "--model", saved_detector,
+                         "--output-dir", out_dir, "--overwrite", "--json")
+    assert code == 0, err
+    assert sorted(os.listdir(out_dir)) == ["detections.json", "photo_detections.png", "second_detections.png"]
+    assert [r["image"] for r in json.loads((out_dir / "detections.json").read_text())] == [
+        str(images / "photo.jpg"), str(tmp_path / "second.jpg")]
+
+
+@pytest.mark.parametrize("setting, message", [
+    ({"detections_per_image": 10**9}, "detection_postprocessing.detections_per_image: expected an integer from 1 to "
+                                      "100000"),
+    ({"candidates_per_class": 0}, "detection_postprocessing.candidates_per_class: expected an integer from 1 to"),
+    ({"score_threshold": float("nan")}, "detection_postprocessing.score_threshold: expected a number in [0, 1]"),
+])
+def test_a_detection_rule_outside_the_limits_is_one_line(saved_detector, images, tmp_path, capsys, setting,
+                                                         message):
+    folder = tmp_path / "detector"
+    shutil.copytree(saved_detector, folder)
+    file = folder / "preprocessor_config.json"
+    config = json.loads(file.read_text())
+    config["detection_postprocessing"] = {**(config.get("detection_postprocessing") or {}), **setting}
+    file.write_text(json.dumps(config))
+    code, line = one_line_error(capsys, images / "photo.jpg", "--model", folder)
+    assert code == EXIT_DATA and message in line and str(file) in line
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--threshold", "1.5"], "--threshold: expected a finite number in [0, 1], got 1.5"),
+    (["--threshold", "nan"], "--threshold: expected a finite number in [0, 1], got nan"),
+    (["--max-detections", "0"], "--max-detections: expected an integer from 1 to 100000 (more than a picture or a "
+                                "JSON file of results can usefully hold), got 0"),
+    (["--max-detections", "100001"], "can usefully hold), got 100001"),
+    (["--top-k", "10000000000000000000000"], "--top-k: expected an integer from 1 to 100000 (more than a picture or a "
+                                             "JSON file of results can usefully hold), got 10000000000000000000000"),
+])
+def test_bad_detection_arguments(saved_detector, images, capsys, argv, message):
+    code, _, err = run(capsys, images / "photo.jpg", "--model", saved_detector, *argv)
+    assert code == 2 and err.strip().endswith(message) and len(err.strip().splitlines()) == 1

@@ -29,7 +29,7 @@ import torch
 
 from .. import __version__, auto, limits
 from ..file_utils import check_output_files, claim_output, staged_outputs
-from ..tasks import CLASSIFICATION, SEGMENTATION
+from ..tasks import CLASSIFICATION, OBJECT_DETECTION, SEGMENTATION, a_task
 from . import coreml, executorch, litert, onnx, openvino
 from .base import ExportJob, Format
 from .common import (
@@ -152,6 +152,10 @@ def export(model_dir, format: str, output, quantize: str | None = None, *, calib
 def _export(chosen, precision, output, targets, model_dir, calibration_data, calibration_split, calibration_size,
             eval_data, eval_split, image_size, overwrite, threads, log, started) -> dict:
     model, processor, task = load_model(model_dir)
+    if eval_data is not None and task not in (CLASSIFICATION, SEGMENTATION):  # before any data is read
+        raise ExportError(f"--eval-data: accuracy is measured for classification and segmentation, the model is "
+                          f"{a_task(task)} model (detection: compare the artefact's boxes and scores, as the export's "
+                          "own check does)", usage=True)
     graph = MainOutputs(model).eval()
     size = (image_size, image_size) if image_size else input_size(processor, model.config)
     _check_memory(model, task, size)
@@ -163,9 +167,6 @@ def _export(chosen, precision, output, targets, model_dir, calibration_data, cal
         calibration = calibration_batches(images, processor, size)
         log(f"calibration: {images.description}")
     if eval_data is not None:
-        if task not in (CLASSIFICATION, SEGMENTATION):
-            raise ExportError(f"--eval-data: accuracy is measured for classification and segmentation, the model "
-                              f"is a {task} model", usage=True)
         evaluation = read_split(eval_data, eval_split, "--eval-data", labelled=True, task=task,
                                 id2label=model.config.id2label, model=str(model_dir))
     job = ExportJob(graph, processor, size, precision, calibration, threads, Path(model_dir))
@@ -246,14 +247,30 @@ def _sidecar(chosen: Format, job: ExportJob, output: Path, model, task: str, fac
                   else [1, config.num_channels, *job.size]},
         "outputs": job.graph.output_names(),
         "preprocessing": preprocessing_of(job.processor),
-        "id2label": {str(k): v for k, v in config.id2label.items()} if task in (CLASSIFICATION, SEGMENTATION) else None,
+        "id2label": {str(k): v for k, v in config.id2label.items()} if task in (CLASSIFICATION, SEGMENTATION,
+                                                                               OBJECT_DETECTION) else None,
         "postprocessing": _postprocessing(task, config),
+        **({"detection_postprocessing": _detection_rule(job.processor, model)} if task == OBJECT_DETECTION else {}),
         **facts,
         "versions": {"mobilevit": __version__, "torch": torch.__version__},
     }
 
 
+def _detection_rule(processor, model) -> dict:
+    """The NMS rule that follows the graph: the processor's (the folder's preprocessor_config.json), else the
+    family's."""
+    return dict(processor.detection_postprocessing or auto.family_of(model).detection_postprocessing.to_dict())
+
+
 def _postprocessing(task: str, config) -> str:
+    if task == OBJECT_DETECTION:
+        return ("the graph ends before non-maximum suppression. scores (batch, anchors, classes): softmax over all "
+                "classes, column 0 the background (id2label); boxes (batch, anchors, 4): corners (x1, y1, x2, y2) "
+                "normalised to the input (multiply by the image's width and height), not clipped. Then, per image and "
+                "class c >= 1, keep scores above detection_postprocessing.score_threshold (the best "
+                "candidates_per_class of them when set), greedy NMS per class at IoU > nms_iou_threshold, keep "
+                "detections_per_class / detections_per_image when set; mobilevit's "
+                "MobileViTImageProcessor.post_process_object_detection does exactly this")
     if task == CLASSIFICATION:
         return "logits (batch, num_labels): softmax for probabilities, arg-max for the class (id2label)"
     if task == SEGMENTATION:
@@ -278,7 +295,7 @@ def export_model(model, format: str, output, precision: str = "fp32", image_size
     check_output_files(targets, "output", overwrite=overwrite, folders=[output] if chosen.is_folder else [],
                        error=ExportError)
     graph = MainOutputs(model.eval()).eval()
-    processor = auto.image_processor_for(model.config, auto.family_of(model).task_of_class(type(model)))
+    processor = auto.image_processor_for(model.config, auto.task_of_model(model))
     size = (image_size, image_size) if image_size else input_size(processor, model.config)
     calibration = None
     if precision in chosen.calibrated:
