@@ -191,6 +191,9 @@ def load_config(model_dir: str | os.PathLike, **kwargs):
                              f"loaded ({str(err).splitlines()[0]})") from None
     except ValueError as err:  # unreadable JSON
         raise NotAModelError(f"model: {str(model_dir)!r} does not hold a readable config ({err})") from None
+    if not isinstance(config_dict, dict):  # valid JSON, but a list or a number
+        raise NotAModelError(f"model: {str(model_dir)!r}: expected its config.json to hold a JSON object, got a "
+                             f"{type(config_dict).__name__}")
     model_type = config_dict.get("model_type")
     if model_type is None:
         raise NotAModelError(f"model: {str(model_dir)!r}: its config.json has no model_type; expected one of "

@@ -95,6 +95,7 @@ def test_a_pickle_the_safe_loader_refuses_never_gets_torchs_advice(saved_classif
     (lambda f: _edit(f / "preprocessor_config.json", size={"shortest_edge": 100000}),
      "size.shortest_edge expected 1 to 9216 pixels"),
     (lambda f: _edit(f / "config.json", model_type=None), "its config.json has no model_type; expected one of"),
+    (lambda f: (f / "config.json").write_text("[1, 2]"), "expected its config.json to hold a JSON object, got a list"),
 ])
 def test_folders_that_cannot_be_used_are_one_line_errors(saved_classifier, tmp_path, change, message):
     """An unreadable preprocessor_config.json was replaced by defaults without a word; a config without a

@@ -326,3 +326,19 @@ def test_detector_graph_ends_at_scores_and_corner_boxes():
     operators = {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
     assert not [op for op in operators if "arange" in op or "expand" in op]  # the anchors are one lifted constant
     assert len(program.constants) == 1 and next(iter(program.constants.values())).shape == (142, 4)
+
+
+def test_onnxruntime_quantizers_advice_stays_off_the_screen(caplog):
+    """int8 ONNX printed 'WARNING:root:Please consider to run pre-processing before quantization' twice."""
+    import logging
+
+    from mobilevit.export.common import quiet_exporters
+
+    def logged_from(filename: str, message: str):  # a `logging.warning` call made from that file
+        exec(compile(f"import logging\nlogging.warning({message!r})", filename, "exec"), {})
+
+    with quiet_exporters():
+        logged_from("/site-packages/onnxruntime/quantization/quantize.py", "Please consider to run pre-processing")
+        logged_from("/site-packages/somewhere/else.py", "a warning of another library")
+    assert [record.getMessage() for record in caplog.records] == ["a warning of another library"]
+    assert not logging.getLogger().filters

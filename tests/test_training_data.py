@@ -308,3 +308,16 @@ def test_reading_a_saved_data_set_writes_nothing_beside_it(tmp_path):
     data = prepare_task_data(tmp_path / "seg", "semantic-segmentation", labels=["a", "b", "c"])
     assert len(data.train) + len(data.validation) == 12
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def test_class_folders_are_matched_to_labels_by_name(tmp_path):
+    """--labels took the class folders by their order: a file name given as --labels ('nowhere.json') became a
+    one-class label set, and every other folder's images were reported as bad examples."""
+    folder = _image_folder(tmp_path / "pets", classes=("cat", "dog"))
+    data = prepare_task_data(folder, "image-classification", labels=["dog", "bird", "cat"])
+    assert data.id2label == {0: "dog", 1: "bird", 2: "cat"}
+    labels = [data.label_maps["train"][i] if data.label_maps["train"] else i for i in data.train["label"]]
+    names = data.train.features["label"].names
+    assert [data.id2label[label] for label in labels] == [names[i] for i in data.train["label"]]
+    with pytest.raises(DataError, match=r"holds the class 'dog', which --labels lacks \(its classes: 'cat', 'bird'\)"):
+        prepare_task_data(folder, "image-classification", labels=["cat", "bird"])

@@ -290,19 +290,37 @@ _NOISY_LOGGERS = ("torch.onnx._internal.exporter._registration",  # "torchvision
                   "torch.onnx._internal.exporter._core")
 
 
+def _not_from_onnxruntime_quantization(record: logging.LogRecord) -> bool:
+    # "Please consider to run pre-processing before quantization" (twice), logged on the root logger: int8
+    # ONNX is calibrated on the graph as exported, on purpose
+    return "onnxruntime" not in record.pathname or "quantization" not in record.pathname
+
+
 @contextmanager
 def quiet_exporters():
-    """While an artefact is written: no notes of missing torchvision operators (MobileViT uses none) and no
-    deprecation warnings from inside torch's exporters (`LeafSpec`); our own log lines say what happens."""
+    """While an artefact is written: no notes of missing torchvision operators (MobileViT uses none), no
+    deprecation warnings from inside torch's exporters (`LeafSpec`) and no advice from ONNX Runtime's quantizer;
+    our own log lines say what happens."""
     levels = {name: logging.getLogger(name).level for name in _NOISY_LOGGERS}
     for name in _NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
+    root = logging.getLogger()
+    # `logging.warning()` installs "WARNING:root:" printing on a root logger without handlers, for good: a
+    # handler here for the while (printing as Python's last resort does) keeps that from happening
+    handler = logging.StreamHandler() if not root.handlers else None
+    if handler is not None:
+        handler.setLevel(logging.WARNING)
+        root.addHandler(handler)
+    root.addFilter(_not_from_onnxruntime_quantization)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=FutureWarning, message=".*LeafSpec.*")
             warnings.filterwarnings("ignore", category=FutureWarning, module="torch.*")
             yield
     finally:
+        root.removeFilter(_not_from_onnxruntime_quantization)
+        if handler is not None:
+            root.removeHandler(handler)
         for name, level in levels.items():
             logging.getLogger(name).setLevel(level)
 

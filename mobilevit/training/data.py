@@ -340,8 +340,8 @@ def prepare_task_data(source, task: str, *, labels: list[str] | None = None, val
     data = TaskData(train, validation, test, image_column, label_column, id2label, task, source_name=source_name)
     for name, split in splits.items():
         if split is not None:  # each split's classes, by name; ids follow the training split's label set
-            data.split_names[name] = _split_classes(split, task, label_column, id2label, labels)
-    data.use_label_set(id2label, "the training split")
+            data.split_names[name] = _split_classes(split, task, label_column, id2label)
+    data.use_label_set(id2label, "--labels" if labels else "the training split")
     if check_size is not None:
         check_size(len(train))
     for name, split in splits.items():
@@ -404,13 +404,14 @@ def _class_column(train, image_columns: list[str], source_name: str) -> str:
                     f"of {list(CLASS_COLUMNS)}), got columns {list(train.column_names)}{hint}")
 
 
-def _split_classes(split, task, label_column, id2label, labels) -> list[str]:
+def _split_classes(split, task, label_column, id2label) -> list[str]:
     """A split's class names in its own id order: its ClassLabel's names where it has one (a split of a folder
-    tree has its own class folders), else the training split's label set."""
+    tree has its own class folders; they are matched to --labels by name, as to any label set), else the label
+    set's (integer ids mean what --labels or the training split says)."""
     import datasets
 
     feature = split.features.get(label_column)
-    if not labels and not _is_segmentation(task) and isinstance(feature, datasets.ClassLabel):
+    if not _is_segmentation(task) and isinstance(feature, datasets.ClassLabel):
         return list(feature.names)
     return [id2label[i] for i in range(len(id2label))]
 
