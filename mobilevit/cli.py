@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from .errors import EXIT_USAGE, run_reporting
@@ -71,6 +72,33 @@ def main(argv: list[str] | None = None) -> int:
         return int(module.run(args) or 0)
 
     return run_reporting(f"mobilevit {argv[0]}" if argv and argv[0] in COMMANDS else "mobilevit", run)
+
+
+def start_in_fork(argv: list[str], cwd: str | os.PathLike, stderr_path: str | os.PathLike) -> int:
+    """`python -m mobilevit ARGV` in `cwd` as a forked child of this process (which has imported the package
+    once: a new interpreter per command costs seconds of imports, a minute on a loaded machine); stdout goes to
+    /dev/null, stderr to `stderr_path`, and what escapes `mobilevit.cli.main` is printed as the interpreter would
+    (a traceback, exit 1). Returns the child's process id, for `os.waitpid`. Fork only from a process that has
+    not run torch on several threads (OMP_NUM_THREADS=1, or no computation yet)."""
+    import traceback
+
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 1
+    try:
+        os.chdir(cwd)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+        os.dup2(os.open(stderr_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), 2)
+        code = main(list(argv))
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else 1
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(int(code or 0))
 
 
 if __name__ == "__main__":

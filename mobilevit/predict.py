@@ -20,7 +20,7 @@ image); a mistake ends with one line on stderr, `mobilevit predict: error: ...`,
 from __future__ import annotations
 
 import argparse
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -73,8 +73,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from . import auto
+
     device = check_arguments(args)
-    with _quiet_transformers():
+    with auto.quiet_transformers():
         model, processor, task = _load(args)
     outputs = planned_outputs(args, task)
     # one run writes an output folder at a time (file_utils.claim_output); the outputs are checked again under it
@@ -141,22 +143,6 @@ def check_device(name: str):
 
 def _model_folder(args) -> list[tuple[str, str]]:
     return [("--model", args.model)] if Path(args.model).is_dir() else []
-
-
-@contextmanager
-def _quiet_transformers():
-    """transformers' loading bar and load report stay off the command line (errors come as one line)."""
-    from transformers.utils import logging as transformers_logging
-
-    verbosity, bars = transformers_logging.get_verbosity(), transformers_logging.is_progress_bar_enabled()
-    transformers_logging.set_verbosity_error()
-    transformers_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        transformers_logging.set_verbosity(verbosity)
-        if bars:
-            transformers_logging.enable_progress_bar()
 
 
 def _load(args):

@@ -1,14 +1,18 @@
-"""Bad-input cases beyond the tests: run each as a user would (a real `mobilevit` process) and count the clean ones.
+"""Bad-input cases beyond the tests: run each as a user would (its own `mobilevit` process) and count the clean ones.
 
-    python tests/bad_input_cases.py [--jobs 2] [--only WORD] [--keep DIR]
+    python tests/bad_input_cases.py [--jobs 2] [--only WORD] [--keep DIR] [--json FILE] [--new-processes]
 
 Issue 27 asks how many cases were tried beyond its own list and how many end cleanly. A case is clean when the
 process exits 1 or 2, stderr ends with its one error line, `mobilevit <command>: error: ...`, holds no traceback,
 and nothing was written: the case's own working folder is still empty (and the shared inputs are unchanged, for
 the whole run). Clean cases whose error line is not alone on stderr (progress bars, which stay on screen as lines
-where stderr is a file; the bad files of a data set named as the check finds them) are marked `clean*`. The script prints one row per case (what came back when it was not clean) and the totals; it exits
-1 when a case is not clean. It is not collected by pytest (each case is a process: minutes, not seconds); the
-classes it found are tested in the test modules.
+where stderr is a file; the bad files of a data set named as the check finds them) are marked `clean*`.
+
+Each case is a fork of this process (`mobilevit.cli.start_in_fork`: the imports are paid once, about 5 minutes for
+all on a loaded 2-core machine); `--new-processes` starts a new interpreter per case instead (`python -m
+mobilevit`, as a user does; 10 times slower). The script prints one row per case and the totals, and exits 1 when
+a case is not clean. It is not collected by pytest (minutes, not seconds); the classes it found are tested in the
+test modules.
 """
 
 from __future__ import annotations
@@ -23,12 +27,8 @@ import subprocess
 import sys
 import tempfile
 import time
-import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-
-import numpy as np
-from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
@@ -36,17 +36,6 @@ ENV = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "HF_DATASET
 TRAIN = ["train", "--epochs", "1", "--batch-size", "4", "--image-size", "32", "--no-multi-scale"]
 PREDICT = ["predict", "{data}/abc/a/0.png", "--model", "{data}/model"]
 EXPORT = ["export", "--format", "onnx", "--model", "{data}/model"]
-
-
-def class_folders(root: Path, names, per_class: int = 6) -> Path:
-    rng = np.random.default_rng(0)
-    for k, name in enumerate(names):
-        (root / name).mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            colour = np.array([(70 * k) % 256, (40 * k + 90) % 256, (250 - 50 * k) % 256])
-            pixels = np.clip(colour + rng.normal(0, 15, (36, 36, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(pixels).save(root / name / f"{i}.png")
-    return root
 
 
 def model_variant(data: Path, name: str, change) -> None:
@@ -63,12 +52,14 @@ def prepare(data: Path) -> None:
     """The inputs every case reads: class folders, a small trained classifier, and broken copies of each."""
     import torch
 
-    class_folders(data / "abc", ["a", "b", "c"])
-    class_folders(data / "xyz", ["x", "y", "z"])
-    class_folders(data / "single", ["a"])
-    class_folders(data / "emptyclass", ["a", "b"])
+    from mobilevit.testing_utils import colour_class_folders
+
+    colour_class_folders(data / "abc", ["a", "b", "c"])
+    colour_class_folders(data / "xyz", ["x", "y", "z"])
+    colour_class_folders(data / "single", ["a"])
+    colour_class_folders(data / "emptyclass", ["a", "b"])
     (data / "emptyclass" / "c").mkdir()
-    class_folders(data / "textimage", ["a", "b"])
+    colour_class_folders(data / "textimage", ["a", "b"])
     (data / "textimage" / "a" / "notes.png").write_text("not an image")
     (data / "empty").mkdir()
     (data / "notes.txt").write_text("hello")
@@ -245,40 +236,17 @@ CASES = {
 }
 
 
-def start_in_fork(argv: list[str], cwd: Path) -> int:
-    """`python -m mobilevit ARGV` in a forked child of this process, which imported the package once (a fresh
-    interpreter per case costs a minute of imports on a loaded machine). The child runs `mobilevit.cli.main` as
-    `python -m mobilevit` does, stdout to /dev/null and stderr to `cwd`'s sibling `.stderr` file; what escapes it
-    is printed as the interpreter would (a traceback, exit 1). Returns the child's process id."""
-    from mobilevit.cli import main as mobilevit_main
-
-    pid = os.fork()
-    if pid:
-        return pid
-    code = 1
-    try:
-        os.chdir(cwd)
-        os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
-        os.dup2(os.open(cwd.parent / f"{cwd.name}.stderr", os.O_WRONLY | os.O_CREAT | os.O_TRUNC), 2)
-        code = mobilevit_main(argv)
-    except SystemExit as stop:
-        code = stop.code if isinstance(stop.code, int) else 1
-    except BaseException:
-        traceback.print_exc()
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(int(code or 0))
-
-
 def run_in_forks(names: list[str], data: Path, scratch: Path, jobs: int) -> list[dict]:
-    """The cases, `jobs` at a time, each in a fork of this (single-threaded) process."""
+    """The cases, `jobs` at a time, each in a fork of this process (`mobilevit.cli.start_in_fork`)."""
+    from mobilevit.cli import start_in_fork
+
     waiting, running, results = list(names), {}, {}
     while waiting or running:
         while waiting and len(running) < jobs:
             name = waiting.pop(0)
             cwd = Path(tempfile.mkdtemp(dir=scratch))
-            running[start_in_fork(substitute(CASES[name][0], data), cwd)] = (name, cwd, time.monotonic())
+            pid = start_in_fork(substitute(CASES[name][0], data), cwd, cwd.parent / f"{cwd.name}.stderr")
+            running[pid] = (name, cwd, time.monotonic())
         pid, status = os.wait()
         name, cwd, started = running.pop(pid)
         stderr_file = cwd.parent / f"{cwd.name}.stderr"

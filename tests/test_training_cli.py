@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from mobilevit.cli import main
+from mobilevit.testing_utils import colour_class_folders
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -179,15 +180,8 @@ import shutil
 FAST = ["--epochs", "1", "--batch-size", "4", "--image-size", "32", "--no-multi-scale"]
 
 
-def _classes(root: Path, names, per_class: int = 6) -> Path:
-    rng = np.random.default_rng(1)
-    for k, name in enumerate(names):
-        (root / name).mkdir(parents=True)
-        for i in range(per_class):
-            colour = np.array([(70 * k) % 256, (40 * k + 90) % 256, (250 - 50 * k) % 256])
-            pixels = np.clip(colour + rng.normal(0, 15, (36, 36, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(pixels).save(root / name / f"{i}.png")
-    return root
+def _classes(root: Path, names) -> Path:
+    return colour_class_folders(root, names, seed=1)
 
 
 def _labels_of(folder: Path) -> dict:
