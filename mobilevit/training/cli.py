@@ -36,7 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--data", required=True,
                       help="an image folder tree (class sub-folders) or a datasets.save_to_disk folder")
     data.add_argument("--labels", type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
-                      help="comma-separated class names in id order (needed for segmentation data without names)")
+                      help="comma-separated class names in id order (needed for segmentation data without names; "
+                           "class folders are matched to them by name)")
     data.add_argument("--skip-bad-images", action="store_true",
                       help="leave out examples that cannot be read (truncated files, bad masks, ...) and list them, "
                            "instead of stopping before training")
