@@ -14,11 +14,19 @@ for them, or at the latest after `RETRY_AFTER_S` (a probe, which drops back if s
 machine a forward gets all of its CPUs and nothing changes. torch's thread setting is set for one forward and
 restored after it: the user's `torch.set_num_threads` stays what it was.
 
+Training runs each step (forward and backward) under the same policy (`POLICY.work("training step")`,
+`MobileViTTrainer`): all the threads asked for while the machine is idle, one while it is contended. A probe
+on a busy machine costs a whole unit of work at the contended speed (on a loaded 2-core machine, 2 threads
+trained 20-30x slower than 1), so a unit is probed no sooner than `RETRY_AFTER_UNITS` times its own
+one-thread duration: every 2 s for 12 ms forwards, every few minutes for 1 s training steps. The kernel's
+runnable count brings the threads back at the first unit after the machine went idle either way.
+
 `MOBILEVIT_THREAD_POLICY=0` in the environment switches this off (read at every forward).
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import threading
@@ -31,6 +39,12 @@ MIN_CPU_SHARE = 0.8  # of the CPUs a forward asked for; measured: idle 0.85-1.0,
 LOW_SHARE_CALLS = 2  # forwards in a row under MIN_CPU_SHARE before dropping to one thread
 MIN_MEASURED_S = 0.003  # shorter forwards say too little (thread wake-up dominates)
 RETRY_AFTER_S = 2.0
+RETRY_AFTER_UNITS = 200  # ... and no sooner than this many one-thread durations of the unit probed
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity), the default thread count of `train` and `demo`."""
+    return _available_cpus()
 
 
 def _available_cpus() -> int:
@@ -50,27 +64,34 @@ def _runnable_tasks() -> int | None:
 
 
 class ThreadPolicy:
-    """The process's one policy (threads are a process-wide setting): `with POLICY.forward(): ...`."""
+    """The process's one policy (threads are a process-wide setting): `with POLICY.forward(): ...` or
+    `with POLICY.work("training step"): ...`."""
 
     def __init__(self):
         self._lock = threading.Lock()
         self.single_thread = False  # contended: forwards run on one thread
         self._low_share_calls = 0
         self._since = 0.0  # when single_thread was set
+        self._one_thread_s: dict[str, float] = {}  # unit -> wall time of its last one-thread run
+        self.counts: collections.Counter = collections.Counter()  # (unit, threads) -> runs, for reports
 
-    def _threads_for_this_call(self, requested: int) -> int:
+    def _threads_for_this_call(self, requested: int, unit: str) -> int:
         if not self.single_thread:
             return requested
         runnable = _runnable_tasks()
         # runnable counts this thread; the other `requested - 1` threads need that many idle CPUs
         idle_enough = runnable is not None and runnable - 1 + requested <= _available_cpus()
-        if idle_enough or time.monotonic() - self._since > RETRY_AFTER_S:
+        retry_after = max(RETRY_AFTER_S, RETRY_AFTER_UNITS * self._one_thread_s.get(unit, 0.0))
+        if idle_enough or time.monotonic() - self._since > retry_after:
             # a probe on a still-busy machine goes back to one thread after one slow forward, not two
             self.single_thread, self._low_share_calls = False, 0 if idle_enough else LOW_SHARE_CALLS - 1
             return requested
         return 1
 
-    def _record(self, threads: int, wall: float, cpu: float) -> None:
+    def _record(self, threads: int, wall: float, cpu: float, unit: str) -> None:
+        self.counts[unit, threads] += 1
+        if threads == 1:
+            self._one_thread_s[unit] = wall
         if threads < 2 or wall < MIN_MEASURED_S:
             return
         if cpu / (wall * min(threads, _available_cpus())) < MIN_CPU_SHARE:  # more threads than CPUs: not contention
@@ -80,14 +101,19 @@ class ThreadPolicy:
         else:
             self._low_share_calls = 0
 
-    @contextlib.contextmanager
     def forward(self):
+        """`with POLICY.forward(): ...`: one model forward."""
+        return self.work("forward")
+
+    @contextlib.contextmanager
+    def work(self, unit: str):
+        """`with POLICY.work(unit): ...`: a unit of CPU work (a forward, a training step) under the policy."""
         requested = torch.get_num_threads()
         if requested < 2 or os.environ.get(ENV_SWITCH, "1") == "0" or not self._lock.acquire(blocking=False):
             yield  # one thread already, switched off, or another Python thread's forward is running: hands off
             return
         try:
-            threads = self._threads_for_this_call(requested)
+            threads = self._threads_for_this_call(requested, unit)
             if threads != requested:
                 torch.set_num_threads(threads)
             wall, cpu = time.perf_counter(), time.process_time()
@@ -97,11 +123,11 @@ class ThreadPolicy:
                 wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
                 if threads != requested:
                     torch.set_num_threads(requested)
-            self._record(threads, wall, cpu)
+            self._record(threads, wall, cpu, unit)
         finally:
             self._lock.release()
 
 
 POLICY = ThreadPolicy()
 
-__all__ = ["POLICY", "ThreadPolicy", "ENV_SWITCH"]
+__all__ = ["POLICY", "ThreadPolicy", "ENV_SWITCH", "available_cpus"]

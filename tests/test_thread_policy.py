@@ -151,3 +151,58 @@ def test_a_forward_on_one_thread_equals_the_usual_one(policy):
             single = model(pixel_values).logits
     assert usual.abs().max() > 0.3
     torch.testing.assert_close(single, usual, atol=1e-5, rtol=0)
+
+
+def test_a_long_unit_is_probed_no_sooner_than_its_own_duration_allows(policy, monkeypatch):
+    """A probe on a busy machine costs one whole unit at the contended speed: for a training step of seconds,
+    that is not spent every 2 s. The runnable count still brings the threads back at once."""
+    policy, state = policy
+    wall = {"t": 0.0}
+
+    def perf_counter():  # every unit lasts 1 s of wall time
+        wall["t"] += 0.5
+        return wall["t"]
+
+    monkeypatch.setattr(thread_policy.time, "perf_counter", perf_counter)
+    monkeypatch.setattr(thread_policy.time, "process_time", lambda: wall["t"] * torch.get_num_threads() * state["share"])
+
+    def step():
+        with policy.work("training step"):
+            state["threads_seen"].append(torch.get_num_threads())
+
+    state["share"], state["runnable"] = 0.4, 4
+    for _ in range(3):
+        step()
+    assert state["threads_seen"] == [2, 2, 1]
+    state["now"] += thread_policy.RETRY_AFTER_S + 1  # a forward's probe time, but not a training step's
+    step()
+    assert state["threads_seen"][-1] == 1
+    state["now"] += thread_policy.RETRY_AFTER_UNITS * 1.0
+    step()
+    assert state["threads_seen"][-1] == 2  # the probe, slow again: one thread
+    state["runnable"] = 1  # idle: back at the next step
+    step()
+    assert state["threads_seen"] == [2, 2, 1, 1, 2, 2]
+    assert policy.counts["training step", 2] == 4 and policy.counts["training step", 1] == 2
+
+
+def test_the_trainer_runs_each_training_step_under_the_policy(monkeypatch, tmp_path):
+    from transformers import TrainingArguments
+
+    from mobilevit.training import MobileViTTrainer
+
+    units = []
+    real = thread_policy.POLICY.work
+
+    def spy(unit):
+        units.append(unit)
+        return real(unit)
+
+    monkeypatch.setattr(thread_policy.POLICY, "work", spy)
+    config = auto.new_config("xx-small", "image-classification", num_labels=3)
+    model = auto.new_model(config, "image-classification")
+    data = [{"pixel_values": torch.rand(3, 64, 64), "labels": torch.tensor(i % 3)} for i in range(4)]
+    args = TrainingArguments(str(tmp_path), per_device_train_batch_size=2, max_steps=2, report_to="none",
+                             use_cpu=True, save_strategy="no", disable_tqdm=True)
+    MobileViTTrainer(model=model, args=args, train_dataset=data).train()
+    assert units == ["training step"] * 2

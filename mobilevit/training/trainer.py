@@ -1,7 +1,10 @@
 """`MobileViTTrainer`: `transformers.Trainer` with the multi-scale sampler and per-epoch training metrics.
 
-Everything else (optimizer, schedule, checkpoints, resume, DDP via torchrun / accelerate, progress bars) is
-stock Trainer. The sampler is a plug-in: with a `MobileViTDataset` as training set, batches come from
+Two speed settings: on CPU each training step (forward and backward) runs under the thread policy
+(`mobilevit/thread_policy.py`: every thread torch was given while the machine is idle, one while other
+processes hold the CPUs), and `bf16=True` runs the training forward under bfloat16 autocast (CPU and CUDA;
+evaluation stays float32, as the saved model runs). Everything else (optimizer, schedule, checkpoints,
+resume, DDP via torchrun / accelerate, progress bars) is stock Trainer. The sampler is a plug-in: with a `MobileViTDataset` as training set, batches come from
 `MultiScaleBatchSampler` (multi-scale or fixed size); any other training set falls back to Trainer's own
 loader. And `MultiScaleBatchSampler` + `MobileViTDataset` also work with a plain `DataLoader`:
 
@@ -16,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback
 
+from ..thread_policy import POLICY
 from .data import MobileViTDataset, collate
 from .sampler import MultiScaleBatchSampler
 
@@ -61,9 +65,13 @@ class MobileViTTrainer(Trainer):
             per-example seeded augmentation, so resumed runs repeat exactly).
         train_metrics: an object with `update(logits, labels)`, `compute()` and `reset()` (e.g. a
             `ClassificationMetrics`); its results are logged per epoch as "train_<name>".
+        bf16: the training forward under `torch.autocast(dtype=torch.bfloat16)` (the backward follows it);
+            weights, optimizer and evaluation stay float32. (TrainingArguments' own `bf16` would also run
+            evaluation in bfloat16.)
     """
 
-    def __init__(self, *args, multi_scale: MultiScaleOptions | bool | None = None, train_metrics=None, **kwargs):
+    def __init__(self, *args, multi_scale: MultiScaleOptions | bool | None = None, train_metrics=None,
+                 bf16: bool = False, **kwargs):
         if isinstance(multi_scale, bool) or multi_scale is None:
             multi_scale = MultiScaleOptions(enabled=bool(multi_scale))
         if not isinstance(multi_scale, MultiScaleOptions):
@@ -72,6 +80,7 @@ class MobileViTTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.multi_scale = multi_scale
         self.train_metrics = train_metrics
+        self.bf16 = bool(bf16)
         self._loss_sum = torch.zeros(2, dtype=torch.float64)  # (sum of losses, number of steps) this epoch
         self.add_callback(_TrainMetricsCallback(self))
 
@@ -97,6 +106,19 @@ class MobileViTTrainer(Trainer):
             collate_fn=self.data_collator, num_workers=self.args.dataloader_num_workers,
             pin_memory=self.args.dataloader_pin_memory,
             persistent_workers=self.args.dataloader_persistent_workers and self.args.dataloader_num_workers > 0)
+
+    # -- speed ------------------------------------------------------------------------------------------------------
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        if self.args.device.type != "cpu":
+            return super().training_step(model, inputs, num_items_in_batch)
+        with POLICY.work("training step"):  # forward and backward; AdamW's fused step is a few ms
+            return super().training_step(model, inputs, num_items_in_batch)
+
+    def autocast_smart_context_manager(self, cache_enabled: bool | None = True):
+        # Trainer enters this around compute_loss, in training and in evaluation; bfloat16 is for training only
+        if self.bf16 and self.model.training:
+            return torch.autocast(self.args.device.type, dtype=torch.bfloat16, cache_enabled=cache_enabled)
+        return super().autocast_smart_context_manager(cache_enabled)
 
     # -- per-epoch training metrics ----------------------------------------------------------------------------------
     def _reset_train_tracking(self) -> None:
