@@ -108,10 +108,20 @@ class MobileViTTrainer(Trainer):
             persistent_workers=self.args.dataloader_persistent_workers and self.args.dataloader_num_workers > 0)
 
     # -- speed ------------------------------------------------------------------------------------------------------
+    def train(self, *args, **kwargs):
+        # the threads asked for; the policy's choice for each step stays set until the next one (batches,
+        # optimizer, evaluation run on it too), and the setting is put back at the end
+        self._asked_threads = torch.get_num_threads()
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            torch.set_num_threads(self._asked_threads)
+
     def training_step(self, model, inputs, num_items_in_batch=None):
-        if self.args.device.type != "cpu":
+        asked = getattr(self, "_asked_threads", None)
+        if self.args.device.type != "cpu" or asked is None:
             return super().training_step(model, inputs, num_items_in_batch)
-        with POLICY.work("training step"):  # forward and backward; AdamW's fused step is a few ms
+        with POLICY.work("training step", requested=asked, restore=False):
             return super().training_step(model, inputs, num_items_in_batch)
 
     def autocast_smart_context_manager(self, cache_enabled: bool | None = True):
