@@ -653,7 +653,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--background-load", type=int, default=0, metavar="N",
                         help="N busy processes (one CPU each) started beside the timing and stopped after it: "
                         "latency under contention (default: 0)")
-    parser.add_argument("--output", type=Path, default=None, help="folder for results.json, results.md, chart.png")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="--mode train: time steps by the wall clock, or by their process's CPU time (on a "
+                             "machine other processes keep busy, with --threads 1)")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="folder for results.json, results.md, chart.png (--mode train: train.json, train.md)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing files in --output")
 
 

@@ -29,7 +29,9 @@ anew every step (`fast_training.keep_freed_memory`):
 
 Candidates are interleaved step by step (`benchmark.time_interleaved`: order reversed every other round, an
 untimed step before each timed one), so drifting machine load hits them alike; ratios are medians of
-per-round ratios.
+per-round ratios. `--clock cpu` times each step by the CPU time of its process instead of the wall clock:
+on a machine other processes keep busy, a one-thread step's CPU time is what its wall time would be on an
+idle machine (with more threads it also counts their waiting, so read it at `--threads 1`).
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ LABELS = {
     "transformers-bf16": "transformers bfloat16 autocast",
 }
 TRAIN_ALLOCATORS = ("fresh", "tuned", "default")
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 OUTPUT_FILES = ("train.json", "train.md")
 LOSS_RTOL = 1e-5  # first-step loss of a float32 candidate against stock transformers'
 MAX_GRAD_NORM = 1.0  # TrainingArguments' default
@@ -78,6 +81,7 @@ class TrainResult:
     batch_size: int
     threads: int
     allocator: str
+    clock: str
     median_ms: float
     p10_ms: float
     p90_ms: float
@@ -132,6 +136,13 @@ class TrainingStep:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
 
+    def timed_step(self, clock: str = "wall") -> float:
+        """One whole step; returns its duration by `clock` ("wall" or "cpu": this process's CPU time)."""
+        read = CLOCKS[clock]
+        start = read()
+        self.step()
+        return read() - start
+
     def step(self) -> float:
         """One whole step; returns its loss. This package's forward and backward run under the thread policy,
         as `MobileViTTrainer` runs them."""
@@ -151,16 +162,23 @@ class TrainingStep:
 
 class FreshTrainingProcess:
     """A candidate's `TrainingStep` in a process of its own (the `fresh` condition), set up as its users run
-    it; `runner(None)` has it run one step and returns the seconds it measured."""
+    it; `runner(None)` has it run one step and returns the seconds it measured. The process starts in the
+    background (several candidates' imports and first steps overlap); `first_loss` waits for it."""
 
-    def __init__(self, candidate: str, variant: str, task: str, batch: int, image_size: int, threads: int):
+    def __init__(self, candidate: str, variant: str, task: str, batch: int, image_size: int, threads: int,
+                 clock: str = "wall"):
         self._process = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
                                             initializer=_fresh_start,
                                             initargs=(candidate, variant, task, batch, image_size, threads))
-        self.first_loss = self._process.submit(_fresh_first_loss).result()
+        self._first_loss = self._process.submit(_fresh_first_loss)
+        self.clock = clock
+
+    @property
+    def first_loss(self) -> float:
+        return self._first_loss.result()
 
     def __call__(self, _unused) -> float:
-        return self._process.submit(_fresh_step).result()
+        return self._process.submit(_fresh_step, self.clock).result()
 
     def close(self) -> None:
         self._process.shutdown()
@@ -182,15 +200,14 @@ def _fresh_first_loss() -> float:
     return _FRESH["step"].first_loss
 
 
-def _fresh_step() -> float:
-    start = time.perf_counter()
-    _FRESH["step"].step()
-    return time.perf_counter() - start
+def _fresh_step(clock: str) -> float:
+    return _FRESH["step"].timed_step(clock)
 
 
 def benchmark_training(models=GOAL_MODELS, batch_sizes=(16,), image_size: int = 256, threads: int = 2,
                        repeats: int = 5, warmup: int = 1, candidates=TRAIN_CANDIDATES, allocator: str = "fresh",
-                       background_load: int = 0, task: str = CLASSIFICATION, progress: bool = True) -> list[TrainResult]:
+                       background_load: int = 0, task: str = CLASSIFICATION, clock: str = "wall",
+                       progress: bool = True) -> list[TrainResult]:
     """Time every candidate's step on every model ('VARIANT' of `task` or 'VARIANT:TASK') and batch size.
     `allocator="tuned"` changes this process's malloc settings for good."""
     from .benchmark import BackgroundLoad, summarise, time_interleaved, tune_allocator
@@ -204,17 +221,16 @@ def benchmark_training(models=GOAL_MODELS, batch_sizes=(16,), image_size: int = 
         variant, model_task = parse_model_name(name, task)
         for batch in batch_sizes:
             if allocator == "fresh":
-                runners = {c: FreshTrainingProcess(c, variant, model_task, batch, image_size, threads)
+                runners = {c: FreshTrainingProcess(c, variant, model_task, batch, image_size, threads, clock)
                            for c in candidates}
-                first = {c: runner.first_loss for c, runner in runners.items()}
             else:
                 steps = {c: TrainingStep(c, variant, model_task, batch, image_size) for c in candidates}
-                runners = {c: (lambda _unused, s=s: s.step()) for c, s in steps.items()}
-                first = {c: s.first_loss for c, s in steps.items()}
+                runners = {c: (lambda _unused, s=s: s.timed_step(clock)) for c, s in steps.items()}
             try:
+                first = {c: (runners[c] if allocator == "fresh" else steps[c]).first_loss for c in candidates}
                 with BackgroundLoad(background_load):
-                    times = time_interleaved(runners, lambda c: None, repeats, warmup, progress,
-                                             self_timed=allocator == "fresh", lead_in=True)
+                    times = time_interleaved(runners, lambda c: None, repeats, warmup, progress, self_timed=True,
+                                             lead_in=True)
             finally:
                 for runner in runners.values():
                     if isinstance(runner, FreshTrainingProcess):
@@ -222,7 +238,7 @@ def benchmark_training(models=GOAL_MODELS, batch_sizes=(16,), image_size: int = 
             for candidate, s in summarise(times, TRAIN_REFERENCE).items():
                 results.append(TrainResult(
                     candidate=candidate, variant=variant, task=model_task, image_size=image_size, batch_size=batch,
-                    threads=threads, allocator=allocator, median_ms=s["median_ms"], p10_ms=s["p10_ms"],
+                    threads=threads, allocator=allocator, clock=clock, median_ms=s["median_ms"], p10_ms=s["p10_ms"],
                     p90_ms=s["p90_ms"], images_per_s=1000 * batch / s["median_ms"], speedup=s["speedup"],
                     first_loss=first[candidate], background_load=background_load))
             if progress:
@@ -313,10 +329,10 @@ def run_train_mode(args: argparse.Namespace) -> int:
                                  "--overwrite to replace them)")
 
     results = benchmark_training(models, batch_sizes, image_size, args.threads, args.repeats, args.warmup,
-                                 candidates, allocator, args.background_load, args.task)
+                                 candidates, allocator, args.background_load, args.task, args.clock)
     load = f", {args.background_load} busy background processes" if args.background_load else ""
     print(f"\ntraining step (forward, backward, clip, fused AdamW), {image_size}x{image_size}, {args.threads} threads, "
-          f"{allocator} allocator{load}, torch {torch.__version__}; {machine_load()}\n")
+          f"{allocator} allocator, {args.clock} clock{load}, torch {torch.__version__}; {machine_load()}\n")
     print(format_table(results))
     if args.output is not None:
         print("\nwrote " + ", ".join(str(p) for p in write_report(results, args.output, args.overwrite)))

@@ -199,10 +199,10 @@ def test_train_mode_times_the_training_step_and_checks_the_first_loss(tmp_path, 
     args = ["benchmark", "--mode", "train", "--variants", "xx-small", "xx-small:semantic-segmentation",
             "--batch-sizes", "2", "--image-size", "64", "--repeats", "1", "--warmup", "0", "--threads", "1",
             "--candidates", "mobilevit", "mobilevit-bf16", "transformers", "--allocator", "default",
-            "--output", str(tmp_path)]
+            "--clock", "cpu", "--output", str(tmp_path)]
     assert cli_main(args) == 0
     printed = capsys.readouterr().out
-    assert "training step (forward, backward, clip, fused AdamW), 64x64, 1 threads, default allocator" in printed
+    assert "training step (forward, backward, clip, fused AdamW), 64x64, 1 threads, default allocator, cpu clock" in printed
     rows = json.loads((tmp_path / "train.json").read_text())
     assert {(r["candidate"], r["task"]) for r in rows} == {
         (c, t) for c in ("mobilevit", "mobilevit-bf16", "transformers")
