@@ -664,10 +664,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """`mobilevit benchmark`: everything checked before minutes of timing; a BenchmarkError reaches
     `mobilevit.cli`, which prints it as one line."""
-    if args.mode == "train":
-        from .benchmark_train import run_train_mode
-
-        return run_train_mode(args)
     args.variants = args.variants or list(DEFAULT_VARIANTS)
     args.batch_sizes = args.batch_sizes or [1, 32]
     args.allocator = args.allocator or "tuned"
