@@ -76,8 +76,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "the CPUs, training steps drop to one thread (on a busy 2-core machine 2 threads trained "
                             "20-30x slower than 1) and come back when they are idle")
     train.add_argument("--bf16", action="store_true",
-                       help="train in bfloat16 autocast (CPU and CUDA; about 1.5x faster on a CPU with BF16 "
-                            "instructions); weights, optimizer and evaluation stay float32")
+                       help="train in bfloat16 autocast (CPU and CUDA; 1.2-1.4x faster than float32 on an AVX-512-BF16 "
+                            "CPU here, measure yours: docs/training-speed.md); weights, optimizer and evaluation stay "
+                            "float32")
     out = parser.add_argument_group("output")
     out.add_argument("--output-dir", required=True, help="the finished model folder; checkpoints go to "
                                                          "<output-dir>.partial while training")
