@@ -42,6 +42,8 @@ import time
 
 import torch
 
+from .limits import usable_cpus
+
 ENV_SWITCH = "MOBILEVIT_THREAD_POLICY"
 MIN_CPU_SHARE = 0.8  # of the CPUs a forward asked for; measured: idle 0.85-1.0, one busy process beside 0.52-0.74
 LOW_SHARE_CALLS = 2  # forwards in a row under MIN_CPU_SHARE before dropping to one thread
@@ -51,18 +53,6 @@ RETRY_AFTER_UNITS = 200  # ... and no sooner than this many one-thread durations
 LONG_UNIT_S = 0.1  # units at least this long: one low share drops them, IDLE_SAMPLES looks bring them back
 IDLE_SAMPLES = 5
 IDLE_SAMPLE_GAP_S = 0.002
-
-
-def available_cpus() -> int:
-    """The CPUs this process may run on (its affinity), the default thread count of `train` and `demo`."""
-    return _available_cpus()
-
-
-def _available_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def _runnable_tasks() -> int | None:
@@ -81,7 +71,7 @@ def _idle_enough(requested: int, samples: int) -> bool:
         if sample:
             time.sleep(IDLE_SAMPLE_GAP_S)
         runnable = _runnable_tasks()
-        if runnable is None or runnable - 1 + requested > _available_cpus():
+        if runnable is None or runnable - 1 + requested > usable_cpus():
             return False
     return True
 
@@ -116,7 +106,7 @@ class ThreadPolicy:
             self._one_thread_s[unit] = wall
         if threads < 2 or wall < MIN_MEASURED_S:
             return
-        if cpu / (wall * min(threads, _available_cpus())) < MIN_CPU_SHARE:  # more threads than CPUs: not contention
+        if cpu / (wall * min(threads, usable_cpus())) < MIN_CPU_SHARE:  # more threads than CPUs: not contention
             self._low_share_calls += 1
             if self._low_share_calls >= (1 if wall >= LONG_UNIT_S else LOW_SHARE_CALLS):
                 self.single_thread, self._since = True, time.monotonic()

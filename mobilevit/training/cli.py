@@ -15,6 +15,7 @@ moved into place only at the end.
 from __future__ import annotations
 
 import argparse
+import math
 
 from .job import TrainJob, train_and_save
 
@@ -35,7 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--data", required=True,
                       help="an image folder tree (class sub-folders) or a datasets.save_to_disk folder")
     data.add_argument("--labels", type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
-                      help="comma-separated class names in id order (needed for segmentation data without names)")
+                      help="comma-separated class names in id order (needed for segmentation data without names; "
+                           "class folders are matched to them by name)")
     data.add_argument("--skip-bad-images", action="store_true",
                       help="leave out examples that cannot be read (truncated files, bad masks, ...) and list them, "
                            "instead of stopping before training")
@@ -89,7 +91,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def job_from_args(args: argparse.Namespace) -> TrainJob:
-    from ..thread_policy import available_cpus
+    from ..limits import usable_cpus
 
     overrides = {"output_stride": args.output_stride} if args.output_stride else {}
     return TrainJob(
@@ -100,7 +102,7 @@ def job_from_args(args: argparse.Namespace) -> TrainJob:
         multi_scale_range=args.multi_scale_range, crop_scale=args.crop_scale, crop_ratio=args.crop_ratio,
         flip_prob=args.flip_prob, labels=args.labels, config_overrides=overrides, seed=args.seed, resume=args.resume,
         overwrite=args.overwrite, keep_checkpoints=args.keep_checkpoints, num_workers=args.num_workers,
-        threads=available_cpus() if args.threads is None else args.threads, bf16=args.bf16, skip_bad_images=args.skip_bad_images)
+        threads=usable_cpus() if args.threads is None else args.threads, bf16=args.bf16, skip_bad_images=args.skip_bad_images)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -110,7 +112,9 @@ def run(args: argparse.Namespace) -> int:
     split = "test" if "test" in metrics else "validation"
     main = metrics["main_metric"]
     if result.trainer.is_world_process_zero():
-        print(f"{split} {main}: {metrics[split][main]:.4f}  ({metrics['train_seconds']:.0f} s of training)")
+        value = metrics[split][main]
+        shown = f"{value:.4f}" if isinstance(value, float) and math.isfinite(value) else "undefined"
+        print(f"{split} {main}: {shown}  ({metrics['train_seconds']:.0f} s of training)")
         print(f"saved to {result.output_dir}")
     return 0
 

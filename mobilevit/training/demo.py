@@ -18,15 +18,14 @@ minutes; `RECIPES` holds it.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .. import auto
-from ..file_utils import check_output_dir, staged_directory
+from .. import auto, limits
+from ..file_utils import check_output_dir, claim_output, json_text, staged_directory
 from .demo_data import SHAPES_LABELS, load_digits_dataset, load_shapes_dataset
 from .history import plot_histories
 from .job import OutputExistsError, TrainError, TrainJob, train_and_save
@@ -138,8 +137,14 @@ def run_demo(output_dir: Path, overwrite: bool = False, seed: int = 0, bf16: boo
     if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
         raise OutputExistsError(f"output_dir: expected an empty or new folder, got {str(output_dir)!r} which holds "
                                 f"files (pass --overwrite to replace it)")
+    with claim_output(output_dir, "output_dir", replaces=True, error=TrainError):
+        check_output_dir(output_dir, "output_dir", overwrite=overwrite, error=TrainError)  # again, under the claim
+        return _run_demo(output_dir, overwrite, seed, bf16)
+
+
+def _run_demo(output_dir: Path, overwrite: bool, seed: int, bf16: bool) -> dict:
     started = time.perf_counter()
-    with staged_directory(output_dir) as staging:
+    with staged_directory(output_dir, overwrite=overwrite, error=TrainError) as staging:
         summary, histories = {}, []
         print("== 1/2 image classification: scikit-learn digits, MobileViT-XXS from scratch ==", flush=True)
         digits = load_digits_dataset(seed=seed)
@@ -175,17 +180,15 @@ def run_demo(output_dir: Path, overwrite: bool = False, seed: int = 0, bf16: boo
         summary["total_seconds"] = round(time.perf_counter() - started, 1)
         summary["threads"] = torch.get_num_threads()
         summary["bf16"] = bf16
-        (staging / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+        (staging / "metrics.json").write_text(json_text(summary) + "\n")
     return summary
 
 
 def run(args: argparse.Namespace) -> int:
     """`mobilevit demo`: a TrainError reaches `mobilevit.cli`, which prints it as one line."""
-    from ..thread_policy import available_cpus
-
-    threads = available_cpus() if args.threads is None else args.threads
-    if threads < 1:
-        raise TrainError(f"threads: expected a positive integer, got {threads}", usage=True)
+    threads = limits.usable_cpus() if args.threads is None else args.threads
+    limits.check_threads("threads", threads, TrainError)
+    limits.check_seed("seed", args.seed, TrainError)
     torch.set_num_threads(threads)
     summary = run_demo(Path(args.output_dir), args.overwrite, args.seed, bf16=args.bf16)
     print(f"\nDemo finished in {summary['total_seconds']:.0f} s; results in {args.output_dir}/")

@@ -3,8 +3,12 @@
 Two speed settings: on CPU each training step (forward and backward) runs under the thread policy
 (`mobilevit/thread_policy.py`: every thread torch was given while the machine is idle, one while other
 processes hold the CPUs), and `bf16=True` runs the training forward under bfloat16 autocast (CPU and CUDA;
-evaluation stays float32, as the saved model runs). Everything else (optimizer, schedule, checkpoints,
-resume, DDP via torchrun / accelerate, progress bars) is stock Trainer. The sampler is a plug-in: with a `MobileViTDataset` as training set, batches come from
+evaluation stays float32, as the saved model runs). Everything else (optimizer, schedule, checkpoints, resume,
+DDP via torchrun / accelerate, progress bars) is stock Trainer, with two guards: a loss or weight that stops
+being finite ends training at once with a one-line error naming the step (stock Trainer logs the average of
+earlier losses instead and trains on, saving NaN weights), and DataLoader worker processes end with the main
+process, however it ends (Linux: the parent-death signal), rather than lingering. The sampler is a plug-in:
+with a `MobileViTDataset` as training set, batches come from
 `MultiScaleBatchSampler` (multi-scale or fixed size); any other training set falls back to Trainer's own
 loader. And `MultiScaleBatchSampler` + `MobileViTDataset` also work with a plain `DataLoader`:
 
@@ -13,15 +17,47 @@ loader. And `MultiScaleBatchSampler` + `MobileViTDataset` also work with a plain
 
 from __future__ import annotations
 
+import ctypes
+import os
+import signal
+import sys
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback
 
+from ..errors import UserError
 from ..thread_policy import POLICY
 from .data import MobileViTDataset, collate
 from .sampler import MultiScaleBatchSampler
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _end_with_parent(parent: int, then, worker_id: int) -> None:
+    """A DataLoader worker's first step: the kernel kills it when the process that started it ends (Linux)."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        except (OSError, AttributeError):
+            pass
+        if os.getppid() != parent:  # the main process ended before the signal was set
+            os._exit(0)
+    if then is not None:
+        then(worker_id)
+
+
+def end_workers_with_parent(loader: DataLoader) -> DataLoader:
+    """`loader`'s worker processes end with this process (see `_end_with_parent`)."""
+    if loader.num_workers > 0 and getattr(loader.worker_init_fn, "func", None) is not _end_with_parent:
+        loader.worker_init_fn = partial(_end_with_parent, os.getpid(), loader.worker_init_fn)
+    return loader
+
+
+class TrainingDiverged(UserError):
+    """The loss or a weight stopped being finite: the model cannot learn from here."""
 
 
 @dataclass
@@ -40,6 +76,19 @@ class _EpochAwareLoader(DataLoader):
 
     def set_epoch(self, epoch: int) -> None:
         self.batch_sampler.set_epoch(epoch)
+
+
+class _FiniteWeightsCallback(TrainerCallback):
+    """After each optimizer step, every weight must still be finite."""
+
+    def __init__(self, trainer: "MobileViTTrainer"):
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        model = model if model is not None else self.trainer.model
+        for name, parameter in model.named_parameters():
+            if not bool(torch.isfinite(parameter).all()):
+                self.trainer.diverged(f"the weight {name} became NaN or infinite at step {state.global_step}")
 
 
 class _TrainMetricsCallback(TrainerCallback):
@@ -71,7 +120,7 @@ class MobileViTTrainer(Trainer):
     """
 
     def __init__(self, *args, multi_scale: MultiScaleOptions | bool | None = None, train_metrics=None,
-                 bf16: bool = False, **kwargs):
+                 bf16: bool = False, error: type[UserError] = TrainingDiverged, **kwargs):
         if isinstance(multi_scale, bool) or multi_scale is None:
             multi_scale = MultiScaleOptions(enabled=bool(multi_scale))
         if not isinstance(multi_scale, MultiScaleOptions):
@@ -82,7 +131,15 @@ class MobileViTTrainer(Trainer):
         self.train_metrics = train_metrics
         self.bf16 = bool(bf16)
         self._loss_sum = torch.zeros(2, dtype=torch.float64)  # (sum of losses, number of steps) this epoch
+        self.error = error
         self.add_callback(_TrainMetricsCallback(self))
+        self.add_callback(_FiniteWeightsCallback(self))
+
+    def diverged(self, what: str):
+        """Stop training: `what` became non-finite (one line, nothing saved from this step on)."""
+        raise self.error(f"training: {what} (epoch {self.state.epoch or 0:.2f}); the model diverged and nothing from "
+                         "this step on is saved (checkpoints of finished epochs are kept): lower --learning-rate or "
+                         "--weight-decay, or check the data")
 
     # -- data -----------------------------------------------------------------------------------------------------
     def build_train_sampler(self, dataset: MobileViTDataset) -> MultiScaleBatchSampler:
@@ -101,11 +158,14 @@ class MobileViTTrainer(Trainer):
             return super().get_train_dataloader()
         # Not passed through `accelerator.prepare`: the sampler already shards across ranks (accelerate's
         # shard wrapper would shard a second time), and Trainer moves each batch to the device itself.
-        return _EpochAwareLoader(
+        return end_workers_with_parent(_EpochAwareLoader(
             self.train_dataset, batch_sampler=self.build_train_sampler(self.train_dataset),
             collate_fn=self.data_collator, num_workers=self.args.dataloader_num_workers,
             pin_memory=self.args.dataloader_pin_memory,
-            persistent_workers=self.args.dataloader_persistent_workers and self.args.dataloader_num_workers > 0)
+            persistent_workers=self.args.dataloader_persistent_workers and self.args.dataloader_num_workers > 0))
+
+    def _get_dataloader(self, *args, **kwargs) -> DataLoader:  # evaluation and Trainer's own training loader
+        return end_workers_with_parent(super()._get_dataloader(*args, **kwargs))
 
     # -- speed ------------------------------------------------------------------------------------------------------
     def train(self, *args, **kwargs):
@@ -138,6 +198,8 @@ class MobileViTTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        if model.training and not bool(torch.isfinite(loss.detach()).all()):
+            self.diverged(f"the loss became {float(loss.detach())} at step {self.state.global_step + 1}")
         if model.training:
             self._loss_sum += torch.tensor([float(loss.detach()), 1.0], dtype=torch.float64)
             if self.train_metrics is not None and "labels" in inputs:
