@@ -8,8 +8,11 @@ predictions. Everything lands in `--output-dir`:
     segmentation/     shapes model folder (same)
     metrics.json      {"classification": {"accuracy": ...}, "segmentation": {"mean_iou": ...}, ...}
     training_history.png       loss and metric per epoch, train and eval, both tasks
-    segmentation_predictions.png   predicted masks over held-out images, next to the true masks
-    classification_predictions.png held-out digits with their predicted labels
+    segmentation_predictions.png   held-out scenes: true and predicted masks, wrong pixels in red
+    classification_predictions.png held-out digits, true and predicted labels, mistakes framed in red
+    images/           a few held-out images as files (digits/<label>/*.png, shapes/*.png) for the next steps
+
+When it ends it prints the next steps, commands on these folders (`demo_report.next_steps`).
 
 The recipe (sizes, epochs, learning rate) is chosen to reach the targets below on 2 CPU cores in a few
 minutes; `RECIPES` holds it.
@@ -27,6 +30,8 @@ import torch
 from .. import auto, limits
 from ..file_utils import check_output_dir, claim_output, json_text, staged_directory
 from .demo_data import SHAPES_LABELS, load_digits_dataset, load_shapes_dataset
+from .demo_report import (EXAMPLES_DIR, classification_picture, next_steps, segmentation_picture,
+                          write_example_images)
 from .history import plot_histories
 from .job import OutputExistsError, TrainError, TrainJob, train_and_save
 from .metrics import SegmentationMetrics
@@ -87,46 +92,16 @@ def _pipeline_segmentation(folder: Path, test) -> tuple[dict, list]:
     return metrics.compute(), examples
 
 
-PALETTE = np.array([[0, 0, 0], [230, 25, 75], [60, 180, 75], [0, 130, 200]], dtype=np.float32)
-
-
 def _plot_segmentations(examples: list, path: Path, count: int = 8) -> None:
-    # a pyplot-free Figure: no global backend switch, so a notebook's inline plots keep working
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Patch
-
-    fig = Figure(figsize=(2 * count, 6.4))
-    axes = fig.subplots(3, count)
-    for column, (image, predicted, truth) in enumerate(examples[:count]):
-        pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
-        for row, (title, labels) in enumerate((("image", None), ("predicted", predicted), ("true", truth))):
-            shown = pixels if labels is None else np.where(
-                (labels > 0)[..., None], 0.45 * pixels + 0.55 * PALETTE[np.clip(labels, 0, len(PALETTE) - 1)], pixels)
-            axes[row, column].imshow(shown.astype(np.uint8))
-            axes[row, column].set_axis_off()
-            if column == 0:
-                axes[row, column].set_title(title, loc="left", fontsize=10)
-    handles = [Patch(color=PALETTE[i] / 255, label=name)
-               for i, name in enumerate(SHAPES_LABELS) if i]
-    fig.legend(handles=handles, loc="lower center", ncol=len(handles))
-    fig.suptitle("MobileViT-XXS DeepLabV3 on held-out shapes scenes (pipeline output)")
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    # true and predicted masks in `predict`'s colours, wrong pixels in red (demo_report)
+    fig = segmentation_picture(examples, SHAPES_LABELS, "MobileViT-XXS DeepLabV3 on held-out shapes scenes (pipeline "
+                               "output)", count)
     fig.savefig(path, dpi=80)
 
 
 def _plot_digits(examples: list, path: Path, count: int = 24) -> None:
-    # a pyplot-free Figure: no global backend switch, so a notebook's inline plots keep working
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(count // 3 * 1.2, 4.2))
-    axes = fig.subplots(3, count // 3)
-    for ax, (image, predicted, truth) in zip(axes.flat, examples[:count]):
-        ax.imshow(np.asarray(image.convert("L")), cmap="gray")
-        ax.set_title(f"{predicted}" + ("" if predicted == truth else f" (true {truth})"),
-                     color="black" if predicted == truth else "red", fontsize=9)
-        ax.set_axis_off()
-    fig.suptitle("MobileViT-XXS on held-out digits (pipeline predictions)")
-    fig.tight_layout()
+    # true and predicted labels, mistakes picked and framed in red (demo_report)
+    fig = classification_picture(examples, "MobileViT-XXS on held-out digits (pipeline predictions)", count)
     fig.savefig(path, dpi=80)
 
 
@@ -174,6 +149,7 @@ def _run_demo(output_dir: Path, overwrite: bool, seed: int, bf16: bool) -> dict:
         _plot_segmentations(seg_examples, staging / "segmentation_predictions.png")
 
         plot_histories(histories, staging / "training_history.png")
+        write_example_images(staging / EXAMPLES_DIR, digits["test"], shapes["test"])
         summary["targets"] = {f"{task}.{name}": {"target": target, "value": summary[task][name],
                                                    "met": summary[task][name] >= target}
                               for task, (name, target) in TARGETS.items()}
@@ -194,4 +170,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"\nDemo finished in {summary['total_seconds']:.0f} s; results in {args.output_dir}/")
     for key, entry in summary["targets"].items():
         print(f"  {key:<28} {entry['value']:.4f}  (target >= {entry['target']})  {'ok' if entry['met'] else 'MISSED'}")
+    print("\n" + next_steps(args.output_dir))
     return 0 if all(entry["met"] for entry in summary["targets"].values()) else 1
