@@ -110,10 +110,28 @@ def _image_folder(root: Path, per_class: int = 10) -> None:
             Image.fromarray(grey).resize((64, 64), Image.BILINEAR).convert("RGB").save(root / name / f"{k}.png")
 
 
+def _demo_images(root: Path) -> None:
+    """What the demo saves for its next steps: digits/<label>/<index>.png (3 per class) and shapes/scene-0.png."""
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits, load_sample_image
+
+    digits = load_digits()
+    for digit in range(10):
+        (root / "digits" / str(digit)).mkdir(parents=True)
+        for index in np.flatnonzero(digits.target == digit)[:3]:
+            grey = (digits.images[index] * 255 / 16).astype(np.uint8)
+            Image.fromarray(grey).resize((64, 64), Image.BILINEAR).convert("RGB").save(
+                root / "digits" / str(digit) / f"{index:03d}.png")
+    (root / "shapes").mkdir(parents=True)
+    Image.fromarray(load_sample_image("flower.jpg")[100:196, 200:296]).save(root / "shapes" / "scene-0.png")
+
+
 @pytest.fixture(scope="session")
 def docs_sandbox(tmp_path_factory) -> Path:
     """The folder the examples run in:
     demo-output/classification, demo-output/segmentation   what `mobilevit demo` writes (small, untrained here)
+    demo-output/images/digits/<label>/*.png, .../shapes/scene-0.png   the held-out images it saves
     photo.jpg, street.jpg                                   real photos (scikit-learn's sample images)
     my_images/                                              an image folder of 3 classes x 10 images
     mobilevit, benchmarks, conversion_scripts               links to the repository's folders
@@ -128,6 +146,7 @@ def docs_sandbox(tmp_path_factory) -> Path:
     (root / "demo-output").mkdir()
     _save_small_model(root / "demo-output" / "classification", "image-classification", digits, seed=1)
     _save_small_model(root / "demo-output" / "segmentation", "semantic-segmentation", SHAPE_NAMES, seed=2)
+    _demo_images(root / "demo-output" / "images")
     Image.fromarray(load_sample_image("china.jpg")).resize((160, 107)).save(root / "photo.jpg")
     Image.fromarray(load_sample_image("flower.jpg")).resize((160, 107)).save(root / "street.jpg")
     _image_folder(root / "my_images")

@@ -30,9 +30,9 @@ def test_demo_refuses_a_non_empty_output_dir(tmp_path, capsys):
     assert "threads: expected an integer from 1 to " in capsys.readouterr().err
 
 
-# The demo (1 thread by default) needs about 650 CPU-seconds: ~11 minutes on an idle machine. The timeout only
-# guards against a hang, with room for a machine shared with other jobs (2204 s at a load average of 9-12 on 2
-# cores); with 2 threads on such a machine training ran 20-30x slower and this test timed out at 1200 s.
+# The demo (every CPU by default, one thread per step while the CPUs are contended: thread_policy.py) needed 650
+# CPU-seconds before the training speed work and less since (docs/training-speed.md). The timeout only guards
+# against a hang, with room for a machine shared with other jobs (2204 s at a load average of 9-12 on 2 cores).
 @pytest.mark.slow
 def test_demo_end_to_end_meets_its_targets(tmp_path):
     out = tmp_path / "demo-output"
