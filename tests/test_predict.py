@@ -70,8 +70,9 @@ def test_segmentation_writes_mask_and_figure_and_prints_class_areas(saved_segmen
         assert sum(a["percent"] for a in result["areas"]) == pytest.approx(100.0)
         figure = Image.open(result["figure"])
         assert figure.format == "PNG" and figure.width > photo.width
-    assert sorted(os.listdir(out_dir)) == ["photo_mask.png", "photo_segmentation.png", "rgba_mask.png",
-                                           "rgba_segmentation.png"]
+    assert sorted(os.listdir(out_dir)) == ["photo_mask.png", "photo_segmentation.png", "predictions.jsonl",
+                                           "rgba_mask.png", "rgba_segmentation.png"]
+    assert [json.loads(line) for line in (out_dir / "predictions.jsonl").read_text().splitlines()] == results
 
     # text output; an existing output is not replaced without --overwrite
     before = (out_dir / "photo_mask.png").read_bytes()
@@ -84,7 +85,7 @@ def test_segmentation_writes_mask_and_figure_and_prints_class_areas(saved_segmen
 
 
 @pytest.mark.parametrize("name, message", [
-    ("missing.jpg", "does not exist"),
+    ("missing.jpg", "no such file or folder"),
     ("notes.txt", "is not an image file"),
     ("truncated.jpg", "cannot be decoded"),
 ])
@@ -215,7 +216,12 @@ def test_a_missing_model_folder_says_so(images, capsys, model, message):
     (["--device", "meta"], "--device: expected one of cpu, cuda, mps, xpu", EXIT_USAGE),
     (["--device", "cuda"], "--device: expected a device this machine has, got 'cuda' (torch sees no cuda device here)",
      EXIT_DATA),
-    (["--top-k", "0"], "--top-k: expected a positive integer, got 0", EXIT_USAGE),
+    (["--top-k", "0"], "--top-k: expected an integer from 1 to 1000, got 0", EXIT_USAGE),
+    (["--batch-size", "0"], "--batch-size: expected an integer from 1 to 4096, got 0", EXIT_USAGE),
+    (["--workers", "-1"], "--workers: expected an integer from 0 (read in the main thread) to 64, got -1", EXIT_USAGE),
+    (["--threads", "0"], "--threads: expected an integer from 1 to 1024, got 0", EXIT_USAGE),
+    (["--resume", "--overwrite", "--output-dir", "out"], "--resume: continues the results in --output-dir, --overwrite "
+     "replaces them; pass one", EXIT_USAGE),
     (["--task", "detection"], "--task: expected one of", EXIT_USAGE),
 ])
 def test_bad_arguments_are_refused_before_loading_anything(saved_classifier, images, capsys, monkeypatch, argv,
@@ -228,8 +234,9 @@ def test_bad_arguments_are_refused_before_loading_anything(saved_classifier, ima
 
 def test_output_problems_are_found_before_the_model_runs(saved_classifier, saved_segmenter, images, tmp_path, capsys,
                                                          monkeypatch):
-    monkeypatch.setattr(predict_module, "classify", lambda *a, **k: pytest.fail("the model ran"))
-    monkeypatch.setattr(predict_module, "segment", lambda *a, **k: pytest.fail("the model ran"))
+    import mobilevit.inference
+
+    monkeypatch.setattr(mobilevit.inference, "stream", lambda *a, **k: pytest.fail("the model ran"))
     (tmp_path / "a-file").write_text("not a folder")
     for model, output, message, code in [
         (saved_classifier, tmp_path / "a-file", "--output-dir: expected a folder, got", EXIT_DATA),
@@ -268,7 +275,8 @@ def test_outputs_have_ordinary_permissions(saved_segmenter, saved_classifier, im
     finally:
         os.umask(mask)
     written = sorted((tmp_path / "seg").iterdir()) + sorted((tmp_path / "cls").iterdir())
-    assert [p.name for p in written] == ["photo_mask.png", "photo_segmentation.png", "predictions.json"]
+    assert [p.name for p in written] == ["photo_mask.png", "photo_segmentation.png", "predictions.jsonl",
+                                         "predictions.jsonl"]
     assert {stat.S_IMODE(p.stat().st_mode) for p in written} == {0o644}
 
 

@@ -141,7 +141,7 @@ def export(model_dir, format: str, output, quantize: str | None = None, *, calib
     staged = StagedOutputs(targets, overwrite)
     try:
         log(f"exporting {task} model ({model.config.model_type}) to {chosen.title} {precision} at "
-            f"{'dynamic size' if not chosen.fixed_size else f'{size[0]}x{size[1]}'} ...")
+            f"{'dynamic size' if not chosen.is_fixed_size(job) else f'{size[0]}x{size[1]}'} ...")
         facts = chosen.write(job, staged.path(output))
         sidecar = _sidecar(chosen, job, output, model, task, facts, staged)
         runner = chosen.runner(staged.path(output), job)
@@ -163,10 +163,13 @@ def export(model_dir, format: str, output, quantize: str | None = None, *, calib
 
 
 def _check_in_runtime(chosen: Format, job: ExportJob, runner) -> dict:
-    """Real photos (and, for a dynamic graph, another batch and an odd size) through artefact and PyTorch."""
+    """Real photos through artefact and PyTorch: all of them in one batch, and for a graph of any batch size also
+    one alone, for a graph of any size also two at an odd size."""
     channels = job.graph.config.num_channels
     cases = [check_inputs(job.processor, job.size, channels)]
-    if not chosen.fixed_size and job.precision == "fp32":  # int8 is checked at the size it was calibrated at
+    if chosen.accepted_shapes(job)["batch"] != 1:
+        cases.append(cases[0][:1])
+    if not chosen.is_fixed_size(job) and job.precision == "fp32":  # int8 is checked at the size it was calibrated at
         cases.append(check_inputs(job.processor, ODD_SIZE, channels)[:2])
     results = []
     for pixel_values in cases:
@@ -208,9 +211,8 @@ def _sidecar(chosen: Format, job: ExportJob, output: Path, model, task: str, fac
         "model_type": config.model_type,
         "variant": getattr(config, "variant", None),
         "source_model": str(Path(job.model_dir).resolve()) if job.model_dir else None,
-        "input": {"name": "pixel_values", "layout": "NCHW", "dtype": "float32",
-                  "shape": ["batch", config.num_channels, "height", "width"] if not chosen.fixed_size
-                  else [1, config.num_channels, *job.size]},
+        "input": {"name": "pixel_values", "layout": "NCHW", "dtype": "float32", "shape": chosen.input_shape(job),
+                  "accepts": chosen.accepted_shapes(job)},
         "outputs": job.graph.output_names(),
         "preprocessing": preprocessing_of(job.processor),
         "id2label": {str(k): v for k, v in config.id2label.items()} if task in (CLASSIFICATION, SEGMENTATION) else None,
@@ -237,28 +239,34 @@ def _size(path: Path) -> int:
 
 
 def export_model(model, format: str, output, precision: str = "fp32", image_size: int | None = None,
-                 calibration_images=None, overwrite: bool = False) -> dict:
-    """Export an in-memory model (no folder, no sidecar), checked in its runtime on the shipped photos; what
-    `mobilevit benchmark` times. int8 calibrates on `calibration_images` (default: the shipped photos)."""
+                 calibration_images=None, overwrite: bool = False, *, size: tuple[int, int] | None = None,
+                 dynamic_size: bool = False, processor=None, threads: int | None = None) -> dict:
+    """Export an in-memory model, checked in its runtime on the shipped photos; what `mobilevit benchmark` times
+    and the runtime cache (`mobilevit.runtimes`) keeps. Writes the sidecar beside the artefact too and returns
+    its content. `size` (height, width) or `image_size` (a square) sets the input of a fixed-size graph (default:
+    the processor's); `dynamic_size` asks a format that can (ONNX, OpenVINO) for every size. int8 calibrates on
+    `calibration_images` (default: the shipped photos)."""
     chosen, output = FORMATS[format], Path(output)
     if output.exists() and not overwrite:
         raise ExportError(f"output: {str(output)!r} already exists (pass overwrite=True to replace it)")
     graph = MainOutputs(model.eval()).eval()
-    processor = auto.image_processor_for(model.config)
-    size = (image_size, image_size) if image_size else input_size(processor, model.config)
+    processor = processor if processor is not None else auto.image_processor_for(model.config)
+    size = tuple(size) if size else (image_size, image_size) if image_size else input_size(processor, model.config)
     calibration = None
     if precision in chosen.calibrated:
         images = calibration_images if calibration_images is not None else sample_photos()
         calibration = [preprocess(processor, images, size)]
-    job = ExportJob(graph, processor, size, precision, calibration)
-    staged = StagedOutputs([output, *chosen.companion_paths(output)], overwrite)
+    job = ExportJob(graph, processor, size, precision, calibration, threads, dynamic_size=dynamic_size)
+    staged = StagedOutputs([output, *chosen.companion_paths(output), sidecar_path(output)], overwrite)
     try:
         facts = chosen.write(job, staged.path(output))
-        _check_in_runtime(chosen, job, chosen.runner(staged.path(output), job))
+        sidecar = _sidecar(chosen, job, output, model, graph.task, facts, staged)
+        sidecar["check"] = _check_in_runtime(chosen, job, chosen.runner(staged.path(output), job))
+        write_sidecar(staged.path(sidecar_path(output)), sidecar)
         staged.commit()
     finally:
         staged.discard()
-    return facts
+    return sidecar
 
 
 def export_onnx(model, output, overwrite: bool = False, image_size: int | None = None) -> None:

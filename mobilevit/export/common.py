@@ -24,6 +24,8 @@ from ..errors import UserError
 from ..tasks import CLASSIFICATION, FEATURE_EXTRACTION, SEGMENTATION
 
 INPUT_NAME = "pixel_values"
+MAX_BATCH = 4096  # the largest batch a graph of any batch size is traced for
+MAX_SIDE = 8192  # the largest height and width a graph of any size is traced for
 SIDECAR_SUFFIX = ".json"  # model.onnx -> model.onnx.json: one per artefact, whatever sits beside it
 
 
@@ -358,5 +360,6 @@ def per_image(run_one: Callable[[np.ndarray], list]) -> Runner:
     return run
 
 __all__ = ["ExportError", "ExportCheckError", "MainOutputs", "Comparison", "StagedOutputs", "INPUT_NAME",
+           "MAX_BATCH", "MAX_SIDE",
            "per_image", "load_model", "input_size", "sample_photos", "check_inputs", "preprocess", "compare", "enforce_bound",
            "sidecar_path", "preprocessing_of", "write_sidecar", "remove_leftovers", "is_inside", "Runner"]
