@@ -70,7 +70,8 @@ class FoundImages:
         if not self.skipped:
             return None
         total = sum(self.skipped.values())
-        kinds = ", ".join(f"{count} {ext or '(no extension)'}" for ext, count in self.skipped.most_common())
+        kinds = ", ".join(f"{count} {ext or '(no extension)'}"
+                          for ext, count in sorted(self.skipped.items(), key=lambda pair: (-pair[1], pair[0])))
         return f"skipped {total} file{'s' * (total != 1)} without an image extension in the folders ({kinds})"
 
 
@@ -222,7 +223,10 @@ class WorkerPool:
     def _work(self) -> None:
         import torch
 
-        torch.set_num_threads(1)  # this thread's kernels run on itself alone
+        # this thread's kernels run on itself alone. torch initialises a thread's setting from the process default
+        # on its first call, so that comes first: set before it, the 1 would be overwritten by the default
+        torch.get_num_threads()
+        torch.set_num_threads(1)
         while True:
             with self._condition:
                 while not self._closed and (self._paused or not self._tasks):

@@ -348,3 +348,167 @@ def test_segmentation_of_a_wide_photo_from_the_command_line(saved_segmenter, tmp
                          "--json")
     assert code == 0, err
     assert Image.open(json.loads(out)[0]["mask"]).size == (288, 96)
+
+
+# -- folders, streaming, resume, several processes ----------------------------------------------------------------
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory, photo):
+    """photos/ with nested sub-folders: 12 images of three sizes (wide, tall, square) and formats, a text file and
+    an image whose data is cut off after its header."""
+    root = tmp_path_factory.mktemp("folder") / "photos"
+    for i in range(12):
+        sub = root / ("" if i < 4 else "trip" if i < 8 else "trip/day2")
+        sub.mkdir(parents=True, exist_ok=True)
+        size = [(160, 107), (96, 128), (80, 80)][i % 3]
+        picture = photo.resize(size).rotate(15 * i)
+        picture.save(sub / f"img{i:02d}.{'jpg' if i % 2 else 'png'}")
+    (root / "trip" / "notes.txt").write_text("not an image")
+    data = (root / "img01.jpg").read_bytes()
+    (root / "trip" / "day2" / "cut.jpg").write_bytes(data[: len(data) // 2])
+    return root
+
+
+def _lines(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_a_folder_with_sub_folders_a_text_file_and_a_truncated_image(saved_segmenter, folder, tmp_path, capsys):
+    out_dir = tmp_path / "out"
+    code, out, err = run(capsys, folder, "--model", saved_segmenter, "--output-dir", out_dir, "--workers", 2)
+    lines = err.strip().splitlines()
+    assert code == EXIT_DATA and out.count("mask: ") < 12
+    assert lines[0] == "skipped 1 file without an image extension in the folders (1 .txt)"
+    assert lines[-1].startswith("mobilevit predict: error: image ") and str(folder / "trip/day2/cut.jpg") in lines[-1]
+    assert "cannot be decoded, the file is truncated or corrupt" in lines[-1] and "--skip-bad-images" in lines[-1]
+    assert "Traceback" not in err
+    # what was finished before it is kept for --resume, and no results file claims the run is complete
+    assert not (out_dir / "predictions.jsonl").exists()
+    kept = _lines(out_dir / "predictions.jsonl.partial")
+    assert len(kept) == 8 and "--resume continues" in lines[-1]  # the 8 images before it, in input order
+
+    code, out, err = run(capsys, folder, "--model", saved_segmenter, "--output-dir", out_dir, "--resume",
+                         "--skip-bad-images", "--json")
+    assert code == 0, err
+    assert f"skipped {folder / 'trip/day2/cut.jpg'}: image" in err and "resuming: 8 of 13 images" in err
+    results = _lines(out_dir / "predictions.jsonl")
+    names = [r["image"] for r in results]
+    assert len(names) == len(set(names)) == 12 and names == sorted(names, key=lambda n: (n.count("/"), n))
+    assert [r["image"] for r in json.loads(out)] == names[8:]  # this run's own results on stdout
+    assert not list(out_dir.glob("*.partial"))
+    # sub-folders are kept in the output names, each mask has its photo's size
+    for result in results:
+        relative = Path(result["image"]).relative_to(folder).with_suffix("")
+        assert result["mask"] == str(out_dir / f"{relative}_mask.png")
+        assert Image.open(result["mask"]).size == Image.open(result["image"]).size
+
+
+def test_batch_sizes_give_the_same_predictions(saved_classifier, saved_segmenter, folder, tmp_path, capsys):
+    by_batch = {}
+    for batch in (1, 7, 32):
+        code, out, err = run(capsys, folder, "--model", saved_classifier, "--top-k", 3, "--batch-size", batch,
+                             "--skip-bad-images", "--json")
+        assert code == 0, err
+        by_batch[batch] = json.loads(out)
+    for batch in (7, 32):
+        assert [r["image"] for r in by_batch[batch]] == [r["image"] for r in by_batch[1]]
+        for got, expected in zip(by_batch[batch], by_batch[1]):
+            assert [p["label"] for p in got["predictions"]] == [p["label"] for p in expected["predictions"]]
+            np.testing.assert_allclose([p["score"] for p in got["predictions"]],
+                                       [p["score"] for p in expected["predictions"]], atol=1e-5)
+    # segmentation: images of three shapes, each batch of one shape; every mask as predicted alone
+    masks = {}
+    for batch in (1, 7):
+        out_dir = tmp_path / f"seg{batch}"
+        assert run(capsys, folder, "--model", saved_segmenter, "--batch-size", batch, "--skip-bad-images",
+                   "--output-dir", out_dir)[0] == 0
+        masks[batch] = {r["image"]: np.asarray(Image.open(r["mask"])) for r in _lines(out_dir / "predictions.jsonl")}
+    model, processor, _ = auto.load_model_and_processor(saved_segmenter)
+    from mobilevit.image_reading import image_pixels, open_image
+
+    for name, mask in masks[7].items():
+        alone = predict_module.segment(model, processor, image_pixels(open_image(name), name))
+        assert (mask == masks[1][name]).mean() > 0.999 and (mask == alone).mean() > 0.999
+
+
+def test_text_output_and_top_k_for_a_few_files_stay_as_they_were(saved_classifier, images, capsys):
+    code, out, err = run(capsys, images / "photo.jpg", images / "gray.png", "--model", saved_classifier, "--top-k", 2)
+    assert code == 0 and err == ""
+    lines = out.splitlines()
+    assert lines[0] == str(images / "photo.jpg") and lines[3] == str(images / "gray.png") and len(lines) == 6
+    assert all(re.fullmatch(r"  0\.\d{4}  (cat|dog|bird)", line) for line in lines[1:3] + lines[4:])
+
+
+KILLER = """
+import dataclasses, os, signal, sys
+import mobilevit.predict as predict
+calls, limit = [0], int(os.environ["KILL_AFTER"])
+original = predict.WRITERS["image-classification"]
+
+def record(*args):
+    calls[0] += 1
+    if calls[0] > limit:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return original.record(*args)
+
+predict.WRITERS["image-classification"] = dataclasses.replace(original, record=record)
+from mobilevit.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _predict_process(argv, **env):
+    environment = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent), **env}
+    return subprocess.run([sys.executable, "-c", KILLER, "predict", *map(str, argv)], capture_output=True, text=True,
+                          env=environment, timeout=600)
+
+
+def test_a_killed_run_resumed_gives_the_uninterrupted_results_file(saved_classifier, folder, tmp_path, capsys):
+    """A real SIGKILL after at most 5 results (a child process), then --resume here: the same file, byte for byte,
+    as one run without a kill."""
+    argv = [folder, "--model", saved_classifier, "--batch-size", 1, "--workers", 2, "--skip-bad-images"]
+    assert run(capsys, *argv, "--output-dir", tmp_path / "whole")[0] == 0
+    killed = _predict_process([*argv, "--output-dir", tmp_path / "resumed"], KILL_AFTER="5")
+    assert killed.returncode == -signal.SIGKILL
+    assert not (tmp_path / "resumed" / "predictions.jsonl").exists()
+    kept = len(_lines(tmp_path / "resumed" / "predictions.jsonl.partial"))
+    assert 0 < kept <= 5  # records are made on worker threads: the kill may come before the last ones are written
+    code, line = one_line_error(capsys, *argv, "--output-dir", tmp_path / "resumed")
+    assert code == EXIT_DATA and "predictions.jsonl.partial' already exists (pass --resume" in line
+    code, out, err = run(capsys, *argv, "--output-dir", tmp_path / "resumed", "--resume")
+    assert code == 0, err
+    assert f"resuming: {kept} of 13 images already have results" in err
+    assert len([line for line in out.splitlines() if not line.startswith(" ")]) == 12 - kept  # only the rest
+    whole_bytes = (tmp_path / "whole" / "predictions.jsonl").read_bytes()
+    assert (tmp_path / "resumed" / "predictions.jsonl").read_bytes() == whole_bytes
+    names = [r["image"] for r in _lines(tmp_path / "whole" / "predictions.jsonl")]
+    assert len(names) == len(set(names)) == 12
+    assert sorted(os.listdir(tmp_path / "resumed")) == ["predictions.jsonl"]
+
+
+@pytest.mark.slow
+def test_two_processes_share_the_images_and_merge_one_file(saved_classifier, folder, tmp_path):
+    """torchrun with two processes (gloo, CPU): each image once, one merged file equal to a single process's."""
+    single = _predict_process([folder, "--model", saved_classifier, "--skip-bad-images", "--output-dir",
+                               tmp_path / "one"], KILL_AFTER="1000")
+    assert single.returncode == 0, single.stderr
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "mobilevit", "predict", str(folder), "--model", str(saved_classifier), "--skip-bad-images",
+               "--output-dir", str(tmp_path / "two"), "--threads", "1"]
+    environment = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent), "OMP_NUM_THREADS": "1"}
+    completed = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=900)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    merged, alone = _lines(tmp_path / "two" / "predictions.jsonl"), _lines(tmp_path / "one" / "predictions.jsonl")
+    assert [r["image"] for r in merged] == [r["image"] for r in alone]
+    for got, expected in zip(merged, alone):
+        assert [p["label"] for p in got["predictions"]] == [p["label"] for p in expected["predictions"]]
+        np.testing.assert_allclose([p["score"] for p in got["predictions"]],
+                                   [p["score"] for p in expected["predictions"]], atol=1e-5)
+    assert sorted(os.listdir(tmp_path / "two")) == ["predictions.jsonl"]
+    assert completed.stderr.count("skipped ") >= 2  # each process lists the bad image it met (all check all)
