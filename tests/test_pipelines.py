@@ -119,3 +119,67 @@ def test_task_inference_and_bad_inputs(saved_classifier, tmp_path):
     config.architectures = None
     with pytest.raises(ValueError, match="config.architectures: expected one of"):
         task_of(config)
+
+
+# -- batching and streaming ------------------------------------------------------------------------------------
+import types
+
+
+def test_lists_give_lists_and_generators_give_generators_equal_to_single_calls(saved_classifier, photo, tmp_path):
+    photo.save(tmp_path / "photo.png")
+    images = [photo, photo.resize((90, 140)), np.asarray(photo.rotate(30)), str(tmp_path / "photo.png")] * 3
+    classify = pipeline(model=saved_classifier)
+    singles = [classify(image, top_k=2) for image in images]
+    assert isinstance(classify, transformers.ImageClassificationPipeline)
+    for batch_size in (1, 7, 32):
+        batched = classify(images, top_k=2, batch_size=batch_size)
+        assert isinstance(batched, list) and len(batched) == len(images)
+        for got, expected in zip(batched, singles):
+            assert [p["label"] for p in got] == [p["label"] for p in expected]
+            np.testing.assert_allclose([p["score"] for p in got], [p["score"] for p in expected], atol=1e-5)
+    streamed = classify((image for image in images), top_k=2, batch_size=5, num_workers=2)
+    assert isinstance(streamed, types.GeneratorType)
+    assert [r[0]["label"] for r in streamed] == [r[0]["label"] for r in singles]
+    # any other iterable (a torch Dataset, KeyDataset, ...) streams too
+    assert len(list(classify(iter(images[:3])))) == 3
+
+
+def test_segmentation_batches_images_of_different_sizes_each_at_its_own_size(saved_segmenter, photo):
+    images = [photo, photo.resize((96, 288)), photo, photo.resize((288, 96))]
+    segment = pipeline(model=saved_segmenter)
+    for annotations, image in zip(segment(images, batch_size=4), images):
+        single = segment(image)
+        assert [a["label"] for a in annotations] == [a["label"] for a in single]
+        for got, expected in zip(annotations, single):
+            assert got["mask"].size == image.size
+            assert (np.asarray(got["mask"]) == np.asarray(expected["mask"])).mean() > 0.999
+
+
+def test_urls_are_refused_and_unknown_runtimes_are_named(saved_classifier):
+    from mobilevit.image_reading import ImageError
+    from mobilevit.runtimes import RuntimeChoiceError
+
+    classify = pipeline(model=saved_classifier)
+    with pytest.raises(ImageError, match="inputs\\[0\\]: expected a local file.*does not download"):
+        classify("https://example.com/cat.jpg")
+    with pytest.raises(RuntimeChoiceError, match="expected one of pytorch, onnxruntime, openvino, got 'tvm'"):
+        pipeline(model=saved_classifier, runtime="tvm")
+    with pytest.raises(TypeError):
+        classify(np.zeros((8, 8, 3), np.uint8), no_such_option=1)
+
+
+@pytest.mark.slow
+def test_an_openvino_pipeline_streams_like_the_pytorch_one(saved_classifier, photo, tmp_path):
+    """runtime="openvino": the model's IR at its crop size with a free batch, exported once into the cache given,
+    checked on the first batch; then results within 1e-4 of PyTorch's for batches of any size."""
+    pytest.importorskip("openvino")
+    images = [photo.rotate(20 * i) for i in range(9)]
+    reference = pipeline(model=saved_classifier)(images, top_k=3)
+    fast = pipeline(model=saved_classifier, runtime="openvino", runtime_cache=tmp_path)
+    assert fast.runtime.entry.parent == tmp_path / "runtimes" and "64x64" in fast.runtime.entry.name
+    for batch_size in (4, 1):
+        got = list(fast((image for image in images), top_k=3, batch_size=batch_size))
+        for result, expected in zip(got, reference):
+            assert [p["label"] for p in result] == [p["label"] for p in expected]
+            np.testing.assert_allclose([p["score"] for p in result], [p["score"] for p in expected], atol=1e-4)
+    assert fast.runtime.comparison.max_abs_error <= 1e-4

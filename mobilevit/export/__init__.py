@@ -163,11 +163,11 @@ def export(model_dir, format: str, output, quantize: str | None = None, *, calib
 
 
 def _check_in_runtime(chosen: Format, job: ExportJob, runner) -> dict:
-    """Real photos through artefact and PyTorch: all of them in one batch, and for a graph of any batch size also
-    one alone, for a graph of any size also two at an odd size."""
+    """Real photos through artefact and PyTorch: all of them in one batch; for a fixed-size graph of any batch size
+    also one alone; for a graph of any size also two at an odd size."""
     channels = job.graph.config.num_channels
     cases = [check_inputs(job.processor, job.size, channels)]
-    if chosen.accepted_shapes(job)["batch"] != 1:
+    if chosen.dynamic_batch and chosen.is_fixed_size(job):
         cases.append(cases[0][:1])
     if not chosen.is_fixed_size(job) and job.precision == "fp32":  # int8 is checked at the size it was calibrated at
         cases.append(check_inputs(job.processor, ODD_SIZE, channels)[:2])
@@ -175,7 +175,8 @@ def _check_in_runtime(chosen: Format, job: ExportJob, runner) -> dict:
     for pixel_values in cases:
         with torch.no_grad():
             expected = job.graph(pixel_values)
-        described = f"{len(pixel_values)} photos at {pixel_values.shape[-2]}x{pixel_values.shape[-1]}"
+        described = (f"{len(pixel_values)} photo{'s' * (len(pixel_values) != 1)} at "
+                     f"{pixel_values.shape[-2]}x{pixel_values.shape[-1]}")
         comparison = compare(expected, runner(pixel_values.numpy()), job.graph.task, described)
         enforce_bound(comparison, job.precision, chosen.runtime)
         results.append(comparison.as_dict())

@@ -45,11 +45,6 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(sidecar, indent=2))
         return 0
-
-
-def _span(value) -> str:
-    """An accepted size: one number, or 'min-max'."""
-    return str(value) if isinstance(value, int) else f"{value[0]}-{value[1]}"
     check = sidecar["check"]
     print(f"wrote {args.output} ({sidecar['format']}, {sidecar['precision']}, {sidecar['size_bytes'] / 1e6:.2f} MB) "
           f"and its sidecar {sidecar['artefact']}.json")
