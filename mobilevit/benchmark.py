@@ -629,10 +629,16 @@ def write_outputs(results: list[Result], output: Path, overwrite: bool) -> list[
 # Command line
 # --------------------------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS),
+    parser.add_argument("--variants", nargs="+", default=None,
                         help="released sizes of any family, e.g. small or mobilevitv2-1.0 (default: MobileViT v1's "
-                             "three); each is timed against stock transformers' class of its family")
-    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 32], help="batch sizes (default: 1 32)")
+                             "three; --mode predict: xx-small); each is timed against stock transformers' class of its "
+                             "family")
+    parser.add_argument("--mode", choices=("inference", "predict"), default="inference",
+                        help="inference: the models' forward against stock transformers and the runtimes; predict: "
+                             "`mobilevit predict` end to end on a folder of JPEGs against the model alone and stock "
+                             "transformers.pipeline (mobilevit/benchmark_predict.py)")
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=None,
+                        help="batch sizes (default: 1 32; --mode predict: stock transformers.pipeline's, 1 8 16 32 64)")
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads for PyTorch and ONNX Runtime")
     parser.add_argument("--task", default="image-classification", help="image-classification or semantic-segmentation")
     parser.add_argument("--image-size", type=int, default=None, help="square input side (default 256, 512 for segmentation)")
@@ -650,13 +656,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--background-load", type=int, default=0, metavar="N",
                         help="N busy processes (one CPU each) started beside the timing and stopped after it: "
                         "latency under contention (default: 0)")
-    parser.add_argument("--output", type=Path, default=None, help="folder for results.json, results.md, chart.png")
+    predict = parser.add_argument_group("--mode predict")
+    predict.add_argument("--images", type=int, default=400, help="JPEGs to generate and predict (default: 400)")
+    predict.add_argument("--photo-size", default="1024x768", metavar="WxH", help="their size (default: 1024x768)")
+    predict.add_argument("--images-dir", type=Path, default=None, help="predict these JPEGs instead of generated ones")
+    predict.add_argument("--runtimes", nargs="+", default=["pytorch"], choices=("pytorch", "onnxruntime", "openvino"),
+                         help="predict with each runtime, and time each one's batch-1 forward (default: pytorch)")
+    predict.add_argument("--fixture", default=None, metavar="NAME",
+                         help="the model: ml-cvnets fixture weights converted (e.g. mobilevit_xxs; ../shared/fixtures)")
+    predict.add_argument("--model", type=Path, default=None, metavar="DIR", help="the model: a saved classifier folder")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="folder for results.json, results.md, chart.png (--mode predict: predict.json, predict.md)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing files in --output")
 
 
 def run(args: argparse.Namespace) -> int:
     """`mobilevit benchmark`: everything checked before minutes of timing; a BenchmarkError reaches
     `mobilevit.cli`, which prints it as one line."""
+    if args.mode == "predict":
+        return run_predict_mode(args)
+    args.batch_sizes = args.batch_sizes or [1, 32]
+    args.variants = args.variants or list(DEFAULT_VARIANTS)
     settings = check_settings(variants=args.variants, batch_sizes=args.batch_sizes, threads=args.threads,
                               task=args.task, image_size=args.image_size, repeats=args.repeats, warmup=args.warmup,
                               candidates=args.candidates, allocator=args.allocator,
@@ -673,4 +693,50 @@ def run(args: argparse.Namespace) -> int:
     if args.output is not None:
         paths = write_outputs(results, args.output, args.overwrite)
         print("\nwrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+MAX_PREDICT_IMAGES = 1_000_000
+
+
+def run_predict_mode(args: argparse.Namespace) -> int:
+    """`--mode predict` (mobilevit/benchmark_predict.py), its arguments checked first."""
+    from .benchmark_predict import benchmark_predict, format_report, write_report
+    from .runtimes import require_runtime
+
+    batch_sizes = args.batch_sizes or [1, 8, 16, 32, 64]
+    if any(not _is_int(b) or b < 1 for b in batch_sizes):
+        raise BenchmarkError(f"batch_sizes: expected positive integers, got {list(batch_sizes)}", usage=True)
+    if not 1 <= args.images <= MAX_PREDICT_IMAGES:
+        raise BenchmarkError(f"--images: expected an integer from 1 to {MAX_PREDICT_IMAGES}, got {args.images}",
+                             usage=True)
+    parts = args.photo_size.lower().split("x")
+    if len(parts) != 2 or not all(p.isdigit() and 32 <= int(p) <= 8192 for p in parts):
+        raise BenchmarkError(f"--photo-size: expected WIDTHxHEIGHT with sides from 32 to 8192, got {args.photo_size!r}",
+                             usage=True)
+    if not 1 <= args.threads <= 1024:
+        raise BenchmarkError(f"threads: expected an integer from 1 to 1024, got {args.threads}", usage=True)
+    args.variants = args.variants or ["xx-small"]
+    if len(args.variants) != 1 and args.model is None and args.fixture is None:
+        raise BenchmarkError(f"--variants: --mode predict times one model, got {len(args.variants)}", usage=True)
+    variant = None
+    if args.model is None and args.fixture is None:
+        try:
+            variant = auto.resolve_variant(args.variants[0])[1]
+        except ValueError as err:
+            raise BenchmarkError(str(err), usage=True) from None
+    for runtime in args.runtimes:
+        require_runtime(runtime)
+    if args.images_dir is not None and not any(Path(args.images_dir).glob("*.jpg")):
+        raise BenchmarkError(f"--images-dir: expected a folder of .jpg files, got {str(args.images_dir)!r}")
+    if args.output is not None:
+        check_output_dir(args.output, "--output", replaces=False, error=BenchmarkError)
+    runtimes = ["pytorch", *[r for r in args.runtimes if r != "pytorch"]]
+    result = benchmark_predict(variant=variant, fixture=args.fixture, model_dir=args.model, images=args.images,
+                               photo_size=tuple(int(p) for p in parts), images_dir=args.images_dir, runtimes=runtimes,
+                               stock_batch_sizes=batch_sizes, threads=args.threads,
+                               log=lambda line: print(line, file=sys.stderr, flush=True))
+    print(format_report(result))
+    if args.output is not None:
+        print("\nwrote " + ", ".join(str(p) for p in write_report(result, args.output, args.overwrite)))
     return 0

@@ -37,6 +37,7 @@ import json
 import os
 import re
 import sys
+import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -454,7 +455,9 @@ class PredictJob:
         with WorkerPool(workers, model_threads=runtime.threads) as pool:
             todo, bad = self.check_headers(todo, pool)
             mine = todo[self.processes.rank::self.processes.world]
+            started = time.perf_counter()
             skipped = self.predict(mine, runtime, pool)
+            seconds = time.perf_counter() - started
         for path, reason in bad + skipped:
             print(f"skipped {path}: {reason}", file=sys.stderr)
         if bad or skipped:
@@ -462,7 +465,9 @@ class PredictJob:
         self.processes.barrier()  # every share is done
         if plan.output_dir is not None and self.processes.rank == 0:
             count = self.merge_results()
-            self.note(f"{count} results in {plan.results}")
+            rate = f", {len(mine) / seconds:.1f} images/s" if seconds > 0 and mine else ""
+            self.note(f"{count} results in {plan.results} (this process: {len(mine)} images in {seconds:.1f} s{rate}, "
+                      f"{runtime.describe()}, batch {args.batch_size}, {workers} workers)")
         return 0
 
     # -- resuming ----------------------------------------------------------------------------------------------

@@ -62,3 +62,26 @@ def shared_fixtures_dir(name: str = "mlcvnets") -> Path | None:
         if (path / "weights.py").is_file():
             return path
     return None
+
+
+def fixture_state_dict(folder: Path, name: str) -> dict[str, torch.Tensor]:
+    """The deterministic ml-cvnets weights of the fixture `<folder>/<name>.json`, made by the folder's weights.py."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"weights_{Path(folder).name}", Path(folder) / "weights.py")
+    weights = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(weights)
+    return weights.state_dict(str(Path(folder) / f"{name}.json"))
+
+
+def fixture_model_folder(folder: Path, name: str, output: Path) -> Path:
+    """A model folder (config, weights, processor) converted from the ml-cvnets fixture weights of `name`
+    (e.g. "mobilevit_xxs"): a released layout with known-good numbers, for benchmarks."""
+    from .conversion import convert_checkpoint
+
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    checkpoint = output.parent / f"{name}.pt"
+    torch.save(fixture_state_dict(folder, name), checkpoint)
+    convert_checkpoint(checkpoint, output, progress=False, overwrite=True)
+    return output

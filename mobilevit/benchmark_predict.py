@@ -1,0 +1,274 @@
+"""`mobilevit benchmark --mode predict`: `mobilevit predict` end to end on a folder of JPEGs it generates, against
+the model's own batch throughput and stock `transformers.pipeline` at its best batch size, in one run.
+
+    mobilevit benchmark --mode predict [--variants xx-small | --fixture mobilevit_xxs | --model DIR] [--images 400]
+                        [--photo-size 1024x768] [--runtimes pytorch openvino] [--batch-sizes 1 8 16 32 64]
+                        [--threads 2] [--images-dir DIR] [--output DIR]
+
+What is timed, one after the other on the same folder and weights (the machine's load is printed with them):
+
+- **model**: the runtime alone on ready pixel batches of predict's batch size: the throughput that decoding
+  and preprocessing should hide behind;
+- **predict**: `mobilevit predict FOLDER --model M --output-dir OUT` in a process of its own, as a user runs it;
+  its images/s are the ones it reports for its own work (from the first image read to the last result written:
+  the imports and the model loading are left out, and the whole command's wall time is shown beside it); its
+  peak memory is that process's maximum resident set (`getrusage`);
+- **transformers.pipeline**: stock transformers' classes and image processor loaded from the same folder
+  (`transformers.pipeline("image-classification", model=M)`), over the folder's paths, at each of
+  `--batch-sizes` on the first `SWEEP_IMAGES` images, then at the best one on all of them;
+- **batch-1 latency** of each runtime's forward (`--runtimes`, PyTorch first), interleaved call by call.
+
+Printed: a table and the ratios the goals name (predict / model, predict / stock at its best, exported runtime /
+PyTorch at batch 1), with the machine's load average before and after.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+SWEEP_IMAGES = 128  # stock's batch-size sweep runs on this many images, its best batch size on all
+DEFAULT_IMAGES = 400
+DEFAULT_PHOTO_SIZE = (1024, 768)
+DEFAULT_STOCK_BATCH_SIZES = (1, 8, 16, 32, 64)
+UNIQUE_PHOTOS = 64  # distinct generated photos; the rest of the folder are copies of them (decoding is the same work)
+LATENCY_CALLS = 30
+
+
+@dataclass
+class PredictBenchmark:
+    model: str
+    images: int
+    photo_size: str
+    threads: int
+    load_before: str
+    rows: list[dict] = field(default_factory=list)
+    ratios: dict = field(default_factory=dict)
+    load_after: str = ""
+
+
+def generate_photos(folder: Path, count: int, size: tuple[int, int], log=print) -> Path:
+    """`count` JPEGs (quality 90) of `size` (width, height): crops of the photos shipped with scikit-learn and
+    scikit-image, scaled, flipped and rotated, `UNIQUE_PHOTOS` distinct ones copied to fill the folder."""
+    import numpy as np
+    from PIL import Image
+
+    from .export.common import sample_photos
+
+    folder.mkdir(parents=True, exist_ok=True)
+    photos = [Image.fromarray(p) for p in sample_photos()]
+    rng = np.random.default_rng(0)
+    width, height = size
+    made = []
+    for i in range(min(count, UNIQUE_PHOTOS)):
+        photo = photos[i % len(photos)]
+        crop_w, crop_h = int(photo.width * rng.uniform(0.6, 1.0)), int(photo.height * rng.uniform(0.6, 1.0))
+        left, top = int(rng.integers(0, photo.width - crop_w + 1)), int(rng.integers(0, photo.height - crop_h + 1))
+        picture = photo.crop((left, top, left + crop_w, top + crop_h)).resize(size, Image.BILINEAR)
+        if i % 2:
+            picture = picture.transpose(Image.FLIP_LEFT_RIGHT)
+        path = folder / f"photo_{i:05d}.jpg"
+        picture.convert("RGB").save(path, quality=90)
+        made.append(path)
+    for i in range(len(made), count):
+        shutil.copyfile(made[i % len(made)], folder / f"photo_{i:05d}.jpg")
+    log(f"generated {count} JPEGs of {width}x{height} in {folder}")
+    return folder
+
+
+def machine_load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.1f} / {five:.1f} / {fifteen:.1f} (1 / 5 / 15 min) on {os.cpu_count()} CPUs"
+
+
+def run_predict(folder: Path, model_dir: Path, output: Path, runtime: str, threads: int, extra=()) -> dict:
+    """`mobilevit predict` in a process of its own: its reported images/s, wall time and peak RSS."""
+    command = [sys.executable, "-m", "mobilevit", "predict", str(folder), "--model", str(model_dir), "--output-dir",
+               str(output), "--overwrite", "--no-progress", "--runtime", runtime, "--threads", str(threads), *extra]
+    started = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    stderr = process.stderr.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - started
+    if process.returncode != 0:
+        raise RuntimeError(f"predict failed ({process.returncode}): {stderr.strip().splitlines()[-1:]}")
+    summary = next(line for line in stderr.splitlines() if " results in " in line)
+    rate = float(summary.split(" images/s")[0].rsplit(", ", 1)[-1])
+    peak = usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+    return {"images_per_s": rate, "wall_s": wall, "peak_rss_mb": peak / 2**20, "summary": summary}
+
+
+def model_throughput(model_dir: Path, runtime_name: str, batch_size: int, threads: int, seconds: float = 8.0) -> float:
+    """Images/s of the runtime alone on one ready batch of the processor's input size (random pixels)."""
+    import torch
+
+    from . import auto
+    from .runtimes import fixed_input_size, load_runtime
+
+    torch.set_num_threads(threads)
+    model, processor, _ = auto.load_model_and_processor(model_dir)
+    runtime = load_runtime(runtime_name, model, processor, threads=threads)
+    size = fixed_input_size(processor) or (256, 256)
+    pixel_values = torch.rand(batch_size, model.config.num_channels, *size, generator=torch.Generator().manual_seed(0))
+    runtime(pixel_values)
+    runtime(pixel_values)
+    calls, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds or calls < 3:
+        runtime(pixel_values)
+        calls += 1
+    return calls * batch_size / (time.perf_counter() - started)
+
+
+def batch1_latency(model_dir: Path, runtimes: list[str], threads: int, calls: int = LATENCY_CALLS) -> dict[str, float]:
+    """Median ms of a batch-1 forward per runtime, interleaved call by call (each timed call after an untimed one
+    of the same runtime: another runtime's threads may still be spinning)."""
+    import torch
+
+    from . import auto
+    from .runtimes import fixed_input_size, load_runtime
+
+    torch.set_num_threads(threads)
+    model, processor, _ = auto.load_model_and_processor(model_dir)
+    loaded = {name: load_runtime(name, model, processor, threads=threads) for name in runtimes}
+    size = fixed_input_size(processor) or (256, 256)
+    pixel_values = torch.rand(1, model.config.num_channels, *size, generator=torch.Generator().manual_seed(1))
+    times = {name: [] for name in loaded}
+    for name, runtime in loaded.items():
+        for _ in range(3):
+            runtime(pixel_values)
+    for round_index in range(calls):
+        order = list(loaded) if round_index % 2 == 0 else list(reversed(loaded))
+        for name in order:
+            loaded[name](pixel_values)
+            started = time.perf_counter()
+            loaded[name](pixel_values)
+            times[name].append(time.perf_counter() - started)
+    return {name: 1000 * statistics.median(samples) for name, samples in times.items()}
+
+
+def stock_pipeline(folder: Path, model_dir: Path, batch_sizes, threads: int, log=print) -> dict:
+    """Stock `transformers.pipeline` on the folder's paths: images/s per batch size on the first SWEEP_IMAGES,
+    then at the best batch size on all of them."""
+    import torch
+    import transformers
+
+    torch.set_num_threads(threads)
+    paths = sorted(str(p) for p in folder.glob("*.jpg"))
+    classify = transformers.pipeline("image-classification", model=str(model_dir), device="cpu")
+
+    def rate(images, batch_size):
+        started = time.perf_counter()
+        for _ in classify(images, batch_size=batch_size):
+            pass
+        return len(images) / (time.perf_counter() - started)
+
+    classify(paths[:2], batch_size=2)  # warm-up
+    sweep = {}
+    for batch_size in batch_sizes:
+        sweep[batch_size] = rate(paths[:SWEEP_IMAGES], batch_size)
+        log(f"  transformers.pipeline batch {batch_size}: {sweep[batch_size]:.1f} images/s on {SWEEP_IMAGES} images")
+    best = max(sweep, key=sweep.get)
+    return {"sweep": sweep, "best_batch_size": best, "images_per_s": rate(paths, best),
+            "processor": type(classify.image_processor).__name__}
+
+
+def prepare_model(workdir: Path, variant: str | None, fixture: str | None, model_dir: Path | None) -> tuple[Path, str]:
+    """The model folder to run: given, converted from an ml-cvnets fixture, or a released size with realistic random
+    weights (1000 classes, the family's evaluation preprocessing)."""
+    from . import auto
+    from .testing_utils import fill_realistic_weights_, fixture_model_folder, shared_fixtures_dir
+
+    if model_dir is not None:
+        return Path(model_dir), str(model_dir)
+    if fixture is not None:
+        folder = shared_fixtures_dir()
+        if folder is None:
+            raise FileNotFoundError("--fixture: ../shared/fixtures/mlcvnets not found (set MOBILEVIT_FIXTURES)")
+        return fixture_model_folder(folder, fixture, workdir / fixture), f"{fixture} (ml-cvnets fixture weights)"
+    config = auto.new_config(variant, "image-classification", num_labels=1000)
+    model = fill_realistic_weights_(auto.new_model(config, "image-classification"), seed=0).eval()
+    output = workdir / f"{variant}-classifier"
+    model.save_pretrained(output)
+    auto.image_processor_for(config).save_pretrained(output)
+    return output, f"{variant} (realistic random weights, 1000 classes)"
+
+
+def benchmark_predict(*, variant: str = "xx-small", fixture: str | None = None, model_dir=None,
+                      images: int = DEFAULT_IMAGES, photo_size=DEFAULT_PHOTO_SIZE, images_dir=None,
+                      runtimes=("pytorch",), stock_batch_sizes=DEFAULT_STOCK_BATCH_SIZES, threads: int = 2,
+                      log=print) -> PredictBenchmark:
+    from .predict import DEFAULT_BATCH_SIZE
+    from .tasks import CLASSIFICATION
+
+    batch_size = DEFAULT_BATCH_SIZE[CLASSIFICATION]
+    with tempfile.TemporaryDirectory(prefix="mobilevit-bench-predict-") as work:
+        work = Path(work)
+        model_path, model_name = prepare_model(work, variant, fixture, model_dir)
+        folder = Path(images_dir) if images_dir is not None else generate_photos(work / "photos", images, photo_size, log)
+        count = len(list(folder.glob("*.jpg")))
+        result = PredictBenchmark(model_name, count, f"{photo_size[0]}x{photo_size[1]}", threads, machine_load())
+        log(f"model alone, batch {batch_size} ...")
+        model_rate = model_throughput(model_path, "pytorch", batch_size, threads)
+        result.rows.append({"what": f"model alone (pytorch, batch {batch_size}, ready pixels)",
+                            "images_per_s": model_rate})
+        predicted = {}
+        for runtime in runtimes:
+            log(f"mobilevit predict --runtime {runtime} ...")
+            predicted[runtime] = run_predict(folder, model_path, work / f"out-{runtime}", runtime, threads)
+            result.rows.append({"what": f"mobilevit predict --runtime {runtime} (batch {batch_size})",
+                                **{k: v for k, v in predicted[runtime].items() if k != "summary"}})
+        log("stock transformers.pipeline ...")
+        stock = stock_pipeline(folder, model_path, stock_batch_sizes, threads, log)
+        result.rows.append({"what": f"transformers.pipeline ({stock['processor']}), best batch "
+                                    f"{stock['best_batch_size']} of {list(stock['sweep'])}",
+                            "images_per_s": stock["images_per_s"]})
+        log("batch-1 latency per runtime ...")
+        latency = batch1_latency(model_path, list(runtimes), threads)
+        for runtime, ms in latency.items():
+            result.rows.append({"what": f"{runtime} forward at batch 1 (interleaved)", "latency_ms": ms})
+        ours = predicted["pytorch"]["images_per_s"] if "pytorch" in predicted else None
+        if ours:
+            result.ratios["predict / model alone (goal >= 0.8)"] = ours / model_rate
+            result.ratios["predict / transformers.pipeline at its best (goal >= 3)"] = ours / stock["images_per_s"]
+        for runtime in runtimes:
+            if runtime != "pytorch" and "pytorch" in latency:
+                result.ratios[f"{runtime} / pytorch at batch 1 (goal >= 1.5 for openvino)"] = \
+                    latency["pytorch"] / latency[runtime]
+        result.load_after = machine_load()
+    return result
+
+
+def format_report(result: PredictBenchmark) -> str:
+    lines = [f"predict benchmark: {result.images} JPEGs of {result.photo_size}, model {result.model}, "
+             f"{result.threads} threads", f"before: {result.load_before}", "",
+             "| what | images/s | batch-1 ms | wall s | peak RSS MB |", "|---|---:|---:|---:|---:|"]
+    for row in result.rows:
+        cells = [f"{row[k]:.1f}" if k in row else "" for k in ("images_per_s", "latency_ms", "wall_s", "peak_rss_mb")]
+        lines.append(f"| {row['what']} | " + " | ".join(cells) + " |")
+    lines += ["", *(f"{name}: {value:.2f}x" for name, value in result.ratios.items()), f"after: {result.load_after}"]
+    return "\n".join(lines)
+
+
+def write_report(result: PredictBenchmark, output: Path, overwrite: bool) -> list[Path]:
+    from .file_utils import write_file_atomically
+
+    targets = {output / "predict.json": json.dumps(asdict(result), indent=2) + "\n",
+               output / "predict.md": format_report(result) + "\n"}
+    existing = [str(t) for t in targets if t.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"output: {existing} already exist (pass --overwrite to replace them)")
+    for path, text in targets.items():
+        write_file_atomically(path, text.encode())
+    return list(targets)
+
+
+__all__ = ["benchmark_predict", "format_report", "write_report", "generate_photos", "run_predict", "PredictBenchmark"]
