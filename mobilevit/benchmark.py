@@ -65,18 +65,16 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
-from torch import nn
-
-from . import auto
 from .errors import UserError, require
 from .file_utils import check_output_dir
 from .tasks import CLASSIFICATION, SEGMENTATION, canonical_task
-from .testing_utils import fill_realistic_weights_
+
+# torch, transformers and the registry are imported where they are used: `mobilevit benchmark --help` and its
+# usage errors answer without them
 
 CANDIDATES = ("mobilevit", "transformers", "onnxruntime", "resnet-50")
 # this package's model cast to a lower precision (`model.to(dtype)`, inputs too), timed when named in --candidates
-REDUCED_PRECISION = {"mobilevit-bf16": torch.bfloat16}
+REDUCED_PRECISION = {"mobilevit-bf16": "bfloat16"}  # candidate -> torch dtype name
 LABELS = {
     "mobilevit": "mobilevit (this package)",
     "mobilevit-bf16": "mobilevit bfloat16 (this package)",
@@ -138,6 +136,9 @@ NUM_LABELS = {CLASSIFICATION: 1000, SEGMENTATION: 21}
 
 def build_mobilevit(variant: str, task: str, seed: int = 0) -> nn.Module:
     """A released size of any registered family for `task`, with realistic random weights, in eval mode."""
+    from . import auto
+    from .testing_utils import fill_realistic_weights_
+
     task = canonical_task(task, allowed=tuple(NUM_LABELS))
     config = auto.new_config(variant, task, num_labels=NUM_LABELS[task])
     return fill_realistic_weights_(auto.new_model(config, task), seed).eval()
@@ -156,6 +157,8 @@ def build_stock(model: nn.Module) -> nn.Module:
 
 def build_resnet50(seed: int = 0) -> nn.Module:
     from transformers import ResNetConfig, ResNetForImageClassification
+
+    from .testing_utils import fill_realistic_weights_
 
     config = ResNetConfig(depths=[3, 4, 6, 3], hidden_sizes=[256, 512, 1024, 2048], layer_type="bottleneck", num_labels=1000)
     return fill_realistic_weights_(ResNetForImageClassification(config), seed).eval()
@@ -210,6 +213,7 @@ def count_parameters(model: nn.Module) -> int:
 def count_flops(model: nn.Module, image_size: int) -> int:
     """FLOPs (2 x multiply-adds) of one image, counted on the plain path (the fast path does the same math).
     Attention runs on SDPA's math backend here: the counter has no formula for the fused CPU kernel."""
+    import torch
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -227,6 +231,8 @@ def count_flops(model: nn.Module, image_size: int) -> int:
 
 
 def torch_runner(model: nn.Module):
+    import torch
+
     def forward(pixel_values):
         with torch.inference_mode():
             return model(pixel_values)
@@ -296,6 +302,8 @@ _FRESH_PROCESS = {}  # in a FreshProcessRunner's process: its runner and its inp
 
 
 def _fresh_process_start(candidate, variant, task, threads, onnx_path) -> None:
+    import torch
+
     torch.set_num_threads(threads)
     if candidate == "onnxruntime" or candidate in EXPORT_CANDIDATES:
         model = None  # the parent exported the graph
@@ -353,6 +361,8 @@ class BackgroundLoad:
 
 
 def benchmark_input(batch: int, image_size: int) -> torch.Tensor:
+    import torch
+
     return torch.rand(batch, 3, image_size, image_size, generator=torch.Generator().manual_seed(batch))
 
 
@@ -373,7 +383,13 @@ def summarise(times: dict[str, list[float]], reference: str | None) -> dict[str,
     return summary
 
 
-DEFAULT_VARIANTS = auto.family("mobilevit").variants
+def __getattr__(name: str):
+    """`DEFAULT_VARIANTS`, MobileViT v1's released sizes, read from the registry when first asked for."""
+    if name == "DEFAULT_VARIANTS":
+        from . import auto
+
+        return auto.family("mobilevit").variants
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def onnx_installed() -> bool:
@@ -393,6 +409,8 @@ def check_settings(*, variants, batch_sizes, threads, task, image_size, repeats,
                    allocator, background_load=0) -> dict:
     """The one check of the benchmark's arguments, before any model is built; returns them spelled canonically
     (task, variant names, image size filled in, candidates resolved)."""
+    from . import auto
+
     try:
         task = canonical_task(task, allowed=tuple(NUM_LABELS))
         variants = [auto.resolve_variant(v)[1] for v in variants]
@@ -443,7 +461,7 @@ def check_output(output: Path, overwrite: bool) -> None:
 
 
 def benchmark(
-    variants=DEFAULT_VARIANTS,
+    variants=None,
     batch_sizes=(1, 32),
     threads: int = 2,
     task: str = "image-classification",
@@ -459,6 +477,9 @@ def benchmark(
     `candidates=None`: every candidate whose dependencies are installed (`default_candidates`).
     `allocator="tuned"` changes this process's malloc settings for good (there is no way back).
     `background_load`: that many busy processes run while the candidates are timed (`BackgroundLoad`)."""
+    import torch
+
+    variants = variants if variants is not None else __getattr__("DEFAULT_VARIANTS")
     settings = check_settings(variants=variants, batch_sizes=batch_sizes, threads=threads, task=task,
                               image_size=image_size, repeats=repeats, warmup=warmup, candidates=candidates,
                               allocator=allocator, background_load=background_load)
@@ -538,7 +559,9 @@ def local_runner(name: str, model: nn.Module | None, threads: int, onnx_path: Pa
     if name == "transformers":
         return torch_runner(build_stock(model))
     if name in REDUCED_PRECISION:
-        dtype = REDUCED_PRECISION[name]
+        import torch
+
+        dtype = getattr(torch, REDUCED_PRECISION[name])
         run = torch_runner(copy.deepcopy(model).to(dtype))
         return lambda pixel_values: run(pixel_values.to(dtype))
     return torch_runner(model)
@@ -573,6 +596,7 @@ def format_table(results: list[Result], header: bool = True) -> str:
 def save_chart(results: list[Result], path: Path) -> None:
     """Latency at the smallest batch and throughput at the largest, per candidate and variant."""
     import matplotlib
+    import torch
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -676,7 +700,7 @@ def run(args: argparse.Namespace) -> int:
     if args.mode == "predict":
         return run_predict_mode(args)
     args.batch_sizes = args.batch_sizes or [1, 32]
-    args.variants = args.variants or list(DEFAULT_VARIANTS)
+    args.variants = args.variants or list(__getattr__("DEFAULT_VARIANTS"))
     settings = check_settings(variants=args.variants, batch_sizes=args.batch_sizes, threads=args.threads,
                               task=args.task, image_size=args.image_size, repeats=args.repeats, warmup=args.warmup,
                               candidates=args.candidates, allocator=args.allocator,
@@ -685,6 +709,8 @@ def run(args: argparse.Namespace) -> int:
         check_output(args.output, args.overwrite)
     if args.candidates is None and "onnxruntime" not in settings["candidates"]:
         print('note: onnxruntime is not timed: it needs pip install "mobilevit[export]"', file=sys.stderr)
+    import torch
+
     results = benchmark(**settings)
     load = f", {args.background_load} busy background processes" if args.background_load else ""
     print(f"\n{results[0].task}, {results[0].image_size}x{results[0].image_size}, {args.threads} threads, "
@@ -716,6 +742,8 @@ def run_predict_mode(args: argparse.Namespace) -> int:
                              usage=True)
     if not 1 <= args.threads <= 1024:
         raise BenchmarkError(f"threads: expected an integer from 1 to 1024, got {args.threads}", usage=True)
+    from . import auto
+
     args.variants = args.variants or ["xx-small"]
     if len(args.variants) != 1 and args.model is None and args.fixture is None:
         raise BenchmarkError(f"--variants: --mode predict times one model, got {len(args.variants)}", usage=True)

@@ -107,8 +107,9 @@ def run_predict(folder: Path, model_dir: Path, output: Path, runtime: str, threa
     return {"images_per_s": rate, "wall_s": wall, "peak_rss_mb": peak / 2**20, "summary": summary}
 
 
-def model_throughput(model_dir: Path, runtime_name: str, batch_size: int, threads: int, seconds: float = 8.0) -> float:
-    """Images/s of the runtime alone on one ready batch of the processor's input size (random pixels)."""
+def model_throughput(model_dir: Path, runtime_name: str, batch_size: int, threads: int, images: int) -> float:
+    """Images/s of the runtime alone on ready batches of the processor's input size (random pixels), over as many
+    images as predict gets (at least 3 batches)."""
     import torch
 
     from . import auto
@@ -120,11 +121,10 @@ def model_throughput(model_dir: Path, runtime_name: str, batch_size: int, thread
     size = fixed_input_size(processor) or (256, 256)
     pixel_values = torch.rand(batch_size, model.config.num_channels, *size, generator=torch.Generator().manual_seed(0))
     runtime(pixel_values)
-    runtime(pixel_values)
-    calls, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds or calls < 3:
+    calls = max(3, -(-images // batch_size))
+    started = time.perf_counter()
+    for _ in range(calls):
         runtime(pixel_values)
-        calls += 1
     return calls * batch_size / (time.perf_counter() - started)
 
 
@@ -217,7 +217,7 @@ def benchmark_predict(*, variant: str = "xx-small", fixture: str | None = None, 
         count = len(list(folder.glob("*.jpg")))
         result = PredictBenchmark(model_name, count, f"{photo_size[0]}x{photo_size[1]}", threads, machine_load())
         log(f"model alone, batch {batch_size} ...")
-        model_rate = model_throughput(model_path, "pytorch", batch_size, threads)
+        model_rate = model_throughput(model_path, "pytorch", batch_size, threads, count)
         result.rows.append({"what": f"model alone (pytorch, batch {batch_size}, ready pixels)",
                             "images_per_s": model_rate})
         predicted = {}

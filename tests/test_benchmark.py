@@ -192,3 +192,21 @@ def test_busy_process_stops_by_itself_when_its_time_is_up():
     busy = subprocess.run([sys.executable, "-c", benchmark._BUSY_LOOP, str(__import__("os").getpid()), "0.2"],
                           timeout=60)
     assert busy.returncode == 0
+
+
+def test_predict_mode_prints_every_row_and_the_goals_ratios(saved_classifier, tmp_path, capsys):
+    """--mode predict on a handful of small generated JPEGs: the model alone, predict (its own process, with its
+    peak memory), stock transformers.pipeline at its best batch size, batch-1 latency, and the ratios."""
+    code = cli_main(["benchmark", "--mode", "predict", "--model", str(saved_classifier), "--images", "6",
+                     "--photo-size", "80x60", "--batch-sizes", "1", "3", "--threads", "1", "--output", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "predict benchmark: 6 JPEGs of 80x60" in out and "load average" in out
+    for row in ("model alone (pytorch, batch 32", "mobilevit predict --runtime pytorch", "transformers.pipeline (",
+                "pytorch forward at batch 1"):
+        assert f"| {row}" in out
+    assert "predict / model alone (goal >= 0.8):" in out and "predict / transformers.pipeline at its best" in out
+    report = json.loads((tmp_path / "predict.json").read_text())
+    predict_row = next(r for r in report["rows"] if r["what"].startswith("mobilevit predict"))
+    assert predict_row["images_per_s"] > 0 and 50 < predict_row["peak_rss_mb"] < 4000
+    assert code == 0 and cli_main(["benchmark", "--mode", "predict", "--images", "0"]) == 2

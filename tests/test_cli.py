@@ -36,6 +36,9 @@ CASES = [
     (["predict", "photo.jpg", "--model", "m", "--device", "banana"], 2),
     (["predict", "photo.jpg", "--model", "m", "--task", "detection"], 2),
     (["predict", "photo.jpg", "--model", "m", "--resume", "--overwrite", "--output-dir", "x"], 2),
+    (["benchmark", "--help"], 0),
+    (["benchmark", "--batch-sizes", "x"], 2),
+    (["benchmark", "--mode", "predict", "--images", "0"], 2),
     (["train", "--data"], 2),
     (["train", "--epochs", "ten", "--data", "d", "--output-dir", "o"], 2),
 ]
