@@ -162,8 +162,8 @@ def prepare_image(source: ImageInput, processor, *, whole_image: bool = False, k
         image = source.image
         if isinstance(image, (str, os.PathLike)):
             image = open_image(image, repr(str(source.image)))
-        pixels = image_pixels(image, source.name, convert_rgb=processor.do_convert_rgb is not False,
-                              quantise=processor.do_rescale)
+        pixels = image_pixels(image, source.name, convert_rgb=processor.setting("do_convert_rgb"),
+                              quantise=processor.setting("do_rescale"))
         overrides = {"do_center_crop": False} if whole_image else {}
         pixel_values = processor(images=pixels, input_data_format="channels_last", return_tensors="pt",
                                  **overrides)["pixel_values"][0]

@@ -78,9 +78,9 @@ def cache_root() -> Path:
 def fixed_input_size(processor, whole_image: bool = False) -> tuple[int, int] | None:
     """The (height, width) every image has after `processor` (a centre crop, or a resize to a fixed size), or
     None when sizes vary (the shortest edge is resized and nothing cropped, as for whole-image segmentation)."""
-    if not whole_image and processor.do_center_crop and processor.crop_size:
+    if not whole_image and processor.setting("do_center_crop") and processor.crop_size:
         return int(processor.crop_size["height"]), int(processor.crop_size["width"])
-    size = processor.size if processor.do_resize else None
+    size = processor.size if processor.setting("do_resize") else None
     if size and size.get("height") and size.get("width"):
         return int(size["height"]), int(size["width"])
     return None
