@@ -451,14 +451,17 @@ class PredictJob:
         if done:
             self.note(f"resuming: {len(plan.images) - len(todo)} of {len(plan.images)} images already have results")
         workers = args.workers if args.workers is not None else default_workers()
-        runtime = self.load_runtime()
-        with WorkerPool(workers, model_threads=runtime.threads) as pool:
-            todo, bad = self.check_headers(todo, pool)
+        import torch
+
+        model_threads = 0 if self.device.type != "cpu" else torch.get_num_threads()  # the runtime's, on the CPU
+        with WorkerPool(workers, model_threads=model_threads) as pool:
+            todo, bad = self.check_headers(todo, pool)  # before the runtime, which may export for a minute
+            runtime = self.load_runtime()
             mine = todo[self.processes.rank::self.processes.world]
             started = time.perf_counter()
             skipped = self.predict(mine, runtime, pool)
             seconds = time.perf_counter() - started
-        for path, reason in bad + skipped:
+        for path, reason in (bad if self.processes.rank == 0 else []) + skipped:  # every process checked all headers
             print(f"skipped {path}: {reason}", file=sys.stderr)
         if bad or skipped:
             self.note(f"skipped {len(bad) + len(skipped)} images that cannot be read (--skip-bad-images)")
