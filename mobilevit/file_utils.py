@@ -202,16 +202,18 @@ def staged_directory(output_dir: str | os.PathLike):
         raise
 
 
-def write_file_atomically(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to a temporary file beside `path`, then rename it over `path`: readers see the old file or
-    the whole new one. The file gets an ordinary new file's permissions (0666 less the umask)."""
+def write_file_atomically(path: str | os.PathLike, data: bytes | Iterable[bytes]) -> None:
+    """Write `data` (bytes, or an iterable of byte chunks, written as they come) to a temporary file beside
+    `path`, then rename it over `path`: readers see the old file or the whole new one. The file gets an ordinary
+    new file's permissions (0666 less the umask)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_abandoned_leftovers(path)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_owner_tag()}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as file:
-            file.write(data)
+            for chunk in [data] if isinstance(data, (bytes, bytearray, memoryview)) else data:
+                file.write(chunk)
         os.chmod(temporary, 0o666 & ~_current_umask())  # mkstemp makes it private
         os.replace(temporary, path)
     except BaseException:

@@ -357,9 +357,10 @@ def partial_path(output_dir: Path, processes: Processes) -> Path:
     return output_dir / f"{RESULTS_FILE}{suffix}.partial"
 
 
-def read_records(path: Path) -> list[dict]:
-    """The whole JSON lines of a results file; a line cut off by a kill (the last one) is not a result."""
-    records = []
+def read_records(path: Path):
+    """(image, offset, length) of every whole JSON line of a results file, in file order; a line cut off by a kill
+    (the last one) is not a result. Only the names are kept: a results file can hold millions of lines."""
+    offset = 0
     with open(path, "rb") as file:
         for line in file:
             if not line.endswith(b"\n"):
@@ -368,9 +369,9 @@ def read_records(path: Path) -> list[dict]:
                 record = json.loads(line)
             except ValueError:
                 break
-            if isinstance(record, dict) and "image" in record:
-                records.append(record)
-    return records
+            if isinstance(record, dict) and isinstance(record.get("image"), str):
+                yield record["image"], offset, len(line)
+            offset += len(line)
 
 
 def image_key(name: str) -> str:
@@ -486,7 +487,7 @@ class PredictJob:
                 for path in sources[1:]:  # --overwrite: an unfinished run's results go
                     path.unlink(missing_ok=True)
             return set()
-        return {image_key(r["image"]) for path in sources if path.is_file() for r in read_records(path)}
+        return {image_key(image) for path in sources if path.is_file() for image, _, _ in read_records(path)}
 
     def merge_results(self) -> int:
         """The results file and every partial file, merged into the results file in input order (an image once;
@@ -498,19 +499,29 @@ class PredictJob:
         sources = [p for p in (*partial_results(plan.output_dir), *([plan.results] if self.args.resume else []))
                    if p.is_file()]
         order = {image_key(image.path): i for i, image in enumerate(plan.images)}
-        records, seen = [], set()
-        for path in sources:
-            for record in read_records(path):
-                key = image_key(record["image"])
+        lines, seen = [], set()  # (input order, file order, source, offset, length): the lines are copied, not held
+        for source, path in enumerate(sources):
+            for image, offset, length in read_records(path):
+                key = image_key(image)
                 if key not in seen:
                     seen.add(key)
-                    records.append((order.get(key, len(order)), len(records), record))
-        records.sort(key=lambda entry: entry[:2])
-        write_file_atomically(plan.results, b"".join(_json_line(record) for _, _, record in records))
+                    lines.append((order.get(key, len(order)), len(lines), source, offset, length))
+        lines.sort()
+        files = [open(path, "rb") for path in sources]
+        try:
+            def merged():
+                for *_, source, offset, length in lines:
+                    files[source].seek(offset)
+                    yield files[source].read(length)
+
+            write_file_atomically(plan.results, merged())
+        finally:
+            for file in files:
+                file.close()
         for path in sources:
             if path != plan.results:
                 path.unlink()
-        return len(records)
+        return len(lines)
 
     # -- the work -------------------------------------------------------------------------------------------------
     def load_runtime(self):
