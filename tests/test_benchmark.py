@@ -210,3 +210,12 @@ def test_predict_mode_prints_every_row_and_the_goals_ratios(saved_classifier, tm
     predict_row = next(r for r in report["rows"] if r["what"].startswith("mobilevit predict"))
     assert predict_row["images_per_s"] > 0 and 50 < predict_row["peak_rss_mb"] < 4000
     assert code == 0 and cli_main(["benchmark", "--mode", "predict", "--images", "0"]) == 2
+
+
+@pytest.mark.slow
+def test_predict_settings_script_compares_configs(load_benchmark_script, capsys):
+    script = load_benchmark_script("bench_predict_settings")
+    assert script.main(["--images", "4", "--photo-size", "64x48", "--configs", "b1", "b2-nopause-w1", "--rounds", "1",
+                        "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "b1:" in out and "b2-nopause-w1:" in out and "of the best" in out and "load average" in out
