@@ -42,6 +42,7 @@ PIL_16BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 # Pillow modes that are a colour space of their own: converted to RGB whatever `convert_rgb` says
 _PIL_COLOUR_SPACES = ("CMYK", "YCbCr", "LAB", "HSV")
 _MAX_8BIT, _MAX_16BIT = 255, 65535
+_EXIF_ORIENTATION = 0x0112
 
 
 class ImageError(UserError):
@@ -61,7 +62,8 @@ def open_image(source: str | os.PathLike | bytes, name: str | None = None, *, qu
         if quick and image.format == "JPEG":
             image.draft(None, (1, 1))
         image.load()
-        return PIL.ImageOps.exif_transpose(image)
+        # turned upright by its EXIF orientation (2-8); Pillow would copy an upright image too (1 ms per photo)
+        return PIL.ImageOps.exif_transpose(image) if image.getexif().get(_EXIF_ORIENTATION, 1) in range(2, 9) else image
 
 
 def check_image_file(source: str | os.PathLike, name: str | None = None) -> None:
