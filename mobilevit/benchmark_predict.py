@@ -206,7 +206,7 @@ def benchmark_predict(*, variant: str = "xx-small", fixture: str | None = None, 
                       images: int = DEFAULT_IMAGES, photo_size=DEFAULT_PHOTO_SIZE, images_dir=None,
                       runtimes=("pytorch",), stock_batch_sizes=DEFAULT_STOCK_BATCH_SIZES, threads: int = 2,
                       log=print) -> PredictBenchmark:
-    from .predict import DEFAULT_BATCH_SIZE
+    from .inference import DEFAULT_BATCH_SIZE
     from .tasks import CLASSIFICATION
 
     batch_size = DEFAULT_BATCH_SIZE[CLASSIFICATION]

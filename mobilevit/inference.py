@@ -25,8 +25,8 @@ What `mobilevit predict` and `mobilevit.pipeline` share:
   group goes as it is.
 - **Order**: outputs come back in input order (a small reorder buffer, bounded like the rest).
 
-Nothing here names a model family or a task: the runtime (`runtimes.py`) holds the model, the caller's
-`prepare` decides what travels with the pixels.
+Nothing here names a model family: the runtime (`runtimes.py`) holds the model, the caller's `prepare`
+decides what travels with the pixels; tasks appear only in the default batch sizes.
 """
 
 from __future__ import annotations
@@ -42,8 +42,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UserError
+from .tasks import CLASSIFICATION, SEGMENTATION
 
 MAX_BATCH_SIZE = 4096  # the exported graphs' batch limit too
+# images per forward by task, measured end to end on 1024x768 JPEGs (docs/inference.md, "Speed"). Classification
+# crops are small: the model's own throughput is flat from batch 8 to 64 on an idle machine (146-148 images/s,
+# xx-small, 2 threads), and on a busy one a batch of 8 kept 1.4x the images/s of a batch of 32. Segmentation
+# keeps whole photos, whose batches gain nothing measurable (batch 1, 4, 8: 0.6, 0.5, 0.5 images/s on a busy
+# machine) and take memory per image; only photos of one shape share one anyway.
+DEFAULT_BATCH_SIZE = {CLASSIFICATION: 8, SEGMENTATION: 1}
 MAX_WORKERS = 64
 PENDING_BATCHES = 2  # images waiting for a batch of their shape: this many batches' worth at most
 
@@ -396,4 +403,4 @@ def check_workers(value, error: type[UserError] = UserError, argument: str = "--
 
 __all__ = ["ImageFile", "FoundImages", "find_images", "check_headers", "ImageInput", "Prepared", "prepare_image",
            "WorkerPool", "available_cpus", "default_workers", "batches", "in_order", "stream", "check_batch_size",
-           "check_workers", "MAX_BATCH_SIZE", "MAX_WORKERS"]
+           "check_workers", "MAX_BATCH_SIZE", "MAX_WORKERS", "DEFAULT_BATCH_SIZE"]

@@ -11,8 +11,8 @@ The pipelines it returns are transformers' own image-classification and image-se
 arguments, same outputs: `top_k`, `function_to_apply`, `subtask`, ...) whose calls stream through
 `mobilevit.inference` like `mobilevit predict`: one image gives its result, a list gives a list, and a
 generator, a torch `Dataset` or any other iterable gives a generator of results, in input order, with images
-read and preprocessed on worker threads (`num_workers`), batched by shape (`batch_size`, default 32 for
-classification, 8 for segmentation) and run by the runtime chosen when the pipeline was made (`runtime=`:
+read and preprocessed on worker threads (`num_workers`), batched by shape (`batch_size`, default 8 for
+classification, 1 for segmentation) and run by the runtime chosen when the pipeline was made (`runtime=`:
 PyTorch, or the model's exported artefact in ONNX Runtime or OpenVINO, `mobilevit.runtimes`). Memory does not
 grow with the number of images a generator yields. Images are local files, PIL images or arrays; a URL is
 refused (nothing here downloads).
@@ -25,8 +25,6 @@ import os
 
 from . import auto
 from .tasks import CLASSIFICATION, PIPELINE_TASKS, SEGMENTATION, canonical_task
-
-DEFAULT_BATCH_SIZE = {CLASSIFICATION: 32, SEGMENTATION: 8}  # as `mobilevit predict` (docs/inference.md)
 
 
 def pipeline(task: str | None = None, model=None, image_processor=None, *, runtime: str = "pytorch",
@@ -109,7 +107,7 @@ class StreamingImagePipeline:
     task_name: str
 
     def __call__(self, inputs=None, *, batch_size: int | None = None, num_workers: int | None = None, **kwargs):
-        from .inference import check_batch_size, check_workers, default_workers
+        from .inference import DEFAULT_BATCH_SIZE, check_batch_size, check_workers, default_workers
 
         if "images" in kwargs:
             inputs = kwargs.pop("images")

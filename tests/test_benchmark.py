@@ -202,7 +202,7 @@ def test_predict_mode_prints_every_row_and_the_goals_ratios(saved_classifier, tm
     out = capsys.readouterr().out
     assert code == 0
     assert "predict benchmark: 6 JPEGs of 80x60" in out and "load average" in out
-    for row in ("model alone (pytorch, batch 32", "mobilevit predict --runtime pytorch", "transformers.pipeline (",
+    for row in ("model alone (pytorch, batch 8", "mobilevit predict --runtime pytorch", "transformers.pipeline (",
                 "pytorch forward at batch 1"):
         assert f"| {row}" in out
     assert "predict / model alone (goal >= 0.8):" in out and "predict / transformers.pipeline at its best" in out
