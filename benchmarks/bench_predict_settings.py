@@ -64,7 +64,8 @@ def predict_rate(config: str, photos: Path, model: Path, output: Path) -> float:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--task", default="image-classification", choices=("image-classification", "semantic-segmentation"))
+    parser.add_argument("--task", default="image-classification",
+                        choices=("image-classification", "semantic-segmentation"))
     parser.add_argument("--images", type=int, default=256)
     parser.add_argument("--photo-size", default="1024x768")
     parser.add_argument("--configs", nargs="+", default=["b1", "b8", "b32", "b64", "b32-nopause"])
@@ -82,7 +83,8 @@ def main(argv=None) -> int:
         work = Path(work)
         model = make_model(work / "model", args.task)
         photos = generate_photos(work / "photos", args.images, (width, height), log=lambda line: None)
-        print(f"{args.task}, {args.images} JPEGs of {args.photo_size}, {args.threads} threads; before: {machine_load()}")
+        print(f"{args.task}, {args.images} JPEGs of {args.photo_size}, {args.threads} threads; "
+              f"before: {machine_load()}")
         rates = {config: [] for config in args.configs}
         for round_index in range(args.rounds):
             for config in args.configs if round_index % 2 == 0 else args.configs[::-1]:

@@ -25,10 +25,10 @@ _LAZY = {
     "pipeline": "mobilevit.pipelines",
     **{name: "mobilevit.models.mobilevit" for name in (
         "VARIANTS", "MobileViTConfig", "MobileViTForImageClassification", "MobileViTForSemanticSegmentation",
-        "MobileViTModel", "MobileViTPreTrainedModel")},
+        "MobileViTForObjectDetection", "MobileViTBackbone", "MobileViTModel", "MobileViTPreTrainedModel")},
     **{name: "mobilevit.models.mobilevitv2" for name in (
         "MobileViTV2Config", "MobileViTV2ForImageClassification", "MobileViTV2ForSemanticSegmentation",
-        "MobileViTV2Model", "MobileViTV2PreTrainedModel")},
+        "MobileViTV2ForObjectDetection", "MobileViTV2Backbone", "MobileViTV2Model", "MobileViTV2PreTrainedModel")},
 }
 
 
@@ -54,11 +54,15 @@ __all__ = [
     "MobileViTModel",
     "MobileViTForImageClassification",
     "MobileViTForSemanticSegmentation",
+    "MobileViTForObjectDetection",
+    "MobileViTBackbone",
     "MobileViTV2Config",
     "MobileViTV2PreTrainedModel",
     "MobileViTV2Model",
     "MobileViTV2ForImageClassification",
     "MobileViTV2ForSemanticSegmentation",
+    "MobileViTV2ForObjectDetection",
+    "MobileViTV2Backbone",
     "pipeline",
     "__version__",
 ]

@@ -213,7 +213,8 @@ def benchmark_predict(*, variant: str = "xx-small", fixture: str | None = None, 
     with tempfile.TemporaryDirectory(prefix="mobilevit-bench-predict-") as work:
         work = Path(work)
         model_path, model_name = prepare_model(work, variant, fixture, model_dir)
-        folder = Path(images_dir) if images_dir is not None else generate_photos(work / "photos", images, photo_size, log)
+        folder = Path(images_dir) if images_dir is not None \
+            else generate_photos(work / "photos", images, photo_size, log)
         count = len(list(folder.glob("*.jpg")))
         result = PredictBenchmark(model_name, count, f"{photo_size[0]}x{photo_size[1]}", threads, machine_load())
         log(f"model alone, batch {batch_size} ...")

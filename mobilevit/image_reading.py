@@ -314,4 +314,5 @@ def label_map(seg, name: str = "segmentation_map") -> torch.Tensor:
     return seg.to(torch.int64)
 
 
-__all__ = ["ImageError", "IMAGE_EXTENSIONS", "open_image", "check_image_file", "image_pixels", "label_map", "CHANNEL_COUNTS", "PIL_16BIT_MODES"]
+__all__ = ["ImageError", "IMAGE_EXTENSIONS", "open_image", "check_image_file", "image_pixels", "label_map",
+           "CHANNEL_COUNTS", "PIL_16BIT_MODES"]

@@ -42,15 +42,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UserError
-from .tasks import CLASSIFICATION, SEGMENTATION
+from .tasks import CLASSIFICATION, OBJECT_DETECTION, SEGMENTATION
 
 MAX_BATCH_SIZE = 4096  # the exported graphs' batch limit too
 # images per forward by task, measured end to end on 1024x768 JPEGs (docs/inference.md, "Speed"). Classification
 # crops are small: the model's own throughput is flat from batch 8 to 64 on an idle machine (146-148 images/s,
 # xx-small, 2 threads), and on a busy one a batch of 8 kept 1.4x the images/s of a batch of 32. Segmentation
 # keeps whole photos, whose batches gain nothing measurable (batch 1, 4, 8: 0.6, 0.5, 0.5 images/s on a busy
-# machine) and take memory per image; only photos of one shape share one anyway.
-DEFAULT_BATCH_SIZE = {CLASSIFICATION: 8, SEGMENTATION: 1}
+# machine) and take memory per image; only photos of one shape share one anyway. Detection squashes every image to
+# one size (320x320), like classification's crops: 8 by that likeness, not measured.
+DEFAULT_BATCH_SIZE = {CLASSIFICATION: 8, SEGMENTATION: 1, OBJECT_DETECTION: 8}
 MAX_WORKERS = 64
 PENDING_BATCHES = 2  # images waiting for a batch of their shape: this many batches' worth at most
 

