@@ -1,5 +1,7 @@
 """transformers pipelines over this package's classes: `mobilevit.pipeline` and plain `transformers.pipeline`."""
 
+import types
+
 import numpy as np
 import pytest
 import torch
@@ -122,9 +124,6 @@ def test_task_inference_and_bad_inputs(saved_classifier, tmp_path):
 
 
 # -- batching and streaming ------------------------------------------------------------------------------------
-import types
-
-
 def test_lists_give_lists_and_generators_give_generators_equal_to_single_calls(saved_classifier, photo, tmp_path):
     photo.save(tmp_path / "photo.png")
     images = [photo, photo.resize((90, 140)), np.asarray(photo.rotate(30)), str(tmp_path / "photo.png")] * 3
@@ -213,3 +212,30 @@ def test_detection_pipeline_equals_the_processor_and_stock_transformers_pipeline
         logging.getLogger("transformers.pipelines.base").setLevel(logging.NOTSET)
     assert stock(photo, threshold=0.3) == ours
     assert detect(photo) == stock(photo)  # the pipeline's own default threshold (0.5) in both
+
+
+def test_detection_pipeline_batches_and_streams_images_of_any_size(saved_detector, photo):
+    """Detection streams like the other tasks: a list of photos of different sizes (each squashed to the model's
+    size, so they share batches) gives each the detections it gets alone, boxes in its own pixels; a generator
+    gives a generator."""
+    images = [photo, photo.resize((90, 140)), np.asarray(photo.rotate(30)), photo.resize((200, 60))]
+    detect = pipeline(model=saved_detector)
+    singles = [detect(image, threshold=0.2) for image in images]
+    assert all(singles) and isinstance(detect, transformers.ObjectDetectionPipeline)
+    for batch_size in (1, 3):
+        batched = detect(images, threshold=0.2, batch_size=batch_size)
+        assert isinstance(batched, list) and len(batched) == len(images)
+        for got, expected in zip(batched, singles):
+            assert [d["label"] for d in got] == [d["label"] for d in expected]
+            np.testing.assert_allclose([d["score"] for d in got], [d["score"] for d in expected], atol=1e-5)
+            # whole pixels (stock's int()): float32 rounding of another batch may move an edge across one
+            np.testing.assert_allclose([list(d["box"].values()) for d in got],
+                                       [list(d["box"].values()) for d in expected], atol=1)
+    streamed = detect((image for image in images), threshold=0.2, batch_size=4, num_workers=2)
+    assert isinstance(streamed, types.GeneratorType)
+    results = list(streamed)
+    assert [len(r) for r in results] == [len(s) for s in singles]
+    for result, image in zip(results, images):
+        height, width = np.asarray(image).shape[:2]
+        assert all(0 <= d["box"]["xmin"] <= d["box"]["xmax"] <= width and
+                   0 <= d["box"]["ymin"] <= d["box"]["ymax"] <= height for d in result)

@@ -2,12 +2,23 @@
 
 import json
 import os
+import re
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from mobilevit import cli
+from mobilevit import MobileViTImageProcessor, auto, cli
+from mobilevit import predict as predict_module
+from mobilevit.errors import EXIT_DATA, EXIT_USAGE
 from mobilevit.predict import class_areas, color_palette
 
 
@@ -125,17 +136,6 @@ def test_palette_is_distinct_and_starts_black():
 
 
 # -- every mistake is one line, found before the model runs ---------------------------------------------------------
-import shutil
-import stat
-from types import SimpleNamespace
-
-import torch
-
-from mobilevit import MobileViTImageProcessor, auto
-from mobilevit import predict as predict_module
-from mobilevit.errors import EXIT_DATA, EXIT_USAGE
-
-
 def one_line_error(capsys, *argv) -> tuple[int, str]:
     code, out, err = run(capsys, *argv)
     lines = err.strip().splitlines()
@@ -351,13 +351,6 @@ def test_segmentation_of_a_wide_photo_from_the_command_line(saved_segmenter, tmp
 
 
 # -- folders, streaming, resume, several processes ----------------------------------------------------------------
-import re
-import signal
-import subprocess
-import sys
-from pathlib import Path
-
-
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory, photo):
     """photos/ with nested sub-folders: 12 images of three sizes (wide, tall, square) and formats, a text file and
@@ -608,3 +601,41 @@ def test_detection_prints_boxes_and_respects_threshold_and_cap(saved_detector, i
 def test_bad_detection_arguments(saved_detector, images, capsys, argv, message):
     code, _, err = run(capsys, images / "photo.jpg", "--model", saved_detector, *argv)
     assert code == 2 and err.strip().endswith(message) and len(err.strip().splitlines()) == 1
+
+
+def test_detection_streams_a_folder_in_batches_and_resumes(saved_detector, folder, tmp_path, capsys):
+    """Detection goes through the streaming engine like the other tasks: images of three sizes (each squashed to
+    the model's size, so they share batches) find the same boxes at batch 1 and 7, each picture named after the
+    image's path below the folder; a run cut off after 5 results (a 6th line half written) continued with
+    --resume gives the uninterrupted run's results file, and writes only the pictures of the images it redoes."""
+    argv = [folder, "--model", saved_detector, "--threshold", 0.2, "--skip-bad-images"]
+    results = {}
+    for batch in (1, 7):
+        code, out, err = run(capsys, *argv, "--batch-size", batch, "--output-dir", tmp_path / f"b{batch}")
+        assert code == 0, err
+        results[batch] = _lines(tmp_path / f"b{batch}" / "predictions.jsonl")
+    assert len(results[1]) == 12 and sum(len(r["detections"]) for r in results[1]) > 12
+    assert [r["image"] for r in results[7]] == [r["image"] for r in results[1]]
+    for got, expected in zip(results[7], results[1]):
+        assert [d["label"] for d in got["detections"]] == [d["label"] for d in expected["detections"]]
+        np.testing.assert_allclose([d["score"] for d in got["detections"]],
+                                   [d["score"] for d in expected["detections"]], atol=1e-5)
+        np.testing.assert_allclose([list(d["box"].values()) for d in got["detections"]],
+                                   [list(d["box"].values()) for d in expected["detections"]], atol=0.011)  # 0.01 px
+        relative = Path(got["image"]).relative_to(folder).with_suffix("")
+        assert got["figure"] == str(tmp_path / "b7" / f"{relative}_detections.png")
+        assert Image.open(got["figure"]).size == Image.open(got["image"]).size
+
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    whole = (tmp_path / "b1" / "predictions.jsonl").read_bytes().replace(str(tmp_path / "b1").encode(),
+                                                                        str(resumed).encode())
+    lines = whole.splitlines(keepends=True)
+    (resumed / "predictions.jsonl.partial").write_bytes(b"".join(lines[:5]) + lines[5][:40])
+    code, out, err = run(capsys, *argv, "--batch-size", 1, "--output-dir", resumed, "--resume")
+    assert code == 0, err
+    assert "resuming: 5 of 13 images already have results" in err
+    assert (resumed / "predictions.jsonl").read_bytes() == whole
+    redone = sorted(str(p.relative_to(resumed)) for p in resumed.rglob("*.png"))
+    assert redone == sorted(str(Path(r["figure"]).relative_to(tmp_path / "b1")) for r in results[1][5:])
+    assert len([line for line in out.splitlines() if not line.startswith(" ")]) == 7  # only the images redone

@@ -167,3 +167,39 @@ def test_predict_with_each_runtime_matches_pytorch(saved_classifier, saved_segme
             reference = np.asarray(Image.open(tmp_path / "pytorch" / f"{image}_mask.png"))
             assert mask.shape == reference.shape and (mask == reference).mean() > 0.999
     assert len(list((tmp_path / "cache" / "runtimes").iterdir())) == 2
+
+
+@pytest.mark.slow
+def test_predict_detection_with_openvino_matches_pytorch(saved_detector, tmp_path, photo, monkeypatch, capsys):
+    """A detector through `mobilevit predict --runtime openvino`: its IR at the processor's size with a free batch
+    (photos of three sizes squashed into batches of 2 and 1), the same detections as PyTorch's, scores within 1e-4
+    and boxes within 0.02 px (they are written rounded to 0.01 px)."""
+    pytest.importorskip("openvino")
+    import numpy as np
+
+    from mobilevit import cli
+
+    monkeypatch.setenv(runtimes.CACHE_ENV, str(tmp_path / "cache"))
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, size in enumerate([(160, 107), (96, 128), (80, 80)]):
+        photo.resize(size).save(photos / f"img{i}.png")
+
+    def predict(*argv):
+        output = tmp_path / "_".join(argv)
+        code = cli.main(["predict", str(photos), "--model", str(saved_detector), "--threshold", "0.2",
+                         "--batch-size", "2", "--output-dir", str(output), *argv])
+        err = capsys.readouterr().err
+        assert code == 0, err
+        return [json.loads(line) for line in (output / "predictions.jsonl").read_text().splitlines()], err
+
+    expected, _ = predict("--runtime", "pytorch")
+    got, err = predict("--runtime", "openvino")
+    assert "exporting the model to OpenVINO (64x64)" in err and "openvino artefact" in err
+    assert sum(len(r["detections"]) for r in expected) > 3
+    for result, reference in zip(got, expected):
+        assert [d["label"] for d in result["detections"]] == [d["label"] for d in reference["detections"]]
+        np.testing.assert_allclose([d["score"] for d in result["detections"]],
+                                   [d["score"] for d in reference["detections"]], atol=1e-4)
+        np.testing.assert_allclose([list(d["box"].values()) for d in result["detections"]],
+                                   [list(d["box"].values()) for d in reference["detections"]], atol=0.02)
