@@ -689,8 +689,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=None,
                         help="batch sizes (default: 1 32; --mode predict: stock transformers.pipeline's, 1 8 16 32 64)")
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads for PyTorch and ONNX Runtime")
-    parser.add_argument("--task", default="image-classification",
-                        help="image-classification, semantic-segmentation or object-detection")
+    parser.add_argument("--task", default=None,
+                        help="image-classification (default), semantic-segmentation or object-detection (--mode "
+                             "predict with --model or --fixture: the folder's)")
     parser.add_argument("--image-size", type=int, default=None,
                         help="square input side (default 256, 512 for segmentation, 320 for detection)")
     parser.add_argument("--repeats", type=int, default=20, help="timed rounds per batch size")
@@ -731,7 +732,8 @@ def run(args: argparse.Namespace) -> int:
     args.batch_sizes = args.batch_sizes or [1, 32]
     args.variants = args.variants or list(__getattr__("DEFAULT_VARIANTS"))
     settings = check_settings(variants=args.variants, batch_sizes=args.batch_sizes, threads=args.threads,
-                              task=args.task, image_size=args.image_size, repeats=args.repeats, warmup=args.warmup,
+                              task=args.task or CLASSIFICATION, image_size=args.image_size, repeats=args.repeats,
+                              warmup=args.warmup,
                               candidates=args.candidates, allocator=args.allocator,
                               background_load=args.background_load)
     if args.output is not None:
@@ -771,7 +773,15 @@ def run_predict_mode(args: argparse.Namespace) -> int:
                              usage=True)
     if not 1 <= args.threads <= 1024:
         raise BenchmarkError(f"threads: expected an integer from 1 to 1024, got {args.threads}", usage=True)
-    from . import auto
+    from .predict import WRITERS
+
+    task = None
+    if args.task is not None:
+        try:
+            task = canonical_task(args.task, allowed=tuple(WRITERS))
+        except ValueError as err:
+            raise BenchmarkError(f"--{err}", usage=True) from None
+    from . import auto  # loads torch: the arguments on their own are checked above
 
     args.variants = args.variants or ["xx-small"]
     if len(args.variants) != 1 and args.model is None and args.fixture is None:
@@ -789,7 +799,8 @@ def run_predict_mode(args: argparse.Namespace) -> int:
     if args.output is not None:
         check_output_dir(args.output, "--output", replaces=False, error=BenchmarkError)
     runtimes = ["pytorch", *[r for r in args.runtimes if r != "pytorch"]]
-    result = benchmark_predict(variant=variant, fixture=args.fixture, model_dir=args.model, images=args.images,
+    result = benchmark_predict(variant=variant, fixture=args.fixture, model_dir=args.model,
+                               task=task, images=args.images,
                                photo_size=tuple(int(p) for p in parts), images_dir=args.images_dir, runtimes=runtimes,
                                stock_batch_sizes=batch_sizes, threads=args.threads,
                                log=lambda line: print(line, file=sys.stderr, flush=True))

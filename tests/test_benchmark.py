@@ -212,15 +212,21 @@ def test_busy_process_stops_by_itself_when_its_time_is_up():
     assert busy.returncode == 0
 
 
-def test_predict_mode_prints_every_row_and_the_goals_ratios(saved_classifier, tmp_path, capsys):
+@pytest.mark.parametrize("folder, task, stock", [
+    ("saved_classifier", "image-classification", "transformers.pipeline (MobileViTForImageClassification, "),
+    # stock transformers has no MobileViT detector: its pipeline runs this package's
+    ("saved_detector", "object-detection", "transformers.pipeline (MobileViTForObjectDetection, "),
+])
+def test_predict_mode_prints_every_row_and_the_goals_ratios(request, tmp_path, capsys, folder, task, stock):
     """--mode predict on a handful of small generated JPEGs: the model alone, predict (its own process, with its
     peak memory), stock transformers.pipeline at its best batch size, batch-1 latency, and the ratios."""
-    code = cli_main(["benchmark", "--mode", "predict", "--model", str(saved_classifier), "--images", "6",
+    model = request.getfixturevalue(folder)
+    code = cli_main(["benchmark", "--mode", "predict", "--model", str(model), "--images", "6",
                      "--photo-size", "80x60", "--batch-sizes", "1", "3", "--threads", "1", "--output", str(tmp_path)])
     out = capsys.readouterr().out
     assert code == 0
-    assert "predict benchmark: 6 JPEGs of 80x60" in out and "load average" in out
-    for row in ("model alone (pytorch, batch 8", "mobilevit predict --runtime pytorch", "transformers.pipeline (",
+    assert f"predict benchmark ({task}): 6 JPEGs of 80x60" in out and "load average" in out
+    for row in ("model alone (pytorch, batch 8", "mobilevit predict --runtime pytorch", stock,
                 "pytorch forward at batch 1"):
         assert f"| {row}" in out
     assert "predict / model alone (goal >= 0.8):" in out and "predict / transformers.pipeline at its best" in out
@@ -237,3 +243,12 @@ def test_predict_settings_script_compares_configs(load_benchmark_script, capsys)
                         "--threads", "1"]) == 0
     out = capsys.readouterr().out
     assert "b1:" in out and "b2-nopause-w1:" in out and "of the best" in out and "load average" in out
+
+
+def test_predict_mode_task_must_match_the_folder(saved_classifier, capsys):
+    assert cli_main(["benchmark", "--mode", "predict", "--model", str(saved_classifier), "--task", "detection"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"--task: expected image-classification (what --model {str(saved_classifier)!r} holds) or no "
+                        "--task, got object-detection") and len(err.splitlines()) == 1
+    assert cli_main(["benchmark", "--mode", "predict", "--task", "depth"]) == 2
+    assert "--task: expected one of" in capsys.readouterr().err

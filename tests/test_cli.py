@@ -39,6 +39,7 @@ CASES = [
     (["benchmark", "--help"], 0),
     (["benchmark", "--batch-sizes", "x"], 2),
     (["benchmark", "--mode", "predict", "--images", "0"], 2),
+    (["benchmark", "--mode", "predict", "--task", "depth"], 2),
     (["train", "--data"], 2),
     (["train", "--epochs", "ten", "--data", "d", "--output-dir", "o"], 2),
 ]
