@@ -67,3 +67,11 @@ def test_the_package_imports_lazily_and_still_gives_every_name():
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environment,
                                timeout=300)
     assert completed.returncode == 0 and completed.stdout.strip() == "True", completed.stderr
+
+
+def test_start_time_script_times_every_command(load_benchmark_script, capsys):
+    """benchmarks/bench_cli_start.py: every command timed in a fresh process of this tree, its exit code checked."""
+    script = load_benchmark_script("bench_cli_start")
+    assert script.main(["--rounds", "1"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"| {command} | " in out for command in script.COMMANDS) and "load average" in out
