@@ -252,3 +252,15 @@ def test_predict_mode_task_must_match_the_folder(saved_classifier, capsys):
                         "--task, got object-detection") and len(err.splitlines()) == 1
     assert cli_main(["benchmark", "--mode", "predict", "--task", "depth"]) == 2
     assert "--task: expected one of" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_pipeline_script_times_ours_against_stock_and_compares_labels(load_benchmark_script, capsys):
+    script = load_benchmark_script("bench_pipeline")
+    assert script.main(["--images", "3", "--photo-size", "64x48", "--stock-batch-sizes", "1", "2", "--rounds", "1",
+                        "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "| mobilevit.pipeline (defaults) |" in out and "| transformers.pipeline batch 2 |" in out
+    assert "top-1 labels equal to mobilevit.pipeline's: 100.0% of 6" in out and "load average" in out
+    with pytest.raises(SystemExit):
+        script.main(["--images", "0"])
