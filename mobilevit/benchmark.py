@@ -56,7 +56,6 @@ import copy
 import ctypes
 import ctypes.util
 import importlib.util
-import json
 import multiprocessing
 import os
 import statistics
@@ -64,11 +63,12 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .errors import UserError, require
-from .file_utils import check_output_dir
+from .file_utils import check_output_dir, check_output_files, claim_output, json_text, staged_outputs
 from .tasks import CLASSIFICATION, OBJECT_DETECTION, SEGMENTATION, canonical_task
 
 # torch, transformers and the registry are imported where they are used: `mobilevit benchmark --help` and its
@@ -421,7 +421,7 @@ def check_settings(*, variants, batch_sizes, threads, task, image_size, repeats,
                    allocator, background_load=0) -> dict:
     """The one check of the benchmark's arguments, before any model is built; returns them spelled canonically
     (task, variant names, image size filled in, candidates resolved)."""
-    from . import auto
+    from . import auto, limits
 
     try:
         task = canonical_task(task, allowed=tuple(NUM_LABELS))
@@ -440,17 +440,19 @@ def check_settings(*, variants, batch_sizes, threads, task, image_size, repeats,
                              f"'resnet-50' for it); got {list(candidates)}", usage=True)
     if not batch_sizes or any(not _is_int(b) or b < 1 for b in batch_sizes):
         raise BenchmarkError(f"batch_sizes: expected positive integers, got {list(batch_sizes)}", usage=True)
-    for name, value, minimum in (("threads", threads, 1), ("repeats", repeats, 1), ("warmup", warmup, 0),
-                                 ("background_load", background_load, 0)):
-        if not _is_int(value) or value < minimum:
-            expected = "a positive integer" if minimum == 1 else "an integer >= 0"
-            raise BenchmarkError(f"{name}: expected {expected}, got {value!r}", usage=True)
+    limits.check_threads("threads", threads, BenchmarkError)
+    limits.check_int("repeats", repeats, 1, limits.MAX_REPEATS, "timed rounds; more say nothing new", BenchmarkError)
+    limits.check_int("warmup", warmup, 0, limits.MAX_WARMUP, "untimed calls; more say nothing new", BenchmarkError)
+    limits.check_processes("background_load", background_load, BenchmarkError)
     if allocator not in ALLOCATORS:
         raise BenchmarkError(f"allocator: expected one of {list(ALLOCATORS)}, got {allocator!r}", usage=True)
     image_size = image_size if image_size is not None else DEFAULT_IMAGE_SIZE[task]
-    if not _is_int(image_size) or image_size < 32:
-        raise BenchmarkError(f"image_size: expected an integer >= 32 (the network downsamples 32x), got "
-                             f"{image_size!r}", usage=True)
+    limits.check_image_side("image_size", image_size, BenchmarkError)
+    for variant in variants:  # the largest batch of each variant, as every candidate runs it, must fit in memory
+        config = auto.new_config(variant, task, num_labels=NUM_LABELS[task])
+        per_image = auto.memory_per_image(config, task, image_size, image_size, training=False)
+        limits.check_fits_in_memory("batch_sizes", max(batch_sizes), per_image, f"{variant} at {image_size}x"
+                                    f"{image_size} takes about", BenchmarkError)
     if "onnxruntime" in candidates:
         for module in ONNX_MODULES:
             require(module, "export", "the onnxruntime candidate (exporting and running the ONNX graph)")
@@ -473,6 +475,7 @@ def check_output(output: Path, overwrite: bool) -> None:
     if existing and not overwrite:
         raise BenchmarkError(f"--output: {str(output)!r} already holds {', '.join(existing)} (pass --overwrite to "
                              "replace them)")
+    check_output_files([output / name for name in OUTPUT_FILES], "--output", overwrite=True, error=BenchmarkError)
 
 
 def benchmark(
@@ -653,24 +656,20 @@ def save_chart(results: list[Result], path: Path) -> None:
 
 
 def write_outputs(results: list[Result], output: Path, overwrite: bool) -> list[Path]:
-    """results.json / results.md / chart.png in `output`, each written to a temporary file and moved into place."""
-    output.mkdir(parents=True, exist_ok=True)
+    """results.json / results.md / chart.png in `output`, committed together (`file_utils.staged_outputs`: all
+    three appear, or none)."""
     targets = [output / name for name in OUTPUT_FILES]
     existing = [str(t) for t in targets if t.exists()]
     if existing and not overwrite:
-        raise FileExistsError(f"output: {existing} already exist (pass --overwrite to replace them)")
+        raise BenchmarkError(f"--output: {existing} already exist (pass --overwrite to replace them)")
     writers = {
-        "results.json": lambda p: p.write_text(json.dumps([asdict(r) for r in results], indent=2)),
+        "results.json": lambda p: p.write_text(json_text([asdict(r) for r in results])),
         "results.md": lambda p: p.write_text(format_table(results) + "\n"),
         "chart.png": lambda p: save_chart(results, p),
     }
-    for target in targets:
-        tmp = target.with_name(f".{target.stem}.tmp{target.suffix}")
-        try:
-            writers[target.name](tmp)
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
+    with staged_outputs(targets, overwrite=overwrite, argument="--output", error=BenchmarkError) as staged:
+        for target in targets:
+            writers[target.name](staged.path(target))
     return targets
 
 
@@ -738,6 +737,14 @@ def run(args: argparse.Namespace) -> int:
                               background_load=args.background_load)
     if args.output is not None:
         check_output(args.output, args.overwrite)
+    claim = claim_output(args.output, "--output", error=BenchmarkError) if args.output is not None else nullcontext()
+    with claim:
+        if args.output is not None:
+            check_output(args.output, args.overwrite)  # again, under the claim
+        return _run(args, settings)
+
+
+def _run(args: argparse.Namespace, settings: dict) -> int:
     if args.candidates is None and "onnxruntime" not in settings["candidates"]:
         print('note: onnxruntime is not timed: it needs pip install "mobilevit[export]"', file=sys.stderr)
     import torch
@@ -758,7 +765,7 @@ MAX_PREDICT_IMAGES = 1_000_000
 
 def run_predict_mode(args: argparse.Namespace) -> int:
     """`--mode predict` (mobilevit/benchmark_predict.py), its arguments checked first."""
-    from .benchmark_predict import benchmark_predict, format_report, write_report
+    from .benchmark_predict import REPORT_FILES
     from .runtimes import require_runtime
 
     batch_sizes = args.batch_sizes or [1, 8, 16, 32, 64]
@@ -796,8 +803,18 @@ def run_predict_mode(args: argparse.Namespace) -> int:
         require_runtime(runtime)
     if args.images_dir is not None and not any(Path(args.images_dir).glob("*.jpg")):
         raise BenchmarkError(f"--images-dir: expected a folder of .jpg files, got {str(args.images_dir)!r}")
+    report = [Path(args.output) / name for name in REPORT_FILES] if args.output is not None else []
     if args.output is not None:
         check_output_dir(args.output, "--output", replaces=False, error=BenchmarkError)
+        check_output_files(report, "--output", overwrite=args.overwrite, error=BenchmarkError)
+    claim = claim_output(report, "--output", error=BenchmarkError) if report else nullcontext()
+    with claim:
+        return _run_predict_mode(args, task, variant, parts, batch_sizes)
+
+
+def _run_predict_mode(args: argparse.Namespace, task: str, variant, parts, batch_sizes) -> int:
+    from .benchmark_predict import benchmark_predict, format_report, write_report
+
     runtimes = ["pytorch", *[r for r in args.runtimes if r != "pytorch"]]
     result = benchmark_predict(variant=variant, fixture=args.fixture, model_dir=args.model,
                                task=task, images=args.images,

@@ -322,17 +322,19 @@ def format_report(result: PredictBenchmark) -> str:
     return "\n".join(lines)
 
 
+REPORT_FILES = ("predict.json", "predict.md")
+
+
 def write_report(result: PredictBenchmark, output: Path, overwrite: bool) -> list[Path]:
-    from .file_utils import write_file_atomically
+    """The report's files in `output`, committed together (`file_utils.staged_outputs`): both appear or neither,
+    and existing ones are replaced only with `overwrite`."""
+    from .file_utils import json_text, staged_outputs
 
-    targets = {output / "predict.json": json.dumps(asdict(result), indent=2) + "\n",
-               output / "predict.md": format_report(result) + "\n"}
-    existing = [str(t) for t in targets if t.exists()]
-    if existing and not overwrite:
-        raise FileExistsError(f"output: {existing} already exist (pass --overwrite to replace them)")
-    for path, text in targets.items():
-        write_file_atomically(path, text.encode())
-    return list(targets)
+    texts = {output / "predict.json": json_text(asdict(result)) + "\n", output / "predict.md": format_report(result) + "\n"}
+    with staged_outputs(list(texts), overwrite=overwrite, argument="--output") as staged:
+        for path, text in texts.items():
+            staged.path(path).write_text(text)
+    return list(texts)
 
 
-__all__ = ["benchmark_predict", "format_report", "write_report", "generate_photos", "run_predict", "PredictBenchmark"]
+__all__ = ["benchmark_predict", "format_report", "write_report", "REPORT_FILES", "generate_photos", "run_predict", "PredictBenchmark"]

@@ -43,18 +43,17 @@ import re
 import sys
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import limits  # light: no torch (arguments are checked before the heavy imports)
 from .errors import UserError
 from .tasks import CLASSIFICATION, OBJECT_DETECTION, SEGMENTATION, canonical_task
 
 DEFAULT_OUTPUT_DIR = "predictions"  # where pictures go when --output-dir is not given
 RESULTS_FILE = "predictions.jsonl"
 MAX_PALETTE_CLASSES = 256
-MAX_TOP_K = 1000
-MAX_DETECTIONS = 10_000
 DEFAULT_DETECTION_THRESHOLD = 0.5  # transformers' object-detection pipeline's
 MAX_THREADS = 1024
 DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")  # what predict runs on
@@ -114,13 +113,10 @@ def check_arguments(args: argparse.Namespace) -> None:
     from .inference import check_batch_size, check_workers
     from .runtimes import check_runtime_name
 
-    if not 1 <= args.top_k <= MAX_TOP_K:
-        raise PredictError(f"--top-k: expected an integer from 1 to {MAX_TOP_K}, got {args.top_k}", usage=True)
-    if not 0.0 <= args.threshold <= 1.0:  # NaN fails too
-        raise PredictError(f"--threshold: expected a score in [0, 1], got {args.threshold}", usage=True)
-    if args.max_detections is not None and not 1 <= args.max_detections <= MAX_DETECTIONS:
-        raise PredictError(f"--max-detections: expected an integer from 1 to {MAX_DETECTIONS}, got "
-                           f"{args.max_detections}", usage=True)
+    limits.check_results_per_image("--top-k", args.top_k, PredictError)
+    limits.check_number("--threshold", args.threshold, 0.0, 1.0, error=PredictError)  # a score; NaN fails too
+    if args.max_detections is not None:
+        limits.check_results_per_image("--max-detections", args.max_detections, PredictError)
     if args.task != "auto":
         try:
             args.task = canonical_task(args.task, allowed=tuple(WRITERS))
@@ -194,9 +190,24 @@ class Context:
     threshold: float = DEFAULT_DETECTION_THRESHOLD
     max_detections: int | None = None
     palette: object = None
+    replace: bool = False  # files already there may be replaced (--overwrite, --resume); else a clash is an error
+
+
+def write_output(context: Context, path: Path, data: bytes) -> None:
+    """One of an image's files, written whole; an existing file only replaced when `context.replace`."""
+    from .file_utils import write_file_atomically
+
+    write_file_atomically(path, data, overwrite=context.replace, argument="--output-dir", error=PredictError)
+
+
+def check_finite(item, *tensors) -> None:
+    """A model whose outputs hold NaN or infinity gives an error, never labels, masks or boxes."""
+    if not all(bool(tensor.isfinite().all()) for tensor in tensors):
+        raise PredictError(f"image {item.source.name!r}: the model's outputs hold NaN or infinity")
 
 
 def classification_record(context: Context, item, outputs: dict, files: dict) -> dict:
+    check_finite(item, outputs["logits"])
     probabilities = outputs["logits"].float().softmax(-1)
     scores, indices = probabilities.topk(min(context.top_k, probabilities.numel()))
     return {"image": item.source.name,
@@ -209,14 +220,13 @@ def classification_text(record: dict) -> list[str]:
 
 
 def segmentation_record(context: Context, item, outputs: dict, files: dict) -> dict:
-    from .file_utils import write_file_atomically
-
+    check_finite(item, outputs["logits"])
     class_map = context.processor.post_process_semantic_segmentation(
         outputs["logits"][None].float(), target_sizes=[item.size])[0].numpy()
     areas = class_areas(class_map, context.config.id2label)
-    write_file_atomically(files["_mask.png"], palette_png(class_map, context.palette))
-    write_file_atomically(files["_segmentation.png"],
-                          segmentation_figure(_display_rgb(item.photo), class_map, context.palette, areas))
+    write_output(context, files["_mask.png"], palette_png(class_map, context.palette))
+    write_output(context, files["_segmentation.png"],
+                 segmentation_figure(_display_rgb(item.photo), class_map, context.palette, areas))
     return {"image": item.source.name, "mask": str(files["_mask.png"]), "figure": str(files["_segmentation.png"]),
             "areas": areas}
 
@@ -227,8 +237,7 @@ def segmentation_text(record: dict) -> list[str]:
 
 
 def detection_record(context: Context, item, outputs: dict, files: dict) -> dict:
-    from .file_utils import write_file_atomically
-
+    check_finite(item, outputs["scores"], outputs["boxes"])
     found = context.processor.post_process_decoded_detections(
         outputs["scores"][None].float(), outputs["boxes"][None].float(), threshold=context.threshold,
         target_sizes=[item.size], top_k=context.max_detections)[0]
@@ -237,8 +246,8 @@ def detection_record(context: Context, item, outputs: dict, files: dict) -> dict
                    "score": float(found["scores"][i]),
                    "box": dict(zip(("xmin", "ymin", "xmax", "ymax"), (round(float(v), 2) for v in found["boxes"][i])))}
                   for i in order]
-    write_file_atomically(files["_detections.png"], detections_picture(_display_rgb(item.photo), detections,
-                                                                      context.palette))
+    write_output(context, files["_detections.png"], detections_picture(_display_rgb(item.photo), detections,
+                                                                       context.palette))
     return {"image": item.source.name, "figure": str(files["_detections.png"]), "detections": detections}
 
 
@@ -278,7 +287,9 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    with _quiet_transformers():
+    from . import auto
+
+    with auto.quiet_transformers():
         model, processor, task = _load(args)
     writer = WRITERS[task]
     from .inference import DEFAULT_BATCH_SIZE
@@ -287,29 +298,42 @@ def run(args: argparse.Namespace) -> int:
     plan = plan_outputs(args, task, writer)
     job = PredictJob(args, model, processor, task, writer, plan, processes, device)
     try:
-        return job.run()
+        with claim_output_dir(plan, processes):
+            plan.refuse_existing(replacing=args.overwrite or args.resume)  # again, under the claim
+            return job.run()
     finally:
         processes.close()
 
 
+def claim_output_dir(plan: OutputPlan, processes: Processes):
+    """This run's claim on its output folder (`file_utils.claim_output`), taken before anything is written there:
+    no other run writes into it meanwhile (one that does already is named in a one-line error), and a run that
+    starts later is refused. Under `torchrun` the first process claims it for all of them.
+
+    The folder is claimed, not committed whole at the end as other commands' outputs are: its results stream
+    in as they come (`predictions.jsonl.partial`, masks, pictures) so that a killed run keeps them and
+    `--resume` continues it, which an output that appears only when the run ends could not offer. What remains
+    of "written whole": the results file itself is merged and renamed into place whole, each picture and mask is
+    written whole, and nothing already there is replaced unless --overwrite or --resume."""
+    if plan.output_dir is None:
+        return nullcontext()
+    from .file_utils import claim_output
+
+    processes.barrier()  # every process has checked the outputs (a check that would see the first one's claim)
+    claim, failure = nullcontext(), None
+    if processes.rank == 0:
+        try:
+            claim = claim_output(plan.output_dir, "--output-dir", error=PredictError)
+        except PredictError as err:
+            failure = str(err)
+    failure = processes.from_first(failure)  # every process stops, not only the one that could not claim
+    if failure is not None:
+        raise PredictError(failure)
+    return claim
+
+
 def _model_folder(args) -> list[tuple[str, str]]:
     return [("--model", args.model)] if Path(args.model).is_dir() else []
-
-
-@contextmanager
-def _quiet_transformers():
-    """transformers' loading bar and load report stay off the command line (errors come as one line)."""
-    from transformers.utils import logging as transformers_logging
-
-    verbosity, bars = transformers_logging.get_verbosity(), transformers_logging.is_progress_bar_enabled()
-    transformers_logging.set_verbosity_error()
-    transformers_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        transformers_logging.set_verbosity(verbosity)
-        if bars:
-            transformers_logging.enable_progress_bar()
 
 
 def _load(args):
@@ -351,13 +375,25 @@ class OutputPlan:
     def results(self) -> Path | None:
         return self.output_dir / RESULTS_FILE if self.output_dir is not None else None
 
+    def refuse_existing(self, replacing: bool) -> None:
+        """Unless `replacing` (--overwrite, or --resume, which continues the results and replaces the files of
+        the images it redoes), none of the outputs may exist: checked while planning, and again once the output
+        folder is claimed."""
+        if self.output_dir is None or replacing:
+            return
+        planned = [*(path for outputs in self.files.values() for path in outputs.values()), self.results]
+        existing = next((p for p in (*planned, *partial_results(self.output_dir)) if p.exists()), None)
+        if existing is not None:
+            raise PredictError(f"output {str(existing)!r} already exists (pass --resume to continue the run that wrote "
+                               "it, or --overwrite to replace it)")
+
 
 def plan_outputs(args, task: str, writer: TaskWriter) -> OutputPlan:
     """The images and their output files: for each image the task's files, named after the image (its path below
     the folder argument it came from, so images of the same name in different sub-folders stay apart), and the
     results file. No two images may share an output, no output may be an input, and none may exist unless
     --overwrite or --resume (which continues the results, and replaces the files of the images it redoes)."""
-    from .file_utils import check_output_dir
+    from .file_utils import check_name_fits, check_output_dir, check_output_files
     from .inference import find_images
 
     found = find_images(args.images, PredictError)
@@ -385,12 +421,12 @@ def plan_outputs(args, task: str, writer: TaskWriter) -> OutputPlan:
                                "images", usage=True)
         if path.is_dir():
             raise PredictError(f"output {str(path)!r} is a folder, expected a file (or nothing) there")
-    if output_dir is not None and not (args.overwrite or args.resume):
-        existing = next((p for p in (*planned, *partial_results(output_dir)) if p.exists()), None)
-        if existing is not None:
-            raise PredictError(f"output {str(existing)!r} already exists (pass --resume to continue the run that wrote "
-                               "it, or --overwrite to replace it)")
-    return OutputPlan(found.files, found.skipped_line(), output_dir, files)
+        check_name_fits(path, "--output-dir", PredictError)
+    if output_dir is not None:  # no dangling link, a killed run's leftovers put right, no other run writing there
+        check_output_files([output_dir / RESULTS_FILE], "--output-dir", overwrite=True, error=PredictError)
+    plan = OutputPlan(found.files, found.skipped_line(), output_dir, files)
+    plan.refuse_existing(replacing=args.overwrite or args.resume)
+    return plan
 
 
 def partial_results(output_dir: Path) -> list[Path]:
@@ -463,6 +499,16 @@ class Processes:
             import torch.distributed as dist
 
             dist.barrier()
+
+    def from_first(self, value):
+        """`value` as the first process has it (each process passes its own; one process: its own)."""
+        if self.world == 1:
+            return value
+        import torch.distributed as dist
+
+        shared = [value]
+        dist.broadcast_object_list(shared, src=0)
+        return shared[0]
 
     def close(self) -> None:
         if self._owns_group:
@@ -539,7 +585,7 @@ class PredictJob:
         """The results file and every partial file, merged into the results file in input order (an image once;
         results of images no longer among the inputs stay, after them), written whole; the partial files go. The
         results file of an earlier run takes part when this run continues it (--resume), not when it replaces it."""
-        from .file_utils import write_file_atomically
+        from .file_utils import claim_of, write_file_atomically
 
         plan = self.plan
         sources = [p for p in (*partial_results(plan.output_dir), *([plan.results] if self.args.resume else []))
@@ -560,7 +606,13 @@ class PredictJob:
                     files[source].seek(offset)
                     yield files[source].read(length)
 
-            write_file_atomically(plan.results, merged())
+            # the claim is still this run's (checked as other commands' commits check it); an earlier results
+            # file is replaced only when this run continues it (--resume) or was told to (--overwrite)
+            claim = claim_of(plan.output_dir)
+            if claim is not None:
+                claim.verify("--output-dir", PredictError)
+            write_file_atomically(plan.results, merged(), overwrite=self.args.overwrite or self.args.resume,
+                                  argument="--output-dir", error=PredictError)
         finally:
             for file in files:
                 file.close()
@@ -608,7 +660,8 @@ class PredictJob:
 
         args, writer, plan = self.args, self.writer, self.plan
         context = Context(self.model.config, self.processor, args.top_k, args.threshold, args.max_detections,
-                          color_palette(max(self.model.config.num_labels, 2)) if writer.files else None)
+                          color_palette(max(self.model.config.num_labels, 2)) if writer.files else None,
+                          replace=args.overwrite or args.resume)
         printer = ResultPrinter(args.json, enabled=self.processes.world == 1)  # several: the merged file holds them
         partial = None
         if plan.output_dir is not None:

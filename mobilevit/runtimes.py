@@ -295,7 +295,8 @@ def cached_artefact(model, fmt: str, size: tuple[int, int] | None, *, processor=
     sizes = "every size" if size is None else f"{size[0]}x{size[1]}"
     log(f"runtime cache: exporting the model to {FORMATS[fmt].title} ({sizes}) into {entry} ...")
     try:
-        with staged_directory(entry) as staging:
+        # overwrite: an entry another run exported meanwhile holds the same key's artefact; replacing it is harmless
+        with staged_directory(entry, overwrite=True, argument="runtime cache", error=RuntimeChoiceError) as staging:
             sidecar = export_model(model, fmt, staging / artefact, PRECISION, size=size, dynamic_size=size is None,
                                    processor=processor)
             files = [staging / artefact, *FORMATS[fmt].companion_paths(staging / artefact),

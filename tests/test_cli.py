@@ -54,7 +54,8 @@ def test_help_and_usage_errors_import_neither_torch_nor_transformers():
     assert report["codes"] == [code for _, code in CASES], completed.stderr
     assert report["heavy"] == [], f"imported while parsing: {report['heavy']}"
     errors = [line for line in completed.stderr.splitlines() if line.startswith("mobilevit predict: error: ")]
-    assert "mobilevit predict: error: --top-k: expected an integer from 1 to 1000, got 0" in errors
+    assert ("mobilevit predict: error: --top-k: expected an integer from 1 to 100000 (more than a picture or a JSON "
+            "file of results can usefully hold), got 0") in errors
     assert any(line.startswith("mobilevit predict: error: --device: expected a torch device") for line in errors)
 
 

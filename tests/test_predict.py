@@ -19,7 +19,7 @@ from PIL import Image
 from mobilevit import MobileViTImageProcessor, auto, cli
 from mobilevit import predict as predict_module
 from mobilevit.errors import EXIT_DATA, EXIT_USAGE
-from mobilevit.predict import class_areas, color_palette
+from mobilevit.predict import PredictError, class_areas, color_palette
 
 
 @pytest.fixture(scope="module")
@@ -216,7 +216,7 @@ def test_a_missing_model_folder_says_so(images, capsys, model, message):
     (["--device", "meta"], "--device: expected one of cpu, cuda, mps, xpu", EXIT_USAGE),
     (["--device", "cuda"], "--device: expected a device this machine has, got 'cuda' (torch sees no cuda device here)",
      EXIT_DATA),
-    (["--top-k", "0"], "--top-k: expected an integer from 1 to 1000, got 0", EXIT_USAGE),
+    (["--top-k", "0"], "--top-k: expected an integer from 1 to 100000", EXIT_USAGE),
     (["--batch-size", "0"], "--batch-size: expected an integer from 1 to 4096, got 0", EXIT_USAGE),
     (["--workers", "-1"], "--workers: expected an integer from 0 (read in the main thread) to 64, got -1", EXIT_USAGE),
     (["--threads", "0"], "--threads: expected an integer from 1 to 1024, got 0", EXIT_USAGE),
@@ -593,10 +593,77 @@ def test_detection_prints_boxes_and_respects_threshold_and_cap(saved_detector, i
     assert code == 1 and "already exists" in err  # nothing replaced without --overwrite
 
 
+def test_an_output_folder_is_claimed_and_a_failed_run_keeps_its_results(saved_detector, images, tmp_path, capsys,
+                                                                         monkeypatch):
+    """The merge of issue 27's output claims with streaming: a folder another run writes is refused in one line
+    before anything is written there; predict's own results stream into its claimed folder, so a run that fails
+    at its second image keeps the first one's result and picture, and --resume completes them."""
+    shutil.copy(images / "photo.jpg", tmp_path / "second.jpg")
+    out_dir = tmp_path / "out"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from mobilevit.file_utils import claim_output; "
+                               "claim = claim_output(sys.argv[1], '--output-dir'); print('claimed', flush=True); "
+                               "time.sleep(120)", str(out_dir)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "claimed"
+        code, line = one_line_error(capsys, images / "photo.jpg", "--model", saved_detector, "--output-dir", out_dir)
+        assert code == 1 and "is being written by another run, process" in line and str(out_dir) in line
+        assert not out_dir.exists() or not any(out_dir.iterdir())  # nothing written there
+    finally:
+        holder.kill()
+        holder.wait()
+    drawn = []
+
+    def second_fails(photo, detections, palette):
+        drawn.append(photo)
+        if len(drawn) == 2:
+            raise PredictError("image 'second.jpg': cannot be drawn (as a full disk would end it)")
+        return b"first picture"
+
+    monkeypatch.setattr(predict_module, "detections_picture", second_fails)
+    code, out, err = run(capsys, images / "photo.jpg", tmp_path / "second.jpg", "--model", saved_detector,
+                         "--output-dir", out_dir, "--batch-size", 1, "--workers", 0)
+    assert code == EXIT_DATA and err.strip().splitlines()[-1].startswith("mobilevit predict: error: ")
+    assert "cannot be drawn" in err and "Traceback" not in err and out.startswith(str(images / "photo.jpg"))
+    assert [r["image"] for r in _lines(out_dir / "predictions.jsonl.partial")] == [str(images / "photo.jpg")]
+    assert (out_dir / "photo_detections.png").read_bytes() == b"first picture"
+    assert not (out_dir / "predictions.jsonl").exists() and not (out_dir / "second_detections.png").exists()
+    monkeypatch.setattr(predict_module, "detections_picture", lambda *a: b"second picture")
+    code, _, err = run(capsys, images / "photo.jpg", tmp_path / "second.jpg", "--model", saved_detector,
+                       "--output-dir", out_dir, "--resume")
+    assert code == 0, err
+    assert [r["image"] for r in _lines(out_dir / "predictions.jsonl")] == [str(images / "photo.jpg"),
+                                                                        str(tmp_path / "second.jpg")]
+    assert (out_dir / "photo_detections.png").read_bytes() == b"first picture"  # finished: not redone
+    assert (out_dir / "second_detections.png").read_bytes() == b"second picture"
+    assert not [p for p in out_dir.parent.iterdir() if p.name.startswith(".out")]  # the claim's lock is gone
+
+
+@pytest.mark.parametrize("setting, message", [
+    ({"detections_per_image": 10**9}, "detection_postprocessing.detections_per_image: expected an integer from 1 to "
+                                      "100000"),
+    ({"candidates_per_class": 0}, "detection_postprocessing.candidates_per_class: expected an integer from 1 to"),
+    ({"score_threshold": float("nan")}, "detection_postprocessing.score_threshold: expected a number in [0, 1]"),
+])
+def test_a_detection_rule_outside_the_limits_is_one_line(saved_detector, images, tmp_path, capsys, setting,
+                                                         message):
+    folder = tmp_path / "detector"
+    shutil.copytree(saved_detector, folder)
+    file = folder / "preprocessor_config.json"
+    config = json.loads(file.read_text())
+    config["detection_postprocessing"] = {**(config.get("detection_postprocessing") or {}), **setting}
+    file.write_text(json.dumps(config))
+    code, line = one_line_error(capsys, images / "photo.jpg", "--model", folder)
+    assert code == EXIT_DATA and message in line and str(file) in line
+
+
 @pytest.mark.parametrize("argv, message", [
-    (["--threshold", "1.5"], "--threshold: expected a score in [0, 1], got 1.5"),
-    (["--threshold", "nan"], "--threshold: expected a score in [0, 1], got nan"),
-    (["--max-detections", "0"], "--max-detections: expected an integer from 1 to 10000, got 0"),
+    (["--threshold", "1.5"], "--threshold: expected a finite number in [0, 1], got 1.5"),
+    (["--threshold", "nan"], "--threshold: expected a finite number in [0, 1], got nan"),
+    (["--max-detections", "0"], "--max-detections: expected an integer from 1 to 100000 (more than a picture or a "
+                                "JSON file of results can usefully hold), got 0"),
+    (["--max-detections", "100001"], "can usefully hold), got 100001"),
+    (["--top-k", "10000000000000000000000"], "--top-k: expected an integer from 1 to 100000 (more than a picture or a "
+                                             "JSON file of results can usefully hold), got 10000000000000000000000"),
 ])
 def test_bad_detection_arguments(saved_detector, images, capsys, argv, message):
     code, _, err = run(capsys, images / "photo.jpg", "--model", saved_detector, *argv)

@@ -1,8 +1,10 @@
 """`mobilevit demo` end to end (slow): both models trained, saved, reloaded and used through pipelines,
-targets met, every promised file written; and it refuses to clobber an existing folder."""
+targets met, every promised file written, next steps printed that name files which exist; and it refuses to
+clobber an existing folder."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +27,7 @@ def test_demo_refuses_a_non_empty_output_dir(tmp_path, capsys):
     assert main(["demo", "--output-dir", str(tmp_path / "file")]) == 1
     assert "output_dir: expected a folder, got" in capsys.readouterr().err
     assert main(["demo", "--output-dir", str(tmp_path / "new"), "--threads", "0"]) == 2
-    assert "threads: expected a positive integer, got 0" in capsys.readouterr().err
+    assert "threads: expected an integer from 1 to " in capsys.readouterr().err
 
 
 # The demo (1 thread by default) needs about 650 CPU-seconds: ~11 minutes on an idle machine. The timeout only
@@ -46,4 +48,9 @@ def test_demo_end_to_end_meets_its_targets(tmp_path):
     for task in ("classification", "segmentation"):
         for name in ("config.json", "model.safetensors", "preprocessor_config.json", "README.md"):
             assert (out / task / name).is_file(), (task, name)
+    digits = out / "images" / "digits"  # the held-out images the next steps run on: an image folder of every class
+    assert sorted(len(list(folder.glob("*.png"))) for folder in digits.iterdir()) == [10] * 10
+    steps = completed.stdout[completed.stdout.index("# Next steps"):]
+    named = set(re.findall(rf"{re.escape(str(out))}/[^\s\"'):]*", steps))
+    assert len(named) >= 8 and all(Path(path.rstrip("/.")).exists() for path in named), named
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demo-output"]  # no staging folders left behind

@@ -8,8 +8,11 @@ predictions. Everything lands in `--output-dir`:
     segmentation/     shapes model folder (same)
     metrics.json      {"classification": {"accuracy": ...}, "segmentation": {"mean_iou": ...}, ...}
     training_history.png       loss and metric per epoch, train and eval, both tasks
-    segmentation_predictions.png   predicted masks over held-out images, next to the true masks
-    classification_predictions.png held-out digits with their predicted labels
+    segmentation_predictions.png   held-out scenes: true and predicted masks, wrong pixels in red
+    classification_predictions.png held-out digits, true and predicted labels, mistakes framed in red
+    images/           a few held-out images as files (digits/<label>/*.png, shapes/*.png) for the next steps
+
+When it ends it prints the next steps, commands on these folders (`demo_report.next_steps`).
 
 The recipe (sizes, epochs, learning rate) is chosen to reach the targets below on 2 CPU cores in a few
 minutes; `RECIPES` holds it.
@@ -18,16 +21,17 @@ minutes; `RECIPES` holds it.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .. import auto
-from ..file_utils import check_output_dir, staged_directory
+from .. import auto, limits
+from ..file_utils import check_output_dir, claim_output, json_text, staged_directory
 from .demo_data import SHAPES_LABELS, load_digits_dataset, load_shapes_dataset
+from .demo_report import (EXAMPLES_DIR, classification_picture, next_steps, segmentation_picture,
+                          write_example_images)
 from .history import plot_histories
 from .job import OutputExistsError, TrainError, TrainJob, train_and_save
 from .metrics import SegmentationMetrics
@@ -86,46 +90,16 @@ def _pipeline_segmentation(folder: Path, test) -> tuple[dict, list]:
     return metrics.compute(), examples
 
 
-PALETTE = np.array([[0, 0, 0], [230, 25, 75], [60, 180, 75], [0, 130, 200]], dtype=np.float32)
-
-
 def _plot_segmentations(examples: list, path: Path, count: int = 8) -> None:
-    # a pyplot-free Figure: no global backend switch, so a notebook's inline plots keep working
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Patch
-
-    fig = Figure(figsize=(2 * count, 6.4))
-    axes = fig.subplots(3, count)
-    for column, (image, predicted, truth) in enumerate(examples[:count]):
-        pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
-        for row, (title, labels) in enumerate((("image", None), ("predicted", predicted), ("true", truth))):
-            shown = pixels if labels is None else np.where(
-                (labels > 0)[..., None], 0.45 * pixels + 0.55 * PALETTE[np.clip(labels, 0, len(PALETTE) - 1)], pixels)
-            axes[row, column].imshow(shown.astype(np.uint8))
-            axes[row, column].set_axis_off()
-            if column == 0:
-                axes[row, column].set_title(title, loc="left", fontsize=10)
-    handles = [Patch(color=PALETTE[i] / 255, label=name)
-               for i, name in enumerate(SHAPES_LABELS) if i]
-    fig.legend(handles=handles, loc="lower center", ncol=len(handles))
-    fig.suptitle("MobileViT-XXS DeepLabV3 on held-out shapes scenes (pipeline output)")
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    # true and predicted masks in `predict`'s colours, wrong pixels in red (demo_report)
+    fig = segmentation_picture(examples, SHAPES_LABELS, "MobileViT-XXS DeepLabV3 on held-out shapes scenes (pipeline "
+                               "output)", count)
     fig.savefig(path, dpi=80)
 
 
 def _plot_digits(examples: list, path: Path, count: int = 24) -> None:
-    # a pyplot-free Figure: no global backend switch, so a notebook's inline plots keep working
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(count // 3 * 1.2, 4.2))
-    axes = fig.subplots(3, count // 3)
-    for ax, (image, predicted, truth) in zip(axes.flat, examples[:count]):
-        ax.imshow(np.asarray(image.convert("L")), cmap="gray")
-        ax.set_title(f"{predicted}" + ("" if predicted == truth else f" (true {truth})"),
-                     color="black" if predicted == truth else "red", fontsize=9)
-        ax.set_axis_off()
-    fig.suptitle("MobileViT-XXS on held-out digits (pipeline predictions)")
-    fig.tight_layout()
+    # true and predicted labels, mistakes picked and framed in red (demo_report)
+    fig = classification_picture(examples, "MobileViT-XXS on held-out digits (pipeline predictions)", count)
     fig.savefig(path, dpi=80)
 
 
@@ -135,8 +109,14 @@ def run_demo(output_dir: Path, overwrite: bool = False, seed: int = 0) -> dict:
     if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
         raise OutputExistsError(f"output_dir: expected an empty or new folder, got {str(output_dir)!r} which holds "
                                 f"files (pass --overwrite to replace it)")
+    with claim_output(output_dir, "output_dir", replaces=True, error=TrainError):
+        check_output_dir(output_dir, "output_dir", overwrite=overwrite, error=TrainError)  # again, under the claim
+        return _run_demo(output_dir, overwrite, seed)
+
+
+def _run_demo(output_dir: Path, overwrite: bool, seed: int) -> dict:
     started = time.perf_counter()
-    with staged_directory(output_dir) as staging:
+    with staged_directory(output_dir, overwrite=overwrite, error=TrainError) as staging:
         summary, histories = {}, []
         print("== 1/2 image classification: scikit-learn digits, MobileViT-XXS from scratch ==", flush=True)
         digits = load_digits_dataset(seed=seed)
@@ -162,22 +142,24 @@ def run_demo(output_dir: Path, overwrite: bool = False, seed: int = 0) -> dict:
         _plot_segmentations(seg_examples, staging / "segmentation_predictions.png")
 
         plot_histories(histories, staging / "training_history.png")
+        write_example_images(staging / EXAMPLES_DIR, digits["test"], shapes["test"])
         summary["targets"] = {f"{task}.{name}": {"target": target, "value": summary[task][name],
                                                    "met": summary[task][name] >= target}
                               for task, (name, target) in TARGETS.items()}
         summary["total_seconds"] = round(time.perf_counter() - started, 1)
         summary["threads"] = torch.get_num_threads()
-        (staging / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+        (staging / "metrics.json").write_text(json_text(summary) + "\n")
     return summary
 
 
 def run(args: argparse.Namespace) -> int:
     """`mobilevit demo`: a TrainError reaches `mobilevit.cli`, which prints it as one line."""
-    if args.threads < 1:
-        raise TrainError(f"threads: expected a positive integer, got {args.threads}", usage=True)
+    limits.check_threads("threads", args.threads, TrainError)
+    limits.check_seed("seed", args.seed, TrainError)
     torch.set_num_threads(args.threads)
     summary = run_demo(Path(args.output_dir), args.overwrite, args.seed)
     print(f"\nDemo finished in {summary['total_seconds']:.0f} s; results in {args.output_dir}/")
     for key, entry in summary["targets"].items():
         print(f"  {key:<28} {entry['value']:.4f}  (target >= {entry['target']})  {'ok' if entry['met'] else 'MISSED'}")
+    print("\n" + next_steps(args.output_dir))
     return 0 if all(entry["met"] for entry in summary["targets"].values()) else 1
