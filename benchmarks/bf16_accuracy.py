@@ -16,7 +16,6 @@ Prints a markdown table; `--output FILE` also writes it there.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 import tempfile
 from pathlib import Path
@@ -30,20 +29,14 @@ from mobilevit.conversion import convert_checkpoint
 from mobilevit.export.common import input_size
 from mobilevit.export.data import evaluate, read_split
 from mobilevit.tasks import CLASSIFICATION, SEGMENTATION
+from mobilevit.testing_utils import fixture_state_dict
 
 FIXTURE_FOLDERS = ("mlcvnets", "mlcvnets_v2")
 
 
-def fixture_weights(folder: Path, name: str) -> dict[str, torch.Tensor]:
-    spec = importlib.util.spec_from_file_location(f"weights_{folder.name}", folder / "weights.py")
-    weights = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(weights)
-    return weights.state_dict(str(folder / f"{name}.json"))
-
-
 def compare_on_fixture(folder: Path, name: str, workdir: Path) -> dict:
     checkpoint = workdir / f"{name}.pt"
-    torch.save(fixture_weights(folder, name), checkpoint)
+    torch.save(fixture_state_dict(folder, name), checkpoint)
     result = convert_checkpoint(checkpoint, workdir / name, progress=False)
     model, _, _ = auto.load_model_and_processor(workdir / name)
     expected = load_file(str(folder / f"{name}.expected.safetensors"))

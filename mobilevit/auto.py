@@ -8,7 +8,7 @@ added to transformers' `AutoBackbone`, keyed on this package's config classes (s
 is untouched): this package's config -> its `...Backbone`, so that transformers' heads that build their
 backbone from a `backbone_config` (UperNet, DPT, ...) take a MobileViT one.
 
-    model = auto.load_model("runs/digits")                      # any registered family, task from the folder
+    model = auto.load_model("demo-output/classification")                      # any registered family, task from the folder
     model, processor, task = auto.load_model_and_processor("apple/mobilevit-small")
     family, variant = auto.resolve_variant("xx-small")
     config = auto.new_config("xx-small", "semantic-segmentation", num_labels=4)

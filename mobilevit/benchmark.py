@@ -65,19 +65,16 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
-from torch import nn
-
-from . import auto, limits
 from .errors import UserError, require
-from .fast_training import keep_freed_memory
 from .file_utils import check_output_dir, check_output_files, claim_output, json_text, staged_outputs
 from .tasks import CLASSIFICATION, OBJECT_DETECTION, SEGMENTATION, canonical_task
-from .testing_utils import fill_realistic_weights_
+
+# torch, transformers and the registry are imported where they are used: `mobilevit benchmark --help` and its
+# usage errors answer without them
 
 CANDIDATES = ("mobilevit", "mobilevit-plain", "transformers", "onnxruntime", "resnet-50")
 # this package's model cast to a lower precision (`model.to(dtype)`, inputs too), timed when named in --candidates
-REDUCED_PRECISION = {"mobilevit-bf16": torch.bfloat16}
+REDUCED_PRECISION = {"mobilevit-bf16": "bfloat16"}  # candidate -> torch dtype name
 LABELS = {
     "mobilevit": "mobilevit (this package)",
     "mobilevit-plain": "mobilevit plain path (this package, fast path off)",
@@ -144,6 +141,9 @@ NUM_LABELS = {CLASSIFICATION: 1000, SEGMENTATION: 21, OBJECT_DETECTION: 81}
 
 def build_mobilevit(variant: str, task: str, seed: int = 0) -> nn.Module:
     """A released size of any registered family for `task`, with realistic random weights, in eval mode."""
+    from . import auto
+    from .testing_utils import fill_realistic_weights_
+
     task = canonical_task(task, allowed=tuple(NUM_LABELS))
     config = auto.new_config(variant, task, num_labels=NUM_LABELS[task])
     return fill_realistic_weights_(auto.new_model(config, task), seed).eval()
@@ -162,6 +162,8 @@ def build_stock(model: nn.Module) -> nn.Module:
 
 def build_resnet50(seed: int = 0) -> nn.Module:
     from transformers import ResNetConfig, ResNetForImageClassification
+
+    from .testing_utils import fill_realistic_weights_
 
     config = ResNetConfig(depths=[3, 4, 6, 3], hidden_sizes=[256, 512, 1024, 2048], layer_type="bottleneck", num_labels=1000)
     return fill_realistic_weights_(ResNetForImageClassification(config), seed).eval()
@@ -201,6 +203,8 @@ def _export_artefact(model: nn.Module, path: Path, fmt: str, precision: str, ima
 def tune_allocator() -> None:
     """Have glibc malloc keep freed memory for reuse (no trimming, no per-block mmap): the `tuned` condition
     (`fast_training.keep_freed_memory`, which `mobilevit train` applies to itself)."""
+    from .fast_training import keep_freed_memory  # imports torch: not at the top (see the imports)
+
     if not keep_freed_memory():
         raise RuntimeError("allocator: 'tuned' needs glibc's mallopt, which this system's C library lacks or refused")
 
@@ -212,6 +216,7 @@ def count_parameters(model: nn.Module) -> int:
 def count_flops(model: nn.Module, image_size: int) -> int:
     """FLOPs (2 x multiply-adds) of one image, counted on the plain path (the fast path does the same math).
     Attention runs on SDPA's math backend here: the counter has no formula for the fused CPU kernel."""
+    import torch
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -229,6 +234,8 @@ def count_flops(model: nn.Module, image_size: int) -> int:
 
 
 def torch_runner(model: nn.Module):
+    import torch
+
     def forward(pixel_values):
         with torch.inference_mode():
             return model(pixel_values)
@@ -298,6 +305,8 @@ _FRESH_PROCESS = {}  # in a FreshProcessRunner's process: its runner and its inp
 
 
 def _fresh_process_start(candidate, variant, task, threads, onnx_path) -> None:
+    import torch
+
     torch.set_num_threads(threads)
     if candidate == "onnxruntime" or candidate in EXPORT_CANDIDATES:
         model = None  # the parent exported the graph
@@ -355,6 +364,8 @@ class BackgroundLoad:
 
 
 def benchmark_input(batch: int, image_size: int) -> torch.Tensor:
+    import torch
+
     return torch.rand(batch, 3, image_size, image_size, generator=torch.Generator().manual_seed(batch))
 
 
@@ -375,7 +386,13 @@ def summarise(times: dict[str, list[float]], reference: str | None) -> dict[str,
     return summary
 
 
-DEFAULT_VARIANTS = auto.family("mobilevit").variants
+def __getattr__(name: str):
+    """`DEFAULT_VARIANTS`, MobileViT v1's released sizes, read from the registry when first asked for."""
+    if name == "DEFAULT_VARIANTS":
+        from . import auto
+
+        return auto.family("mobilevit").variants
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def onnx_installed() -> bool:
@@ -400,6 +417,8 @@ def check_settings(*, variants, batch_sizes, threads, task, image_size, repeats,
                    allocator, background_load=0) -> dict:
     """The one check of the benchmark's arguments, before any model is built; returns them spelled canonically
     (task, variant names, image size filled in, candidates resolved)."""
+    from . import auto, limits
+
     try:
         task = canonical_task(task, allowed=tuple(NUM_LABELS))
         variants = [auto.resolve_variant(v)[1] for v in variants]
@@ -456,7 +475,7 @@ def check_output(output: Path, overwrite: bool) -> None:
 
 
 def benchmark(
-    variants=DEFAULT_VARIANTS,
+    variants=None,
     batch_sizes=(1, 32),
     threads: int = 2,
     task: str = "image-classification",
@@ -472,6 +491,9 @@ def benchmark(
     `candidates=None`: every candidate whose dependencies are installed (`default_candidates`).
     `allocator="tuned"` changes this process's malloc settings for good (there is no way back).
     `background_load`: that many busy processes run while the candidates are timed (`BackgroundLoad`)."""
+    import torch
+
+    variants = variants if variants is not None else __getattr__("DEFAULT_VARIANTS")
     settings = check_settings(variants=variants, batch_sizes=batch_sizes, threads=threads, task=task,
                               image_size=image_size, repeats=repeats, warmup=warmup, candidates=candidates,
                               allocator=allocator, background_load=background_load)
@@ -554,7 +576,9 @@ def local_runner(name: str, model: nn.Module | None, threads: int, onnx_path: Pa
         plain = copy.deepcopy(model).set_fast_inference(False)
         return torch_runner(plain)
     if name in REDUCED_PRECISION:
-        dtype = REDUCED_PRECISION[name]
+        import torch
+
+        dtype = getattr(torch, REDUCED_PRECISION[name])
         run = torch_runner(copy.deepcopy(model).to(dtype))
         return lambda pixel_values: run(pixel_values.to(dtype))
     return torch_runner(model)
@@ -596,6 +620,7 @@ def format_table(results: list[Result], header: bool = True) -> str:
 def save_chart(results: list[Result], path: Path) -> None:
     """Latency at the smallest batch and throughput at the largest, per candidate and variant."""
     import matplotlib
+    import torch
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -648,19 +673,23 @@ def write_outputs(results: list[Result], output: Path, overwrite: bool) -> list[
 # Command line
 # --------------------------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--mode", choices=("inference", "train"), default="inference",
+    parser.add_argument("--mode", choices=("inference", "train", "predict"), default="inference",
                         help="inference: the models' forward against stock transformers and the runtimes; train: a "
                              "training step (forward, backward, AdamW) against stock transformers' Trainer-style step "
-                             "(mobilevit/benchmark_train.py)")
+                             "(mobilevit/benchmark_train.py); predict: `mobilevit predict` end to end on a folder of "
+                             "JPEGs against the model alone and stock transformers.pipeline (mobilevit/benchmark_predict.py)")
     parser.add_argument("--variants", nargs="+", default=None,
                         help="released sizes of any family, e.g. small or mobilevitv2-1.0 (default: MobileViT v1's "
                              "three; --mode train: small, mobilevitv2-1.0, xx-small:semantic-segmentation, a :TASK "
-                             "suffix overriding --task); each is timed against stock transformers' class of its family")
+                             "suffix overriding --task; --mode predict: xx-small); each is timed against stock "
+                             "transformers' class of its family")
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=None,
-                        help="batch sizes (default: 1 32; --mode train: 16)")
+                        help="batch sizes (default: 1 32; --mode train: 16; --mode predict: stock "
+                             "transformers.pipeline's, 1 8 16 32 64)")
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads for PyTorch and ONNX Runtime")
-    parser.add_argument("--task", default="image-classification",
-                        help="image-classification, semantic-segmentation or object-detection")
+    parser.add_argument("--task", default=None,
+                        help="image-classification (default), semantic-segmentation or object-detection (--mode "
+                             "predict with --model or --fixture: the folder's)")
     parser.add_argument("--image-size", type=int, default=None,
                         help="square input side (default 256, 512 for segmentation, 320 for detection)")
     parser.add_argument("--repeats", type=int, default=20, help="timed rounds per batch size")
@@ -683,19 +712,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                         help="--mode train: time steps by the wall clock, or by their process's CPU time (on a "
                              "machine other processes keep busy, with --threads 1)")
+    predict = parser.add_argument_group("--mode predict")
+    predict.add_argument("--images", type=int, default=400, help="JPEGs to generate and predict (default: 400)")
+    predict.add_argument("--photo-size", default="1024x768", metavar="WxH", help="their size (default: 1024x768)")
+    predict.add_argument("--images-dir", type=Path, default=None, help="predict these JPEGs instead of generated ones")
+    predict.add_argument("--runtimes", nargs="+", default=["pytorch"], choices=("pytorch", "onnxruntime", "openvino"),
+                         help="predict with each runtime, and time each one's batch-1 forward (default: pytorch)")
+    predict.add_argument("--fixture", default=None, metavar="NAME",
+                         help="the model: ml-cvnets fixture weights converted (e.g. mobilevit_xxs; ../shared/fixtures)")
+    predict.add_argument("--model", type=Path, default=None, metavar="DIR", help="the model: a saved classifier folder")
     parser.add_argument("--output", type=Path, default=None,
-                        help="folder for results.json, results.md, chart.png (--mode train: train.json, train.md)")
+                        help="folder for results.json, results.md, chart.png (--mode train: train.json, train.md; "
+                             "--mode predict: predict.json, predict.md)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing files in --output")
 
 
 def run(args: argparse.Namespace) -> int:
     """`mobilevit benchmark`: everything checked before minutes of timing; a BenchmarkError reaches
     `mobilevit.cli`, which prints it as one line."""
-    args.variants = args.variants or list(DEFAULT_VARIANTS)
+    args.variants = args.variants or list(__getattr__("DEFAULT_VARIANTS"))
     args.batch_sizes = args.batch_sizes or [1, 32]
     args.allocator = args.allocator or "tuned"
     settings = check_settings(variants=args.variants, batch_sizes=args.batch_sizes, threads=args.threads,
-                              task=args.task, image_size=args.image_size, repeats=args.repeats, warmup=args.warmup,
+                              task=args.task or CLASSIFICATION, image_size=args.image_size, repeats=args.repeats,
+                              warmup=args.warmup,
                               candidates=args.candidates, allocator=args.allocator,
                               background_load=args.background_load)
     if args.output is not None:
@@ -710,6 +750,8 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, settings: dict) -> int:
     if args.candidates is None and "onnxruntime" not in settings["candidates"]:
         print('note: onnxruntime is not timed: it needs pip install "mobilevit[export]"', file=sys.stderr)
+    import torch
+
     results = benchmark(**settings)
     load = f", {args.background_load} busy background processes" if args.background_load else ""
     print(f"\n{results[0].task}, {results[0].image_size}x{results[0].image_size}, {args.threads} threads, "
@@ -718,4 +760,71 @@ def _run(args: argparse.Namespace, settings: dict) -> int:
     if args.output is not None:
         paths = write_outputs(results, args.output, args.overwrite)
         print("\nwrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+MAX_PREDICT_IMAGES = 1_000_000
+
+
+def run_predict_mode(args: argparse.Namespace) -> int:
+    """`--mode predict` (mobilevit/benchmark_predict.py), its arguments checked first."""
+    from .benchmark_predict import REPORT_FILES
+    from .runtimes import require_runtime
+
+    batch_sizes = args.batch_sizes or [1, 8, 16, 32, 64]
+    if any(not _is_int(b) or b < 1 for b in batch_sizes):
+        raise BenchmarkError(f"batch_sizes: expected positive integers, got {list(batch_sizes)}", usage=True)
+    if not 1 <= args.images <= MAX_PREDICT_IMAGES:
+        raise BenchmarkError(f"--images: expected an integer from 1 to {MAX_PREDICT_IMAGES}, got {args.images}",
+                             usage=True)
+    parts = args.photo_size.lower().split("x")
+    if len(parts) != 2 or not all(p.isdigit() and 32 <= int(p) <= 8192 for p in parts):
+        raise BenchmarkError(f"--photo-size: expected WIDTHxHEIGHT with sides from 32 to 8192, got {args.photo_size!r}",
+                             usage=True)
+    if not 1 <= args.threads <= 1024:
+        raise BenchmarkError(f"threads: expected an integer from 1 to 1024, got {args.threads}", usage=True)
+    from .predict import WRITERS
+
+    task = None
+    if args.task is not None:
+        try:
+            task = canonical_task(args.task, allowed=tuple(WRITERS))
+        except ValueError as err:
+            raise BenchmarkError(f"--{err}", usage=True) from None
+    from . import auto  # loads torch: the arguments on their own are checked above
+
+    args.variants = args.variants or ["xx-small"]
+    if len(args.variants) != 1 and args.model is None and args.fixture is None:
+        raise BenchmarkError(f"--variants: --mode predict times one model, got {len(args.variants)}", usage=True)
+    variant = None
+    if args.model is None and args.fixture is None:
+        try:
+            variant = auto.resolve_variant(args.variants[0])[1]
+        except ValueError as err:
+            raise BenchmarkError(str(err), usage=True) from None
+    for runtime in args.runtimes:
+        require_runtime(runtime)
+    if args.images_dir is not None and not any(Path(args.images_dir).glob("*.jpg")):
+        raise BenchmarkError(f"--images-dir: expected a folder of .jpg files, got {str(args.images_dir)!r}")
+    report = [Path(args.output) / name for name in REPORT_FILES] if args.output is not None else []
+    if args.output is not None:
+        check_output_dir(args.output, "--output", replaces=False, error=BenchmarkError)
+        check_output_files(report, "--output", overwrite=args.overwrite, error=BenchmarkError)
+    claim = claim_output(report, "--output", error=BenchmarkError) if report else nullcontext()
+    with claim:
+        return _run_predict_mode(args, task, variant, parts, batch_sizes)
+
+
+def _run_predict_mode(args: argparse.Namespace, task: str, variant, parts, batch_sizes) -> int:
+    from .benchmark_predict import benchmark_predict, format_report, write_report
+
+    runtimes = ["pytorch", *[r for r in args.runtimes if r != "pytorch"]]
+    result = benchmark_predict(variant=variant, fixture=args.fixture, model_dir=args.model,
+                               task=task, images=args.images,
+                               photo_size=tuple(int(p) for p in parts), images_dir=args.images_dir, runtimes=runtimes,
+                               stock_batch_sizes=batch_sizes, threads=args.threads,
+                               log=lambda line: print(line, file=sys.stderr, flush=True))
+    print(format_report(result))
+    if args.output is not None:
+        print("\nwrote " + ", ".join(str(p) for p in write_report(result, args.output, args.overwrite)))
     return 0

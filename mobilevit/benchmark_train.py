@@ -299,6 +299,7 @@ def run_train_mode(args: argparse.Namespace) -> int:
         return BenchmarkError(message, usage=True)
 
     models = args.variants or list(GOAL_MODELS)
+    args.task = args.task or CLASSIFICATION  # --task's default is None: --mode predict reads the folder's task
     try:
         for name in models:
             parse_model_name(name, args.task)

@@ -23,7 +23,7 @@ from .errors import EXIT_USAGE, run_reporting
 COMMANDS = {
     "demo": ("mobilevit.training.demo", "train MobileViT-XXS on the embedded data sets and walk the whole path"),
     "train": ("mobilevit.training.cli", "fine-tune or train a model with transformers' Trainer"),
-    "predict": ("mobilevit.predict", "classify or segment image files with a saved model"),
+    "predict": ("mobilevit.predict", "classify, segment or detect objects in images and folders with a saved model"),
     "convert": ("mobilevit.conversion", "convert an ml-cvnets checkpoint into a Hub-ready folder"),
     "benchmark": ("mobilevit.benchmark_command", "time this package against stock transformers and ONNX Runtime"),
     "export": ("mobilevit.export.command", "export a saved model to ONNX, ExecuTorch, LiteRT, Core ML or OpenVINO, checked in its runtime"),

@@ -12,11 +12,11 @@ import numbers
 
 from transformers.activations import ACT2FN
 
+from .limits import MAX_IMAGE_SIDE as MAX_IMAGE_SIZE  # the largest input side a config may state (image_size)
+
 # No width of a released MobileViT exceeds 640; this is 12x that. A larger width is almost certainly a typo,
 # and would ask for many gigabytes before any error could show (hidden_sizes of 10**6: about 4 TB).
 MAX_WIDTH = 8192
-# The largest input side a config may state (image_size): the default preprocessing resizes to about that.
-MAX_IMAGE_SIZE = 8192
 # Patch sides that divide every MobileViT block's feature map (every release uses 2): feature maps halve from
 # stage to stage (32, 16, 8 at 256 px), so any other size makes every block resize its map first, and one
 # larger than the last stage's map leaves attention a single patch.

@@ -656,9 +656,9 @@ def staged_directory(output_dir: str | os.PathLike, *, overwrite: bool = False, 
         yield folder
 
 
-def write_file_atomically(path: str | os.PathLike, data: bytes, *, overwrite: bool = True,
+def write_file_atomically(path: str | os.PathLike, data: bytes | Iterable[bytes], *, overwrite: bool = True,
                           argument: str = "output", error: type[UserError] = UserError) -> None:
-    """Write `data` to a temporary file beside `path`, then rename it over `path`: readers see the old file or
+    """Write `data` (bytes, or an iterable of byte chunks, written as they come) to a temporary file beside `path`, then rename it over `path`: readers see the old file or
     the whole new one. The file gets an ordinary new file's permissions (0666 less the umask). Without
     `overwrite` an existing `path` is never replaced (checked at the rename itself)."""
     path = Path(path)
@@ -667,7 +667,8 @@ def write_file_atomically(path: str | os.PathLike, data: bytes, *, overwrite: bo
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=_hidden_prefix(path), suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as file:
-            file.write(data)
+            for chunk in [data] if isinstance(data, (bytes, bytearray, memoryview)) else data:
+                file.write(chunk)
         os.chmod(temporary, 0o666 & ~_current_umask())  # mkstemp makes it private
         if overwrite:
             os.replace(temporary, path)

@@ -385,6 +385,23 @@ class MobileViTImageProcessor(BaseImageProcessor):
         clipped to it, as ml-cvnets' COCO evaluation writes them; without, they stay normalised to [0, 1] and
         unclipped (boxes may reach past the image), as ml-cvnets' `predict` returns them.
         """
+        logits, pred_boxes = _detector_outputs(outputs)
+        return self.post_process_decoded_detections(logits.float().softmax(dim=-1),
+                                                    center_to_corners(pred_boxes.float()), threshold, target_sizes,
+                                                    top_k)
+
+    def post_process_decoded_detections(
+        self,
+        scores: torch.Tensor,
+        boxes: torch.Tensor,
+        threshold: float | None = None,
+        target_sizes: Sequence[tuple[int, int]] | torch.Tensor | None = None,
+        top_k: int | None = None,
+    ) -> list[dict[str, torch.Tensor]]:
+        """`post_process_object_detection` from what a detector's graph ends with (`export.common.MainOutputs`, an
+        exported artefact, `mobilevit predict`'s runtimes): `scores` (batch, anchors, classes), the softmax over
+        all classes with the background first, and `boxes` (batch, anchors, 4) as normalised corners. The same
+        detections, by the same rule."""
         rule = PostProcessing.from_dict(self.detection_postprocessing) if self.detection_postprocessing is not None \
             else MLCVNETS_V02
         if threshold is not None and not (_is_number(threshold) and 0.0 <= threshold <= 1.0):
@@ -392,17 +409,18 @@ class MobileViTImageProcessor(BaseImageProcessor):
         if top_k is not None and not (_is_positive_int(top_k) and top_k <= MAX_RESULTS_PER_IMAGE):
             raise ValueError(f"top_k: expected an integer from 1 to {MAX_RESULTS_PER_IMAGE} (mobilevit.limits), got "
                              f"{top_k!r}")
-        logits, pred_boxes = _detector_outputs(outputs)
+        if scores.dim() != 3 or tuple(boxes.shape) != (*scores.shape[:2], 4):
+            raise ValueError(f"scores, boxes: expected (batch, anchors, classes) and (batch, anchors, 4), got "
+                             f"{tuple(scores.shape)} and {tuple(boxes.shape)}")
         if target_sizes is not None:
             if isinstance(target_sizes, torch.Tensor):
                 target_sizes = target_sizes.tolist()
-            if len(target_sizes) != len(logits) or not all(len(size) == 2 for size in target_sizes):
-                raise ValueError(f"target_sizes: expected one (height, width) per image ({len(logits)}), got "
+            if len(target_sizes) != len(scores) or not all(len(size) == 2 for size in target_sizes):
+                raise ValueError(f"target_sizes: expected one (height, width) per image ({len(scores)}), got "
                                  f"{target_sizes!r}")
-        scores = logits.float().softmax(dim=-1)[..., 1:]
-        boxes = center_to_corners(pred_boxes.float())
+        scores = scores[..., 1:]
         results = []
-        for i in range(len(logits)):
+        for i in range(len(scores)):
             image_boxes, image_scores, labels = select_detections(scores[i], boxes[i], rule, threshold, top_k)
             if target_sizes is not None:
                 height, width = (float(side) for side in target_sizes[i])

@@ -30,11 +30,13 @@ import math
 import os
 import resource
 
-from .configuration_utils import MAX_IMAGE_SIZE
 from .errors import UserError
 
+# Light on purpose (no torch, no transformers at import): `mobilevit predict`'s and `benchmark`'s argument
+# checks run before the heavy imports, so a usage error answers at once (tests/test_cli.py)
+
 MIN_IMAGE_SIDE = 32  # every family downsamples 32x (a model's own `min_input_size` says so too)
-MAX_IMAGE_SIDE = MAX_IMAGE_SIZE
+MAX_IMAGE_SIDE = 8192  # the largest input side a config may state (configuration_utils.MAX_IMAGE_SIZE is this)
 MAX_RESIZE_SIDE = MAX_IMAGE_SIDE * 288 // 256
 MAX_EPOCHS = 10_000
 MAX_SEED = 2**32 - 1

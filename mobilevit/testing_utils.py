@@ -67,6 +67,29 @@ def shared_fixtures_dir(name: str = "mlcvnets") -> Path | None:
     return None
 
 
+def fixture_state_dict(folder: Path, name: str) -> dict[str, torch.Tensor]:
+    """The deterministic ml-cvnets weights of the fixture `<folder>/<name>.json`, made by the folder's weights.py."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"weights_{Path(folder).name}", Path(folder) / "weights.py")
+    weights = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(weights)
+    return weights.state_dict(str(Path(folder) / f"{name}.json"))
+
+
+def fixture_model_folder(folder: Path, name: str, output: Path) -> Path:
+    """A model folder (config, weights, processor) converted from the ml-cvnets fixture weights of `name`
+    (e.g. "mobilevit_xxs"): a released layout with known-good numbers, for benchmarks."""
+    from .conversion import convert_checkpoint
+
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    checkpoint = output.parent / f"{name}.pt"
+    torch.save(fixture_state_dict(folder, name), checkpoint)
+    convert_checkpoint(checkpoint, output, progress=False, overwrite=True)
+    return output
+
+
 def colour_class_folders(root: str | os.PathLike, names, per_class: int = 6, seed: int = 0) -> Path:
     """`root/<name>/<i>.png` for each class name: 36x36 images of the class's own colour plus noise."""
     import numpy as np
@@ -80,4 +103,3 @@ def colour_class_folders(root: str | os.PathLike, names, per_class: int = 6, see
             pixels = np.clip(colour + rng.normal(0, 15, (36, 36, 3)), 0, 255).astype(np.uint8)
             Image.fromarray(pixels).save(root / name / f"{i}.png")
     return root
-

@@ -147,7 +147,8 @@ CASES = {
     "train --output-stride 7": (TRAIN + ["--data", "{data}/abc", "--output-stride", "7", "--output-dir", "o"], 2),
     # predict
     "predict a missing image": (["predict", "{data}/nowhere.png", "--model", "{data}/model"], 1),
-    "predict a folder as image": (["predict", "{data}/abc", "--model", "{data}/model"], 1),
+    # a folder is an input (searched for images); one without any is the mistake
+    "predict a folder without images": (["predict", "{data}/empty", "--model", "{data}/model"], 1),
     "predict a text file as image": (["predict", "{data}/notes.txt", "--model", "{data}/model"], 1),
     "predict --top-k 10**6": (PREDICT + ["--top-k", "1000000"], 2),
     "predict --top-k -1": (PREDICT + ["--top-k", "-1"], 2),

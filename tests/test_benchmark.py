@@ -258,3 +258,57 @@ def test_train_mode_refuses_bad_arguments_before_building_a_model(capsys, monkey
     assert cli_main(["benchmark", "--mode", "train", *argv]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err.count("\n") == 1 and message in captured.err, captured.err
+
+
+@pytest.mark.parametrize("folder, task, stock", [
+    ("saved_classifier", "image-classification", "transformers.pipeline (MobileViTForImageClassification, "),
+    # stock transformers has no MobileViT detector: its pipeline runs this package's
+    ("saved_detector", "object-detection", "transformers.pipeline (MobileViTForObjectDetection, "),
+])
+def test_predict_mode_prints_every_row_and_the_goals_ratios(request, tmp_path, capsys, folder, task, stock):
+    """--mode predict on a handful of small generated JPEGs: the model alone, predict (its own process, with its
+    peak memory), stock transformers.pipeline at its best batch size, batch-1 latency, and the ratios."""
+    model = request.getfixturevalue(folder)
+    code = cli_main(["benchmark", "--mode", "predict", "--model", str(model), "--images", "6",
+                     "--photo-size", "80x60", "--batch-sizes", "1", "3", "--threads", "1", "--output", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert f"predict benchmark ({task}): 6 JPEGs of 80x60" in out and "load average" in out
+    for row in ("model alone (pytorch, batch 8", "mobilevit predict --runtime pytorch", stock,
+                "pytorch forward at batch 1"):
+        assert f"| {row}" in out
+    assert "predict / model alone (goal >= 0.8):" in out and "predict / transformers.pipeline at its best" in out
+    report = json.loads((tmp_path / "predict.json").read_text())
+    predict_row = next(r for r in report["rows"] if r["what"].startswith("mobilevit predict"))
+    assert predict_row["images_per_s"] > 0 and 50 < predict_row["peak_rss_mb"] < 4000
+    assert code == 0 and cli_main(["benchmark", "--mode", "predict", "--images", "0"]) == 2
+
+
+@pytest.mark.slow
+def test_predict_settings_script_compares_configs(load_benchmark_script, capsys):
+    script = load_benchmark_script("bench_predict_settings")
+    assert script.main(["--images", "4", "--photo-size", "64x48", "--configs", "b1", "b2-nopause-w1", "--rounds", "1",
+                        "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "b1:" in out and "b2-nopause-w1:" in out and "of the best" in out and "load average" in out
+
+
+def test_predict_mode_task_must_match_the_folder(saved_classifier, capsys):
+    assert cli_main(["benchmark", "--mode", "predict", "--model", str(saved_classifier), "--task", "detection"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"--task: expected image-classification (what --model {str(saved_classifier)!r} holds) or no "
+                        "--task, got object-detection") and len(err.splitlines()) == 1
+    assert cli_main(["benchmark", "--mode", "predict", "--task", "depth"]) == 2
+    assert "--task: expected one of" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_pipeline_script_times_ours_against_stock_and_compares_labels(load_benchmark_script, capsys):
+    script = load_benchmark_script("bench_pipeline")
+    assert script.main(["--images", "3", "--photo-size", "64x48", "--stock-batch-sizes", "1", "2", "--rounds", "1",
+                        "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "| mobilevit.pipeline (defaults) |" in out and "| transformers.pipeline batch 2 |" in out
+    assert "top-1 labels equal to mobilevit.pipeline's: 100.0% of 6" in out and "load average" in out
+    with pytest.raises(SystemExit):
+        script.main(["--images", "0"])

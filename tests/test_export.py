@@ -272,6 +272,39 @@ def test_refuses_to_overwrite(exported, capsys):
     assert not [p for p in output.parent.iterdir() if p.name.endswith(".tmp")]  # no half-written leftovers
 
 
+@pytest.mark.slow
+def test_openvino_takes_any_batch_states_its_shapes_and_the_settings_that_reproduce_the_check(model_dir, tmp_path,
+                                                                                             capsys):
+    """The IR declares [?, 3, 64, 64] and runs batches of 1, 2 and 5 like PyTorch (it took batch 1 only, and its
+    sidecar said [1, 3, 64, 64] while the IR said [?, 3, ?, ?]); another size is refused by the stated shape; the
+    command prints the CPU plugin settings the check ran with (OpenVINO's default on a bfloat16 CPU is bfloat16)."""
+    pytest.importorskip("openvino")
+    import openvino as ov
+
+    from mobilevit.export.openvino import openvino_runner
+
+    output = tmp_path / "model.xml"
+    assert export_cli("--format", "openvino", "--model", model_dir, "--output", output) == 0
+    printed = capsys.readouterr().out
+    assert "input pixel_values (NCHW): batch 1-4096, channels 3, height 64, width 64" in printed
+    assert 'runtime settings that reproduce the checked numbers: {"INFERENCE_PRECISION_HINT": "f32"}' in printed
+    sidecar = json.loads(output.with_name(output.name + ".json").read_text())
+    assert sidecar["input"]["shape"] == ["batch", 3, 64, 64]
+    assert sidecar["input"]["accepts"] == {"batch": [1, 4096], "channels": 3, "height": 64, "width": 64}
+    assert sidecar["runtime_config"] == {"INFERENCE_PRECISION_HINT": "f32"}
+    assert [c["inputs"] for c in sidecar["check"]["comparisons"]] == ["6 photos at 64x64", "1 photo at 64x64"]
+    assert str(ov.Core().read_model(str(output)).inputs[0].get_partial_shape()) == "[?,3,64,64]"
+    model = auto.load_model(model_dir).eval()
+    run = openvino_runner(output, "fp32", threads=2)
+    for batch in (1, 2, 5):
+        pixel_values = torch.rand(batch, 3, 64, 64, generator=torch.Generator().manual_seed(batch))
+        with torch.no_grad():
+            expected = model(pixel_values).logits
+        torch.testing.assert_close(torch.from_numpy(run(pixel_values.numpy())[0]), expected, atol=1e-4, rtol=0)
+    with pytest.raises(Exception, match="64"):
+        run(torch.rand(1, 3, 96, 96).numpy())
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Labelled data is read against the model's classes, by name (issue 27)
 # ---------------------------------------------------------------------------------------------------------

@@ -1,5 +1,7 @@
 """transformers pipelines over this package's classes: `mobilevit.pipeline` and plain `transformers.pipeline`."""
 
+import types
+
 import numpy as np
 import pytest
 import torch
@@ -121,6 +123,67 @@ def test_task_inference_and_bad_inputs(saved_classifier, tmp_path):
         task_of(config)
 
 
+# -- batching and streaming ------------------------------------------------------------------------------------
+def test_lists_give_lists_and_generators_give_generators_equal_to_single_calls(saved_classifier, photo, tmp_path):
+    photo.save(tmp_path / "photo.png")
+    images = [photo, photo.resize((90, 140)), np.asarray(photo.rotate(30)), str(tmp_path / "photo.png")] * 3
+    classify = pipeline(model=saved_classifier)
+    singles = [classify(image, top_k=2) for image in images]
+    assert isinstance(classify, transformers.ImageClassificationPipeline)
+    for batch_size in (1, 7, 32):
+        batched = classify(images, top_k=2, batch_size=batch_size)
+        assert isinstance(batched, list) and len(batched) == len(images)
+        for got, expected in zip(batched, singles):
+            assert [p["label"] for p in got] == [p["label"] for p in expected]
+            np.testing.assert_allclose([p["score"] for p in got], [p["score"] for p in expected], atol=1e-5)
+    streamed = classify((image for image in images), top_k=2, batch_size=5, num_workers=2)
+    assert isinstance(streamed, types.GeneratorType)
+    assert [r[0]["label"] for r in streamed] == [r[0]["label"] for r in singles]
+    # any other iterable (a torch Dataset, KeyDataset, ...) streams too
+    assert len(list(classify(iter(images[:3])))) == 3
+
+
+def test_segmentation_batches_images_of_different_sizes_each_at_its_own_size(saved_segmenter, photo):
+    images = [photo, photo.resize((96, 288)), photo, photo.resize((288, 96))]
+    segment = pipeline(model=saved_segmenter)
+    for annotations, image in zip(segment(images, batch_size=4), images):
+        single = segment(image)
+        assert [a["label"] for a in annotations] == [a["label"] for a in single]
+        for got, expected in zip(annotations, single):
+            assert got["mask"].size == image.size
+            assert (np.asarray(got["mask"]) == np.asarray(expected["mask"])).mean() > 0.999
+
+
+def test_urls_are_refused_and_unknown_runtimes_are_named(saved_classifier):
+    from mobilevit.image_reading import ImageError
+    from mobilevit.runtimes import RuntimeChoiceError
+
+    classify = pipeline(model=saved_classifier)
+    with pytest.raises(ImageError, match="inputs\\[0\\]: expected a local file.*does not download"):
+        classify("https://example.com/cat.jpg")
+    with pytest.raises(RuntimeChoiceError, match="expected one of pytorch, onnxruntime, openvino, got 'tvm'"):
+        pipeline(model=saved_classifier, runtime="tvm")
+    with pytest.raises(TypeError):
+        classify(np.zeros((8, 8, 3), np.uint8), no_such_option=1)
+
+
+@pytest.mark.slow
+def test_an_openvino_pipeline_streams_like_the_pytorch_one(saved_classifier, photo, tmp_path):
+    """runtime="openvino": the model's IR at its crop size with a free batch, exported once into the cache given,
+    checked on the first batch; then results within 1e-4 of PyTorch's for batches of any size."""
+    pytest.importorskip("openvino")
+    images = [photo.rotate(20 * i) for i in range(9)]
+    reference = pipeline(model=saved_classifier)(images, top_k=3)
+    fast = pipeline(model=saved_classifier, runtime="openvino", runtime_cache=tmp_path)
+    assert fast.runtime.entry.parent == tmp_path / "runtimes" and "64x64" in fast.runtime.entry.name
+    for batch_size in (4, 1):
+        got = list(fast((image for image in images), top_k=3, batch_size=batch_size))
+        for result, expected in zip(got, reference):
+            assert [p["label"] for p in result] == [p["label"] for p in expected]
+            np.testing.assert_allclose([p["score"] for p in result], [p["score"] for p in expected], atol=1e-4)
+    assert fast.runtime.comparison.max_abs_error <= 1e-4
+
+
 def test_detection_pipeline_equals_the_processor_and_stock_transformers_pipeline(saved_detector, photo):
     """mobilevit.pipeline (task read from the folder) and stock transformers' object-detection pipeline on the same
     model and processor give the same detections, those of the processor's post-processing in the photo's pixels."""
@@ -149,3 +212,30 @@ def test_detection_pipeline_equals_the_processor_and_stock_transformers_pipeline
         logging.getLogger("transformers.pipelines.base").setLevel(logging.NOTSET)
     assert stock(photo, threshold=0.3) == ours
     assert detect(photo) == stock(photo)  # the pipeline's own default threshold (0.5) in both
+
+
+def test_detection_pipeline_batches_and_streams_images_of_any_size(saved_detector, photo):
+    """Detection streams like the other tasks: a list of photos of different sizes (each squashed to the model's
+    size, so they share batches) gives each the detections it gets alone, boxes in its own pixels; a generator
+    gives a generator."""
+    images = [photo, photo.resize((90, 140)), np.asarray(photo.rotate(30)), photo.resize((200, 60))]
+    detect = pipeline(model=saved_detector)
+    singles = [detect(image, threshold=0.2) for image in images]
+    assert all(singles) and isinstance(detect, transformers.ObjectDetectionPipeline)
+    for batch_size in (1, 3):
+        batched = detect(images, threshold=0.2, batch_size=batch_size)
+        assert isinstance(batched, list) and len(batched) == len(images)
+        for got, expected in zip(batched, singles):
+            assert [d["label"] for d in got] == [d["label"] for d in expected]
+            np.testing.assert_allclose([d["score"] for d in got], [d["score"] for d in expected], atol=1e-5)
+            # whole pixels (stock's int()): float32 rounding of another batch may move an edge across one
+            np.testing.assert_allclose([list(d["box"].values()) for d in got],
+                                       [list(d["box"].values()) for d in expected], atol=1)
+    streamed = detect((image for image in images), threshold=0.2, batch_size=4, num_workers=2)
+    assert isinstance(streamed, types.GeneratorType)
+    results = list(streamed)
+    assert [len(r) for r in results] == [len(s) for s in singles]
+    for result, image in zip(results, images):
+        height, width = np.asarray(image).shape[:2]
+        assert all(0 <= d["box"]["xmin"] <= d["box"]["xmax"] <= width and
+                   0 <= d["box"]["ymin"] <= d["box"]["ymax"] <= height for d in result)

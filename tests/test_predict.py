@@ -2,13 +2,24 @@
 
 import json
 import os
+import re
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from mobilevit import cli
-from mobilevit.predict import class_areas, color_palette
+from mobilevit import MobileViTImageProcessor, auto, cli
+from mobilevit import predict as predict_module
+from mobilevit.errors import EXIT_DATA, EXIT_USAGE
+from mobilevit.predict import PredictError, class_areas, color_palette
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +81,9 @@ def test_segmentation_writes_mask_and_figure_and_prints_class_areas(saved_segmen
         assert sum(a["percent"] for a in result["areas"]) == pytest.approx(100.0)
         figure = Image.open(result["figure"])
         assert figure.format == "PNG" and figure.width > photo.width
-    assert sorted(os.listdir(out_dir)) == ["photo_mask.png", "photo_segmentation.png", "rgba_mask.png",
-                                           "rgba_segmentation.png"]
+    assert sorted(os.listdir(out_dir)) == ["photo_mask.png", "photo_segmentation.png", "predictions.jsonl",
+                                           "rgba_mask.png", "rgba_segmentation.png"]
+    assert [json.loads(line) for line in (out_dir / "predictions.jsonl").read_text().splitlines()] == results
 
     # text output; an existing output is not replaced without --overwrite
     before = (out_dir / "photo_mask.png").read_bytes()
@@ -84,7 +96,7 @@ def test_segmentation_writes_mask_and_figure_and_prints_class_areas(saved_segmen
 
 
 @pytest.mark.parametrize("name, message", [
-    ("missing.jpg", "does not exist"),
+    ("missing.jpg", "no such file or folder"),
     ("notes.txt", "is not an image file"),
     ("truncated.jpg", "cannot be decoded"),
 ])
@@ -124,18 +136,6 @@ def test_palette_is_distinct_and_starts_black():
 
 
 # -- every mistake is one line, found before the model runs ---------------------------------------------------------
-import shutil
-import stat
-from types import SimpleNamespace
-
-import torch
-
-from mobilevit import MobileViTImageProcessor, auto
-from mobilevit import predict as predict_module
-from mobilevit.errors import EXIT_DATA, EXIT_USAGE
-from mobilevit.predict import PredictError
-
-
 def one_line_error(capsys, *argv) -> tuple[int, str]:
     code, out, err = run(capsys, *argv)
     lines = err.strip().splitlines()
@@ -217,6 +217,11 @@ def test_a_missing_model_folder_says_so(images, capsys, model, message):
     (["--device", "cuda"], "--device: expected a device this machine has, got 'cuda' (torch sees no cuda device here)",
      EXIT_DATA),
     (["--top-k", "0"], "--top-k: expected an integer from 1 to 100000", EXIT_USAGE),
+    (["--batch-size", "0"], "--batch-size: expected an integer from 1 to 4096, got 0", EXIT_USAGE),
+    (["--workers", "-1"], "--workers: expected an integer from 0 (read in the main thread) to 64, got -1", EXIT_USAGE),
+    (["--threads", "0"], "--threads: expected an integer from 1 to 1024, got 0", EXIT_USAGE),
+    (["--resume", "--overwrite", "--output-dir", "out"], "--resume: continues the results in --output-dir, --overwrite "
+     "replaces them; pass one", EXIT_USAGE),
     (["--task", "depth-estimation"], "--task: expected one of", EXIT_USAGE),
 ])
 def test_bad_arguments_are_refused_before_loading_anything(saved_classifier, images, capsys, monkeypatch, argv,
@@ -229,8 +234,9 @@ def test_bad_arguments_are_refused_before_loading_anything(saved_classifier, ima
 
 def test_output_problems_are_found_before_the_model_runs(saved_classifier, saved_segmenter, images, tmp_path, capsys,
                                                          monkeypatch):
-    monkeypatch.setattr(predict_module, "classify", lambda *a, **k: pytest.fail("the model ran"))
-    monkeypatch.setattr(predict_module, "segment", lambda *a, **k: pytest.fail("the model ran"))
+    import mobilevit.inference
+
+    monkeypatch.setattr(mobilevit.inference, "stream", lambda *a, **k: pytest.fail("the model ran"))
     (tmp_path / "a-file").write_text("not a folder")
     for model, output, message, code in [
         (saved_classifier, tmp_path / "a-file", "--output-dir: expected a folder, got", EXIT_DATA),
@@ -269,7 +275,8 @@ def test_outputs_have_ordinary_permissions(saved_segmenter, saved_classifier, im
     finally:
         os.umask(mask)
     written = sorted((tmp_path / "seg").iterdir()) + sorted((tmp_path / "cls").iterdir())
-    assert [p.name for p in written] == ["photo_mask.png", "photo_segmentation.png", "predictions.json"]
+    assert [p.name for p in written] == ["photo_mask.png", "photo_segmentation.png", "predictions.jsonl",
+                                         "predictions.jsonl"]
     assert {stat.S_IMODE(p.stat().st_mode) for p in written} == {0o644}
 
 
@@ -343,6 +350,163 @@ def test_segmentation_of_a_wide_photo_from_the_command_line(saved_segmenter, tmp
     assert Image.open(json.loads(out)[0]["mask"]).size == (288, 96)
 
 
+# -- folders, streaming, resume, several processes ----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory, photo):
+    """photos/ with nested sub-folders: 12 images of three sizes (wide, tall, square) and formats, a text file and
+    an image whose data is cut off after its header."""
+    root = tmp_path_factory.mktemp("folder") / "photos"
+    for i in range(12):
+        sub = root / ("" if i < 4 else "trip" if i < 8 else "trip/day2")
+        sub.mkdir(parents=True, exist_ok=True)
+        size = [(160, 107), (96, 128), (80, 80)][i % 3]
+        picture = photo.resize(size).rotate(15 * i)
+        picture.save(sub / f"img{i:02d}.{'jpg' if i % 2 else 'png'}")
+    (root / "trip" / "notes.txt").write_text("not an image")
+    data = (root / "img01.jpg").read_bytes()
+    (root / "trip" / "day2" / "cut.jpg").write_bytes(data[: len(data) // 2])
+    return root
+
+
+def _lines(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_a_folder_with_sub_folders_a_text_file_and_a_truncated_image(saved_segmenter, folder, tmp_path, capsys):
+    out_dir = tmp_path / "out"
+    code, out, err = run(capsys, folder, "--model", saved_segmenter, "--output-dir", out_dir, "--workers", 2)
+    lines = err.strip().splitlines()
+    assert code == EXIT_DATA and out.count("mask: ") < 12
+    assert lines[0] == "skipped 1 file without an image extension in the folders (1 .txt)"
+    assert lines[-1].startswith("mobilevit predict: error: image ") and str(folder / "trip/day2/cut.jpg") in lines[-1]
+    assert "cannot be decoded, the file is truncated or corrupt" in lines[-1] and "--skip-bad-images" in lines[-1]
+    assert "Traceback" not in err
+    # what was finished before it is kept for --resume, and no results file claims the run is complete
+    assert not (out_dir / "predictions.jsonl").exists()
+    kept = _lines(out_dir / "predictions.jsonl.partial")
+    assert len(kept) == 8 and "--resume continues" in lines[-1]  # the 8 images before it, in input order
+
+    code, out, err = run(capsys, folder, "--model", saved_segmenter, "--output-dir", out_dir, "--resume",
+                         "--skip-bad-images", "--json")
+    assert code == 0, err
+    assert f"skipped {folder / 'trip/day2/cut.jpg'}: image" in err and "resuming: 8 of 13 images" in err
+    results = _lines(out_dir / "predictions.jsonl")
+    names = [r["image"] for r in results]
+    assert len(names) == len(set(names)) == 12 and names == sorted(names, key=lambda n: (n.count("/"), n))
+    assert [r["image"] for r in json.loads(out)] == names[8:]  # this run's own results on stdout
+    assert not list(out_dir.glob("*.partial"))
+    # sub-folders are kept in the output names, each mask has its photo's size
+    for result in results:
+        relative = Path(result["image"]).relative_to(folder).with_suffix("")
+        assert result["mask"] == str(out_dir / f"{relative}_mask.png")
+        assert Image.open(result["mask"]).size == Image.open(result["image"]).size
+
+
+def test_batch_sizes_give_the_same_predictions(saved_classifier, saved_segmenter, folder, tmp_path, capsys):
+    by_batch = {}
+    for batch in (1, 7, 32):
+        code, out, err = run(capsys, folder, "--model", saved_classifier, "--top-k", 3, "--batch-size", batch,
+                             "--skip-bad-images", "--json")
+        assert code == 0, err
+        by_batch[batch] = json.loads(out)
+    for batch in (7, 32):
+        assert [r["image"] for r in by_batch[batch]] == [r["image"] for r in by_batch[1]]
+        for got, expected in zip(by_batch[batch], by_batch[1]):
+            assert [p["label"] for p in got["predictions"]] == [p["label"] for p in expected["predictions"]]
+            np.testing.assert_allclose([p["score"] for p in got["predictions"]],
+                                       [p["score"] for p in expected["predictions"]], atol=1e-5)
+    # segmentation: images of three shapes, each batch of one shape; every mask as predicted alone
+    masks = {}
+    for batch in (1, 7):
+        out_dir = tmp_path / f"seg{batch}"
+        assert run(capsys, folder, "--model", saved_segmenter, "--batch-size", batch, "--skip-bad-images",
+                   "--output-dir", out_dir)[0] == 0
+        masks[batch] = {r["image"]: np.asarray(Image.open(r["mask"])) for r in _lines(out_dir / "predictions.jsonl")}
+    model, processor, _ = auto.load_model_and_processor(saved_segmenter)
+    from mobilevit.image_reading import image_pixels, open_image
+
+    for name, mask in masks[7].items():
+        alone = predict_module.segment(model, processor, image_pixels(open_image(name), name))
+        assert (mask == masks[1][name]).mean() > 0.999 and (mask == alone).mean() > 0.999
+
+
+def test_text_output_and_top_k_for_a_few_files_stay_as_they_were(saved_classifier, images, capsys):
+    code, out, err = run(capsys, images / "photo.jpg", images / "gray.png", "--model", saved_classifier, "--top-k", 2)
+    assert code == 0 and err == ""
+    lines = out.splitlines()
+    assert lines[0] == str(images / "photo.jpg") and lines[3] == str(images / "gray.png") and len(lines) == 6
+    assert all(re.fullmatch(r"  0\.\d{4}  (cat|dog|bird)", line) for line in lines[1:3] + lines[4:])
+
+
+KILLER = """
+import dataclasses, os, signal, sys
+import mobilevit.predict as predict
+calls, limit = [0], int(os.environ["KILL_AFTER"])
+original = predict.WRITERS["image-classification"]
+
+def record(*args):
+    calls[0] += 1
+    if calls[0] > limit:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return original.record(*args)
+
+predict.WRITERS["image-classification"] = dataclasses.replace(original, record=record)
+from mobilevit.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _predict_process(argv, **env):
+    environment = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent), **env}
+    return subprocess.run([sys.executable, "-c", KILLER, "predict", *map(str, argv)], capture_output=True, text=True,
+                          env=environment, timeout=600)
+
+
+def test_a_killed_run_resumed_gives_the_uninterrupted_results_file(saved_classifier, folder, tmp_path, capsys):
+    """A real SIGKILL after at most 5 results (a child process), then --resume here: the same file, byte for byte,
+    as one run without a kill."""
+    argv = [folder, "--model", saved_classifier, "--batch-size", 1, "--workers", 2, "--skip-bad-images"]
+    assert run(capsys, *argv, "--output-dir", tmp_path / "whole")[0] == 0
+    killed = _predict_process([*argv, "--output-dir", tmp_path / "resumed"], KILL_AFTER="5")
+    assert killed.returncode == -signal.SIGKILL
+    assert not (tmp_path / "resumed" / "predictions.jsonl").exists()
+    kept = len(_lines(tmp_path / "resumed" / "predictions.jsonl.partial"))
+    assert 0 < kept <= 5  # records are made on worker threads: the kill may come before the last ones are written
+    code, line = one_line_error(capsys, *argv, "--output-dir", tmp_path / "resumed")
+    assert code == EXIT_DATA and "predictions.jsonl.partial' already exists (pass --resume" in line
+    code, out, err = run(capsys, *argv, "--output-dir", tmp_path / "resumed", "--resume")
+    assert code == 0, err
+    assert f"resuming: {kept} of 13 images already have results" in err
+    assert len([line for line in out.splitlines() if not line.startswith(" ")]) == 12 - kept  # only the rest
+    whole_bytes = (tmp_path / "whole" / "predictions.jsonl").read_bytes()
+    assert (tmp_path / "resumed" / "predictions.jsonl").read_bytes() == whole_bytes
+    names = [r["image"] for r in _lines(tmp_path / "whole" / "predictions.jsonl")]
+    assert len(names) == len(set(names)) == 12
+    assert sorted(os.listdir(tmp_path / "resumed")) == ["predictions.jsonl"]
+
+
+@pytest.mark.slow
+def test_two_processes_share_the_images_and_merge_one_file(saved_classifier, folder, tmp_path):
+    """torchrun with two processes (gloo, CPU): each image once, one merged file equal to a single process's."""
+    single = _predict_process([folder, "--model", saved_classifier, "--skip-bad-images", "--output-dir",
+                               tmp_path / "one"], KILL_AFTER="1000")
+    assert single.returncode == 0, single.stderr
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "mobilevit", "predict", str(folder), "--model", str(saved_classifier), "--skip-bad-images",
+               "--output-dir", str(tmp_path / "two"), "--threads", "1"]
+    environment = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent), "OMP_NUM_THREADS": "1"}
+    completed = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=900)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    merged, alone = _lines(tmp_path / "two" / "predictions.jsonl"), _lines(tmp_path / "one" / "predictions.jsonl")
+    assert [r["image"] for r in merged] == [r["image"] for r in alone]
+    for got, expected in zip(merged, alone):
+        assert [p["label"] for p in got["predictions"]] == [p["label"] for p in expected["predictions"]]
+        np.testing.assert_allclose([p["score"] for p in got["predictions"]],
+                                   [p["score"] for p in expected["predictions"]], atol=1e-5)
+    assert sorted(os.listdir(tmp_path / "two")) == ["predictions.jsonl"]
+    assert completed.stderr.count("skipped ") >= 2  # each process lists the bad image it met (all check all)
+
+
 # -- detection ---------------------------------------------------------------------------------------------------
 KNOWN_BOX = (0.15, 0.25, 0.6, 0.8)  # normalised corners the detector below always finds
 
@@ -399,7 +563,7 @@ def test_detection_draws_the_box_on_the_objects_pixels(known_box_detector, tmp_p
                          "--json", "--threshold", 0.05)
     assert code == 0, err
     (result,) = json.loads(out)
-    assert json.loads((out_dir / "detections.json").read_text()) == [result]
+    assert [json.loads(line) for line in (out_dir / "predictions.jsonl").read_text().splitlines()] == [result]
     (found,) = result["detections"]
     assert found["label"] == "square" and found["score"] > 0.99
     assert [found["box"][k] for k in ("xmin", "ymin", "xmax", "ymax")] == pytest.approx([x1, y1, x2, y2], abs=0.01)
@@ -424,39 +588,54 @@ def test_detection_prints_boxes_and_respects_threshold_and_cap(saved_detector, i
     assert lines[0] == str(images / "photo.jpg") and lines[-1].strip().startswith("figure:")
     scores = [float(line.split()[0]) for line in lines[1:-1]]
     assert 0 < len(scores) <= 3 and all(s > 0.2 for s in scores) and scores == sorted(scores, reverse=True)
-    assert sorted(os.listdir(tmp_path)) == ["detections.json", "photo_detections.png"]
+    assert sorted(os.listdir(tmp_path)) == ["photo_detections.png", "predictions.jsonl"]
     code, _, err = run(capsys, images / "photo.jpg", "--model", saved_detector, "--output-dir", tmp_path)
     assert code == 1 and "already exists" in err  # nothing replaced without --overwrite
 
 
-def test_detection_outputs_land_whole(saved_detector, images, tmp_path, capsys, monkeypatch):
-    """detections.json describes every picture: a run that fails at its second image leaves none of them (the
-    pictures were written one by one), and a rerun with --overwrite replaces the set as one."""
+def test_an_output_folder_is_claimed_and_a_failed_run_keeps_its_results(saved_detector, images, tmp_path, capsys,
+                                                                         monkeypatch):
+    """The merge of issue 27's output claims with streaming: a folder another run writes is refused in one line
+    before anything is written there; predict's own results stream into its claimed folder, so a run that fails
+    at its second image keeps the first one's result and picture, and --resume completes them."""
     shutil.copy(images / "photo.jpg", tmp_path / "second.jpg")
     out_dir = tmp_path / "out"
-    code, _, err = run(capsys, images / "photo.jpg", "--model", saved_detector, "--output-dir", out_dir)
-    assert code == 0, err
-    before = {name: (out_dir / name).read_bytes() for name in os.listdir(out_dir)}
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from mobilevit.file_utils import claim_output; "
+                               "claim = claim_output(sys.argv[1], '--output-dir'); print('claimed', flush=True); "
+                               "time.sleep(120)", str(out_dir)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "claimed"
+        code, line = one_line_error(capsys, images / "photo.jpg", "--model", saved_detector, "--output-dir", out_dir)
+        assert code == 1 and "is being written by another run, process" in line and str(out_dir) in line
+        assert not out_dir.exists() or not any(out_dir.iterdir())  # nothing written there
+    finally:
+        holder.kill()
+        holder.wait()
     drawn = []
 
     def second_fails(photo, detections, palette):
         drawn.append(photo)
         if len(drawn) == 2:
             raise PredictError("image 'second.jpg': cannot be drawn (as a full disk would end it)")
-        return b"new picture"
+        return b"first picture"
 
     monkeypatch.setattr(predict_module, "detections_picture", second_fails)
-    code, line = one_line_error(capsys, images / "photo.jpg", tmp_path / "second.jpg", "--model", saved_detector,
-                                "--output-dir", out_dir, "--overwrite")
-    assert code == EXIT_DATA and "cannot be drawn" in line
-    assert {name: (out_dir / name).read_bytes() for name in os.listdir(out_dir)} == before  # not a file changed
-    monkeypatch.setattr(predict_module, "detections_picture", lambda *a: b"new picture")
     code, out, err = run(capsys, images / "photo.jpg", tmp_path / "second.jpg", "--model", saved_detector,
-                         "--output-dir", out_dir, "--overwrite", "--json")
+                         "--output-dir", out_dir, "--batch-size", 1, "--workers", 0)
+    assert code == EXIT_DATA and err.strip().splitlines()[-1].startswith("mobilevit predict: error: ")
+    assert "cannot be drawn" in err and "Traceback" not in err and out.startswith(str(images / "photo.jpg"))
+    assert [r["image"] for r in _lines(out_dir / "predictions.jsonl.partial")] == [str(images / "photo.jpg")]
+    assert (out_dir / "photo_detections.png").read_bytes() == b"first picture"
+    assert not (out_dir / "predictions.jsonl").exists() and not (out_dir / "second_detections.png").exists()
+    monkeypatch.setattr(predict_module, "detections_picture", lambda *a: b"second picture")
+    code, _, err = run(capsys, images / "photo.jpg", tmp_path / "second.jpg", "--model", saved_detector,
+                       "--output-dir", out_dir, "--resume")
     assert code == 0, err
-    assert sorted(os.listdir(out_dir)) == ["detections.json", "photo_detections.png", "second_detections.png"]
-    assert [r["image"] for r in json.loads((out_dir / "detections.json").read_text())] == [
-        str(images / "photo.jpg"), str(tmp_path / "second.jpg")]
+    assert [r["image"] for r in _lines(out_dir / "predictions.jsonl")] == [str(images / "photo.jpg"),
+                                                                        str(tmp_path / "second.jpg")]
+    assert (out_dir / "photo_detections.png").read_bytes() == b"first picture"  # finished: not redone
+    assert (out_dir / "second_detections.png").read_bytes() == b"second picture"
+    assert not [p for p in out_dir.parent.iterdir() if p.name.startswith(".out")]  # the claim's lock is gone
 
 
 @pytest.mark.parametrize("setting, message", [
@@ -489,3 +668,41 @@ def test_a_detection_rule_outside_the_limits_is_one_line(saved_detector, images,
 def test_bad_detection_arguments(saved_detector, images, capsys, argv, message):
     code, _, err = run(capsys, images / "photo.jpg", "--model", saved_detector, *argv)
     assert code == 2 and err.strip().endswith(message) and len(err.strip().splitlines()) == 1
+
+
+def test_detection_streams_a_folder_in_batches_and_resumes(saved_detector, folder, tmp_path, capsys):
+    """Detection goes through the streaming engine like the other tasks: images of three sizes (each squashed to
+    the model's size, so they share batches) find the same boxes at batch 1 and 7, each picture named after the
+    image's path below the folder; a run cut off after 5 results (a 6th line half written) continued with
+    --resume gives the uninterrupted run's results file, and writes only the pictures of the images it redoes."""
+    argv = [folder, "--model", saved_detector, "--threshold", 0.2, "--skip-bad-images"]
+    results = {}
+    for batch in (1, 7):
+        code, out, err = run(capsys, *argv, "--batch-size", batch, "--output-dir", tmp_path / f"b{batch}")
+        assert code == 0, err
+        results[batch] = _lines(tmp_path / f"b{batch}" / "predictions.jsonl")
+    assert len(results[1]) == 12 and sum(len(r["detections"]) for r in results[1]) > 12
+    assert [r["image"] for r in results[7]] == [r["image"] for r in results[1]]
+    for got, expected in zip(results[7], results[1]):
+        assert [d["label"] for d in got["detections"]] == [d["label"] for d in expected["detections"]]
+        np.testing.assert_allclose([d["score"] for d in got["detections"]],
+                                   [d["score"] for d in expected["detections"]], atol=1e-5)
+        np.testing.assert_allclose([list(d["box"].values()) for d in got["detections"]],
+                                   [list(d["box"].values()) for d in expected["detections"]], atol=0.011)  # 0.01 px
+        relative = Path(got["image"]).relative_to(folder).with_suffix("")
+        assert got["figure"] == str(tmp_path / "b7" / f"{relative}_detections.png")
+        assert Image.open(got["figure"]).size == Image.open(got["image"]).size
+
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    whole = (tmp_path / "b1" / "predictions.jsonl").read_bytes().replace(str(tmp_path / "b1").encode(),
+                                                                        str(resumed).encode())
+    lines = whole.splitlines(keepends=True)
+    (resumed / "predictions.jsonl.partial").write_bytes(b"".join(lines[:5]) + lines[5][:40])
+    code, out, err = run(capsys, *argv, "--batch-size", 1, "--output-dir", resumed, "--resume")
+    assert code == 0, err
+    assert "resuming: 5 of 13 images already have results" in err
+    assert (resumed / "predictions.jsonl").read_bytes() == whole
+    redone = sorted(str(p.relative_to(resumed)) for p in resumed.rglob("*.png"))
+    assert redone == sorted(str(Path(r["figure"]).relative_to(tmp_path / "b1")) for r in results[1][5:])
+    assert len([line for line in out.splitlines() if not line.startswith(" ")]) == 7  # only the images redone

@@ -129,7 +129,8 @@ def test_predict_on_v2_folders(saved_v2_classifier, saved_v2_segmenter, photo, t
     assert cli_main(["predict", str(tmp_path / "photo.jpg"), "--model", str(saved_v2_segmenter), "--output-dir",
                      str(tmp_path / "masks"), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)[0]
-    assert sorted(p.name for p in (tmp_path / "masks").iterdir()) == ["photo_mask.png", "photo_segmentation.png"]
+    assert sorted(p.name for p in (tmp_path / "masks").iterdir()) == ["photo_mask.png", "photo_segmentation.png",
+                                                                  "predictions.jsonl"]
     assert sum(a["percent"] for a in result["areas"]) == pytest.approx(100.0)
 
 

@@ -173,7 +173,7 @@ def _export(chosen, precision, output, targets, model_dir, calibration_data, cal
 
     with staged_outputs(targets, overwrite=overwrite, argument="--output", error=ExportError) as staged:
         log(f"exporting {task} model ({model.config.model_type}) to {chosen.title} {precision} at "
-            f"{'dynamic size' if not chosen.fixed_size else f'{size[0]}x{size[1]}'} ...")
+            f"{'dynamic size' if not chosen.is_fixed_size(job) else f'{size[0]}x{size[1]}'} ...")
         with quiet_exporters():
             facts = chosen.write(job, staged.path(output))
         sidecar = _sidecar(chosen, job, output, model, task, facts, staged)
@@ -193,16 +193,20 @@ def _export(chosen, precision, output, targets, model_dir, calibration_data, cal
 
 
 def _check_in_runtime(chosen: Format, job: ExportJob, runner) -> dict:
-    """Real photos (and, for a dynamic graph, another batch and an odd size) through artefact and PyTorch."""
+    """Real photos through artefact and PyTorch: all of them in one batch; for a fixed-size graph of any batch size
+    also one alone; for a graph of any size also two at an odd size."""
     channels = job.graph.config.num_channels
     cases = [check_inputs(job.processor, job.size, channels)]
-    if not chosen.fixed_size and job.precision == "fp32":  # int8 is checked at the size it was calibrated at
+    if chosen.dynamic_batch and chosen.is_fixed_size(job):
+        cases.append(cases[0][:1])
+    if not chosen.is_fixed_size(job) and job.precision == "fp32":  # int8 is checked at the size it was calibrated at
         cases.append(check_inputs(job.processor, ODD_SIZE, channels)[:2])
     results = []
     for pixel_values in cases:
         with torch.no_grad():
             expected = job.graph(pixel_values)
-        described = f"{len(pixel_values)} photos at {pixel_values.shape[-2]}x{pixel_values.shape[-1]}"
+        described = (f"{len(pixel_values)} photo{'s' * (len(pixel_values) != 1)} at "
+                     f"{pixel_values.shape[-2]}x{pixel_values.shape[-1]}")
         comparison = compare(expected, runner(pixel_values.numpy()), job.graph.task, described)
         enforce_bound(comparison, job.precision, chosen.runtime)
         results.append(comparison.as_dict())
@@ -242,9 +246,8 @@ def _sidecar(chosen: Format, job: ExportJob, output: Path, model, task: str, fac
         "model_type": config.model_type,
         "variant": getattr(config, "variant", None),
         "source_model": str(Path(job.model_dir).resolve()) if job.model_dir else None,
-        "input": {"name": "pixel_values", "layout": "NCHW", "dtype": "float32",
-                  "shape": ["batch", config.num_channels, "height", "width"] if not chosen.fixed_size
-                  else [1, config.num_channels, *job.size]},
+        "input": {"name": "pixel_values", "layout": "NCHW", "dtype": "float32", "shape": chosen.input_shape(job),
+                  "accepts": chosen.accepted_shapes(job)},
         "outputs": job.graph.output_names(),
         "preprocessing": preprocessing_of(job.processor),
         "id2label": {str(k): v for k, v in config.id2label.items()} if task in (CLASSIFICATION, SEGMENTATION,
@@ -287,27 +290,34 @@ def _size(path: Path) -> int:
 
 
 def export_model(model, format: str, output, precision: str = "fp32", image_size: int | None = None,
-                 calibration_images=None, overwrite: bool = False) -> dict:
-    """Export an in-memory model (no folder, no sidecar), checked in its runtime on the shipped photos; what
-    `mobilevit benchmark` times. int8 calibrates on `calibration_images` (default: the shipped photos)."""
+                 calibration_images=None, overwrite: bool = False, *, size: tuple[int, int] | None = None,
+                 dynamic_size: bool = False, processor=None, threads: int | None = None) -> dict:
+    """Export an in-memory model, checked in its runtime on the shipped photos; what `mobilevit benchmark` times
+    and the runtime cache (`mobilevit.runtimes`) keeps. Writes the sidecar beside the artefact too and returns
+    its content. `size` (height, width) or `image_size` (a square) sets the input of a fixed-size graph (default:
+    the processor's); `dynamic_size` asks a format that can (ONNX, OpenVINO) for every size. int8 calibrates on
+    `calibration_images` (default: the shipped photos)."""
     chosen, output = FORMATS[format], Path(output)
-    targets = [output, *chosen.companion_paths(output)]
+    targets = output_paths(chosen, output)
     check_output_files(targets, "output", overwrite=overwrite, folders=[output] if chosen.is_folder else [],
                        error=ExportError)
     graph = MainOutputs(model.eval()).eval()
-    processor = auto.image_processor_for(model.config, auto.task_of_model(model))
-    size = (image_size, image_size) if image_size else input_size(processor, model.config)
+    if processor is None:
+        processor = auto.image_processor_for(model.config, auto.task_of_model(model))
+    size = tuple(size) if size else (image_size, image_size) if image_size else input_size(processor, model.config)
     calibration = None
     if precision in chosen.calibrated:
         images = calibration_images if calibration_images is not None else sample_photos()
         calibration = [preprocess(processor, images, size)]
-    job = ExportJob(graph, processor, size, precision, calibration)
+    job = ExportJob(graph, processor, size, precision, calibration, threads, dynamic_size=dynamic_size)
     with claim_output(targets, "output", error=ExportError), \
             staged_outputs(targets, overwrite=overwrite, argument="output", error=ExportError) as staged, \
             quiet_exporters():
         facts = chosen.write(job, staged.path(output))
-        _check_in_runtime(chosen, job, chosen.runner(staged.path(output), job))
-    return facts
+        sidecar = _sidecar(chosen, job, output, model, graph.task, facts, staged)
+        sidecar["check"] = _check_in_runtime(chosen, job, chosen.runner(staged.path(output), job))
+        write_sidecar(staged.path(sidecar_path(output)), sidecar)
+    return sidecar
 
 
 def export_onnx(model, output, overwrite: bool = False, image_size: int | None = None) -> None:

@@ -9,7 +9,7 @@ import torch
 
 from .. import export_mode
 from ..errors import require
-from .common import MainOutputs, Runner
+from .common import MAX_BATCH, MAX_SIDE, MainOutputs, Runner
 
 
 @dataclass
@@ -23,11 +23,11 @@ class ExportJob:
     calibration: list[torch.Tensor] | None  # preprocessed batches (int8 with activation quantization)
     threads: int | None = None
     model_dir: Path | None = None  # the saved folder the graph was loaded from (for a child process)
+    dynamic_size: bool = False  # asked for a graph of every height and width (formats that have one: ONNX, OpenVINO)
 
-    @property
-    def example(self) -> torch.Tensor:
+    def example(self, batch: int = 1) -> torch.Tensor:
         generator = torch.Generator().manual_seed(0)
-        return torch.rand(1, self.graph.config.num_channels, *self.size, generator=generator)
+        return torch.rand(batch, self.graph.config.num_channels, *self.size, generator=generator)
 
 
 class Format:
@@ -42,7 +42,9 @@ class Format:
     precisions: tuple[str, ...]  # --quantize values, "fp32" (none) first
     calibrated: tuple[str, ...] = ()  # precisions that quantize activations and need calibration images
     runtime: str  # the runtime the artefact is checked in ("" when none runs here)
-    fixed_size: bool = True  # the graph serves the example's size only
+    fixed_size: bool = True  # the graph serves the example's size only (unless the job asks for every size)
+    dynamic_batch: bool = False  # the graph takes any batch size (else batch 1)
+    can_take_every_size: bool = False  # a job may ask for every height and width (`ExportJob.dynamic_size`)
     explicit_layer_norm: bool = False  # see export_mode.ExplicitLayerNorm
     is_folder: bool = False  # the artefact is a folder (.mlpackage)
     companions: tuple[str, ...] = ()  # files written beside the artefact (OpenVINO's .bin)
@@ -52,10 +54,30 @@ class Format:
         for module in self.modules + tuple(self.precision_modules.get(precision, ())):
             require(module, self.extra, f"mobilevit export --format {self.name} --quantize {precision}")
 
+    def is_fixed_size(self, job: ExportJob) -> bool:
+        return self.fixed_size and not (job.dynamic_size and self.can_take_every_size)
+
+    def accepted_shapes(self, job: ExportJob) -> dict:
+        """Every input shape the artefact takes: an int (that size only) or [min, max] per axis."""
+        batch = [1, MAX_BATCH] if self.dynamic_batch or not self.is_fixed_size(job) else 1
+        if self.is_fixed_size(job):
+            height, width = job.size
+        else:
+            height = width = [job.graph.min_input_size, MAX_SIDE]
+        return {"batch": batch, "channels": job.graph.config.num_channels, "height": height, "width": width}
+
+    def input_shape(self, job: ExportJob) -> list:
+        """The input's shape as the sidecar states it: a number where one size is taken, else the axis' name."""
+        accepted = self.accepted_shapes(job)
+        return [value if isinstance(value, int) else axis for axis, value in accepted.items()]
+
     def trace(self, job: ExportJob):
-        """`torch.export` of the job's graph at its example size, with the export forms of `export_mode`."""
+        """`torch.export` of the job's graph at its example size (any batch size when the format takes one),
+        with the export forms of `export_mode`."""
+        example = job.example(2 if self.dynamic_batch else 1)  # a batch of 1 would be specialised
+        dynamic = ({0: torch.export.Dim("batch", min=1, max=MAX_BATCH)},) if self.dynamic_batch else None
         with torch.no_grad(), export_mode.exporting(job.graph, self.fixed_size, self.explicit_layer_norm):
-            return torch.export.export(job.graph, (job.example,), strict=False)
+            return torch.export.export(job.graph, (example,), dynamic_shapes=dynamic, strict=False)
 
     def write(self, job: ExportJob, path: Path) -> dict:
         """Write the artefact to `path`; returns facts for the sidecar (delegation, quantization, ...)."""

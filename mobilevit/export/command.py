@@ -48,6 +48,12 @@ def run(args: argparse.Namespace) -> int:
     check = sidecar["check"]
     print(f"wrote {args.output} ({sidecar['format']}, {sidecar['precision']}, {sidecar['size_bytes'] / 1e6:.2f} MB) "
           f"and its sidecar {sidecar['artefact']}.json")
+    accepts = sidecar["input"]["accepts"]
+    print(f"  input {sidecar['input']['name']} ({sidecar['input']['layout']}): "
+          + ", ".join(f"{axis} {_span(value)}" for axis, value in accepts.items()))
+    if "runtime_config" in sidecar:
+        print(f"  runtime settings that reproduce the checked numbers: {json.dumps(sidecar['runtime_config'])} "
+              "(core.compile_model(xml, \"CPU\", settings); without them OpenVINO's CPU default may be bfloat16)")
     for comparison in check.get("comparisons", []):
         print(f"  {check['runtime']} vs PyTorch on {comparison['inputs']}: max abs error "
               f"{comparison['max_abs_error']:.2e}" + (f", arg-max agreement {comparison['agreement']:.1%}"
@@ -64,3 +70,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {metric} on {e['data']}: PyTorch {e['pytorch'][metric]:.4f}, artefact {e['artefact'][metric]:.4f} "
               f"({e['change_points']:+.2f} points)")
     return 0
+
+
+def _span(value) -> str:
+    """An accepted size: one number, or 'min-max'."""
+    return str(value) if isinstance(value, int) else f"{value[0]}-{value[1]}"

@@ -25,6 +25,8 @@ from ..ssd import center_to_corners
 from ..tasks import CLASSIFICATION, FEATURE_EXTRACTION, OBJECT_DETECTION, SEGMENTATION
 
 INPUT_NAME = "pixel_values"
+MAX_BATCH = 4096  # the largest batch a graph of any batch size is traced for
+MAX_SIDE = 8192  # the largest height and width a graph of any size is traced for
 SIDECAR_SUFFIX = ".json"  # model.onnx -> model.onnx.json: one per artefact, whatever sits beside it
 
 
@@ -342,6 +344,7 @@ def per_image(run_one: Callable[[np.ndarray], list]) -> Runner:
 
     return run
 
-__all__ = ["ExportError", "ExportCheckError", "MainOutputs", "Comparison", "INPUT_NAME", "quiet_exporters",
+__all__ = ["ExportError", "ExportCheckError", "MainOutputs", "Comparison", "INPUT_NAME", "MAX_BATCH", "MAX_SIDE",
+           "quiet_exporters",
            "per_image", "load_model", "input_size", "sample_photos", "check_inputs", "preprocess", "compare", "enforce_bound",
            "sidecar_path", "preprocessing_of", "write_sidecar", "is_inside", "Runner"]

@@ -73,7 +73,7 @@ class LiteRTFormat(Format):
     def write(self, job: ExportJob, path: Path) -> dict:
         calibration = torch.cat(job.calibration) if job.calibration else None
         if _in_process():
-            io = convert(job.graph, job.example, path, calibration)
+            io = convert(job.graph, job.example(), path, calibration)
         else:
             with tempfile.TemporaryDirectory(prefix="mobilevit-litert-") as folder:
                 if calibration is not None:

@@ -21,10 +21,9 @@ import numpy as np
 import torch
 
 from .base import ExportJob, Format
-from .common import INPUT_NAME, Runner
+from .common import INPUT_NAME, MAX_BATCH, MAX_SIDE, Runner
 
 DEFAULT_OPSET = 18
-MAX_SIDE = 8192
 QUANTIZED_OPS = ["Conv", "MatMul", "Gemm"]
 
 
@@ -36,7 +35,7 @@ def export_graph(job: ExportJob, path: Path, opset: int = DEFAULT_OPSET) -> None
     # batch 2 (a batch of 1 would be specialised), and a size where no dimension is 1 but the global level's
     example = torch.rand(2, graph.config.num_channels, *graph.dynamic_example_size(job.size))
     dim = torch.export.Dim
-    dynamic = {0: dim("batch", min=1, max=4096), 2: dim("height", min=graph.min_input_size, max=MAX_SIDE),
+    dynamic = {0: dim("batch", min=1, max=MAX_BATCH), 2: dim("height", min=graph.min_input_size, max=MAX_SIDE),
                3: dim("width", min=graph.min_input_size, max=MAX_SIDE)}
     with torch.no_grad(), export_mode.exporting(graph, fixed_size=False):
         torch.onnx.export(graph, (example,), str(path), dynamo=True, opset_version=opset, input_names=[INPUT_NAME],

@@ -9,15 +9,13 @@ Checkpoints are written every epoch to `<output-dir>.partial/`; `--resume` conti
 last whole one. Arguments and every example are checked before training (errors are one line, exit 2 for a
 wrong argument, 1 for unusable data or folders), and nothing is written before they pass. The finished folder
 (config.json, model.safetensors, preprocessor_config.json, README.md, metrics.json, training_history.png) is
-moved into place only at the end.
+moved into place only at the end. The arguments are parsed before torch and transformers are imported.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-
-from .job import TrainJob, train_and_save
 
 
 def _pair(kind):
@@ -90,8 +88,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--keep-checkpoints", action="store_true", help="keep <output-dir>.partial after success")
 
 
-def job_from_args(args: argparse.Namespace) -> TrainJob:
+def job_from_args(args: argparse.Namespace):
+    """The `TrainJob` of the command line's arguments."""
     from ..limits import usable_cpus
+    from .job import TrainJob
 
     overrides = {"output_stride": args.output_stride} if args.output_stride else {}
     return TrainJob(
@@ -107,6 +107,8 @@ def job_from_args(args: argparse.Namespace) -> TrainJob:
 
 def run(args: argparse.Namespace) -> int:
     """`mobilevit train`: a UserError (bad argument or data) reaches `mobilevit.cli`, which prints it as one line."""
+    from .job import train_and_save
+
     result = train_and_save(job_from_args(args))
     metrics = result.metrics
     split = "test" if "test" in metrics else "validation"

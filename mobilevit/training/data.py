@@ -32,12 +32,11 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from ..image_reading import ImageError, image_pixels, label_map, open_image
+from ..image_reading import IMAGE_EXTENSIONS, ImageError, image_pixels, label_map, open_image
 from ..labels import map_labels
 from .sampler import SampleKey
 from .transforms import IGNORE_INDEX, image_to_tensor, mask_to_tensor
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 IMAGE_COLUMNS = ("image", "img", "pixel_values", "images")
 CLASS_COLUMNS = ("label", "labels", "class", "target")
 MASK_COLUMNS = ("annotation", "label", "mask", "segmentation", "semantic_map", "labels", "gt")
