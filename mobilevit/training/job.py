@@ -33,19 +33,23 @@ from ..errors import UserError
 from ..file_utils import check_output_dir, remove_abandoned_leftovers, staged_directory
 from ..hub import write_model_card
 from ..image_processing_mobilevit import MobileViTImageProcessor
-from ..tasks import CLASSIFICATION, SEGMENTATION, canonical_task
+from ..tasks import CLASSIFICATION, OBJECT_DETECTION, SEGMENTATION, canonical_task
+from . import detection_job
 from .checkpoints import checkpoint_problem, scan_checkpoints
 from .data import DataError, MobileViTDataset, prepare_task_data
+from .detection_data import collate_detection
 from .history import epoch_history, plot_history
 from .metrics import ClassificationMetrics, SegmentationMetrics
 from .trainer import MobileViTTrainer, MultiScaleOptions
 from .transforms import EvalTransform, TrainAugmentation
 
-# The metric a task is judged by (model card, plot, checkpoint comparison).
-MAIN_METRIC = {CLASSIFICATION: "accuracy", SEGMENTATION: "mean_iou"}
-# ml-cvnets trains classification with the multi-scale sampler and segmentation (DeepLabV3 configs) with the
-# fixed-size `batch_sampler` at 512x512; the defaults follow.
-MULTI_SCALE_DEFAULT = {CLASSIFICATION: True, SEGMENTATION: False}
+# The metric a task is judged by (model card, plot, checkpoint comparison); detection: COCO mAP@[.5:.95].
+MAIN_METRIC = {CLASSIFICATION: "accuracy", SEGMENTATION: "mean_iou", OBJECT_DETECTION: "map"}
+# ml-cvnets trains classification with the multi-scale sampler, segmentation (DeepLabV3 configs) and detection
+# (SSDLite configs) with the fixed-size `batch_sampler` at 512x512 and 320x320; the defaults follow.
+MULTI_SCALE_DEFAULT = {CLASSIFICATION: True, SEGMENTATION: False, OBJECT_DETECTION: False}
+# AdamW's peak learning rate and weight decay where a run leaves them open (detection: `detection_job`)
+LEARNING_RATE, WEIGHT_DECAY = 2e-3, 0.01
 
 
 class TrainError(UserError):
@@ -70,10 +74,10 @@ class TrainJob:
     epochs: float = 10
     batch_size: int = 32
     eval_batch_size: int | None = None
-    learning_rate: float = 2e-3
-    weight_decay: float = 0.01
+    learning_rate: float | None = None  # None: 2e-3; detection: ml-cvnets' 9e-4
+    weight_decay: float | None = None  # None: 0.01; detection: ml-cvnets' (0.01 for v1, 0.05 for v2)
     warmup_ratio: float = 0.1
-    image_size: int | None = None  # training crop; default: the config's image_size
+    image_size: int | None = None  # training crop; default: the config's image_size (detection: 320)
     eval_resize: int | None = None  # shortest edge before the centre crop at evaluation
     multi_scale: bool | None = None  # None: the task's default (MULTI_SCALE_DEFAULT)
     multi_scale_range: tuple[int, int] | None = None  # (min, max) resolution; None: 0.625x..1.25x image_size
@@ -128,6 +132,7 @@ def validate_job(job: TrainJob) -> TrainJob:
             job.variant = auto.resolve_variant(job.variant)[1]
     except ValueError as err:
         raise TrainError(str(err), usage=True) from None
+    _fill_recipe_defaults(job)
     for name in ("batch_size", "epochs", "learning_rate"):
         _positive(name, getattr(job, name), (int,) if name == "batch_size" else (int, float))
     for name in ("eval_batch_size", "image_size", "eval_resize", "threads"):
@@ -159,6 +164,18 @@ def validate_job(job: TrainJob) -> TrainJob:
         raise DataError(f"data: expected an existing folder, got {str(job.data)!r} (does not exist)")
     job.output_dir = _check_output(job)
     return job
+
+
+def _fill_recipe_defaults(job: TrainJob) -> None:
+    """The learning rate, weight decay (and, for detection, image size) of the task's recipe where the job
+    leaves them open."""
+    if job.task == OBJECT_DETECTION and (job.model is None or Path(job.model).is_dir()):
+        defaults = detection_job.recipe_defaults(job)
+    else:
+        defaults = {"learning_rate": LEARNING_RATE, "weight_decay": WEIGHT_DECAY}
+    for name, value in defaults.items():
+        if getattr(job, name) is None:
+            setattr(job, name, value)
 
 
 def _check_model(job: TrainJob):
@@ -301,22 +318,24 @@ class TrainResult:
     trainer: MobileViTTrainer
 
 
-def train_and_save(job: TrainJob) -> TrainResult:
-    """Run `job` (see the module docstring); returns the trained model, its processor and the metrics."""
-    job = validate_job(job)
-    output_dir = job.output_dir
-    work_dir = work_dir_for(output_dir)
-    data = prepare_task_data(job.data, job.task, labels=job.labels, seed=job.seed, skip_bad=job.skip_bad_images)
-    if data.skipped:
-        _note(f"data: left out {len(data.skipped)} examples that cannot be used (--skip-bad-images; listed in "
-              "metrics.json under skipped_examples)")
-    # nothing was written up to here; from here on this run owns the output's surroundings
-    resume_from = _prepare_work_dir(job, work_dir)
-    if _is_rank_zero():
-        remove_abandoned_leftovers(output_dir)
-    if job.threads is not None:
-        torch.set_num_threads(job.threads)
-    set_seed(job.seed)  # the new weights (and a new head) depend on the seed only, like Trainer's model_init
+@dataclass
+class _RunParts:
+    """What a task brings to the common run: the model, its processor, the datasets and metrics, and the
+    picture of held-out predictions written beside the curves (detection)."""
+
+    model: object
+    processor: object
+    train_set: object
+    val_set: object
+    test_set: object | None
+    compute_metrics: object
+    train_metrics: object | None
+    collator: object
+    eval_resize: int | None
+    picture: object | None = None  # picture(model, path): held-out predictions
+
+
+def _classification_or_segmentation_parts(job: TrainJob, data) -> _RunParts:
     model = build_model(job, data.id2label)
     family = auto.family_of(model)
     image_size = job.image_size or _as_int(model.config.image_size)
@@ -331,36 +350,87 @@ def train_and_save(job: TrainJob) -> TrainResult:
     eval_transform = EvalTransform(eval_resize, image_size)
     val_set = MobileViTDataset(data.validation, job.task, eval_transform, **columns)
     test_set = MobileViTDataset(data.test, job.task, eval_transform, **columns) if data.test is not None else None
+    return _RunParts(model, processor, train_set, val_set, test_set, _metrics_for(job.task, data.id2label, family),
+                     _metrics_for(job.task, data.id2label, family), None, eval_resize)
+
+
+def _detection_parts(job: TrainJob, data) -> _RunParts:
+    start = detection_job.build_detector(job, data, job.image_size)
+    if start.note:
+        _note(start.note)
+    model = start.model
+    processor = detection_job.detection_processor(model)
+    train_set, val_set, test_set = detection_job.datasets_for(data, start, processor, job.image_size, job.flip_prob)
+    held_out = data.test if data.test is not None else data.validation
+
+    def picture(trained, path):
+        detection_job.save_predictions_picture(
+            trained, processor, held_out, start.model_ids, path,
+            f"{auto.family_of(trained).title} {trained.config.variant or 'custom'} SSDLite on held-out images")
+
+    return _RunParts(model, processor, train_set, val_set, test_set, detection_job.metrics_for(model, processor),
+                     None, collate_detection, None, picture)
+
+
+def train_and_save(job: TrainJob) -> TrainResult:
+    """Run `job` (see the module docstring); returns the trained model, its processor and the metrics."""
+    job = validate_job(job)
+    output_dir = job.output_dir
+    work_dir = work_dir_for(output_dir)
+    detection = job.task == OBJECT_DETECTION
+    if detection:
+        data = detection_job.load_data(job)
+        _note(data.summary())
+    else:
+        data = prepare_task_data(job.data, job.task, labels=job.labels, seed=job.seed, skip_bad=job.skip_bad_images)
+    if data.skipped:
+        _note(f"data: left out {len(data.skipped)} examples that cannot be used (--skip-bad-images; listed in "
+              "metrics.json under skipped_examples)")
+    # nothing was written up to here; from here on this run owns the output's surroundings
+    resume_from = _prepare_work_dir(job, work_dir)
+    if _is_rank_zero():
+        remove_abandoned_leftovers(output_dir)
+    if job.threads is not None:
+        torch.set_num_threads(job.threads)
+    set_seed(job.seed)  # the new weights (and a new head) depend on the seed only, like Trainer's model_init
+    parts = _detection_parts(job, data) if detection else _classification_or_segmentation_parts(job, data)
+    model, processor = parts.model, parts.processor
+    image_size = job.image_size or _as_int(model.config.image_size)
 
     multi_scale = MULTI_SCALE_DEFAULT[job.task] if job.multi_scale is None else job.multi_scale
     low, high = job.multi_scale_range or (None, None)
+    collator = {"data_collator": parts.collator} if parts.collator is not None else {}
     trainer = MobileViTTrainer(
-        model=model, args=_training_arguments(job, work_dir / "checkpoints"), train_dataset=train_set,
-        eval_dataset=val_set, compute_metrics=_metrics_for(job.task, data.id2label, family),
-        train_metrics=_metrics_for(job.task, data.id2label, family), callbacks=list(job.callbacks),
-        multi_scale=MultiScaleOptions(enabled=multi_scale, min_size=low, max_size=high))
+        model=model, args=_training_arguments(job, work_dir / "checkpoints"), train_dataset=parts.train_set,
+        eval_dataset=parts.val_set, compute_metrics=parts.compute_metrics, train_metrics=parts.train_metrics,
+        callbacks=list(job.callbacks), multi_scale=MultiScaleOptions(enabled=multi_scale, min_size=low, max_size=high),
+        **collator)
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=resume_from)
     train_seconds = time.perf_counter() - started
 
     metrics = {"task": job.task, "main_metric": MAIN_METRIC[job.task],
-               "validation": _strip(trainer.evaluate(val_set, metric_key_prefix="eval"), "eval_")}
-    if test_set is not None:
-        metrics["test"] = _strip(trainer.evaluate(test_set, metric_key_prefix="test"), "test_")
+               "validation": _strip(trainer.evaluate(parts.val_set, metric_key_prefix="eval"), "eval_")}
+    if parts.test_set is not None:
+        metrics["test"] = _strip(trainer.evaluate(parts.test_set, metric_key_prefix="test"), "test_")
     metrics["history"] = epoch_history(trainer.state.log_history)
     metrics["train_seconds"] = round(train_seconds, 1)
     metrics["training"] = {"epochs": job.epochs, "batch_size": job.batch_size, "learning_rate": job.learning_rate,
-                           "image_size": image_size, "multi_scale": multi_scale, "seed": job.seed,
-                           "world_size": trainer.args.world_size, "base_model": str(job.model) if job.model else None,
-                           "variant": model.config.variant, "num_train_examples": len(train_set)}
-    metrics["eval_resize"] = eval_resize
+                           "weight_decay": job.weight_decay, "image_size": image_size, "multi_scale": multi_scale,
+                           "seed": job.seed, "world_size": trainer.args.world_size,
+                           "base_model": str(job.model) if job.model else None,
+                           "variant": model.config.variant, "num_train_examples": len(parts.train_set)}
+    if parts.eval_resize is not None:
+        metrics["eval_resize"] = parts.eval_resize
+    if detection:
+        metrics["data"] = {"classes": data.categories, "fixed": asdict(data.fixes)}
     metrics["skipped_examples"] = [asdict(bad) for bad in data.skipped]
     if isinstance(job.data, (str, Path)):
         metrics["dataset"] = Path(job.data).name
 
     trainer.accelerator.wait_for_everyone()
     if trainer.is_world_process_zero():
-        _write_output(model, processor, metrics, job, output_dir, work_dir)
+        _write_output(model, processor, metrics, job, output_dir, work_dir, parts.picture)
     trainer.accelerator.wait_for_everyone()
     return TrainResult(output_dir, metrics, model, processor, trainer)
 
@@ -374,7 +444,8 @@ def _strip(values: dict, prefix: str) -> dict:
             if not key.endswith(("_runtime", "_samples_per_second", "_steps_per_second")) and key != "epoch"}
 
 
-def _write_output(model, processor, metrics: dict, job: TrainJob, output_dir: Path, work_dir: Path) -> None:
+def _write_output(model, processor, metrics: dict, job: TrainJob, output_dir: Path, work_dir: Path,
+                  picture=None) -> None:
     """Write the Hub folder into a temporary sibling, then swap it into place whole."""
     # an existing output_dir is only reached with overwrite (checked before training)
     with staged_directory(output_dir) as staging:
@@ -383,6 +454,8 @@ def _write_output(model, processor, metrics: dict, job: TrainJob, output_dir: Pa
         (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         plot_history(metrics["history"], MAIN_METRIC[job.task], staging / "training_history.png",
                      title=f"{auto.family_of(model).title} {model.config.variant or 'custom'} {job.task}")
+        if picture is not None:
+            picture(model, staging / "predictions.png")
         _write_card(model, metrics, job, staging)
     if not job.keep_checkpoints:
         shutil.rmtree(work_dir, ignore_errors=True)
@@ -393,13 +466,21 @@ def _write_card(model, metrics: dict, job: TrainJob, folder: Path) -> None:
     shown = {f"{split} {name}": value for name, value in metrics[split].items()
              if isinstance(value, float) and not name.startswith("iou_")}
     training = metrics["training"]
+    if job.task == OBJECT_DETECTION:
+        how = (f"SSD augmentation (ml-cvnets' IoU-constrained crop, photometric changes, flip) at "
+               f"{training['image_size']}x{training['image_size']}. The processor saved here stretches the whole "
+               f"image to {training['image_size']}x{training['image_size']} and keeps the post-processing rule "
+               f"(`detection_postprocessing`); mAP is COCO's (pycocotools). Predictions on held-out images: "
+               f"`predictions.png`.")
+    else:
+        how = (f"{training['image_size']}x{training['image_size']} crops"
+               f"{' with the multi-scale sampler' if training['multi_scale'] else ''}. The processor saved here "
+               f"resizes the shortest edge to {metrics['eval_resize']} before the centre crop.")
     notes = (f"Trained with `mobilevit train` ({'fine-tuned from ' + str(job.model) if job.model else 'from scratch'}"
              f"): {training['epochs']} epochs on {training['num_train_examples']} images, batch size "
              f"{job.batch_size} x {training['world_size']} process(es), AdamW with peak learning rate "
-             f"{job.learning_rate} on a cosine schedule, {training['image_size']}x{training['image_size']} crops"
-             f"{' with the multi-scale sampler' if training['multi_scale'] else ''}. The processor saved here "
-             f"resizes the shortest edge to {metrics['eval_resize']} before the centre crop. Per-epoch curves: "
-             f"`training_history.png`; all numbers: `metrics.json`.")
+             f"{job.learning_rate} on a cosine schedule, {how} Per-epoch curves: `training_history.png`; all "
+             f"numbers: `metrics.json`.")
     write_model_card(folder, task=job.task, variant=model.config.variant, num_parameters=model.num_parameters(),
                      image_size=training["image_size"], num_labels=len(model.config.id2label),
                      dataset=metrics.get("dataset"), metrics=shown, notes=notes)

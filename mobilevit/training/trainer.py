@@ -1,9 +1,10 @@
 """`MobileViTTrainer`: `transformers.Trainer` with the multi-scale sampler and per-epoch training metrics.
 
 Everything else (optimizer, schedule, checkpoints, resume, DDP via torchrun / accelerate, progress bars) is
-stock Trainer. The sampler is a plug-in: with a `MobileViTDataset` as training set, batches come from
-`MultiScaleBatchSampler` (multi-scale or fixed size); any other training set falls back to Trainer's own
-loader. And `MultiScaleBatchSampler` + `MobileViTDataset` also work with a plain `DataLoader`:
+stock Trainer. The sampler is a plug-in: with a `MobileViTDataset` (or a detection `DetectionDataset`) as
+training set, batches come from `MultiScaleBatchSampler` (multi-scale or fixed size); any other training set
+falls back to Trainer's own loader. For detectors, evaluation hands `compute_metrics` only the logits and the
+decoded boxes (`DETECTION_EVAL_KEYS`), which the COCO metric post-processes. And `MultiScaleBatchSampler` + `MobileViTDataset` also work with a plain `DataLoader`:
 
     loader = DataLoader(dataset, batch_sampler=MultiScaleBatchSampler(len(dataset), 32, 256), collate_fn=collate)
 """
@@ -18,6 +19,10 @@ from transformers import Trainer, TrainerCallback
 
 from .data import MobileViTDataset, collate
 from .sampler import MultiScaleBatchSampler
+
+# what a detector's evaluation keeps of its outputs: logits and pred_boxes (the loss parts, raw regressions and
+# feature maps are left out; `loss_dict` holds an int, which Trainer could not gather)
+DETECTION_IGNORED_KEYS = ["loss_dict", "box_regression", "feature_maps", "hidden_states"]
 
 
 @dataclass
@@ -88,7 +93,8 @@ class MobileViTTrainer(Trainer):
             seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed)
 
     def get_train_dataloader(self) -> DataLoader:
-        if not isinstance(self.train_dataset, MobileViTDataset):
+        if not (isinstance(self.train_dataset, MobileViTDataset) or getattr(self.train_dataset, "takes_sample_keys",
+                                                                            False)):
             return super().get_train_dataloader()
         # Not passed through `accelerator.prepare`: the sampler already shards across ranks (accelerate's
         # shard wrapper would shard a second time), and Trainer moves each batch to the device itself.
@@ -97,6 +103,11 @@ class MobileViTTrainer(Trainer):
             collate_fn=self.data_collator, num_workers=self.args.dataloader_num_workers,
             pin_memory=self.args.dataloader_pin_memory,
             persistent_workers=self.args.dataloader_persistent_workers and self.args.dataloader_num_workers > 0)
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        if ignore_keys is None and isinstance(inputs.get("labels"), list):  # a detector's list of box dicts
+            ignore_keys = DETECTION_IGNORED_KEYS
+        return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
 
     # -- per-epoch training metrics ----------------------------------------------------------------------------------
     def _reset_train_tracking(self) -> None:

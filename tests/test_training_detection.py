@@ -1,0 +1,247 @@
+"""`mobilevit train --task object-detection`: from a variant (both families), a classifier's backbone or a
+detector (its head kept when its classes include the data's, matched by name); the saved folder carries the
+processor and the post-processing rule and runs in a pipeline; a killed run resumes bit for bit; two processes
+under torchrun and under `accelerate launch`; fine-tuning the fixtures' detector raises its mAP."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import TrainerCallback
+
+from mobilevit import auto
+from mobilevit.cli import main
+from mobilevit.training import TrainJob, train_and_save
+from mobilevit.training.demo_data import load_detection_dataset, write_coco_folder
+from mobilevit.training.job import OutputExistsError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def shapes():
+    """Shapes on real photos with their boxes, 64x64: 24 training and 8 validation images."""
+    data = load_detection_dataset(image_size=64, num_train=24, num_val=8, num_test=0, seed=3)
+    data.pop("test")
+    return data
+
+
+@pytest.fixture(scope="module")
+def coco_folder(shapes, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("coco") / "shapes"
+    write_coco_folder(shapes, folder)
+    return folder
+
+
+@pytest.mark.parametrize("variant", ["xx-small", "mobilevitv2-0.5"])
+def test_train_a_detector_from_a_variant_on_a_coco_folder(coco_folder, tmp_path, capsys, variant):
+    out = tmp_path / "detector"
+    code = main(["train", "--task", "object-detection", "--data", str(coco_folder), "--variant", variant,
+                 "--image-size", "64", "--epochs", "1", "--batch-size", "8", "--output-dir", str(out)])
+    err = capsys.readouterr().err
+    assert code == 0, err[-2000:]
+    assert "data '" in err and "3 classes; train 24 images / " in err and "nothing to fix" in err
+    for name in ("config.json", "model.safetensors", "preprocessor_config.json", "README.md", "metrics.json",
+                 "training_history.png", "predictions.png"):
+        assert (out / name).is_file(), name
+    config = json.loads((out / "config.json").read_text())
+    assert config["id2label"] == {"0": "background", "1": "circle", "2": "square", "3": "triangle"}
+    model, processor, task = auto.load_model_and_processor(out)
+    family = auto.family_of(model)
+    assert task == "object-detection" and model.config.image_size == 64
+    # the family's evaluation preprocessing at the trained size, and its post-processing rule
+    assert processor.size == {"height": 64, "width": 64} and processor.do_center_crop is False
+    assert processor.detection_postprocessing == family.detection_postprocessing.to_dict()
+    assert processor.do_flip_channel_order is (family.preprocessing.channel_order == "BGR")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["main_metric"] == "map" and metrics["training"]["image_size"] == 64
+    assert {"map", "map_50", "map_75", "map_small", "map_medium", "map_large", "loss"} <= set(metrics["validation"])
+    assert metrics["training"]["learning_rate"] == 9e-4  # ml-cvnets' SSD recipe
+    assert metrics["training"]["weight_decay"] == (0.01 if variant == "xx-small" else 0.05)
+
+    import mobilevit
+
+    detect = mobilevit.pipeline("object-detection", model=str(out))
+    found = detect(str(coco_folder / "validation" / "000025.png"), threshold=0.0)
+    assert found and {"score", "label", "box"} <= set(found[0])
+
+
+def _categories_data(names):
+    import datasets
+    from PIL import Image
+
+    features = datasets.Features({"image": datasets.Image(), "objects": {
+        "bbox": datasets.List(datasets.List(datasets.Value("float32"))),
+        "category": datasets.List(datasets.ClassLabel(names=list(names)))}})
+    image = Image.new("RGB", (32, 32))
+    dataset = datasets.Dataset.from_dict({"image": [image] * 2, "objects": [{"bbox": [[2, 2, 10, 10]], "category": [0]},
+                                                                          {"bbox": [[4, 4, 8, 8]], "category": [1]}]},
+                                         features=features)
+    from mobilevit.training.detection_data import prepare_detection_data
+
+    return prepare_detection_data(datasets.DatasetDict({"train": dataset, "validation": dataset}))
+
+
+def test_a_classifier_folder_gives_its_backbone_and_new_ssd_layers(saved_classifier):
+    from mobilevit.training.detection_job import build_detector
+
+    data = _categories_data(["circle", "square"])
+    job = TrainJob(task="object-detection", data=None, output_dir="unused", model=saved_classifier)
+    start = build_detector(job, data, 64)
+    assert "backbone of" in start.note and "new SSD layers" in start.note
+    classifier = load_file(Path(saved_classifier) / "model.safetensors")
+    detector = start.model.state_dict()
+    backbone = [k for k in classifier if k.startswith("mobilevit.") and k in detector]
+    assert len(backbone) > 100  # the whole backbone, under the same names
+    for key in backbone:
+        assert torch.equal(detector[key], classifier[key]), key
+    assert start.model.config.id2label == {0: "background", 1: "circle", 2: "square"}
+    assert start.model_ids.tolist() == [1, 2]
+
+
+def test_a_detector_keeps_its_head_when_its_classes_include_the_datas(saved_detector):
+    from mobilevit.training.detection_job import build_detector
+
+    folder = load_file(Path(saved_detector) / "model.safetensors")
+    job = TrainJob(task="object-detection", data=None, output_dir="unused", model=saved_detector)
+    start = build_detector(job, _categories_data(["dog", "cat"]), 64)  # the folder has cat 1, dog 2, bird 3
+    assert start.model_ids.tolist() == [2, 1] and "keeps the head" in start.note
+    assert start.model.config.id2label == {0: "background", 1: "cat", 2: "dog", 3: "bird"}
+    for key, value in start.model.state_dict().items():
+        if key in folder:
+            assert torch.equal(value, folder[key]), key
+
+    start = build_detector(job, _categories_data(["dog", "unicorn"]), 64)
+    assert "'unicorn'" in start.note and "last layers are new" in start.note
+    assert start.model.config.id2label == {0: "background", 1: "dog", 2: "unicorn"}
+    state = start.model.state_dict()
+    kept = [k for k in folder if k in state and state[k].shape == folder[k].shape]
+    assert all(torch.equal(state[k], folder[k]) for k in kept if k.startswith("mobilevit."))
+    assert any(state[k].shape != folder[k].shape for k in folder if k in state)  # the heads' last convolutions
+
+
+class _Interrupt(Exception):
+    pass
+
+
+class _KillAfterFirstCheckpoint(TrainerCallback):
+    def on_save(self, args, state, control, **kwargs):
+        raise _Interrupt  # as if the machine died right after the checkpoint was written
+
+
+def _job(data, output_dir, **overrides):
+    settings = dict(task="object-detection", data=data, output_dir=output_dir, epochs=2, batch_size=8,
+                    image_size=64, logging_steps=100)
+    return TrainJob(**{**settings, **overrides})
+
+
+@pytest.mark.slow
+def test_resume_after_interruption_is_bit_identical(shapes, tmp_path):
+    straight = train_and_save(_job(shapes, tmp_path / "straight"))
+    assert [row["epoch"] for row in straight.metrics["history"]] == [1, 2]
+    with pytest.raises(_Interrupt):
+        train_and_save(_job(shapes, tmp_path / "resumed", callbacks=[_KillAfterFirstCheckpoint()]))
+    assert not (tmp_path / "resumed").exists()
+    with pytest.raises(OutputExistsError, match="resume"):
+        train_and_save(_job(shapes, tmp_path / "resumed"))
+    train_and_save(_job(shapes, tmp_path / "resumed", resume=True))
+    expected = load_file(tmp_path / "straight" / "model.safetensors")
+    resumed = load_file(tmp_path / "resumed" / "model.safetensors")
+    assert expected.keys() == resumed.keys()
+    for key in expected:
+        assert torch.equal(resumed[key], expected[key]), key
+
+
+def _two_processes(launcher: list[str], argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "HF_DATASETS_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", *launcher, "-m", "mobilevit", "train", *argv], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=900)
+
+
+TORCHRUN = ["torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29537"]
+# accelerate's launcher on a CPU-only machine: --multi_gpu starts torch's elastic launcher (gloo); --cpu alone would
+# start a single process
+ACCELERATE = ["accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29539"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", [TORCHRUN, ACCELERATE], ids=["torchrun", "accelerate"])
+def test_two_processes_train_one_detector(coco_folder, tmp_path, launcher):
+    out = tmp_path / "out"
+    completed = _two_processes(launcher, ["--task", "object-detection", "--data", str(coco_folder), "--epochs", "1",
+                                          "--batch-size", "4", "--image-size", "64", "--output-dir", str(out)],
+                               tmp_path)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["training"]["world_size"] == 2
+    assert metrics["validation"]["map"] is not None and 0 <= metrics["validation"]["map"] <= 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # one output, no leftovers
+    assert completed.stderr.count("3 classes; train 24 images") == 1  # rank 0 speaks
+    auto.load_model_and_processor(out)
+
+
+@pytest.mark.slow
+def test_accelerate_launch_two_processes_train_a_classifier(tmp_path):
+    from test_training_cli import _image_folder
+
+    data, out = _image_folder(tmp_path / "data"), tmp_path / "out"
+    completed = _two_processes(ACCELERATE, ["--data", str(data), "--epochs", "1", "--batch-size", "4",
+                                            "--image-size", "32", "--output-dir", str(out)], tmp_path)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["training"]["world_size"] == 2 and metrics["validation"]["accuracy"] >= 0
+    model, _, task = auto.load_model_and_processor(out)
+    assert task == "image-classification" and model.config.id2label == {0: "blue", 1: "red"}
+
+
+@pytest.mark.slow
+def test_fine_tuning_the_fixtures_detector_raises_its_map(converted_ssd, tmp_path):
+    """ml-cvnets' xx-small SSDLite (the fixtures' weights, converted) fine-tuned for a few hundred steps on a small
+    COCO-format folder whose classes are COCO's: its head is kept (classes matched by name) and its mAP on the
+    folder's validation split rises."""
+    folder, _ = converted_ssd("ssdlite_mobilevit_xx_small_320")
+    data = load_detection_dataset(image_size=128, num_train=48, num_val=16, num_test=0, seed=5)
+    data.pop("test")
+    coco_names = {"circle": "sports ball", "square": "tv", "triangle": "kite"}
+    coco = tmp_path / "coco"
+    write_coco_folder(data, coco)
+    for split in ("train", "validation"):
+        path = coco / split / "instances.json"
+        content = json.loads(path.read_text())
+        for category in content["categories"]:
+            category["name"] = coco_names[category["name"]]
+        path.write_text(json.dumps(content))
+
+    from mobilevit.training.detection_data import DetectionDataset, prepare_detection_data
+    from mobilevit.training.detection_job import build_detector, metrics_for
+    from mobilevit.training.metrics import DetectionMetrics  # noqa: F401  (what metrics_for builds)
+
+    def validation_map(model_dir):
+        model, processor, _ = auto.load_model_and_processor(model_dir)
+        prepared = prepare_detection_data(coco)
+        start = build_detector(TrainJob(task="object-detection", data=None, output_dir="unused", model=model_dir),
+                               prepared, 128)
+        dataset = DetectionDataset(prepared.validation, start.model_ids, processor, (128, 128))
+        metric = metrics_for(model, processor)
+        with torch.inference_mode():
+            items = [dataset[i] for i in range(len(dataset))]
+            outputs = model(pixel_values=torch.stack([item["pixel_values"] for item in items]))
+        metric.update((outputs.logits, outputs.pred_boxes), [item["labels"] for item in items])
+        return metric.compute()
+
+    before = validation_map(folder)
+    torch.manual_seed(0)
+    result = train_and_save(TrainJob(task="object-detection", data=coco, model=folder, output_dir=tmp_path / "tuned",
+                                     epochs=25, batch_size=6, image_size=128, seed=0, logging_steps=1000))
+    assert result.trainer.state.global_step == 200
+    after = validation_map(tmp_path / "tuned")
+    assert result.model.config.num_labels == 81  # COCO's head kept: the data's classes are COCO classes
+    assert after["map_50"] > before["map_50"] + 0.2 and after["map"] > before["map"], (before, after)
