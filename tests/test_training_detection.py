@@ -72,6 +72,24 @@ def test_train_a_detector_from_a_variant_on_a_coco_folder(coco_folder, tmp_path,
     assert found and {"score", "label", "box"} <= set(found[0])
 
 
+def _validation_map(model_dir, data, size):
+    """COCO mAP of a saved detector on the validation split of `data`, in this one process."""
+    from mobilevit.training.detection_data import DetectionDataset, prepare_detection_data
+    from mobilevit.training.detection_job import build_detector, metrics_for
+
+    model, processor, _ = auto.load_model_and_processor(model_dir)
+    prepared = prepare_detection_data(data)
+    start = build_detector(TrainJob(task="object-detection", data=None, output_dir="unused", model=model_dir),
+                           prepared, size)
+    dataset = DetectionDataset(prepared.validation, start.model_ids, processor, (size, size))
+    metric = metrics_for(model, processor)
+    with torch.inference_mode():
+        items = [dataset[i] for i in range(len(dataset))]
+        outputs = model(pixel_values=torch.stack([item["pixel_values"] for item in items]))
+    metric.update((outputs.logits, outputs.pred_boxes), [item["labels"] for item in items])
+    return metric.compute()
+
+
 def _categories_data(names):
     import datasets
     from PIL import Image
@@ -185,7 +203,10 @@ def test_two_processes_train_one_detector(coco_folder, tmp_path, launcher):
     assert metrics["validation"]["map"] is not None and 0 <= metrics["validation"]["map"] <= 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # one output, no leftovers
     assert completed.stderr.count("3 classes; train 24 images") == 1  # rank 0 speaks
-    auto.load_model_and_processor(out)
+    # each process scored its share of the validation images; gathered, they give the one-process mAP
+    alone = _validation_map(out, coco_folder, 64)
+    assert metrics["validation"]["map"] == pytest.approx(alone["map"], abs=1e-4)
+    assert metrics["validation"]["map_50"] == pytest.approx(alone["map_50"], abs=1e-4)
 
 
 @pytest.mark.slow
@@ -220,28 +241,11 @@ def test_fine_tuning_the_fixtures_detector_raises_its_map(converted_ssd, tmp_pat
             category["name"] = coco_names[category["name"]]
         path.write_text(json.dumps(content))
 
-    from mobilevit.training.detection_data import DetectionDataset, prepare_detection_data
-    from mobilevit.training.detection_job import build_detector, metrics_for
-    from mobilevit.training.metrics import DetectionMetrics  # noqa: F401  (what metrics_for builds)
-
-    def validation_map(model_dir):
-        model, processor, _ = auto.load_model_and_processor(model_dir)
-        prepared = prepare_detection_data(coco)
-        start = build_detector(TrainJob(task="object-detection", data=None, output_dir="unused", model=model_dir),
-                               prepared, 128)
-        dataset = DetectionDataset(prepared.validation, start.model_ids, processor, (128, 128))
-        metric = metrics_for(model, processor)
-        with torch.inference_mode():
-            items = [dataset[i] for i in range(len(dataset))]
-            outputs = model(pixel_values=torch.stack([item["pixel_values"] for item in items]))
-        metric.update((outputs.logits, outputs.pred_boxes), [item["labels"] for item in items])
-        return metric.compute()
-
-    before = validation_map(folder)
+    before = _validation_map(folder, coco, 128)
     torch.manual_seed(0)
     result = train_and_save(TrainJob(task="object-detection", data=coco, model=folder, output_dir=tmp_path / "tuned",
                                      epochs=25, batch_size=6, image_size=128, seed=0, logging_steps=1000))
     assert result.trainer.state.global_step == 200
-    after = validation_map(tmp_path / "tuned")
+    after = _validation_map(tmp_path / "tuned", coco, 128)
     assert result.model.config.num_labels == 81  # COCO's head kept: the data's classes are COCO classes
     assert after["map_50"] > before["map_50"] + 0.2 and after["map"] > before["map"], (before, after)

@@ -104,6 +104,17 @@ class MobileViTTrainer(Trainer):
             pin_memory=self.args.dataloader_pin_memory,
             persistent_workers=self.args.dataloader_persistent_workers and self.args.dataloader_num_workers > 0)
 
+    def evaluation_loop(self, *args, **kwargs):
+        self.gather_function = self._gather_for_metrics  # Trainer sets it back to accelerate's after the loop
+        return super().evaluation_loop(*args, **kwargs)
+
+    def _gather_for_metrics(self, data):
+        """accelerate's `gather_for_metrics`, but a detector's labels (a list of dicts whose boxes vary in number
+        from image to image) travel as objects: gathered as tensors they would need one shape on every rank."""
+        if isinstance(data, list) and data and isinstance(data[0], dict):
+            return self.accelerator.gather_for_metrics(data, use_gather_object=True)
+        return self.accelerator.gather_for_metrics(data)
+
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         if ignore_keys is None and isinstance(inputs.get("labels"), list):  # a detector's list of box dicts
             ignore_keys = DETECTION_IGNORED_KEYS
