@@ -267,3 +267,69 @@ def test_dataset_items_and_collated_batches(tmp_path):
     assert a["pixel_values"].shape == (3, 64, 64) and torch.equal(a["pixel_values"], b["pixel_values"])
     batch = collate_detection([evaluation[0], evaluation[1]])
     assert batch["pixel_values"].shape == (2, 3, 32, 32) and len(batch["labels"]) == 2
+
+
+# -- the same defects in a datasets folder, in every split, and through the command line -----------------------
+def test_datasets_boxes_are_clipped_dropped_and_counted_like_cocos(tmp_path):
+    """A `datasets` folder is fixed by the same rules as a COCO folder (20x15 images here), and the validation
+    split's boxes are clipped and dropped too; its images without boxes stay (their detections count)."""
+    rows = [{"bbox": [[-3, -2, 10, 8], [15, 10, 10, 10]], "category": [0, 1]},  # both reach outside: clipped
+            {"bbox": [[5, 5, 0, 4], [2, 2, -1, 3], [40, 1, 3, 3], [1, 1, 4, 4]], "category": [0, 0, 1, 1]},
+            {"bbox": [], "category": []}]  # no box: left out of training
+    train = _objects_dataset(rows, size=(20, 15))
+    validation = _objects_dataset([{"bbox": [[18, 1, 6, 4]], "category": [0]}, {"bbox": [], "category": []}],
+                                  size=(20, 15))
+    datasets.DatasetDict({"train": train, "validation": validation}).save_to_disk(tmp_path / "saved")
+    data = prepare_detection_data(tmp_path / "saved")
+    np.testing.assert_array_equal(data.train.boxes[0], [[0, 0, 7, 6], [15, 10, 20, 15]])
+    np.testing.assert_array_equal(data.train.boxes[1], [[1, 1, 5, 5]])
+    assert data.train.labels[1].tolist() == [1] and len(data.train) == 2
+    np.testing.assert_array_equal(data.validation.boxes[0], [[18, 1, 20, 5]])
+    assert len(data.validation) == 2 and len(data.validation.boxes[1]) == 0
+    assert (data.fixes.clipped, data.fixes.empty_boxes, data.fixes.images_without_boxes) == (3, 3, 1)
+    assert "3 boxes clipped to their image, 3 boxes of zero or negative size dropped" in data.summary()
+
+
+def test_a_category_outside_the_classlabel_names_the_split_and_row(tmp_path):
+    features = datasets.Features({"image": datasets.Image(), "objects": {
+        "bbox": datasets.List(datasets.List(datasets.Value("float32"))), "category": datasets.List(datasets.Value("int64"))}})
+    image = Image.new("RGB", (20, 20))
+    dataset = datasets.Dataset.from_dict({"image": [image] * 3, "objects": [
+        {"bbox": [[1, 1, 5, 5]], "category": [0]}, {"bbox": [[1, 1, 5, 5]], "category": [1]},
+        {"bbox": [[2, 2, 5, 5], [1, 1, 3, 3]], "category": [1, -1]}]}, features=features)
+    with pytest.raises(DataError, match=r"data DatasetDict\[validation\]: DatasetDict\[validation\]\[2\]: expected class ids in "
+                                        r"\[0, 2\) \(the label set\), got \[-1\]"):
+        prepare_detection_data(datasets.DatasetDict({"train": dataset.select([0, 1]), "validation": dataset}),
+                               labels=["a", "b"])
+    with pytest.raises(DataError, match=r"objects\[0\]: expected an integer category, got 'cat'"):
+        prepare_detection_data(datasets.Dataset.from_dict({"image": [image], "objects": [
+            {"bbox": [[1, 1, 5, 5]], "category": ["cat"]}]}))
+
+
+def test_a_split_whose_images_all_lack_boxes_is_refused_before_training(tmp_path):
+    root = tmp_path / "data"
+    _write(root / "train", _coco(images=2, annotations=[
+        {"id": 1, "image_id": 1, "category_id": 3, "bbox": [100, 100, 5, 5]}]))  # wholly outside: dropped
+    _write(root / "validation", _coco(images=1))
+    with pytest.raises(DataError, match=r"\[train\]: no usable images left"):
+        prepare_detection_data(root)
+
+
+def test_bad_data_stops_the_train_command_in_one_line_before_anything_is_written(tmp_path, capsys):
+    """Every defect is found when the data is loaded: `mobilevit train` exits 1 with one line naming the file and
+    the annotation, before a model is built or a folder written (nothing found only after an epoch)."""
+    from mobilevit.cli import main
+
+    content = _coco(images=3)
+    content["annotations"].append({"id": 77, "image_id": 2, "category_id": 12, "bbox": [1, 1, 5, 5]})
+    root = tmp_path / "data"
+    _write(root / "train", content)
+    _write(root / "validation", _coco(images=1))
+    out = tmp_path / "out"
+    code = main(["train", "--task", "object-detection", "--data", str(root), "--epochs", "1", "--image-size", "64",
+                 "--output-dir", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 1
+    assert err.count("\n") == 0 and "Traceback" not in err, err
+    assert "train" in err and "instances.json" in err and "annotation id 77 (annotations[3]) has category_id 12" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # no output, no checkpoint folder
