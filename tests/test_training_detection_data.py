@@ -313,6 +313,9 @@ def test_a_split_whose_images_all_lack_boxes_is_refused_before_training(tmp_path
     _write(root / "validation", _coco(images=1))
     with pytest.raises(DataError, match=r"\[train\]: no usable images left"):
         prepare_detection_data(root)
+    _write(root / "test", _coco(images=0))
+    with pytest.raises(DataError, match=r"\[test\]: the split is empty \(no images\)"):
+        prepare_detection_data(root)
 
 
 def test_bad_data_stops_the_train_command_in_one_line_before_anything_is_written(tmp_path, capsys):

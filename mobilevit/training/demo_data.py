@@ -227,12 +227,14 @@ def load_detection_dataset(image_size: int = 128, num_train: int = 600, num_val:
 def write_coco_folder(dataset_dict, folder) -> None:
     """Write a detection `DatasetDict` (as `load_detection_dataset` makes) as a COCO-format folder: per split,
     `folder/<split>/` with the images as PNG and `instances.json` (COCO's images / annotations / categories;
-    category ids 1..N in the order of the class names)."""
+    category ids 1..N in the order of the class names). Empty splits are not written (a loader refuses them)."""
     import json
     from pathlib import Path
 
     folder = Path(folder)
     for split, dataset in dataset_dict.items():
+        if len(dataset) == 0:
+            continue
         names = dataset.features["objects"]["category"].feature.names
         out = folder / split
         out.mkdir(parents=True, exist_ok=True)

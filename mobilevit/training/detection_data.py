@@ -186,6 +186,9 @@ def prepare_detection_data(source, *, labels: list[str] | None = None, val_fract
             raise DataError(f"data {source_name}: {len(order)} images cannot be split into training and validation")
         splits["validation"] = train.select(sorted(order[:count].tolist()), "validation")
         splits["train"] = train.select(sorted(order[count:].tolist()), "train")
+    for name, split in splits.items():
+        if len(split) == 0:
+            raise DataError(f"data {source_name}[{name}]: the split is empty (no images)")
     bad = []
     for name in ("train", "validation", "test"):
         if name in splits:
