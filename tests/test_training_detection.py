@@ -107,19 +107,26 @@ def _categories_data(names):
     return prepare_detection_data(datasets.DatasetDict({"train": dataset, "validation": dataset}))
 
 
-def test_a_classifier_folder_gives_its_backbone_and_new_ssd_layers(saved_classifier):
+@pytest.mark.parametrize("folder", ["saved_classifier", "saved_segmenter", "saved_v2_classifier", "saved_v2_segmenter"])
+def test_a_classifier_or_segmenter_folder_gives_its_backbone_and_new_ssd_layers(folder, request):
+    """Both families; a segmenter's backbone runs dilated (output stride 16), the detector's undilated."""
     from mobilevit.training.detection_job import build_detector
 
+    folder = request.getfixturevalue(folder)
     data = _categories_data(["circle", "square"])
-    job = TrainJob(task="object-detection", data=None, output_dir="unused", model=saved_classifier)
+    job = TrainJob(task="object-detection", data=None, output_dir="unused", model=folder)
     start = build_detector(job, data, 64)
     assert "backbone of" in start.note and "new SSD layers" in start.note
-    classifier = load_file(Path(saved_classifier) / "model.safetensors")
+    assert start.model.config.output_stride == 32
+    source = load_file(Path(folder) / "model.safetensors")
     detector = start.model.state_dict()
-    backbone = [k for k in classifier if k.startswith("mobilevit.") and k in detector]
+    prefix = start.model.base_model_prefix + "."
+    backbone = [k for k in source if k.startswith(prefix) and k in detector]
     assert len(backbone) > 100  # the whole backbone, under the same names
     for key in backbone:
-        assert torch.equal(detector[key], classifier[key]), key
+        assert torch.equal(detector[key], source[key]), key
+    with torch.inference_mode():
+        assert start.model.eval()(pixel_values=torch.rand(1, 3, 64, 64)).logits.shape[-1] == 3
     assert start.model.config.id2label == {0: "background", 1: "circle", 2: "square"}
     assert start.model_ids.tolist() == [1, 2]
 

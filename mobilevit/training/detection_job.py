@@ -94,6 +94,9 @@ def build_detector(job, data: DetectionData, image_size: int) -> DetectorStart:
     else:
         note = (f"model: the backbone of {str(job.model)!r} ({own_task or 'backbone'}) with new SSD layers for the "
                 f"data's {len(data.categories)} classes")
+        # a segmentation backbone runs dilated (output stride 8 or 16); the same weights undilated give the
+        # stride-16 and stride-32 maps the SSD levels read
+        overrides = {"output_stride": 32, **overrides}
     model = auto.load_model(job.model, OBJECT_DETECTION, ignore_mismatched_sizes=True, **fresh, **overrides)
     return DetectorStart(model, np.arange(1, len(data.categories) + 1), note)
 
