@@ -249,3 +249,60 @@ def test_fine_tuning_the_fixtures_detector_raises_its_map(converted_ssd, tmp_pat
     assert result.model.config.num_labels == 81  # COCO's head kept: the data's classes are COCO classes
     assert after["loss"] < 0.85 * before["loss"], (before, after)
     assert after["map_50"] > before["map_50"] and after["map"] > before["map"], (before, after)
+
+
+# -- the run's common checks (main's hardening) hold for detection --------------------------------------------------
+def test_a_detection_batch_that_cannot_fit_in_memory_is_refused_before_any_image_is_decoded(coco_folder, tmp_path,
+                                                                                            capsys, monkeypatch):
+    """The batch sizes are checked against the SSDLite that would train (`detection_job.trained_config`), after the
+    recipe's defaults (320x320) are filled in and before the data's images are read."""
+    from mobilevit.errors import EXIT_USAGE
+    from mobilevit.training import detection_data
+
+    def decoded(*args):
+        raise AssertionError("an image was decoded before the batch size was checked")
+
+    monkeypatch.setattr(detection_data, "_decoded_size", decoded)
+    # (a batch larger than the data is lowered to it: the training batch is checked at a large image size)
+    for argv, message in ((["--image-size", "8192", "--batch-size", "8"], "batch_size: expected at most"),
+                          (["--batch-size", "8", "--eval-batch-size", "1000000000"],
+                           "eval_batch_size: expected at most")):
+        size = "8192x8192" if "--image-size" in argv else "320x320"  # else the recipe's size
+        code = main(["train", "--task", "object-detection", "--data", str(coco_folder), *argv, "--output-dir",
+                     str(tmp_path / "out")])
+        err = capsys.readouterr().err.strip()
+        assert code == EXIT_USAGE and len(err.splitlines()) == 1, err
+        assert message in err and f"at {size}" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing written
+
+
+def test_detection_limits_hold_for_the_recipe_defaults_and_the_values_given(coco_folder, tmp_path):
+    from mobilevit.training.job import TrainError, validate_job
+
+    job = validate_job(TrainJob(task="object-detection", data=coco_folder, output_dir=tmp_path / "out",
+                                variant="mobilevitv2-0.5"))
+    assert (job.learning_rate, job.weight_decay, job.image_size) == (9e-4, 0.05, 320)  # ml-cvnets' v2 recipe
+    for name, value, message in (("image_size", 100000, "image_size: expected an integer from 32 to 8192"),
+                                 ("learning_rate", float("inf"), "learning_rate: expected a finite number"),
+                                 ("weight_decay", -1.0, "weight_decay: expected a finite number")):
+        with pytest.raises(TrainError, match=message):
+            validate_job(TrainJob(task="object-detection", data=coco_folder, output_dir=tmp_path / "out",
+                                  **{name: value}))
+
+
+def test_resuming_matches_the_datas_classes_to_the_checkpoints_by_name(tmp_path):
+    """The checkpoint's label set is the run's: the data's classes are found in it by name (in any order), and a
+    class it lacks stops the run (resuming after the classes changed would silently relabel the boxes)."""
+    from mobilevit.training.detection_data import DataError
+    from mobilevit.training.detection_job import build_detector
+
+    checkpoint_labels = {0: "background", 1: "square", 2: "circle"}
+    data = _categories_data(["circle", "square"])
+    data.use_label_set(checkpoint_labels, "the checkpoint 'c'")
+    assert data.id2label == checkpoint_labels and data.model_ids.tolist() == [2, 1]
+    start = build_detector(TrainJob(task="object-detection", data=None, output_dir="unused"), data, 64)
+    assert start.model.config.id2label == checkpoint_labels and start.model_ids.tolist() == [2, 1]
+    changed = _categories_data(["circle", "triangle"])
+    with pytest.raises(DataError, match=r"holds the class 'triangle', which the checkpoint 'c' lacks"):
+        changed.use_label_set(checkpoint_labels, "the checkpoint 'c'")
+    assert changed.label_set is None  # unchanged by the refused match

@@ -46,8 +46,9 @@ import numpy as np
 import torch
 
 from ..image_reading import ImageError, image_pixels, open_image
+from ..labels import map_labels
 from .data import (IMAGE_COLUMNS, IMAGE_EXTENSIONS, LABEL_FILE, SPLIT_ALIASES, BadExample, DataError,
-                   _find_split, _read_label_file, raise_bad_examples)
+                   _find_split, raise_bad_examples, read_label_file)
 from .sampler import SampleKey
 
 BACKGROUND = "background"  # the model's class 0
@@ -128,11 +129,31 @@ class DetectionData:
     source_name: str
     fixes: Fixes = field(default_factory=Fixes)
     skipped: list[BadExample] = field(default_factory=list)
+    label_set: dict[int, str] | None = None  # an existing model's label set the data is matched to (`use_label_set`)
 
     @property
     def id2label(self) -> dict[int, str]:
-        """The label set of a new head: background, then the data's classes."""
+        """The label set the detector learns: an existing model's (`use_label_set`), else that of a new head:
+        background, then the data's classes."""
+        if self.label_set is not None:
+            return dict(self.label_set)
         return {0: BACKGROUND, **{i + 1: name for i, name in enumerate(self.categories)}}
+
+    @property
+    def model_ids(self) -> np.ndarray:
+        """The id in `id2label` of each of the data's categories."""
+        if self.label_set is None:
+            return np.arange(1, len(self.categories) + 1)
+        return label_ids_for(self.categories, {name: index for index, name in self.label_set.items() if index != 0})
+
+    def use_label_set(self, id2label: dict[int, str], target: str) -> None:
+        """Learn and evaluate in the label set `id2label` (an existing detector's, class 0 the background; `target`
+        names it): the data's classes are matched to it by name (`map_labels`, as for classification and
+        segmentation); a class it lacks is a DataError. Every split shares the data's one class list (checked when
+        loaded), so one match covers them all."""
+        label2id = {name: index for index, name in sorted(id2label.items()) if index != 0}
+        map_labels(self.categories, label2id, f"data {self.source_name}", target, error=DataError)
+        self.label_set = {int(index): name for index, name in id2label.items()}
 
     def summary(self) -> str:
         splits = [s for s in (self.train, self.validation, self.test) if s is not None]
@@ -144,9 +165,11 @@ class DetectionData:
 # Loading
 # ---------------------------------------------------------------------------------------------------------
 def prepare_detection_data(source, *, labels: list[str] | None = None, val_fraction: float = 0.1, seed: int = 0,
-                           skip_bad: bool = False) -> DetectionData:
+                           skip_bad: bool = False, check_size=None) -> DetectionData:
     """Load (if a path) and check `source` (see the module docstring); returns the splits with checked boxes.
-    Raises `DataError` before any training if something is off."""
+    Raises `DataError` before any training if something is off. `check_size(number of training images)` runs
+    before the images are decoded (the batch sizes' checks), and again if the training split shrank (images
+    unreadable, or without boxes, left out)."""
     import datasets
 
     fixes = Fixes()
@@ -158,7 +181,7 @@ def prepare_detection_data(source, *, labels: list[str] | None = None, val_fract
                             f"{'file' if path.exists() else 'nothing at'} {str(path)!r}")
         if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
             if labels is None and (path / LABEL_FILE).is_file():
-                labels = _read_label_file(path / LABEL_FILE)
+                labels = read_label_file(path / LABEL_FILE)
             loaded = datasets.load_from_disk(str(path))
             splits, categories = _from_datasets(loaded, labels, source_name)
         else:
@@ -189,6 +212,9 @@ def prepare_detection_data(source, *, labels: list[str] | None = None, val_fract
     for name, split in splits.items():
         if len(split) == 0:
             raise DataError(f"data {source_name}[{name}]: the split is empty (no images)")
+    checked_size = len(splits["train"])
+    if check_size is not None:
+        check_size(checked_size)
     bad = []
     for name in ("train", "validation", "test"):
         if name in splits:
@@ -209,6 +235,8 @@ def prepare_detection_data(source, *, labels: list[str] | None = None, val_fract
         if len(split) == 0:
             raise DataError(f"data {source_name}[{name}]: no usable images left (every image was unreadable or, for "
                             f"training, without boxes)")
+    if check_size is not None and len(splits["train"]) < checked_size:
+        check_size(len(splits["train"]))
     return DetectionData(splits["train"], splits["validation"], splits.get("test"), categories, source_name, fixes,
                          bad)
 
@@ -459,7 +487,7 @@ def _from_datasets(source, labels, source_name) -> tuple[dict[str, DetectionSpli
     if objects_column is None:
         raise DataError(f"data {source_name}: expected a column of boxes (one of {list(OBJECT_COLUMNS)}, each holding "
                         f"'bbox' [x, y, width, height] and 'category' per box), got columns {list(train.column_names)}")
-    names = labels or _category_names(train.features[objects_column])
+    names = list(labels) if labels else _category_names(train.features[objects_column])
     splits = {}
     for split, dataset in found.items():
         if dataset is None:
@@ -467,10 +495,21 @@ def _from_datasets(source, labels, source_name) -> tuple[dict[str, DetectionSpli
         if len(dataset) == 0:
             raise DataError(f"data {source_name}[{split}]: the split is empty")
         splits[split] = _datasets_split(split, dataset, image_column, objects_column, source_name)
+        own = _category_names(dataset.features.get(objects_column))
+        if own is not None and names is not None and own != names:  # a split's named classes, matched by name
+            ids = np.array(map_labels(own, {name: i for i, name in enumerate(names)}, f"data {source_name}[{split}]",
+                                      "--labels" if labels else "the training split", error=DataError), dtype=np.int64)
+            splits[split].labels = [_remapped(found_labels, ids) for found_labels in splits[split].labels]
     if names is None:  # integer categories without names: ids 0..max
         largest = max((int(l.max()) for s in splits.values() for l in s.labels if l.size), default=0)
         names = [str(i) for i in range(largest + 1)]
     return splits, list(names)
+
+
+def _remapped(labels: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """`labels` through `ids`; an id outside the split's ClassLabel stays as it is (`_check_split` names it)."""
+    inside = (labels >= 0) & (labels < len(ids))
+    return np.where(inside, ids[np.where(inside, labels, 0)], labels).astype(np.int64)
 
 
 def _category_names(feature) -> list[str] | None:

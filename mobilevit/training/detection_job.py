@@ -57,8 +57,30 @@ def _start_config(job):
     return auto.load_config(job.model) if job.model is not None else auto.new_config(job.variant, OBJECT_DETECTION)
 
 
-def load_data(job) -> DetectionData:
-    return prepare_detection_data(job.data, labels=job.labels, seed=job.seed, skip_bad=job.skip_bad_images)
+def load_data(job, check_size=None) -> DetectionData:
+    return prepare_detection_data(job.data, labels=job.labels, seed=job.seed, skip_bad=job.skip_bad_images,
+                                  check_size=check_size)
+
+
+def _own_task(config) -> str | None:
+    return auto.family_of(config).task_named_by(config)
+
+
+def _config_overrides(job, own_task: str | None, image_size: int) -> dict:
+    """What `build_detector` changes in the config it starts from: the input size, and (not from a detector) an
+    undilated backbone: a segmentation backbone runs dilated (output stride 8 or 16); the same weights undilated
+    give the stride-16 and stride-32 maps the SSD levels read."""
+    overrides = {"image_size": image_size, **job.config_overrides}
+    if job.model is not None and own_task != OBJECT_DETECTION:
+        overrides = {"output_stride": 32, **overrides}
+    return overrides
+
+
+def trained_config(job, config):
+    """The config of the detector `build_detector` makes from `config` (the run's start, overrides applied), but
+    for its label set, which comes with the data and sizes only the heads' last convolutions: what the batch
+    sizes are checked against (`job.check_batch_sizes`) before the data is read."""
+    return type(config).from_dict({**config.to_dict(), **_config_overrides(job, _own_task(config), job.image_size)})
 
 
 @dataclass
@@ -71,34 +93,39 @@ class DetectorStart:
 
 
 def build_detector(job, data: DetectionData, image_size: int) -> DetectorStart:
-    """The detector to train (see the module docstring)."""
-    overrides = {"image_size": image_size, **job.config_overrides}
+    """The detector to train (see the module docstring), in the data's label set `data.id2label` (the data's own
+    classes, or a checkpoint's when resuming: `DetectionData.use_label_set`), or a detector folder's whose classes
+    include every class of the data (matched by name)."""
     fresh = {"id2label": data.id2label, "label2id": {v: k for k, v in data.id2label.items()},
              "num_labels": len(data.id2label)}
     if job.model is None:
+        overrides = _config_overrides(job, None, image_size)
         config = auto.new_config(job.variant, OBJECT_DETECTION, **fresh, **overrides)
-        return DetectorStart(auto.new_model(config, OBJECT_DETECTION), np.arange(1, len(data.categories) + 1), None)
+        return DetectorStart(auto.new_model(config, OBJECT_DETECTION), data.model_ids, None)
     config = auto.load_config(job.model)
-    own_task = auto.family_of(config).task_named_by(config)
+    own_task = _own_task(config)
+    overrides = _config_overrides(job, own_task, image_size)
     if own_task == OBJECT_DETECTION:
-        label2id = {name: int(i) for i, name in config.id2label.items() if int(i) != 0}
+        folder_labels = {int(i): name for i, name in config.id2label.items()}
+        label2id = {name: i for i, name in folder_labels.items() if i != 0}
         model_ids = label_ids_for(data.categories, label2id)
-        if model_ids is not None:
+        # a label set the run must keep (a checkpoint's) decides; else the folder's, when it holds the data's classes
+        if model_ids is not None and (data.label_set is None or data.label_set == folder_labels):
             model = auto.load_model(job.model, OBJECT_DETECTION, **overrides)
             return DetectorStart(model, model_ids, f"model: keeps the head of {str(job.model)!r}: its "
-                                 f"{len(label2id)} classes include the data's {len(data.categories)} (matched by name)")
+                                 f"{len(label2id)} classes include the data's {len(data.categories)} (matched by "
+                                 f"name)")
         missing = [name for name in data.categories if name not in label2id][:3]
-        note = (f"model: the heads' last layers are new, for the data's {len(data.categories)} classes ("
-                f"{', '.join(map(repr, missing))} ... are not among the {len(label2id)} of {str(job.model)!r}); the "
+        why = (f"{', '.join(map(repr, missing))} ... are not among the {len(label2id)} of {str(job.model)!r}" if missing
+               else f"the checkpoint resumed from has other classes than {str(job.model)!r}")
+        note = (f"model: the heads' last layers are new, for the data's {len(data.categories)} classes ({why}); the "
                 f"backbone and the other SSD layers keep their weights")
     else:
         note = (f"model: the backbone of {str(job.model)!r} ({own_task or 'backbone'}) with new SSD layers for the "
                 f"data's {len(data.categories)} classes")
-        # a segmentation backbone runs dilated (output stride 8 or 16); the same weights undilated give the
-        # stride-16 and stride-32 maps the SSD levels read
-        overrides = {"output_stride": 32, **overrides}
-    model = auto.load_model(job.model, OBJECT_DETECTION, ignore_mismatched_sizes=True, **fresh, **overrides)
-    return DetectorStart(model, np.arange(1, len(data.categories) + 1), note)
+    # the label-dependent layers start afresh, even for as many classes as the folder's (`auto.load_model`)
+    model = auto.load_model(job.model, OBJECT_DETECTION, new_head={**fresh, **overrides})
+    return DetectorStart(model, data.model_ids, note)
 
 
 def detection_processor(model):
