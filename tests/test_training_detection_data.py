@@ -111,6 +111,24 @@ def test_datasets_folder_with_an_objects_column(tmp_path, as_list):
     assert data.train.labels[1].tolist() == [0, 1]
 
 
+def test_named_categories_are_matched_by_name_across_splits_and_to_labels():
+    """A validation split whose ClassLabel lists the classes in another order keeps each box's class; --labels in
+    another order than the ClassLabel too; a class the label set lacks is one line naming it."""
+    train = _objects_dataset([{"bbox": [[1, 1, 5, 5]], "category": [0]}, {"bbox": [[2, 2, 5, 5]], "category": [1]}])
+    swapped = _objects_dataset([{"bbox": [[1, 1, 5, 5]], "category": [0]}, {"bbox": [[2, 2, 5, 5]], "category": [1]}],
+                               names=("dog", "cat"))
+    data = prepare_detection_data(datasets.DatasetDict({"train": train, "validation": swapped}))
+    assert data.categories == ["cat", "dog"] and [l.tolist() for l in data.validation.labels] == [[1], [0]]
+    data = prepare_detection_data(datasets.DatasetDict({"train": train, "validation": swapped}),
+                                  labels=["dog", "cat", "bird"])
+    assert data.categories == ["dog", "cat", "bird"]
+    assert [l.tolist() for l in data.train.labels] == [[1], [0]]
+    assert [l.tolist() for l in data.validation.labels] == [[0], [1]]
+    other = _objects_dataset([{"bbox": [[1, 1, 5, 5]], "category": [0]}], names=("cow", "cat"))
+    with pytest.raises(DataError, match=r"\[validation\]: holds the class 'cow', which the training split lacks"):
+        prepare_detection_data(datasets.DatasetDict({"train": train, "validation": other}))
+
+
 def test_integer_categories_take_names_from_labels(tmp_path):
     features = datasets.Features({"image": datasets.Image(), "objects": {
         "bbox": datasets.List(datasets.List(datasets.Value("float32"))), "category": datasets.List(datasets.Value("int64"))}})
