@@ -5,6 +5,7 @@ under torchrun and under `accelerate launch`; fine-tuning the fixtures' detector
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -306,3 +307,14 @@ def test_resuming_matches_the_datas_classes_to_the_checkpoints_by_name(tmp_path)
     with pytest.raises(DataError, match=r"holds the class 'triangle', which the checkpoint 'c' lacks"):
         changed.use_label_set(checkpoint_labels, "the checkpoint 'c'")
     assert changed.label_set is None  # unchanged by the refused match
+
+
+def test_a_diverging_detector_stops_with_one_line_naming_the_step(coco_folder, tmp_path, capsys):
+    from mobilevit.errors import EXIT_DATA
+
+    code = main(["train", "--task", "object-detection", "--data", str(coco_folder), "--image-size", "64", "--epochs",
+                 "2", "--batch-size", "8", "--learning-rate", "1e30", "--output-dir", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == EXIT_DATA and re.search(r"training: the (loss became nan|weight .* became NaN or infinite) at "
+                                           r"step \d+", err[-1]), err[-3:]
+    assert not (tmp_path / "out").exists()
