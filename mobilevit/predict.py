@@ -876,10 +876,10 @@ def box_line_width(height: int, width: int) -> int:
     return max(2, round(max(height, width) / 300))
 
 
-def detections_picture(photo, detections: list[dict], palette) -> bytes:
+def detections_picture(photo, detections: list[dict], palette, scores: bool = True) -> bytes:
     """PNG: the photo (H x W x 3 uint8) at its own size, each detection's box outlined in its class's colour (the
     PASCAL VOC palette; the box's pixel edges are the outline's outer edges) and labelled with its class and score
-    on a filled tag above it (inside when there is no room)."""
+    (`scores=False`: the class only, for true boxes) on a filled tag above it (inside when there is no room)."""
     import io
 
     from PIL import Image, ImageDraw, ImageFont
@@ -900,7 +900,7 @@ def detections_picture(photo, detections: list[dict], palette) -> bytes:
         if right < left or bottom < top:
             continue
         draw.rectangle((left, top, right, bottom), outline=colour, width=line)
-        text = f"{detection['label']} {detection['score']:.2f}"
+        text = f"{detection['label']} {detection['score']:.2f}" if scores else str(detection["label"])
         text_left, text_top, text_right, text_bottom = draw.textbbox((0, 0), text, font=font)
         tag_height = text_bottom - text_top + 2 * line
         tag_top = top - tag_height if top - tag_height >= 0 else top

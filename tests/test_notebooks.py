@@ -31,7 +31,7 @@ def kernel_for_this_interpreter(tmp_path_factory) -> tuple[str, dict]:
 def test_there_are_notebooks():
     names = [path.name for path in NOTEBOOKS]
     assert {"01_quickstart.ipynb", "02_finetune_classification.ipynb", "03_semantic_segmentation.ipynb",
-            "04_convert_mlcvnets.ipynb", "05_mobilevitv2.ipynb", "07_object_detection.ipynb"} <= set(names), names
+            "04_convert_mlcvnets.ipynb", "05_mobilevitv2.ipynb", "07_object_detection.ipynb", "08_train_detector.ipynb"} <= set(names), names
 
 
 @pytest.mark.slow

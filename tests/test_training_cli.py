@@ -119,7 +119,7 @@ def test_an_output_that_would_touch_the_data_is_refused_even_with_overwrite(tmp_
     (["--flip-prob", "1.5"], "flip_prob: expected a finite number in [0, 1], got 1.5"),
     (["--num-workers", "-1"], "num_workers: expected an integer from 0 to "),
     (["--variant", "huge"], "variant: expected a released size"),
-    (["--task", "detection"], "task: expected one of"),
+    (["--task", "depth-estimation"], "task: expected one of"),
     (["--labels", "a,a"], "labels: expected distinct class names, got 'a' more than once"),
 ])
 def test_bad_arguments_stop_before_anything_is_written(tmp_path, capsys, argv, message):

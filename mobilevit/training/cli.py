@@ -3,6 +3,8 @@
     mobilevit train --task classification --data my_images/ --variant xx-small --epochs 30 --output-dir out
     mobilevit train --task segmentation --data my_masks_dataset/ --model deeplabv3-mobilevit-small/ \\
         --labels background,road,car --epochs 20 --output-dir out-seg
+    mobilevit train --task object-detection --data my_coco_folder/ --model ssdlite-mobilevit-xx-small/ \\
+        --epochs 30 --output-dir out-det           # COCO-format or datasets folder with boxes
     torchrun --nproc_per_node 2 -m mobilevit train ...      # DistributedDataParallel, one output (rank 0)
 
 Checkpoints are written every epoch to `<output-dir>.partial/`; `--resume` continues a killed run from the
@@ -30,9 +32,12 @@ def _pair(kind):
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("data")
     data.add_argument("--task", default="classification",
-                      help="classification (image-classification) or segmentation (semantic-segmentation)")
+                      help="classification (image-classification), segmentation (semantic-segmentation) or "
+                           "detection (object-detection)")
     data.add_argument("--data", required=True,
-                      help="an image folder tree (class sub-folders) or a datasets.save_to_disk folder")
+                      help="an image folder tree (class sub-folders) or a datasets.save_to_disk folder; detection: "
+                           "a COCO-format folder (instances JSON + images, per split) or a datasets.save_to_disk "
+                           "folder with an 'objects' column (bbox [x, y, w, h] and category per box)")
     data.add_argument("--labels", type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
                       help="comma-separated class names in id order (needed for segmentation data without names; "
                            "class folders are matched to them by name)")
@@ -41,7 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            "instead of stopping before training")
     model = parser.add_argument_group("model")
     model.add_argument("--model", help="a local checkpoint folder to fine-tune (the head is re-initialised for "
-                                       "the new labels); without it, --variant is trained from scratch")
+                                       "the new labels); without it, --variant is trained from scratch. Detection: "
+                                       "a detector (its head kept when its classes include the data's) or a "
+                                       "classifier, whose backbone gets new SSD layers")
     model.add_argument("--variant", default="xx-small",
                        help="size to train from scratch, a released size of any family: MobileViT v1 xx-small, "
                             "x-small, small; MobileViTv2 mobilevitv2-0.5 ... mobilevitv2-2.0 (also timm's "
@@ -52,11 +59,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--epochs", type=float, default=10, help="passes over the training data")
     train.add_argument("--batch-size", type=int, default=32, help="per process, at the base resolution")
     train.add_argument("--eval-batch-size", type=int, help="per process (default: --batch-size)")
-    train.add_argument("--learning-rate", "--lr", type=float, default=2e-3, help="peak of the cosine schedule (AdamW)")
-    train.add_argument("--weight-decay", type=float, default=0.01, help="AdamW's decoupled weight decay")
+    train.add_argument("--learning-rate", "--lr", type=float,
+                       help="peak of the cosine schedule (AdamW; default 2e-3, detection: ml-cvnets' 9e-4)")
+    train.add_argument("--weight-decay", type=float,
+                       help="AdamW's decoupled weight decay (default 0.01; detection: ml-cvnets' 0.01 for MobileViT "
+                            "v1, 0.05 for MobileViTv2)")
     train.add_argument("--warmup-ratio", type=float, default=0.1, help="share of the steps spent warming up")
     train.add_argument("--image-size", type=int, help="training crop, at least 32 (default: the model config's "
-                                                      "image_size)")
+                                                      "image_size; detection: 320, or the detector folder's)")
     train.add_argument("--eval-resize", type=int, help="shortest edge before the centre crop at evaluation (default: "
                                                        "image size x 288/256; segmentation: the image size)")
     train.add_argument("--multi-scale", action=argparse.BooleanOptionalAction, default=None,

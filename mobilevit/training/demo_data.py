@@ -119,8 +119,8 @@ def _shape_mask(rng: np.random.Generator, kind: int, size: int) -> np.ndarray:
     return mask
 
 
-def make_shapes_scene(rng: np.random.Generator, photos: list[np.ndarray], size: int = 128):
-    """One scene: (image uint8 (size, size, 3), mask uint8 (size, size) with values 0..3)."""
+def _photo_background(rng: np.random.Generator, photos: list[np.ndarray], size: int) -> np.ndarray:
+    """A random square crop of a random photo, (size, size, 3) float32 in [0, 1]."""
     photo = photos[rng.integers(len(photos))]
     h, w = photo.shape[:2]
     side = int(rng.uniform(0.3, 1.0) * min(h, w))
@@ -130,11 +130,17 @@ def make_shapes_scene(rng: np.random.Generator, photos: list[np.ndarray], size: 
     crop = crop[::step, ::step]
     ys = (np.arange(size) * crop.shape[0] / size).astype(int)
     xs = (np.arange(size) * crop.shape[1] / size).astype(int)
-    image = crop[ys][:, xs].astype(np.float32) / 255.0
-    mask = np.zeros((size, size), dtype=np.uint8)
-    for _ in range(rng.integers(1, 4)):
+    return crop[ys][:, xs].astype(np.float32) / 255.0
+
+
+def _place_shapes(rng: np.random.Generator, image: np.ndarray, mask: np.ndarray, count: int) -> list:
+    """Paint `count` random shapes (textured; neither overlapping nor touching, so each shows its whole outline)
+    into `image` and their class ids into `mask`; returns [(kind, pixel box (x1, y1, x2, y2))] of those placed."""
+    size = mask.shape[0]
+    placed = []
+    for _ in range(count):
         kind = int(rng.integers(1, 4))
-        for _attempt in range(20):  # shapes neither overlap nor touch: each one shows its whole outline
+        for _attempt in range(20):
             region = _shape_mask(rng, kind, size)
             grown = region.copy()
             for shift, axis in ((2, 0), (-2, 0), (2, 1), (-2, 1)):
@@ -142,7 +148,17 @@ def make_shapes_scene(rng: np.random.Generator, photos: list[np.ndarray], size: 
             if not (grown & (mask > 0)).any():
                 image[region] = _texture(rng, size)[region]
                 mask[region] = kind
+                rows, cols = np.nonzero(region)
+                placed.append((kind, (int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1)))
                 break
+    return placed
+
+
+def make_shapes_scene(rng: np.random.Generator, photos: list[np.ndarray], size: int = 128):
+    """One scene: (image uint8 (size, size, 3), mask uint8 (size, size) with values 0..3)."""
+    image = _photo_background(rng, photos, size)
+    mask = np.zeros((size, size), dtype=np.uint8)
+    _place_shapes(rng, image, mask, int(rng.integers(1, 4)))
     return (image * 255).round().astype(np.uint8), mask
 
 
@@ -165,3 +181,72 @@ def load_shapes_dataset(image_size: int = 128, num_train: int = 800, num_val: in
             masks.append(Image.fromarray(mask))
         splits[name] = datasets.Dataset.from_dict({"image": images, "annotation": masks}, features=features)
     return datasets.DatasetDict(splits)
+
+
+DETECTION_LABELS = ["circle", "square", "triangle"]  # the detector adds its background class 0
+
+
+def _detection_features():
+    import datasets
+
+    return datasets.Features({
+        "image_id": datasets.Value("int64"),
+        "image": datasets.Image(),
+        "objects": {"bbox": datasets.List(datasets.List(datasets.Value("float32"), length=4)),
+                    "category": datasets.List(datasets.ClassLabel(names=DETECTION_LABELS))},
+    })
+
+
+def load_detection_dataset(image_size: int = 128, num_train: int = 600, num_val: int = 100, num_test: int = 100,
+                           seed: int = 0, max_shapes: int = 3):
+    """Shapes over real photo crops with their boxes, as a `DatasetDict` ("train", "validation", "test") in the
+    form of transformers' detection examples: "image_id", "image" and "objects" ({"bbox": [[x, y, width,
+    height], ...] in pixels (COCO's box form), "category": [class index into DETECTION_LABELS, ...]}). Each box is
+    the tight box of its shape's pixels; 1 to `max_shapes` shapes per image, none touching another."""
+    import datasets
+    from PIL import Image
+
+    photos = _photos()
+    splits, next_id = {}, 1
+    for offset, (name, count) in enumerate((("train", num_train), ("validation", num_val), ("test", num_test))):
+        rng = np.random.default_rng([seed, 100 + offset])  # streams of their own, apart from the segmentation data
+        rows = {"image_id": [], "image": [], "objects": []}
+        for _ in range(count):
+            image = _photo_background(rng, photos, image_size)
+            mask = np.zeros((image_size, image_size), dtype=np.uint8)
+            placed = _place_shapes(rng, image, mask, int(rng.integers(1, max_shapes + 1)))
+            rows["image_id"].append(next_id)
+            rows["image"].append(Image.fromarray((image * 255).round().astype(np.uint8)))
+            rows["objects"].append({"bbox": [[x1, y1, x2 - x1, y2 - y1] for _, (x1, y1, x2, y2) in placed],
+                                    "category": [kind - 1 for kind, _ in placed]})
+            next_id += 1
+        splits[name] = datasets.Dataset.from_dict(rows, features=_detection_features())
+    return datasets.DatasetDict(splits)
+
+
+def write_coco_folder(dataset_dict, folder) -> None:
+    """Write a detection `DatasetDict` (as `load_detection_dataset` makes) as a COCO-format folder: per split,
+    `folder/<split>/` with the images as PNG and `instances.json` (COCO's images / annotations / categories;
+    category ids 1..N in the order of the class names). Empty splits are not written (a loader refuses them)."""
+    import json
+    from pathlib import Path
+
+    folder = Path(folder)
+    for split, dataset in dataset_dict.items():
+        if len(dataset) == 0:
+            continue
+        names = dataset.features["objects"]["category"].feature.names
+        out = folder / split
+        out.mkdir(parents=True, exist_ok=True)
+        images, annotations = [], []
+        for row in dataset:
+            file_name = f"{row['image_id']:06d}.png"
+            row["image"].save(out / file_name)
+            images.append({"id": row["image_id"], "file_name": file_name, "width": row["image"].width,
+                           "height": row["image"].height})
+            for box, category in zip(row["objects"]["bbox"], row["objects"]["category"]):
+                annotations.append({"id": len(annotations) + 1, "image_id": row["image_id"], "category_id": category + 1,
+                                    "bbox": [float(v) for v in box], "area": float(box[2] * box[3]), "iscrowd": 0})
+        categories = [{"id": i + 1, "name": name} for i, name in enumerate(names)]
+        (out / "instances.json").write_text(json.dumps({"images": images, "annotations": annotations,
+                                                         "categories": categories}))

@@ -3,12 +3,16 @@
     result = train_and_save(TrainJob(task="image-classification", data="my_images/", output_dir="out",
                                      model="apple/mobilevit-xx-small-local-copy", epochs=10))
 
-Steps: check every argument (`validate_job`: the one place, before anything is read or written) and every
-example (`prepare_task_data`) -> tidy `<output_dir>.partial/` (checkpoints of an earlier run: resumed,
-refused or replaced) -> build or load the model (new head for the new label set) -> `MobileViTTrainer`
-(checkpoints every epoch in `<output_dir>.partial/`) -> evaluate on the test split (else validation) -> on
-rank 0, write config.json, model.safetensors, preprocessor_config.json, README.md (model card), metrics.json
-and training_history.png into a temporary folder and move it into place whole.
+Steps: check every argument (`validate_job`: the one place, before anything is read or written; a task's
+recipe defaults are filled in first, so that its limits hold for the values the run uses) and every example
+(`prepare_task_data`; detection: `prepare_detection_data`), the batch sizes against the data and the memory
+first -> match the data's classes by name to a checkpoint resumed from -> tidy `<output_dir>.partial/`
+(checkpoints of an earlier run: resumed, refused or replaced) -> build or load the model (new head for the new
+label set; detection: `detection_job.build_detector`) -> `MobileViTTrainer` (checkpoints every epoch in
+`<output_dir>.partial/`) -> evaluate on the test split (else validation) -> on rank 0, write config.json,
+model.safetensors, preprocessor_config.json, README.md (model card), metrics.json and training_history.png
+(detection: and predictions.png) into a temporary folder and move it into place whole. The output and its
+checkpoint folder are claimed for the whole run (`file_utils.claim_output`): a second run into them is refused.
 
 A killed run restarts from its last whole checkpoint with `resume=True`; checkpoints the kill cut off while
 they were written are reported and removed (`checkpoints.py`). A rejected run writes nothing, so the
@@ -36,20 +40,24 @@ from ..fast_training import keep_freed_memory
 from ..file_utils import check_output_dir, claim_output, json_text, staged_directory
 from ..hub import write_model_card
 from ..image_processing_mobilevit import MobileViTImageProcessor
-from ..tasks import CLASSIFICATION, SEGMENTATION, a_task, canonical_task
+from ..tasks import CLASSIFICATION, OBJECT_DETECTION, SEGMENTATION, a_task, canonical_task
 from ..thread_policy import POLICY
+from . import detection_job
 from .checkpoints import checkpoint_problem, scan_checkpoints
 from .data import DataError, prepare_task_data
+from .detection_data import collate_detection
 from .history import epoch_history, plot_history
 from .metrics import ClassificationMetrics, SegmentationMetrics
 from .trainer import MobileViTTrainer, MultiScaleOptions
 from .transforms import EvalTransform, TrainAugmentation
 
-# The metric a task is judged by (model card, plot, checkpoint comparison).
-MAIN_METRIC = {CLASSIFICATION: "accuracy", SEGMENTATION: "mean_iou"}
-# ml-cvnets trains classification with the multi-scale sampler and segmentation (DeepLabV3 configs) with the
-# fixed-size `batch_sampler` at 512x512; the defaults follow.
-MULTI_SCALE_DEFAULT = {CLASSIFICATION: True, SEGMENTATION: False}
+# The metric a task is judged by (model card, plot, checkpoint comparison); detection: COCO mAP@[.5:.95].
+MAIN_METRIC = {CLASSIFICATION: "accuracy", SEGMENTATION: "mean_iou", OBJECT_DETECTION: "map"}
+# ml-cvnets trains classification with the multi-scale sampler, segmentation (DeepLabV3 configs) and detection
+# (SSDLite configs) with the fixed-size `batch_sampler` at 512x512 and 320x320; the defaults follow.
+MULTI_SCALE_DEFAULT = {CLASSIFICATION: True, SEGMENTATION: False, OBJECT_DETECTION: False}
+# AdamW's peak learning rate and weight decay where a run leaves them open (detection: `detection_job`)
+LEARNING_RATE, WEIGHT_DECAY = 2e-3, 0.01
 
 
 class TrainError(UserError):
@@ -74,10 +82,10 @@ class TrainJob:
     epochs: float = 10
     batch_size: int = 32
     eval_batch_size: int | None = None
-    learning_rate: float = 2e-3
-    weight_decay: float = 0.01
+    learning_rate: float | None = None  # None: 2e-3; detection: ml-cvnets' 9e-4
+    weight_decay: float | None = None  # None: 0.01; detection: ml-cvnets' (0.01 for v1, 0.05 for v2)
     warmup_ratio: float = 0.1
-    image_size: int | None = None  # training crop; default: the config's image_size
+    image_size: int | None = None  # training crop; default: the config's image_size (detection: 320)
     eval_resize: int | None = None  # shortest edge before the centre crop at evaluation
     multi_scale: bool | None = None  # None: the task's default (MULTI_SCALE_DEFAULT)
     multi_scale_range: tuple[int, int] | None = None  # (min, max) resolution; None: 0.625x..1.25x image_size
@@ -128,6 +136,7 @@ def validate_job(job: TrainJob) -> TrainJob:
             job.variant = auto.resolve_variant(job.variant)[1]
     except ValueError as err:
         raise TrainError(str(err), usage=True) from None
+    _fill_recipe_defaults(job)  # before the limits: they check the values the run will use
     limits.check_int("batch_size", job.batch_size, 1, error=TrainError)
     if job.eval_batch_size is not None:
         limits.check_int("eval_batch_size", job.eval_batch_size, 1, error=TrainError)
@@ -165,6 +174,18 @@ def validate_job(job: TrainJob) -> TrainJob:
         raise DataError(f"data: expected an existing folder, got {str(job.data)!r} (does not exist)")
     job.output_dir = _check_output(job)
     return job
+
+
+def _fill_recipe_defaults(job: TrainJob) -> None:
+    """The learning rate, weight decay (and, for detection, image size) of the task's recipe where the job
+    leaves them open."""
+    if job.task == OBJECT_DETECTION and (job.model is None or Path(job.model).is_dir()):
+        defaults = detection_job.recipe_defaults(job)
+    else:
+        defaults = {"learning_rate": LEARNING_RATE, "weight_decay": WEIGHT_DECAY}
+    for name, value in defaults.items():
+        if getattr(job, name) is None:
+            setattr(job, name, value)
 
 
 def _image_size(job: TrainJob, config) -> int:
@@ -238,7 +259,11 @@ def _inputs(job: TrainJob) -> list[tuple[str, Path]]:
 def _check_output(job: TrainJob) -> Path:
     """The output folder and its checkpoint folder `<output_dir>.partial`: never an input, inside one or around
     one (--overwrite would delete it), not a file; an output holding files needs `overwrite`; checkpoints of
-    an unfinished run need `resume` or `overwrite`; a checkpoint to resume from must be whole."""
+    an unfinished run need `resume` or `overwrite`; a checkpoint to resume from must be whole. Rank 0 of several
+    processes checks (and claims the output, `train_and_save`) for them all: the other ranks write nothing, and
+    would take rank 0's claim for another run's."""
+    if not _is_rank_zero():
+        return Path(job.output_dir).expanduser().resolve()
     output_dir = check_output_dir(job.output_dir, "output_dir", _inputs(job), error=TrainError)
     work_dir = work_dir_for(output_dir)
     check_output_dir(work_dir, "output_dir (its checkpoint folder)", _inputs(job), error=TrainError)
@@ -456,37 +481,28 @@ def _remove_if_empty(work_dir: Path) -> None:
         shutil.rmtree(work_dir, ignore_errors=True)
 
 
-def _train_and_save(job: TrainJob, output_dir: Path, work_dir: Path) -> TrainResult:
-    config = _check_model(job)
-    image_size = _image_size(job, config)
+@dataclass
+class _RunParts:
+    """What a task brings to the common run: the model, its processor, the datasets and metrics, and the
+    picture of held-out predictions written beside the curves (detection)."""
+
+    model: object
+    processor: object
+    train_set: object
+    val_set: object
+    test_set: object | None
+    compute_metrics: object
+    train_metrics: object | None
+    collator: object
+    eval_resize: int | None
+    picture: object | None = None  # picture(model, path): held-out predictions
+
+
+def _classification_or_segmentation_parts(job: TrainJob, data, image_size: int) -> _RunParts:
+    model = build_model(job, data.id2label)
+    family = auto.family_of(model)
     default_resize = image_size if job.task == SEGMENTATION else int(round(image_size * 288 / 256))
     eval_resize = job.eval_resize or default_resize
-
-    def check_sizes(num_train: int) -> None:  # before every example is read
-        check_batch_sizes(job, config, num_train, image_size)
-
-    data = prepare_task_data(job.data, job.task, labels=job.labels, seed=job.seed, skip_bad=job.skip_bad_images,
-                             check_size=check_sizes)
-    if data.skipped:
-        _note(f"data: left out {len(data.skipped)} examples that cannot be used (--skip-bad-images; listed in "
-              "metrics.json under skipped_examples)")
-    resume = _resume_checkpoint(job, work_dir)
-    if resume is not None:  # the data's classes must be the checkpoint's, matched by name
-        data.use_label_set(_checkpoint_labels(resume, job, config), f"the checkpoint {str(resume)!r}")
-    else:
-        folder_labels = _folder_labels(job)
-        if folder_labels is not None and sorted(folder_labels.values()) == sorted(data.id2label.values()):
-            data.use_label_set(folder_labels, f"the model {str(job.model)!r}")  # the same classes: keep the head
-    if job.threads is not None:
-        torch.set_num_threads(job.threads)
-    keep_freed_memory()  # a training step's large maps are reused, not page-faulted in again (fast_training.py)
-    set_seed(job.seed)  # the new weights (and a new head) depend on the seed only, like Trainer's model_init
-    model = build_model(job, data.id2label)
-    if resume is not None:
-        _check_checkpoint_shapes(resume, model)
-    # nothing was written up to here; from here on this run owns the output's surroundings
-    resume_from = _prepare_work_dir(job, work_dir)
-    family = auto.family_of(model)
     model.config.image_size = image_size  # the config says what the saved processor feeds it
     processor = build_processor(image_size, eval_resize, family)
     augment = TrainAugmentation(image_size, job.crop_scale, job.crop_ratio, job.flip_prob)
@@ -496,40 +512,102 @@ def _train_and_save(job: TrainJob, output_dir: Path, work_dir: Path) -> TrainRes
     eval_transform = EvalTransform(eval_resize, image_size)
     val_set = data.dataset("validation", eval_transform, order)
     test_set = data.dataset("test", eval_transform, order) if data.test is not None else None
+    return _RunParts(model, processor, train_set, val_set, test_set, _metrics_for(job.task, data.id2label, family),
+                     _metrics_for(job.task, data.id2label, family), None, eval_resize)
+
+
+def _detection_parts(job: TrainJob, data, image_size: int) -> _RunParts:
+    start = detection_job.build_detector(job, data, image_size)
+    if start.note:
+        _note(start.note)
+    model = start.model
+    processor = detection_job.detection_processor(model)
+    train_set, val_set, test_set = detection_job.datasets_for(data, start, processor, image_size, job.flip_prob)
+    held_out = data.test if data.test is not None else data.validation
+
+    def picture(trained, path):
+        detection_job.save_predictions_picture(
+            trained, processor, held_out, start.model_ids, path,
+            f"{auto.family_of(trained).title} {trained.config.variant or 'custom'} SSDLite on held-out images")
+
+    return _RunParts(model, processor, train_set, val_set, test_set, detection_job.metrics_for(model, processor),
+                     None, collate_detection, None, picture)
+
+
+def _train_and_save(job: TrainJob, output_dir: Path, work_dir: Path) -> TrainResult:
+    config = _check_model(job)
+    image_size = _image_size(job, config)  # detection: the recipe's, filled in by `validate_job`
+    detection = job.task == OBJECT_DETECTION
+    # the batches are sized for the model that trains: for detection the SSDLite `build_detector` makes of `config`
+    trained_config = detection_job.trained_config(job, config) if detection else config
+
+    def check_sizes(num_train: int) -> None:  # before every example is read
+        check_batch_sizes(job, trained_config, num_train, image_size)
+
+    if detection:
+        data = detection_job.load_data(job, check_size=check_sizes)
+        _note(data.summary())
+    else:
+        data = prepare_task_data(job.data, job.task, labels=job.labels, seed=job.seed, skip_bad=job.skip_bad_images,
+                                 check_size=check_sizes)
+    if data.skipped:
+        _note(f"data: left out {len(data.skipped)} examples that cannot be used (--skip-bad-images; listed in "
+              "metrics.json under skipped_examples)")
+    resume = _resume_checkpoint(job, work_dir)
+    if resume is not None:  # the data's classes must be the checkpoint's, matched by name
+        data.use_label_set(_checkpoint_labels(resume, job, config), f"the checkpoint {str(resume)!r}")
+    elif not detection:  # (detection: `build_detector` matches the data's classes to a detector folder's by name)
+        folder_labels = _folder_labels(job)
+        if folder_labels is not None and sorted(folder_labels.values()) == sorted(data.id2label.values()):
+            data.use_label_set(folder_labels, f"the model {str(job.model)!r}")  # the same classes: keep the head
+    if job.threads is not None:
+        torch.set_num_threads(job.threads)
+    keep_freed_memory()  # a training step's large maps are reused, not page-faulted in again (fast_training.py)
+    set_seed(job.seed)  # the new weights (and a new head) depend on the seed only, like Trainer's model_init
+    parts = (_detection_parts if detection else _classification_or_segmentation_parts)(job, data, image_size)
+    model, processor = parts.model, parts.processor
+    if resume is not None:
+        _check_checkpoint_shapes(resume, model)
+    # nothing was written up to here; from here on this run owns the output's surroundings
+    resume_from = _prepare_work_dir(job, work_dir)
 
     multi_scale = MULTI_SCALE_DEFAULT[job.task] if job.multi_scale is None else job.multi_scale
     low, high = job.multi_scale_range or (None, None)
+    collator = {"data_collator": parts.collator} if parts.collator is not None else {}
     trainer = MobileViTTrainer(
-        model=model, args=_training_arguments(job, work_dir / "checkpoints"), train_dataset=train_set,
-        eval_dataset=val_set, compute_metrics=_metrics_for(job.task, data.id2label, family),
-        train_metrics=_metrics_for(job.task, data.id2label, family), callbacks=list(job.callbacks),
-        multi_scale=MultiScaleOptions(enabled=multi_scale, min_size=low, max_size=high), bf16=job.bf16,
-        error=TrainError)
+        model=model, args=_training_arguments(job, work_dir / "checkpoints"), train_dataset=parts.train_set,
+        eval_dataset=parts.val_set, compute_metrics=parts.compute_metrics, train_metrics=parts.train_metrics,
+        callbacks=list(job.callbacks), multi_scale=MultiScaleOptions(enabled=multi_scale, min_size=low, max_size=high),
+        bf16=job.bf16, error=TrainError, **collator)
     started, cpu_started, steps_before = time.perf_counter(), time.process_time(), dict(POLICY.counts)
     trainer.train(resume_from_checkpoint=resume_from)
     train_seconds, train_cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
 
     metrics = {"task": job.task, "main_metric": MAIN_METRIC[job.task],
-               "validation": _strip(trainer.evaluate(val_set, metric_key_prefix="eval"), "eval_")}
-    if test_set is not None:
-        metrics["test"] = _strip(trainer.evaluate(test_set, metric_key_prefix="test"), "test_")
+               "validation": _strip(trainer.evaluate(parts.val_set, metric_key_prefix="eval"), "eval_")}
+    if parts.test_set is not None:
+        metrics["test"] = _strip(trainer.evaluate(parts.test_set, metric_key_prefix="test"), "test_")
     metrics["history"] = epoch_history(trainer.state.log_history)
     metrics["train_seconds"] = round(train_seconds, 1)
     metrics["train_cpu_seconds"] = round(train_cpu_seconds, 1)  # all threads; wall time x threads when idle
     metrics["training"] = {"epochs": job.epochs, "batch_size": job.batch_size, "learning_rate": job.learning_rate,
-                           "image_size": image_size, "multi_scale": multi_scale, "seed": job.seed,
-                           "world_size": trainer.args.world_size, "base_model": str(job.model) if job.model else None,
+                           "weight_decay": job.weight_decay, "image_size": image_size, "multi_scale": multi_scale,
+                           "seed": job.seed, "world_size": trainer.args.world_size,
+                           "base_model": str(job.model) if job.model else None,
                            "bf16": job.bf16, "threads": torch.get_num_threads(),
                            "steps_by_threads": _steps_by_threads(steps_before),
-                           "variant": model.config.variant, "num_train_examples": len(train_set)}
-    metrics["eval_resize"] = eval_resize
+                           "variant": model.config.variant, "num_train_examples": len(parts.train_set)}
+    if parts.eval_resize is not None:
+        metrics["eval_resize"] = parts.eval_resize
+    if detection:
+        metrics["data"] = {"classes": data.categories, "fixed": asdict(data.fixes)}
     metrics["skipped_examples"] = [asdict(bad) for bad in data.skipped]
     if isinstance(job.data, (str, Path)):
         metrics["dataset"] = Path(job.data).name
 
     trainer.accelerator.wait_for_everyone()
     if trainer.is_world_process_zero():
-        _write_output(model, processor, metrics, job, output_dir, work_dir)
+        _write_output(model, processor, metrics, job, output_dir, work_dir, parts.picture)
     trainer.accelerator.wait_for_everyone()
     return TrainResult(output_dir, metrics, model, processor, trainer)
 
@@ -550,7 +628,8 @@ def _strip(values: dict, prefix: str) -> dict:
             if not key.endswith(("_runtime", "_samples_per_second", "_steps_per_second")) and key != "epoch"}
 
 
-def _write_output(model, processor, metrics: dict, job: TrainJob, output_dir: Path, work_dir: Path) -> None:
+def _write_output(model, processor, metrics: dict, job: TrainJob, output_dir: Path, work_dir: Path,
+                  picture=None) -> None:
     """Write the Hub folder into a temporary sibling, then swap it into place whole."""
     # an existing output_dir is only replaced with overwrite (checked before training, and again at the move)
     with staged_directory(output_dir, overwrite=job.overwrite, argument="output_dir", error=TrainError) as staging:
@@ -560,6 +639,8 @@ def _write_output(model, processor, metrics: dict, job: TrainJob, output_dir: Pa
         (staging / "metrics.json").write_text(json_text(metrics) + "\n")
         plot_history(metrics["history"], MAIN_METRIC[job.task], staging / "training_history.png",
                      title=f"{auto.family_of(model).title} {model.config.variant or 'custom'} {job.task}")
+        if picture is not None:
+            picture(model, staging / "predictions.png")
         _write_card(model, metrics, job, staging)
     if not job.keep_checkpoints:
         shutil.rmtree(work_dir, ignore_errors=True)
@@ -570,14 +651,21 @@ def _write_card(model, metrics: dict, job: TrainJob, folder: Path) -> None:
     shown = {f"{split} {name}": value for name, value in metrics[split].items()
              if isinstance(value, float) and math.isfinite(value) and not name.startswith("iou_")}
     training = metrics["training"]
+    if job.task == OBJECT_DETECTION:
+        how = (f"SSD augmentation (ml-cvnets' IoU-constrained crop, photometric changes, flip) at "
+               f"{training['image_size']}x{training['image_size']}. The processor saved here stretches the whole "
+               f"image to {training['image_size']}x{training['image_size']} and keeps the post-processing rule "
+               f"(`detection_postprocessing`); mAP is COCO's (pycocotools). Predictions on held-out images: "
+               f"`predictions.png`.")
+    else:
+        how = (f"{training['image_size']}x{training['image_size']} crops"
+               f"{' with the multi-scale sampler' if training['multi_scale'] else ''}. The processor saved here "
+               f"resizes the shortest edge to {metrics['eval_resize']} before the centre crop.")
     notes = (f"Trained with `mobilevit train` ({'fine-tuned from ' + str(job.model) if job.model else 'from scratch'}"
              f"): {training['epochs']} epochs on {training['num_train_examples']} images, batch size "
              f"{job.batch_size} x {training['world_size']} process(es), AdamW with peak learning rate "
-             f"{job.learning_rate} on a cosine schedule{' (bfloat16 autocast)' if job.bf16 else ''}, "
-             f"{training['image_size']}x{training['image_size']} crops"
-             f"{' with the multi-scale sampler' if training['multi_scale'] else ''}. The processor saved here "
-             f"resizes the shortest edge to {metrics['eval_resize']} before the centre crop. Per-epoch curves: "
-             f"`training_history.png`; all numbers: `metrics.json`.")
+             f"{job.learning_rate} on a cosine schedule{' (bfloat16 autocast)' if job.bf16 else ''}, {how} "
+             f"Per-epoch curves: `training_history.png`; all numbers: `metrics.json`.")
     write_model_card(folder, task=job.task, variant=model.config.variant, num_parameters=model.num_parameters(),
                      image_size=training["image_size"], num_labels=len(model.config.id2label),
                      dataset=metrics.get("dataset"), metrics=shown, notes=notes)

@@ -134,3 +134,102 @@ class SegmentationMetrics(_StreamingMetric):
             name = self.id2label.get(index, str(index))
             result[f"iou_{name}"] = None if math.isnan(value) else value
         return result
+
+
+# COCO's summary numbers (`COCOeval.stats`), by position, under the names transformers' and torchmetrics' users know
+COCO_STATS = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_1", "mar_10", "mar_100",
+              "mar_small", "mar_medium", "mar_large")
+
+
+def coco_map(ground_truth: list[dict], detections: list[dict], category_ids) -> dict[str, float | None]:
+    """COCO box mAP by pycocotools (`COCOeval`, iouType "bbox": mAP@[.5:.95], @.5, @.75, small / medium / large,
+    and the recalls), nothing computed here. `ground_truth`: one dict per image with `image_id`, `height`,
+    `width`, `boxes` (K, 4) pixel corners and `labels` (K,); `detections`: one dict per image with `image_id`,
+    `boxes` (D, 4) pixel corners, `scores` and `labels`. A number COCO cannot give (no ground truth of that
+    size) is None; with no detection at all every AP is 0."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    categories = [{"id": int(c)} for c in category_ids]
+
+    def coco(entries, with_scores):
+        annotations = []
+        for entry in entries:
+            boxes = np.asarray(entry["boxes"], dtype=np.float64).reshape(-1, 4)
+            xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
+            scores = np.asarray(entry["scores"], dtype=np.float64) if with_scores else None
+            for k, (box, label) in enumerate(zip(xywh.tolist(), np.asarray(entry["labels"]).tolist())):
+                annotation = {"id": len(annotations) + 1, "image_id": int(entry["image_id"]),
+                              "category_id": int(label), "bbox": box, "area": box[2] * box[3], "iscrowd": 0}
+                if with_scores:
+                    annotation["score"] = float(scores[k])
+                annotations.append(annotation)
+        found = COCO()
+        found.dataset = {"images": images, "annotations": annotations, "categories": categories}
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
+            found.createIndex()
+        return found
+
+    images = [{"id": int(e["image_id"]), "height": int(e["height"]), "width": int(e["width"])} for e in ground_truth]
+    truth, found = coco(ground_truth, False), coco(detections, True)
+    evaluation = COCOeval(truth, found, iouType="bbox")
+    with contextlib.redirect_stdout(io.StringIO()):
+        evaluation.evaluate()
+        evaluation.accumulate()
+        evaluation.summarize()
+    return {name: (None if value < 0 else float(value)) for name, value in zip(COCO_STATS, evaluation.stats)}
+
+
+class DetectionMetrics:
+    """COCO mAP of a detector over an evaluation set, for `Trainer` (`batch_eval_metrics=True`) or by hand
+    (`update(outputs, labels)` per batch, then `compute()`).
+
+    Each batch's outputs (logits and pred_boxes of the detector) go through `processor.post_process_object_detection`
+    at the images' original sizes (the model's own rule: its score threshold, 0.05 for v1 and 0.01 for v2, which
+    is what ml-cvnets' COCO evaluation keeps, NMS and caps); the detections and the ground truth (the `labels` of
+    `DetectionDataset`: normalised boxes and `orig_size`) are kept as pixel boxes, and `compute` hands them to
+    pycocotools (`coco_map`). Images are keyed by `image_id`: an image met twice (the padding of the last batch
+    under several processes) counts once."""
+
+    def __init__(self, processor, category_ids):
+        self.processor, self.category_ids = processor, [int(c) for c in category_ids]
+        self.reset()
+
+    def reset(self) -> None:
+        self.ground_truth, self.detections = {}, {}
+
+    @torch.no_grad()
+    def update(self, outputs, labels: list[dict]) -> None:
+        from ..ssd import center_to_corners
+
+        logits, pred_boxes = (outputs[0], outputs[1]) if isinstance(outputs, (tuple, list)) else \
+            (outputs["logits"], outputs["pred_boxes"])
+        logits, pred_boxes = _tensor(logits), _tensor(pred_boxes)
+        labels = list(labels)[:len(logits)]  # gathered labels may keep the last batch's padding
+        sizes = [tuple(int(v) for v in _tensor(target["orig_size"]).tolist()) for target in labels]
+        found = self.processor.post_process_object_detection((logits, pred_boxes), target_sizes=sizes)
+        for target, (height, width), detections in zip(labels, sizes, found):
+            image_id = int(_tensor(target["image_id"]))
+            if image_id in self.ground_truth:
+                continue
+            scale = torch.tensor([width, height, width, height], dtype=torch.float64)
+            boxes = center_to_corners(_tensor(target["boxes"]).double().reshape(-1, 4)) * scale
+            self.ground_truth[image_id] = {"image_id": image_id, "height": height, "width": width,
+                                           "boxes": boxes.numpy(), "labels": _tensor(target["class_labels"]).numpy()}
+            self.detections[image_id] = {"image_id": image_id, **{k: v.cpu().numpy() for k, v in detections.items()}}
+
+    def compute(self) -> dict[str, float | None]:
+        if not self.ground_truth:
+            raise ValueError("DetectionMetrics.compute: expected at least one update, got none")
+        return coco_map(list(self.ground_truth.values()), list(self.detections.values()), self.category_ids)
+
+    def __call__(self, eval_pred, compute_result: bool = True) -> dict:
+        self.update(eval_pred.predictions, eval_pred.label_ids)
+        if not compute_result:
+            return {}
+        result = self.compute()
+        self.reset()
+        return result

@@ -8,9 +8,12 @@ DDP via torchrun / accelerate, progress bars) is stock Trainer, with two guards:
 being finite ends training at once with a one-line error naming the step (stock Trainer logs the average of
 earlier losses instead and trains on, saving NaN weights), and DataLoader worker processes end with the main
 process, however it ends (Linux: the parent-death signal), rather than lingering. The sampler is a plug-in:
-with a `MobileViTDataset` as training set, batches come from
+with a `MobileViTDataset` (or a detection `DetectionDataset`) as training set, batches come from
 `MultiScaleBatchSampler` (multi-scale or fixed size); any other training set falls back to Trainer's own
-loader. And `MultiScaleBatchSampler` + `MobileViTDataset` also work with a plain `DataLoader`:
+loader. For detectors, evaluation hands `compute_metrics` only the logits and the decoded boxes
+(`DETECTION_IGNORED_KEYS` leaves the rest out), which the COCO metric post-processes, and their labels (one dict
+of boxes per image) are gathered across processes as objects. And `MultiScaleBatchSampler` + `MobileViTDataset`
+also work with a plain `DataLoader`:
 
     loader = DataLoader(dataset, batch_sampler=MultiScaleBatchSampler(len(dataset), 32, 256), collate_fn=collate)
 """
@@ -32,6 +35,10 @@ from ..errors import UserError
 from ..thread_policy import POLICY
 from .data import MobileViTDataset, collate
 from .sampler import MultiScaleBatchSampler
+
+# what a detector's evaluation keeps of its outputs: logits and pred_boxes (the loss parts, raw regressions and
+# feature maps are left out; `loss_dict` holds an int, which Trainer could not gather)
+DETECTION_IGNORED_KEYS = ["loss_dict", "box_regression", "feature_maps", "hidden_states"]
 
 _PR_SET_PDEATHSIG = 1
 
@@ -154,7 +161,8 @@ class MobileViTTrainer(Trainer):
             seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed)
 
     def get_train_dataloader(self) -> DataLoader:
-        if not isinstance(self.train_dataset, MobileViTDataset):
+        if not (isinstance(self.train_dataset, MobileViTDataset) or getattr(self.train_dataset, "takes_sample_keys",
+                                                                            False)):
             return super().get_train_dataloader()
         # Not passed through `accelerator.prepare`: the sampler already shards across ranks (accelerate's
         # shard wrapper would shard a second time), and Trainer moves each batch to the device itself.
@@ -189,6 +197,22 @@ class MobileViTTrainer(Trainer):
         if self.bf16 and self.model.training:
             return torch.autocast(self.args.device.type, dtype=torch.bfloat16, cache_enabled=cache_enabled)
         return super().autocast_smart_context_manager(cache_enabled)
+
+    def evaluation_loop(self, *args, **kwargs):
+        self.gather_function = self._gather_for_metrics  # Trainer sets it back to accelerate's after the loop
+        return super().evaluation_loop(*args, **kwargs)
+
+    def _gather_for_metrics(self, data):
+        """accelerate's `gather_for_metrics`, but a detector's labels (a list of dicts whose boxes vary in number
+        from image to image) travel as objects: gathered as tensors they would need one shape on every rank."""
+        if isinstance(data, list) and data and isinstance(data[0], dict):
+            return self.accelerator.gather_for_metrics(data, use_gather_object=True)
+        return self.accelerator.gather_for_metrics(data)
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        if ignore_keys is None and isinstance(inputs.get("labels"), list):  # a detector's list of box dicts
+            ignore_keys = DETECTION_IGNORED_KEYS
+        return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
 
     # -- per-epoch training metrics ----------------------------------------------------------------------------------
     def _reset_train_tracking(self) -> None:
