@@ -4,6 +4,7 @@
     mobilevit train --task segmentation --data my_masks_dataset/ --model deeplabv3-mobilevit-small/ \\
         --labels background,road,car --epochs 20 --output-dir out-seg
     torchrun --nproc_per_node 2 -m mobilevit train ...      # DistributedDataParallel, one output (rank 0)
+    mobilevit train ... --compile                            # torch.compile'd training (docs/compile.md)
 
 Checkpoints are written every epoch to `<output-dir>.partial/`; `--resume` continues a killed run from the
 last whole one. Arguments and every example are checked before training (errors are one line, exit 2 for a
@@ -71,6 +72,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--flip-prob", type=float, default=0.5, help="horizontal flip probability")
     train.add_argument("--seed", type=int, default=0, help="seeds the initial weights, the split and the augmentation")
     train.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
+    train.add_argument("--compile", action="store_true",
+                       help="torch.compile the model (Inductor; Trainer's torch_compile): one graph per training input "
+                            "size, each compiled at its first step (minutes on a small CPU), faster steps after; "
+                            "see docs/compile.md")
     train.add_argument("--threads", type=int, default=1,
                        help="torch CPU threads (default: 1; on a machine of your own, its free cores: on a busy one, "
                             "2 threads on 2 cores trained 20-30x slower than 1)")
@@ -93,7 +98,7 @@ def job_from_args(args: argparse.Namespace) -> TrainJob:
         multi_scale_range=args.multi_scale_range, crop_scale=args.crop_scale, crop_ratio=args.crop_ratio,
         flip_prob=args.flip_prob, labels=args.labels, config_overrides=overrides, seed=args.seed, resume=args.resume,
         overwrite=args.overwrite, keep_checkpoints=args.keep_checkpoints, num_workers=args.num_workers,
-        threads=args.threads, skip_bad_images=args.skip_bad_images)
+        threads=args.threads, skip_bad_images=args.skip_bad_images, compile=args.compile)
 
 
 def run(args: argparse.Namespace) -> int:

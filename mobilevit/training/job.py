@@ -89,6 +89,8 @@ class TrainJob:
     num_workers: int = 0
     threads: int | None = None  # torch CPU threads for this process (None: leave torch's setting)
     skip_bad_images: bool = False  # leave out (and report) examples that cannot be read, instead of stopping
+    compile: bool = False  # torch.compile the model (Trainer's torch_compile): a graph per input shape
+    compile_backend: str = "inductor"  # the torch.compile backend when `compile` (tests use "aot_eager")
     logging_steps: int = 10
     report_to: str = "none"
     callbacks: list = field(default_factory=list)  # extra `TrainerCallback`s
@@ -135,6 +137,10 @@ def validate_job(job: TrainJob) -> TrainJob:
             _positive(name, getattr(job, name))
     if not (_is_number(job.num_workers) and isinstance(job.num_workers, int) and job.num_workers >= 0):
         raise TrainError(f"num_workers: expected an integer >= 0, got {job.num_workers!r}", usage=True)
+    if not isinstance(job.compile, bool):
+        raise TrainError(f"compile: expected True or False, got {job.compile!r}", usage=True)
+    if job.compile:
+        _check_compile_backend(job.compile_backend)
     if not (_is_number(job.weight_decay) and job.weight_decay >= 0):
         raise TrainError(f"weight_decay: expected a number >= 0, got {job.weight_decay!r}", usage=True)
     _fraction("warmup_ratio", job.warmup_ratio)
@@ -159,6 +165,14 @@ def validate_job(job: TrainJob) -> TrainJob:
         raise DataError(f"data: expected an existing folder, got {str(job.data)!r} (does not exist)")
     job.output_dir = _check_output(job)
     return job
+
+
+def _check_compile_backend(backend) -> None:
+    from torch._dynamo import list_backends
+
+    if backend not in list_backends(exclude_tags=()):  # the debugging backends too ("eager", "aot_eager")
+        raise TrainError(f"compile_backend: expected a torch.compile backend such as "
+                         f"{', '.join(list_backends())}, got {backend!r}", usage=True)
 
 
 def _check_model(job: TrainJob):
@@ -262,6 +276,13 @@ def build_model(job: TrainJob, id2label: dict[int, str]):
     return auto.new_model(config, job.task)
 
 
+def _settle_problem_type(model, task: str) -> None:
+    """Class indices as labels: say so before the first step. transformers' classification loss writes it into
+    the config at its first call otherwise, and a compiled model then compiles its first graph again."""
+    if task == CLASSIFICATION and model.config.problem_type is None:
+        model.config.problem_type = "single_label_classification"
+
+
 def build_processor(crop_size: int, resize: int, family) -> MobileViTImageProcessor:
     """The processor saved with the model: the same geometry as `EvalTransform(resize, crop_size)`, and the
     family's segmentation post-processing."""
@@ -281,6 +302,7 @@ def _training_arguments(job: TrainJob, checkpoints: Path):
         logging_steps=job.logging_steps, seed=job.seed, data_seed=job.seed, report_to=job.report_to,
         remove_unused_columns=False, batch_eval_metrics=True, dataloader_num_workers=job.num_workers,
         save_only_model=False, disable_tqdm=False, use_cpu=not torch.cuda.is_available(),
+        torch_compile=job.compile, torch_compile_backend=job.compile_backend if job.compile else None,
     )
 
 
@@ -317,6 +339,7 @@ def train_and_save(job: TrainJob) -> TrainResult:
         torch.set_num_threads(job.threads)
     set_seed(job.seed)  # the new weights (and a new head) depend on the seed only, like Trainer's model_init
     model = build_model(job, data.id2label)
+    _settle_problem_type(model, job.task)
     family = auto.family_of(model)
     image_size = job.image_size or _as_int(model.config.image_size)
     default_resize = image_size if job.task == SEGMENTATION else int(round(image_size * 288 / 256))
@@ -336,6 +359,10 @@ def train_and_save(job: TrainJob) -> TrainResult:
         eval_dataset=val_set, compute_metrics=_metrics_for(job.task, data.id2label, family),
         train_metrics=_metrics_for(job.task, data.id2label, family), callbacks=list(job.callbacks),
         multi_scale=MultiScaleOptions(enabled=multi_scale, min_size=low, max_size=high))
+    if job.compile:
+        shapes = len(trainer.build_train_sampler(train_set).table)
+        _note(f"compile: the first step at each of the {shapes} training input size(s) compiles a graph "
+              f"({job.compile_backend}; minutes each on a small CPU); evaluation runs uncompiled (the fast path)")
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=resume_from)
     train_seconds = time.perf_counter() - started
@@ -348,7 +375,7 @@ def train_and_save(job: TrainJob) -> TrainResult:
     metrics["train_seconds"] = round(train_seconds, 1)
     metrics["training"] = {"epochs": job.epochs, "batch_size": job.batch_size, "learning_rate": job.learning_rate,
                            "image_size": image_size, "multi_scale": multi_scale, "seed": job.seed,
-                           "world_size": trainer.args.world_size, "base_model": str(job.model) if job.model else None,
+                           "world_size": trainer.args.world_size, "compile": job.compile, "base_model": str(job.model) if job.model else None,
                            "variant": model.config.variant, "num_train_examples": len(train_set)}
     metrics["eval_resize"] = eval_resize
     metrics["skipped_examples"] = [asdict(bad) for bad in data.skipped]

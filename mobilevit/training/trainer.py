@@ -1,7 +1,9 @@
 """`MobileViTTrainer`: `transformers.Trainer` with the multi-scale sampler and per-epoch training metrics.
 
 Everything else (optimizer, schedule, checkpoints, resume, DDP via torchrun / accelerate, progress bars) is
-stock Trainer. The sampler is a plug-in: with a `MobileViTDataset` as training set, batches come from
+stock Trainer. With `TrainingArguments(torch_compile=True)` the model is compiled once per input shape (see
+`compiled_per_shape`): one graph per resolution of the sampler's table. (Trainer evaluates `trainer.model`, the
+module itself, during and after `train()`: evaluation runs uncompiled, on the eval fast path.) The sampler is a plug-in: with a `MobileViTDataset` as training set, batches come from
 `MultiScaleBatchSampler` (multi-scale or fixed size); any other training set falls back to Trainer's own
 loader. And `MultiScaleBatchSampler` + `MobileViTDataset` also work with a plain `DataLoader`:
 
@@ -10,6 +12,7 @@ loader. And `MultiScaleBatchSampler` + `MobileViTDataset` also work with a plain
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +32,25 @@ class MultiScaleOptions:
     max_size: int | None = None
     num_scales: int = 5
     divisor: int = 32
+
+
+# Graphs a compiled run may need besides the training shapes: evaluation batches (full and last partial, validation
+# and test split) where Trainer compiles for an evaluation called without training, and one to spare.
+EVAL_GRAPHS = 5
+
+
+def compiled_per_shape(training_shapes: int):
+    """Dynamo settings for a compiled run: a graph per input shape (`automatic_dynamic_shapes=False`), and room
+    for them all (`recompile_limit`, 8 by default, after which Dynamo quietly runs the model uncompiled).
+
+    Why not one graph for every shape: after the first change of input size Dynamo recompiles with symbolic
+    sizes, and Inductor (torch 2.13) then fails on the backward pass of MobileViT and MobileViTv2 alike (stock
+    transformers too), ordering the strides of a view it saves ("cannot determine truth value of Relational",
+    pytorch/pytorch#172204). The multi-scale sampler has a handful of shapes, so each gets its own graph."""
+    from torch._dynamo import config
+
+    needed = training_shapes + EVAL_GRAPHS
+    return config.patch(automatic_dynamic_shapes=False, recompile_limit=max(config.recompile_limit, needed))
 
 
 class _EpochAwareLoader(DataLoader):
@@ -74,6 +96,28 @@ class MobileViTTrainer(Trainer):
         self.train_metrics = train_metrics
         self._loss_sum = torch.zeros(2, dtype=torch.float64)  # (sum of losses, number of steps) this epoch
         self.add_callback(_TrainMetricsCallback(self))
+
+    # -- compiled runs --------------------------------------------------------------------------------------------
+    def _compile_settings(self):
+        """`compiled_per_shape` for the sampler's table when the model is compiled; nothing otherwise."""
+        if not self.args.torch_compile:
+            return contextlib.nullcontext()
+        training_shapes = 1
+        if isinstance(self.train_dataset, MobileViTDataset):
+            training_shapes = len(self.build_train_sampler(self.train_dataset).table)
+        return compiled_per_shape(training_shapes)
+
+    def train(self, *args, **kwargs):
+        with self._compile_settings():
+            return super().train(*args, **kwargs)
+
+    def evaluate(self, *args, **kwargs):
+        with self._compile_settings():
+            return super().evaluate(*args, **kwargs)
+
+    def predict(self, *args, **kwargs):
+        with self._compile_settings():
+            return super().predict(*args, **kwargs)
 
     # -- data -----------------------------------------------------------------------------------------------------
     def build_train_sampler(self, dataset: MobileViTDataset) -> MultiScaleBatchSampler:
