@@ -2,8 +2,10 @@
 
 64 real photos (scikit-learn's two sample images resized to 500x375, then flipped and cropped into 64
 distinct images of 8 sizes), passed as PIL images, `return_tensors="pt"`, every processor with the Hub
-checkpoints' settings (shortest edge 288, crop 256, bilinear, BGR). The candidates run interleaved
-(A, B, C, A, B, C, ...) in one process; the medians are reported with the ratio to stock's PIL processor.
+checkpoints' settings (shortest edge 288, crop 256, bilinear, BGR), and for MobileViTv2 with ml-cvnets v0.2's
+(bicubic, antialiased, RGB; stock's PIL processor does that with `resample=3, do_flip_channel_order=False`).
+The candidates run interleaved (A, B, C, A, B, C, ...) in one process; the medians are reported with the
+ratio to stock's PIL processor with the same settings.
 
     python benchmarks/bench_image_processor.py --output bench_image_processor.png
 
@@ -33,6 +35,9 @@ from mobilevit.benchmark import IN_PROCESS_ALLOCATORS, tune_allocator
 
 HUB_SETTINGS = dict(size={"shortest_edge": 288}, crop_size={"height": 256, "width": 256}, resample=2,
                     do_flip_channel_order=True)
+V2_SETTINGS = dict(HUB_SETTINGS, resample=3, do_flip_channel_order=False)  # ml-cvnets v0.2: Pillow bicubic, RGB
+STOCK = "stock PIL (MobileViTImageProcessorPil)"
+STOCK_V2 = "v2: stock PIL, bicubic RGB"
 
 
 def sample_photos(count: int = 64) -> list[Image.Image]:
@@ -59,11 +64,17 @@ def candidates() -> tuple[dict, dict, str]:
     ours_exact = MobileViTImageProcessor(resize_bit_exact=True)
     ours_aa = MobileViTImageProcessor(resize_antialias=True)
     stock_pil = MobileViTImageProcessorPil(**HUB_SETTINGS)
+    ours_v2 = MobileViTImageProcessor(**V2_SETTINGS, resize_antialias=True)
+    ours_v2_exact = MobileViTImageProcessor(**V2_SETTINGS, resize_antialias=True, resize_bit_exact=True)
+    stock_v2 = MobileViTImageProcessorPil(**V2_SETTINGS)
     found = {
         "ours (default)": lambda images: ours(images, return_tensors="pt"),
         "ours (resize_bit_exact)": lambda images: ours_exact(images, return_tensors="pt"),
         "ours (resize_antialias)": lambda images: ours_aa(images, return_tensors="pt"),
-        "stock PIL (MobileViTImageProcessorPil)": lambda images: stock_pil(images, return_tensors="pt"),
+        STOCK: lambda images: stock_pil(images, return_tensors="pt"),
+        "v2: ours (default)": lambda images: ours_v2(images, return_tensors="pt"),
+        "v2: ours (resize_bit_exact, Pillow's arithmetic)": lambda images: ours_v2_exact(images, return_tensors="pt"),
+        STOCK_V2: lambda images: stock_v2(images, return_tensors="pt"),
     }
     skipped = {}
     try:
@@ -136,12 +147,13 @@ def main(argv=None) -> int:
           f"{torch.get_num_threads()} threads, transformers {version}, {args.allocator} allocator, "
           f"{args.repeats} interleaved rounds")
     rates = measure(runs, images, args.repeats)
-    reference = rates["stock PIL (MobileViTImageProcessorPil)"]
     for name, rate in rates.items():
-        print(f"{name:42s} {rate:8.1f} images/s   {rate / reference:5.2f}x stock PIL")
+        reference = rates[STOCK_V2 if name.startswith("v2:") else STOCK]
+        print(f"{name:48s} {rate:8.1f} images/s   {rate / reference:5.2f}x stock PIL (same settings)")
     for name, reason in skipped.items():
-        print(f"{name:42s} skipped: {reason}")
-    print(f"speed-up of ours over stock PIL: {rates['ours (default)'] / reference:.2f}x")
+        print(f"{name:48s} skipped: {reason}")
+    print(f"speed-up of ours over stock PIL: {rates['ours (default)'] / rates[STOCK]:.2f}x (v1 settings), "
+          f"{rates['v2: ours (default)'] / rates[STOCK_V2]:.2f}x (v2 settings)")
     save_chart(rates, args.output.resolve(), f"MobileViT preprocessing, {len(images)} photos, "
                f"torch threads: {torch.get_num_threads()}, {args.allocator} allocator")
     print(f"chart: {args.output}")

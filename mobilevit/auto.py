@@ -19,6 +19,7 @@ do not fit the config, an invalid `preprocessor_config.json`) is a one-line `Not
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from .tasks import CLASSIFICATION, FEATURE_EXTRACTION, SEGMENTATION, canonical_t
 
 _REGISTERED = (mobilevit.FAMILY, mobilevitv2.FAMILY)
 FAMILIES: dict[str, ModelFamily] = {family.model_type: family for family in _REGISTERED}
+logger = logging.getLogger(__name__)
 
 
 class NotAModelError(UserError):
@@ -68,14 +70,13 @@ def task_of(config, source: str | os.PathLike | None = None) -> str:
     """The task of a saved model, from the head class named in `config.architectures` (`source`: the folder,
     for the message)."""
     known = family_of(config)
-    names = {cls.__name__: task for task, cls in known.model_classes.items()}
-    for architecture in config.architectures or []:
-        if architecture in names:
-            return names[architecture]
+    task = known.task_named_by(config)
+    if task is not None:
+        return task
     where = f"model: {str(source)!r}: " if source is not None else ""
     raise NotAModelError(
-        f"{where}config.architectures: expected one of {sorted(names)} to infer the task, got {config.architectures!r}; "
-        f"pass the task ({', '.join(known.tasks)})"
+        f"{where}config.architectures: expected one of {sorted(c.__name__ for c in known.model_classes.values())} to "
+        f"infer the task, got {config.architectures!r}; pass the task ({', '.join(known.tasks)})"
     )
 
 
@@ -113,9 +114,10 @@ def new_model(config, task: str | None = None):
     return known.model_class(task)(config)
 
 
-def image_processor_for(config):
-    """The preprocessing a family's checkpoints were evaluated with, for a model of `config`."""
-    return family_of(config).image_processor(config)
+def image_processor_for(config, task: str | None = None):
+    """The preprocessing a family's checkpoints were evaluated with, for a `task` model of `config` (default:
+    the head its `architectures` name; classification for a config that names none, such as a new one)."""
+    return family_of(config).image_processor(config, task)
 
 
 def family_for_checkpoint(state_dict) -> ModelFamily:
@@ -235,7 +237,11 @@ def load_image_processor(model_dir: str | os.PathLike, config=None, **kwargs):
     """The folder's `preprocessor_config.json`, or the family's evaluation preprocessing when it has none. A file
     that is there but invalid is an error, never silently replaced by the defaults. A processor config that
     does not say how to upsample segmentation logits (one saved by stock transformers or before this option
-    existed) gets the family's way."""
+    existed) gets the family's way. `kwargs` override the folder's settings (`do_flip_channel_order=False`).
+
+    A folder whose channel order is not the one its family was trained on (a MobileViTv2 folder converted by
+    stock transformers flips to BGR) runs as the folder says, and the package says so once per folder and
+    process, with the way to switch (`mobilevit convert --fix-preprocessing`)."""
     from .image_processing_mobilevit import MobileViTImageProcessor
 
     path = Path(model_dir)
@@ -251,13 +257,35 @@ def load_image_processor(model_dir: str | os.PathLike, config=None, **kwargs):
         raise NotAModelError(f"model: {where} cannot be read ({str(err).splitlines()[0]})") from None
     except (ValueError, TypeError) as err:
         raise NotAModelError(f"model: {where} holds an invalid setting ({str(err).splitlines()[0]})") from None
+    try:
+        config = config if config is not None else load_config(model_dir)
+    except NotAModelError:  # a processor without a model: nothing to learn from
+        return processor
+    known = family_of(config)
     if processor.logits_align_corners is None:
-        try:
-            config = config if config is not None else load_config(model_dir)
-        except NotAModelError:  # a processor without a model: nothing to learn from
-            return processor
-        processor.logits_align_corners = family_of(config).segmentation_align_corners
+        processor.logits_align_corners = known.segmentation_align_corners
+    _say_if_channel_order_differs(model_dir, processor, known)
     return processor
+
+
+_CHANNEL_ORDER_NOTICES: set[str] = set()  # the folders this process has said it of
+
+
+def _say_if_channel_order_differs(model_dir, processor, known: ModelFamily) -> None:
+    """One line, once per folder and process, when a folder feeds its model the other channel order than the
+    family's release trained it on."""
+    trained = known.preprocessing.channel_order
+    fed = "BGR" if processor.setting("do_flip_channel_order") else "RGB"
+    path = Path(model_dir)
+    key = str(path.resolve()) if path.exists() else str(model_dir)
+    if fed == trained or key in _CHANNEL_ORDER_NOTICES:
+        return
+    _CHANNEL_ORDER_NOTICES.add(key)
+    logger.warning(
+        f"mobilevit: {str(model_dir)!r}: its preprocessor_config.json feeds {known.title} {fed} pixels, but "
+        f"{known.preprocessing.release} trained {known.title} on {trained} ({known.preprocessing.describe()}); it runs "
+        f"as the folder says. To switch: `mobilevit convert --fix-preprocessing {model_dir}` rewrites the file, or "
+        f"pass do_flip_channel_order={trained == 'BGR'} to the processor (docs/image-processor.md)")
 
 
 def load_model_and_processor(model_dir: str | os.PathLike, task: str | None = None, **from_pretrained_kwargs):

@@ -21,11 +21,22 @@ Before the checkpoint is read, the options and the output folder are checked (`c
 may not be a file, nor the checkpoint's own folder or one holding it (`--overwrite` would delete the
 checkpoint), nor hold files unless `--overwrite`. Every failure is a one-line `ConversionError`; a killed
 conversion's hidden staging folder is removed by the next conversion into the same place.
+
+`preprocessor_config.json` is the family's own preprocessing (`ModelFamily.preprocessing`: MobileViT v1 BGR
+and OpenCV bilinear, MobileViTv2 RGB and Pillow bicubic). A folder converted elsewhere whose processor reads
+pixels otherwise than its family's release (stock transformers' MobileViTv2 folders flip to BGR) is set
+right with
+
+    mobilevit convert --fix-preprocessing apple-mobilevitv2-1.0-imagenet1k-256
+
+which rewrites only the channel order and the resampling of its `preprocessor_config.json` (sizes and every
+other setting stay), through a temporary file moved over the old one, and prints each change.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,8 +55,9 @@ from .conversion_utils import (
     unwrap_state_dict,
 )
 from .errors import report
-from .file_utils import check_output_dir, staged_directory
+from .file_utils import check_output_dir, staged_directory, write_file_atomically
 from .hub import push_folder_to_hub, write_model_card
+from .image_processing_mobilevit import MobileViTImageProcessor
 from .labels import label2id, label_set_for
 from .tasks import CLASSIFICATION, SEGMENTATION, canonical_task
 
@@ -212,7 +224,7 @@ def convert_checkpoint(
         with staged_directory(output_dir) as work:
             num_parameters = sum(p.numel() for p in model.parameters())
             model.save_pretrained(str(work))
-            family.image_processor(config).save_pretrained(str(work))
+            family.image_processor(config, task).save_pretrained(str(work))
             write_model_card(work, task=task, variant=variant, num_parameters=num_parameters,
                              image_size=config.image_size, num_labels=num_labels, dataset=dataset,
                              source=checkpoint.name, source_sha256=source_sha256, repo_id=push_to_hub,
@@ -245,11 +257,77 @@ def convert_checkpoint(
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Setting a folder's preprocessing right (`mobilevit convert --fix-preprocessing FOLDER`)
+# ---------------------------------------------------------------------------------------------------------
+PROCESSOR_FILE = "preprocessor_config.json"
+# 2022 feature-extractor keys that stand for a setting the fix writes (the current key wins when both are there)
+_LEGACY_PIXEL_KEYS = {"do_flip_channels": "do_flip_channel_order"}
+
+
+def fix_preprocessing(folder: str | Path) -> dict[str, tuple]:
+    """Give a model folder its family's channel order and resampling (`Preprocessing.pixel_settings`) in
+    `preprocessor_config.json`, keeping every other key as it is; a folder without the file gets the family's
+    whole evaluation preprocessing. Returns {setting: (old, new)} for what changed ({} when nothing had to:
+    the file is then left untouched). The new file replaces the old one whole (temporary file, then rename)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ConversionError(f"fix_preprocessing: expected a model folder, got {str(folder)!r}"
+                              + (", which is a file" if folder.exists() else ", which does not exist"))
+    try:
+        config = auto.load_config(folder)
+    except auto.NotAModelError as err:
+        raise ConversionError(f"fix_preprocessing: {err}") from None
+    family = auto.family_of(config)
+    path = folder / PROCESSOR_FILE
+    if not path.is_file():
+        try:
+            write_file_atomically(path, auto.image_processor_for(config).to_json_string().encode("utf-8"))
+        except OSError as err:
+            raise ConversionError(f"fix_preprocessing: {str(path)!r} could not be written ({err})") from None
+        return {PROCESSOR_FILE: ("absent", "written whole")}
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(settings, dict):
+            raise ValueError(f"expected a JSON object, got {type(settings).__name__}")
+        current = MobileViTImageProcessor.from_dict(dict(settings))
+    except (OSError, ValueError, TypeError) as err:
+        raise ConversionError(f"fix_preprocessing: {str(path)!r} cannot be read ({str(err).splitlines()[0]}); "
+                              "nothing was changed") from None
+    changes = {name: (current.setting(name), wanted) for name, wanted in family.preprocessing.pixel_settings.items()
+               if current.setting(name) != wanted}
+    if not changes:
+        return {}
+    for legacy, name in _LEGACY_PIXEL_KEYS.items():
+        if name in changes:
+            settings.pop(legacy, None)
+    settings.update({name: new for name, (_, new) in changes.items()})
+    MobileViTImageProcessor.from_dict(dict(settings))  # the new file loads (it cannot fail where the old loaded)
+    try:
+        write_file_atomically(path, (json.dumps(settings, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+    except OSError as err:
+        raise ConversionError(f"fix_preprocessing: {str(path)!r} could not be written ({err}); the old file is "
+                              "unchanged") from None
+    return changes
+
+
+def _fix_preprocessing_summary(folder: Path, changes: dict, family_text: str) -> str:
+    if not changes:
+        return f"{folder}: {PROCESSOR_FILE} already reads pixels as {family_text}; nothing changed"
+    lines = [f"{folder}: {PROCESSOR_FILE} now reads pixels as {family_text}"]
+    lines += [f"  {name}: {old!r} -> {new!r}" for name, (old, new) in changes.items()]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Command line (`mobilevit convert` and conversion_scripts/convert_mlcvnets_checkpoint.py)
 # ---------------------------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--checkpoint", required=True, help="ml-cvnets checkpoint (.pt/.pth or .safetensors)")
-    parser.add_argument("--output-dir", required=True, help="folder to create (config, weights, processor, card)")
+    parser.add_argument("--checkpoint", help="ml-cvnets checkpoint (.pt/.pth or .safetensors)")
+    parser.add_argument("--output-dir", help="folder to create (config, weights, processor, card)")
+    parser.add_argument("--fix-preprocessing", metavar="FOLDER", default=None,
+                        help="instead of converting: give an existing model folder its family's channel order and "
+                             "resampling in preprocessor_config.json (a MobileViTv2 folder converted by stock "
+                             "transformers flips to BGR; ml-cvnets trained MobileViTv2 on RGB); other settings stay")
     parser.add_argument("--variant", default="auto",
                         help="auto (read from the tensors) or a released size (v1: xx-small, x-small, small; "
                              "v2: mobilevitv2-0.5 ... mobilevitv2-2.0); a contradiction is an error")
@@ -272,6 +350,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """`mobilevit convert`: a ConversionError reaches `mobilevit.cli`, which prints it as one line."""
+    if args.fix_preprocessing is not None:
+        if args.checkpoint is not None or args.output_dir is not None:
+            raise ConversionError("--fix-preprocessing: expected a model folder alone, got --checkpoint/--output-dir "
+                                  "too (convert and fix separately)", usage=True)
+        changes = fix_preprocessing(args.fix_preprocessing)
+        family = auto.family_of(auto.load_config(args.fix_preprocessing))
+        print(_fix_preprocessing_summary(Path(args.fix_preprocessing), changes, family.preprocessing.describe()))
+        return 0
+    for option, value in (("--checkpoint", args.checkpoint), ("--output-dir", args.output_dir)):
+        if value is None:
+            raise ConversionError(f"{option}: expected a value (or --fix-preprocessing FOLDER alone)", usage=True)
     result = convert_checkpoint(args.checkpoint, args.output_dir, variant=args.variant, task=args.task,
                                 weights=args.weights, image_size=args.image_size, output_stride=args.output_stride,
                                 overwrite=args.overwrite, push_to_hub=args.push_to_hub, progress=not args.no_progress)
@@ -291,5 +380,5 @@ def main(argv: list[str] | None = None) -> int:
         return report(prog, error)
 
 
-__all__ = ["convert_checkpoint", "check_folder_runs", "ConversionError", "ConversionResult", "add_arguments", "run",
-           "main"]
+__all__ = ["convert_checkpoint", "check_folder_runs", "fix_preprocessing", "ConversionError", "ConversionResult",
+           "add_arguments", "run", "main"]

@@ -2,9 +2,10 @@
 
 `write_model_card` is used by the checkpoint converter and by training; it describes what the folder holds
 (family, task, variant, size, metrics when known, where the weights came from, training curves) and how to
-use it, including the one thing MobileViT users trip over: the model takes BGR pixels in [0, 1] with no
-mean/std normalisation. `model_card_for_folder` reads those facts from a saved folder. What differs between
-families (their description, citation and class names) comes from the family registry, `mobilevit.auto`.
+use it, including the one thing MobileViT users trip over: the model takes pixels in [0, 1] with no mean/std
+normalisation, in its family's channel order (MobileViT v1 BGR, MobileViTv2 RGB). `model_card_for_folder`
+reads those facts from a saved folder. What differs between families (their description, citation, class
+names and preprocessing) comes from the family registry, `mobilevit.auto`.
 
 `push_to_hub` uploads a saved folder (or a model and its processor) as one commit: config, safetensors
 weights, `preprocessor_config.json`, the model card and, for folders that come from training, the curves.
@@ -18,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 from . import auto
+from .image_processing_mobilevit import MobileViTImageProcessor
 from .tasks import CLASSIFICATION, PIPELINE_TASKS, SEGMENTATION
 
 # task -> what the model outputs
@@ -104,15 +106,11 @@ def model_card_text(
     if training_curves:
         lines += ["", "## Training", "", f"![training curves]({training_curves})"]
 
-    resize_to, crop_to = _preprocessing_sizes(preprocessing, image_size)
     lines += [
         "",
         "## Preprocessing",
         "",
-        "The model takes **BGR** images with values in **[0, 1]** and **no mean/std normalisation** "
-        "(ml-cvnets reads images with OpenCV and only divides by 255). `preprocessor_config.json` does this: "
-        f"resize the shortest edge to {resize_to}, center-crop {crop_to}, rescale by "
-        "1/255 and flip RGB to BGR.",
+        _preprocessing_text(preprocessing or family.preprocessing.image_processor(task, image_size).to_dict(), family),
         "",
         "## How to use",
         "",
@@ -143,21 +141,26 @@ def model_card_text(
     return "\n".join(lines)
 
 
-def _preprocessing_sizes(preprocessing: dict | None, image_size: int) -> tuple[str, str]:
-    """("288", "256x256") from a processor config's `size` / `crop_size`, or the checkpoints' defaults."""
-    preprocessing = preprocessing or {}
-    size, crop = preprocessing.get("size"), preprocessing.get("crop_size")
-    if isinstance(size, dict) and "shortest_edge" in size:
-        resize_to = str(size["shortest_edge"])
-    elif isinstance(size, dict) and {"height", "width"} <= set(size):
-        resize_to = f"{size['height']}x{size['width']} (height x width)"
-    else:
-        resize_to = str(image_size + 32)
-    if isinstance(crop, dict) and {"height", "width"} <= set(crop):
-        crop_to = f"{crop['height']}x{crop['width']}"
-    else:
-        crop_to = f"{image_size}x{image_size}"
-    return resize_to, crop_to
+def _preprocessing_text(preprocessing: dict, family) -> str:
+    """What the folder's processor config (`preprocessing`) does to an image, in one paragraph."""
+    processor = MobileViTImageProcessor.from_dict(dict(preprocessing))
+    order = "BGR" if processor.setting("do_flip_channel_order") else "RGB"
+    resample = {0: "nearest", 2: "bilinear", 3: "bicubic"}.get(int(processor.resample), str(processor.resample))
+    resample += ", antialiased" if processor.setting("resize_antialias") else ""
+    steps = []
+    if processor.setting("do_resize") and processor.size:
+        size = dict(processor.size)
+        steps.append(f"resize the shortest edge to {size['shortest_edge']}" if size.get("shortest_edge")
+                     else f"resize to {size['height']}x{size['width']} (height x width)")
+    if processor.setting("do_center_crop") and processor.crop_size:
+        steps.append(f"center-crop {processor.crop_size['height']}x{processor.crop_size['width']}")
+    steps.append("rescale by 1/255" if processor.setting("do_rescale") else "no rescaling")
+    steps.append("flip RGB to BGR" if order == "BGR" else "keep RGB")
+    trained = family.preprocessing
+    return (f"The model takes **{order}** images with values in **[0, 1]** and **no mean/std normalisation** "
+            f"({trained.release} read images with {'Pillow' if trained.antialias else 'OpenCV'} in "
+            f"{trained.channel_order} order and only divided by 255). `preprocessor_config.json` does this: "
+            f"{', '.join(steps[:-1])} and {steps[-1]}; resizing is {resample}.")
 
 
 def write_model_card(folder: str | Path, **card) -> Path:

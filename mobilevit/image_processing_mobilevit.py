@@ -1,12 +1,18 @@
-"""`MobileViTImageProcessor`: the ml-cvnets evaluation preprocessing, on torch tensors.
+"""`MobileViTImageProcessor`: ml-cvnets' evaluation preprocessing, on torch tensors.
 
-The released MobileViT checkpoints were trained and evaluated with ml-cvnets' own OpenCV pipeline: pixels in
-BGR order, the shortest side resized to 288 with `cv2.INTER_LINEAR` (bilinear, no antialiasing, 8-bit
-fixed-point arithmetic), the long side truncated with `int()`, a centre crop with floor offsets, and a
-division by 255 without mean/std. This processor follows that pipeline: by default with torch's native
-uint8 bilinear resize (within 1/255 of OpenCV), with `resize_bit_exact=True` bit for bit (OpenCV's
-fixed-point arithmetic emulated with integer tensor operations), and with `resize_antialias=True` like
-stock transformers' PIL processor.
+The two ml-cvnets releases that trained the checkpoints read images differently (each family's choice is
+`ModelFamily.preprocessing`; docs/image-processor.md has the evidence):
+
+- cvnets-v0.1 (MobileViT v1): OpenCV. Pixels in BGR order, the shortest side resized with `cv2.INTER_LINEAR`
+  (bilinear, no antialiasing, 8-bit fixed-point arithmetic). The class defaults are these settings: torch's
+  native uint8 bilinear resize (within 1/255 of OpenCV), or with `resize_bit_exact=True` OpenCV's fixed-point
+  arithmetic emulated with integer tensor operations (bit for bit).
+- cvnets-v0.2 (MobileViTv2): Pillow. Pixels in RGB order, resized with Pillow's bicubic filter (a = -0.5,
+  antialiased when shrinking): `resample=3, resize_antialias=True, do_flip_channel_order=False`. By default
+  torch's antialiased uint8 bicubic resize (the same filter, within 1/255 of Pillow when shrinking), or with
+  `resize_bit_exact=True` Pillow's fixed-point arithmetic emulated (bit for bit, shrinking or enlarging).
+
+Both: the long side truncated with `int()`, a centre crop with floor offsets, a division by 255, no mean/std.
 
 Speed (the hot path, 8-bit RGB photos): Pillow's pixels are read in place (its Arrow export, no copy); each
 image goes from resize to output on its own, in 8 bits until the final conversion, which is written
@@ -46,6 +52,8 @@ from .image_reading import image_pixels, label_map
 # ml-cvnets' `Resize` is cv2.resize(INTER_LINEAR) on uint8: weights are quantised to 11 bits (2048 = 1.0).
 _COEF_BITS = 11
 _COEF_ONE = 1 << _COEF_BITS
+# ml-cvnets v0.2's `Resize` is Pillow's Image.resize: weights in 22-bit fixed point (Resample.c's PRECISION_BITS).
+_PILLOW_PRECISION_BITS = 22
 # Intermediates up to this size are kept per thread for the next image (a resized 4000-pixel panorama is 5 MB).
 _SCRATCH_MAX_BYTES = 16 << 20
 _SCRATCH_MAX_VIEWS = 64  # shapes remembered per thread
@@ -62,15 +70,17 @@ _RESAMPLE_TO_TORCH_MODE = {
 class MobileViTImageProcessorKwargs(ImagesKwargs, total=False):
     """
     do_flip_channel_order (`bool`, *optional*, defaults to `self.do_flip_channel_order`):
-        Whether to flip the colour channels from RGB to BGR (the order the MobileViT checkpoints expect).
+        Whether to flip the colour channels from RGB to BGR (MobileViT v1's checkpoints take BGR, MobileViTv2's RGB).
     do_reduce_labels (`bool`, *optional*, defaults to `self.do_reduce_labels`):
         Whether to shift segmentation labels down by one, mapping 0 (background) to 255 (ignored).
     resize_antialias (`bool`, *optional*, defaults to `self.resize_antialias`):
-        Antialias when downscaling, as stock transformers' PIL processor does, instead of ml-cvnets' plain
-        bilinear resize that the checkpoints were evaluated with.
+        Antialias when downscaling, as Pillow does (ml-cvnets v0.2, MobileViTv2's release, and stock
+        transformers' PIL processor), instead of OpenCV's plain bilinear resize (ml-cvnets v0.1, MobileViT v1).
     resize_bit_exact (`bool`, *optional*, defaults to `self.resize_bit_exact`):
-        Reproduce OpenCV's fixed-point `INTER_LINEAR` arithmetic bit for bit (ml-cvnets' pixels exactly)
-        instead of torch's native uint8 bilinear resize (within 1/255 of it); several times slower.
+        Reproduce the reference resize bit for bit instead of torch's native uint8 kernels (within 1/255 of
+        it): OpenCV's fixed-point `INTER_LINEAR` for bilinear without antialiasing, Pillow's fixed-point
+        filters for bilinear or bicubic with antialiasing; several times slower. No other combination has
+        an exact emulation (an error says so).
     logits_align_corners (`bool`, *optional*, defaults to `self.logits_align_corners`):
         How `post_process_semantic_segmentation` upsamples segmentation logits: as the model family was
         trained (MobileViT v1: False, MobileViTv2: True; see `ModelFamily.segmentation_align_corners`).
@@ -90,16 +100,24 @@ class MobileViTImageProcessor(BaseImageProcessor):
 
     Steps, each switchable: resize so the shortest edge is `size["shortest_edge"]` (or to `size["height"] x
     size["width"]`), centre crop to `crop_size`, divide by 255 (`rescale_factor`), flip RGB to BGR. There is no
-    mean/std normalisation: MobileViT takes BGR pixels in [0, 1].
+    mean/std normalisation: MobileViT takes pixels in [0, 1]. The class defaults are MobileViT v1's (ml-cvnets
+    v0.1: BGR, OpenCV bilinear); a model's own processor comes from its family (`mobilevit.auto.image_processor_for`,
+    MobileViTv2: RGB, Pillow bicubic) or its folder's `preprocessor_config.json`.
 
-    Exactness: ml-cvnets resized with OpenCV's `INTER_LINEAR` on 8-bit pixels (bilinear, no antialiasing),
-    truncated the long side with `int()`, floored the crop offsets and divided by 255. The default resize is
-    torch's native uint8 bilinear kernel (no antialiasing), within 1/255 of OpenCV on every pixel (about one
-    value in 5.5 is off by 1/255 on the fixture photo); everything else matches exactly. `resize_bit_exact=True` emulates
-    OpenCV's fixed-point arithmetic (same 11-bit weights, same rounding) and gives ml-cvnets' pixel values
-    bit for bit, at several times the cost. `resize_antialias=True` uses torch's antialiased uint8 resize
-    instead, within 1/255 of Pillow's (what stock `transformers.MobileViTImageProcessor` uses) for bilinear
-    and within 2/255 for bicubic.
+    Exactness: ml-cvnets v0.1 resized with OpenCV's `INTER_LINEAR` on 8-bit pixels (bilinear, no antialiasing),
+    v0.2 with Pillow's antialiased bicubic filter; both truncated the long side with `int()`, floored the crop
+    offsets and divided by 255. The default resize is torch's native uint8 kernel: bilinear without
+    antialiasing is within 1/255 of OpenCV on every pixel (about one value in 5.5 is off by 1/255 on the
+    fixture photo); bicubic with antialiasing (`resample=3, resize_antialias=True`, Pillow's filter, a = -0.5)
+    is within 1/255 of Pillow when shrinking, and up to 2/255 on a few values in a thousand when enlarging;
+    everything else matches exactly. `resize_bit_exact=True` emulates the reference's fixed-point arithmetic
+    (OpenCV's 11-bit weights, or Pillow's 22-bit ones and its 8-bit intermediate) and gives ml-cvnets' pixel
+    values bit for bit, at several times the cost.
+
+    Unset settings: `None` (`null` in a config) for a switch (`do_resize`, `do_center_crop`, `do_rescale`,
+    `do_flip_channel_order`, ...) means the class default, and a `None` passed to a call means the processor's
+    own setting (transformers' contract); an explicit `None` is kept by `to_dict` and `save_pretrained`.
+    `setting(name)` gives the value a call uses.
 
     Inputs (`images`): a PIL image of any mode, a NumPy array or torch tensor of shape H x W, H x W x C or
     C x H x W with C in {1, 3, 4} (`input_data_format` settles a shape that could be either), or a list of
@@ -109,7 +127,7 @@ class MobileViTImageProcessor(BaseImageProcessor):
     `num_channels` 1 or 4 (a batch must then share its channel count). The channel flip reverses the channel
     axis as stock transformers' does (RGB -> BGR, RGBA -> ABGR; one channel stays).
 
-    Normalisation: off by default (MobileViT's checkpoints take BGR pixels in [0, 1]). `do_normalize=True`
+    Normalisation: off by default (MobileViT's checkpoints take pixels in [0, 1]). `do_normalize=True`
     subtracts `image_mean` and divides by `image_std` after rescaling; both are given per input channel (RGB
     order, one value for all channels also works) and follow their channels through the flip. Stock
     transformers' MobileViT processor accepts the same settings but ignores them; here they mean what they say.
@@ -129,7 +147,9 @@ class MobileViTImageProcessor(BaseImageProcessor):
 
     Legacy configs (2022 `MobileViTFeatureExtractor` form: `"size": 288`, `"crop_size": 256`,
     `"do_flip_channels": true`, `"reduce_labels"`) load with the same meaning; they are saved back in the
-    transformers 5.x form, which stock transformers' processor reads with the same settings.
+    transformers 5.x form. A saved config holds the keys stock transformers writes, with its types
+    (`resample` an int, `image_mean`/`image_std` its defaults), plus this processor's own: read back through
+    stock `AutoImageProcessor` it gives an equal `to_dict()`.
 
     Settings are checked when the processor is made (a bad `preprocessor_config.json` fails on loading) and
     again for each call's overrides: a `ValueError` names the setting, what was expected and what came.
@@ -142,16 +162,16 @@ class MobileViTImageProcessor(BaseImageProcessor):
     do_resize = True
     size = {"shortest_edge": 288}
     resample = PILImageResampling.BILINEAR
-    resize_antialias = False
-    resize_bit_exact = False
+    resize_antialias = None  # None (here and below): see _NONE_MEANS
+    resize_bit_exact = None
     do_center_crop = True
     crop_size = {"height": 256, "width": 256}
     do_rescale = True
     rescale_factor = 1 / 255
-    do_normalize = False
-    image_mean = None  # with do_normalize=True: stock transformers' default, IMAGENET_STANDARD_MEAN (0.5)
-    image_std = None  # IMAGENET_STANDARD_STD (0.5)
-    do_convert_rgb = True
+    do_normalize = None
+    image_mean = IMAGENET_STANDARD_MEAN  # used with do_normalize=True; stock transformers' defaults (0.5)
+    image_std = IMAGENET_STANDARD_STD
+    do_convert_rgb = None
     do_flip_channel_order = True
     do_reduce_labels = False
     logits_align_corners = None  # set by the model family's processor (`mobilevit.auto`), saved in the folder
@@ -166,13 +186,32 @@ class MobileViTImageProcessor(BaseImageProcessor):
                 kwargs.setdefault(new, value)
         super().__init__(**kwargs)
         self._set_attributes(**kwargs)
-        self._validate_preprocess_kwargs(**{name: getattr(self, name) for name in self._valid_kwargs_names})
+        self._validate_preprocess_kwargs(**{name: self.setting(name) for name in self._valid_kwargs_names})
 
-    def _standardize_kwargs(self, size=None, crop_size=None, **kwargs) -> dict:
+    def setting(self, name: str):
+        """The value a call uses for the setting `name`: the processor's own, or the default for a switch stored as
+        None (an explicit null in a config means the default)."""
+        value = getattr(self, name, None)
+        if value is None and name in _FLAGS:
+            value = getattr(type(self), name)
+            value = _NONE_MEANS[name] if value is None else value
+        return value
+
+    def _merge_and_standardize_kwargs(self, **kwargs) -> dict:
+        # a setting a call passes as None means "not given": the processor's own (transformers only fills
+        # in settings that are absent, and then a None switch silently turned its step off)
+        for name in self._valid_kwargs_names:
+            if kwargs.get(name) is None:
+                kwargs[name] = self.setting(name)
+        return self._standardize_kwargs(**kwargs)
+
+    def _standardize_kwargs(self, size=None, crop_size=None, resample=None, **kwargs) -> dict:
         # transformers turns an int size into a dict and lets a bad value through or fails obscurely: say so here
         for name, value in (("size", size), ("crop_size", crop_size)):
             _check_size_value(name, value)
-        return super()._standardize_kwargs(size=size, crop_size=crop_size, **kwargs)
+        if isinstance(resample, int) and not isinstance(resample, bool):
+            resample = int(resample)  # a plain int, as stock transformers reads it back from a config (not an enum)
+        return super()._standardize_kwargs(size=size, crop_size=crop_size, resample=resample, **kwargs)
 
     def _validate_preprocess_kwargs(self, **settings) -> None:
         """The one check of the settings, at construction and for every call (`settings`: the effective ones)."""
@@ -317,15 +356,6 @@ class MobileViTImageProcessor(BaseImageProcessor):
         ]
 
 
-def evaluation_image_processor(image_size: int, **overrides) -> MobileViTImageProcessor:
-    """ml-cvnets' evaluation preprocessing for a checkpoint trained at `image_size`: shortest edge to
-    size + 32, centre crop to size, divide by 255, RGB -> BGR, no mean/std (`overrides` change any option)."""
-    image_size = int(image_size)
-    return MobileViTImageProcessor(
-        size={"shortest_edge": image_size + 32}, crop_size={"height": image_size, "width": image_size}, **overrides
-    )
-
-
 def reduce_labels(labels: torch.Tensor) -> torch.Tensor:
     """transformers' `do_reduce_labels`: 0 (background) -> 255 (ignored), 255 stays 255, the rest minus one."""
     return torch.where((labels == 0) | (labels == IGNORE_INDEX), IGNORE_INDEX, labels - 1)
@@ -335,8 +365,12 @@ def reduce_labels(labels: torch.Tensor) -> torch.Tensor:
 # Settings and inputs (how each image is read: `image_reading.image_pixels`)
 
 
+# The switches: True or False, or None for the default (`MobileViTImageProcessor.setting`).
 _FLAGS = ("do_resize", "resize_antialias", "resize_bit_exact", "do_center_crop", "do_rescale", "do_normalize",
-          "do_flip_channel_order", "do_reduce_labels")
+          "do_flip_channel_order", "do_reduce_labels", "do_convert_rgb")
+# What None means for the switches whose class default is None: the ones stock transformers' MobileViT processor
+# does not have or leaves unset, so that a config saved with the defaults holds exactly stock's keys
+_NONE_MEANS = {"do_convert_rgb": True, "do_normalize": False, "resize_antialias": False, "resize_bit_exact": False}
 
 
 def _is_positive_int(value) -> bool:
@@ -358,12 +392,9 @@ def _check_size_value(name: str, value) -> None:
 
 def _check_settings(*, do_convert_rgb=None, size=None, crop_size=None, rescale_factor=None, resample=None,
                     do_normalize=False, image_mean=None, image_std=None, logits_align_corners=None, **flags) -> None:
-    for name in _FLAGS:
-        if name in flags and not isinstance(flags[name], bool):
-            raise ValueError(f"{name}: expected true or false, got {flags[name]!r}")
-    for name, value in (("do_convert_rgb", do_convert_rgb), ("logits_align_corners", logits_align_corners)):
-        if value is not None and not isinstance(value, bool):
-            raise ValueError(f"{name}: expected true, false or null, got {value!r}")
+    for name, value in dict(flags, do_convert_rgb=do_convert_rgb, logits_align_corners=logits_align_corners).items():
+        if name in (*_FLAGS, "logits_align_corners") and value is not None and not isinstance(value, bool):
+            raise ValueError(f"{name}: expected true, false or null (the default), got {value!r}")
     for name, value, needed in (("size", size, flags.get("do_resize")),
                                 ("crop_size", crop_size, flags.get("do_center_crop"))):
         if value is None:
@@ -380,7 +411,12 @@ def _check_settings(*, do_convert_rgb=None, size=None, crop_size=None, rescale_f
                                         and math.isfinite(rescale_factor) and rescale_factor > 0):
         raise ValueError(f"rescale_factor: expected a positive number with do_rescale=True, got {rescale_factor!r}")
     if resample is not None:
-        _torch_mode(resample)
+        mode = _torch_mode(resample)
+        antialias = bool(flags.get("resize_antialias"))
+        if flags.get("resize_bit_exact") and (mode, antialias) not in _BIT_EXACT_RESIZES:
+            raise ValueError(f"resize_bit_exact: an exact emulation exists for "
+                             f"{', '.join(_BIT_EXACT_RESIZES.values())}; got resample={int(resample)} ({mode}) with "
+                             f"resize_antialias={antialias}")
     if do_normalize:
         for name, value in (("image_mean", image_mean), ("image_std", image_std)):
             values = _per_channel(name, value)
@@ -545,6 +581,87 @@ def _resize_crop_linear_uint8(image: torch.Tensor, out_hw, rows: range, cols: ra
     return torch.bitwise_right_shift(out, 2).clamp_(0, 255).to(torch.uint8)
 
 
+def _pillow_bicubic(x: np.ndarray) -> np.ndarray:
+    """Pillow's bicubic kernel (a = -0.5), each operation in the order of its C code, so the weights come out
+    with the same float64 bits."""
+    x = np.abs(x)
+    near, far = x < 1.0, (x >= 1.0) & (x < 2.0)
+    out = np.zeros_like(x)
+    out[near] = ((-0.5 + 2.0) * x[near] - (-0.5 + 3.0)) * x[near] * x[near] + 1
+    out[far] = (((x[far] - 5) * x[far] + 8) * x[far] - 4) * -0.5
+    return out
+
+
+def _pillow_triangle(x: np.ndarray) -> np.ndarray:
+    x = np.abs(x)
+    return np.where(x < 1.0, 1.0 - x, 0.0)
+
+
+# mode -> (kernel, support in input pixels at scale 1)
+_PILLOW_FILTERS = {"bilinear": (_pillow_triangle, 1.0), "bicubic": (_pillow_bicubic, 2.0)}
+
+
+@functools.lru_cache(maxsize=256)
+def _pillow_taps(in_size: int, out_size: int, start: int, stop: int, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Source indices (n, k) and 22-bit integer weights (n, k) of Pillow's resampling of `in_size` pixels to
+    `out_size`, for output positions [start, stop). Mirrors Resample.c's `precompute_coeffs` and
+    `normalize_coeffs_8bpc`: the kernel widened by the scale when shrinking (the antialiasing), the window
+    rounded with `(int)(x + 0.5)`, the weights normalised to sum 1 in float64 (summed in order) and each
+    rounded half away from zero. Taps past a window's end have weight 0 (and a valid index)."""
+    kernel, support = _PILLOW_FILTERS[mode]
+    scale = in_size / out_size
+    filter_scale = max(scale, 1.0)
+    support *= filter_scale
+    ksize = int(math.ceil(support)) * 2 + 1
+    center = (np.arange(start, stop, dtype=np.float64) + 0.5) * scale
+    first = np.trunc(center - support + 0.5).astype(np.int64).clip(0, None)
+    count = np.minimum(np.trunc(center + support + 0.5).astype(np.int64), in_size) - first
+    index = first[:, None] + np.arange(ksize)[None, :]
+    weights = kernel((index.astype(np.float64) - center[:, None] + 0.5) * (1.0 / filter_scale))
+    weights[np.arange(ksize)[None, :] >= count[:, None]] = 0.0
+    total = np.cumsum(weights, axis=1)[:, -1:]  # a running sum: Pillow's loop order, the same rounding
+    weights = np.divide(weights, total, out=weights, where=total != 0.0) * (1 << _PILLOW_PRECISION_BITS)
+    fixed = np.trunc(np.where(weights < 0, weights - 0.5, weights + 0.5)).astype(np.int32)
+    return torch.from_numpy(np.minimum(index, in_size - 1)), torch.from_numpy(fixed)
+
+
+def _pillow_pass(pixels: torch.Tensor, in_size: int, out_size: int, outputs: range, mode: str,
+                 offset: int = 0) -> torch.Tensor:
+    """Pillow's 8-bit resampling from `in_size` to `out_size` positions along the first axis, computed for
+    the positions `outputs`, of a contiguous (N, M, C) uint8 tensor holding input positions offset, offset+1,
+    ...: int32 sums from 0.5 (rounding), clipped to 8 bits."""
+    index, weights = _pillow_taps(in_size, out_size, outputs.start, outputs.stop, mode)
+    index, weights = (index - offset).to(pixels.device), weights.to(pixels.device)
+    rows = pixels.reshape(pixels.shape[0], -1)  # whole rows are gathered: contiguous copies
+    total = torch.full((len(outputs), rows.shape[1]), 1 << (_PILLOW_PRECISION_BITS - 1), dtype=torch.int32,
+                       device=pixels.device)
+    for tap in range(index.shape[1]):
+        total.add_(rows.index_select(0, index[:, tap]).int().mul_(weights[:, tap, None]))
+    out = torch.bitwise_right_shift(total, _PILLOW_PRECISION_BITS).clamp_(0, 255).to(torch.uint8)
+    return out.view(len(outputs), *pixels.shape[1:])
+
+
+def _resize_crop_pillow_uint8(image: torch.Tensor, out_hw, rows: range, cols: range, mode: str) -> torch.Tensor:
+    """Pillow's Image.resize (BILINEAR or BICUBIC) of one H x W x C uint8 image, bit for bit, computed only for
+    output `rows` x `cols`: (len(rows), len(cols), C) uint8. Like Pillow, the width first (only over the input
+    rows that the kept output rows read) into 8 bits, then the height; a side that keeps its size is not
+    resampled."""
+    (in_h, in_w), (out_h, out_w) = image.shape[:2], out_hw
+    if out_h != in_h:
+        index, _ = _pillow_taps(in_h, out_h, rows.start, rows.stop, mode)
+        first, stop = int(index.min()), int(index.max()) + 1
+    else:
+        first, stop = rows.start, rows.stop
+    band = image[first:stop]
+    if out_w != in_w:  # along the columns: transposed, so that the gathers copy whole rows
+        band = _pillow_pass(band.transpose(0, 1).contiguous(), in_w, out_w, cols, mode).transpose(0, 1)
+    else:
+        band = band[:, cols.start : cols.stop]
+    if out_h != in_h:
+        band = _pillow_pass(band.contiguous(), in_h, out_h, rows, mode, offset=first)
+    return band
+
+
 def _nearest_indices(in_size: int, out_size: int, start: int, stop: int, device) -> torch.Tensor:
     # Pixel-centre nearest neighbour (Pillow's NEAREST, torch's "nearest-exact").
     index = ((torch.arange(start, stop, dtype=torch.float64) + 0.5) * (in_size / out_size)).floor().long()
@@ -570,10 +687,12 @@ def _resize_and_crop_image(image: torch.Tensor, geometry: _Geometry, mode: str, 
 
     The result may be a view of the input or of this thread's scratch memory: copy it before the next image.
     """
-    resizes = geometry[0] != geometry[1]
-    if resizes and bit_exact and mode == "bilinear" and not antialias and image.dtype == torch.uint8:
+    if geometry[0] != geometry[1] and bit_exact and image.dtype == torch.uint8:
         rows, cols = _crop_window(geometry)
-        out = _resize_crop_linear_uint8(image, geometry[1], rows, cols)
+        if antialias:
+            out = _resize_crop_pillow_uint8(image, geometry[1], rows, cols, mode)[None]
+        else:
+            out = _resize_crop_linear_uint8(image, geometry[1], rows, cols)
         return _pad_to_crop(out, geometry, rows, cols, 0)[0]
     return _resize_and_crop(image[None], geometry, mode, antialias, 0)[0]
 
@@ -592,6 +711,11 @@ def _resize_and_crop(batch: torch.Tensor, geometry: _Geometry, mode: str, antial
         out = out[:, rows.start : rows.stop, cols.start : cols.stop]
     return _pad_to_crop(out, geometry, rows, cols, pad_value)
 
+
+# The resizes `resize_bit_exact=True` reproduces: (mode, antialias) -> whose arithmetic
+_BIT_EXACT_RESIZES = {("bilinear", False): "bilinear without antialiasing (OpenCV's INTER_LINEAR)",
+                      ("bilinear", True): "bilinear with antialiasing (Pillow's BILINEAR)",
+                      ("bicubic", True): "bicubic with antialiasing (Pillow's BICUBIC)"}
 
 # Resize operators that write into a given tensor (scratch memory): what F.interpolate calls, with out=.
 _RESIZE_INTO = {
@@ -782,4 +906,4 @@ def _stack(values: list[torch.Tensor], key: str) -> torch.Tensor:
     return torch.stack(values)
 
 
-__all__ = ["MobileViTImageProcessor", "evaluation_image_processor"]
+__all__ = ["MobileViTImageProcessor"]

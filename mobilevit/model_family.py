@@ -8,10 +8,50 @@ them, and every tool asks `auto` instead of naming a family's classes.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from .image_processing_mobilevit import MobileViTImageProcessor, evaluation_image_processor
-from .tasks import SEGMENTATION, canonical_task
+from .image_processing_mobilevit import MobileViTImageProcessor
+from .tasks import CLASSIFICATION, SEGMENTATION, canonical_task
+
+# How an evaluation transform brings an image to a model's input size s (`Preprocessing.resize`)
+SHORTEST_EDGE_THEN_CROP = "shortest edge, then centre crop s x s"  # keeps the aspect ratio
+STRETCH = "stretch to s x s"  # no crop, the aspect ratio is not kept
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How the ml-cvnets release that trained a family's checkpoints read and resized images in its evaluation
+    transforms (docs/image-processor.md gives the evidence for every field)."""
+
+    release: str  # e.g. "ml-cvnets v0.1"
+    channel_order: str  # "BGR" (OpenCV's cv2.imread) or "RGB" (Pillow's Image.open(...).convert("RGB"))
+    resample: int  # PILImageResampling: 2 bilinear, 3 bicubic
+    antialias: bool  # Pillow's filters (antialiased when shrinking), not OpenCV's plain INTER_LINEAR
+    resize: Mapping[str, str]  # task -> SHORTEST_EDGE_THEN_CROP or STRETCH
+    # input size -> the shortest edge before the crop, where a release recipe is not "input size + 32"
+    shortest_edge: Mapping[int, int] = field(default_factory=dict)
+
+    @property
+    def pixel_settings(self) -> dict:
+        """The processor settings that say how pixels are read and resampled (not the sizes)."""
+        return {"do_flip_channel_order": self.channel_order == "BGR", "resample": int(self.resample),
+                "resize_antialias": self.antialias}
+
+    def describe(self) -> str:
+        resample = {2: "bilinear", 3: "bicubic"}[self.resample]
+        library = "Pillow" if self.antialias else "OpenCV"
+        return f"{self.release}: {self.channel_order}, {library} {resample}"
+
+    def image_processor(self, task: str, image_size: int, **overrides) -> MobileViTImageProcessor:
+        """The evaluation preprocessing of a `task` model with input size `image_size`."""
+        task = canonical_task(task, allowed=tuple(self.resize))
+        size = int(image_size)
+        crop = {"height": size, "width": size}
+        if self.resize[task] == STRETCH:
+            geometry = {"size": crop, "do_center_crop": False, "crop_size": crop}
+        else:
+            geometry = {"size": {"shortest_edge": self.shortest_edge.get(size, size + 32)}, "crop_size": crop}
+        return MobileViTImageProcessor(**geometry, **self.pixel_settings, **overrides)
 
 
 @dataclass(frozen=True)
@@ -24,6 +64,7 @@ class ModelFamily:
     variants: tuple[str, ...]  # the released sizes, as `config_class.from_variant` takes them
     canonical_variant: Callable[[str], str]  # any accepted spelling -> an entry of `variants` (ValueError if none)
     converter: object | None  # a `conversion_utils.CheckpointConverter` for the original checkpoints
+    preprocessing: Preprocessing  # how the checkpoints' release prepared images
     description: str  # a paragraph for model cards
     citation: str  # BibTeX of the paper
 
@@ -50,16 +91,24 @@ class ModelFamily:
         """The task a model class of this family serves (None for another class)."""
         return next((task for task, known in self.model_classes.items() if known is cls), None)
 
+    def task_named_by(self, config) -> str | None:
+        """The task of the first head class of this family that `config.architectures` names (None if none)."""
+        names = {cls.__name__: task for task, cls in self.model_classes.items()}
+        return next((names[name] for name in config.architectures or [] if name in names), None)
+
     def new_config(self, variant: str, task: str, **overrides):
         """The config of a released size for a task; `overrides` change any field."""
         return self.config_class.from_variant(self.canonical_variant(variant), task, **overrides)
 
-    def image_processor(self, config) -> MobileViTImageProcessor:
-        """The preprocessing the family's checkpoints were evaluated with, for a model at `config.image_size`
-        (folders saved without a `preprocessor_config.json` get this), and its segmentation post-processing."""
+    def image_processor(self, config, task: str | None = None) -> MobileViTImageProcessor:
+        """The preprocessing the family's checkpoints were evaluated with, for a `task` model at
+        `config.image_size` (default task: the head `config.architectures` names, else classification), with
+        the family's segmentation post-processing. Folders saved without a `preprocessor_config.json` get this."""
+        if task is None:
+            task = self.task_named_by(config) or CLASSIFICATION
         image_size = config.image_size
-        return evaluation_image_processor(image_size[0] if isinstance(image_size, (list, tuple)) else image_size,
-                                          logits_align_corners=self.segmentation_align_corners)
+        return self.preprocessing.image_processor(task, image_size[0] if isinstance(image_size, (list, tuple))
+                                                  else image_size, logits_align_corners=self.segmentation_align_corners)
 
 
-__all__ = ["ModelFamily"]
+__all__ = ["ModelFamily", "Preprocessing", "SHORTEST_EDGE_THEN_CROP", "STRETCH"]

@@ -55,11 +55,11 @@ def pipeline(task: str | None = None, model=None, image_processor=None, **kwargs
             expected = auto.family_of(model).model_class(task).__name__
             raise TypeError(f"model: expected a {expected} for task {task!r}, got {type(model).__name__}")
         if image_processor is None:
-            image_processor = auto.image_processor_for(model.config)
+            image_processor = auto.image_processor_for(model.config, task)
     if task not in PIPELINE_TASKS:
         raise ValueError(f"task: the {task!r} model has no pipeline; expected a model with one of the heads "
                          f"{sorted(PIPELINE_TASKS)}")
-    if task == SEGMENTATION and getattr(image_processor, "do_center_crop", False):
+    if task == SEGMENTATION and getattr(image_processor, "do_center_crop", False) is not False:  # None: the default
         # segment the whole image: masks are resized back onto the photo, and a centre crop stretched over a
         # non-square photo would misplace everything outside it (as `mobilevit predict` does, predict.segment)
         image_processor = copy.deepcopy(image_processor)

@@ -189,8 +189,8 @@ def read_image(path: str, processor):
     """An image file decoded whole and upright, read by the processor's rules (`image_reading`): H x W x C
     pixels. A file that cannot be used is a one-line error naming it."""
     image = open_image(path)
-    return image_pixels(image, repr(path), convert_rgb=processor.do_convert_rgb is not False,
-                        quantise=processor.do_rescale)
+    return image_pixels(image, repr(path), convert_rgb=processor.setting("do_convert_rgb"),
+                        quantise=processor.setting("do_rescale"))
 
 
 # -- prediction ------------------------------------------------------------------------------------------------

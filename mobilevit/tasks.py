@@ -10,6 +10,7 @@ from __future__ import annotations
 CLASSIFICATION = "image-classification"
 SEGMENTATION = "semantic-segmentation"
 FEATURE_EXTRACTION = "image-feature-extraction"  # the bare backbone (transformers' pipeline name for it)
+OBJECT_DETECTION = "object-detection"  # SSDLite; its preprocessing is known (`ModelFamily.preprocessing`)
 
 TASKS = (CLASSIFICATION, SEGMENTATION, FEATURE_EXTRACTION)
 
@@ -37,5 +38,5 @@ def canonical_task(name, allowed=TASKS) -> str:
     return key
 
 
-__all__ = ["CLASSIFICATION", "SEGMENTATION", "FEATURE_EXTRACTION", "TASKS", "TASK_ALIASES", "PIPELINE_TASKS",
-           "canonical_task"]
+__all__ = ["CLASSIFICATION", "SEGMENTATION", "FEATURE_EXTRACTION", "OBJECT_DETECTION", "TASKS", "TASK_ALIASES",
+           "PIPELINE_TASKS", "canonical_task"]

@@ -69,7 +69,7 @@ def _save_small_model(folder, task, names, seed, variant="xx-small"):
                              label2id={n: i for i, n in enumerate(names)})
     model = fill_realistic_weights_(auto.new_model(config, task), seed=seed).eval()
     model.save_pretrained(folder)
-    auto.image_processor_for(config).save_pretrained(folder)
+    auto.image_processor_for(config, task).save_pretrained(folder)
     return folder
 
 
@@ -97,6 +97,22 @@ def saved_v2_segmenter(tmp_path_factory):
     """The same for MobileViTv2 (width 0.5): a 4-class DeepLabV3 segmenter folder."""
     return _save_small_model(tmp_path_factory.mktemp("v2_segmenter"), "semantic-segmentation", SHAPE_NAMES, seed=4,
                              variant="mobilevitv2-0.5")
+
+
+@pytest.fixture
+def stock_v2_folder(saved_v2_classifier, tmp_path):
+    """A MobileViTv2 classifier folder as stock transformers' converter writes it: its processor flips to BGR and
+    resizes bilinearly."""
+    import shutil
+
+    from transformers.models.mobilevit.image_processing_pil_mobilevit import MobileViTImageProcessorPil
+
+    folder = tmp_path / "stock-v2"
+    shutil.copytree(saved_v2_classifier, folder)
+    (folder / "preprocessor_config.json").unlink()
+    MobileViTImageProcessorPil(size={"shortest_edge": 96}, crop_size={"height": 64, "width": 64}, resample=2,
+                               do_reduce_labels=True).save_pretrained(folder)
+    return folder
 
 
 @pytest.fixture(scope="session")

@@ -23,6 +23,7 @@ def test_benchmark_prints_rates_and_saves_the_chart(bench, tmp_path, capsys):
     assert bench.main([*quick, "--output", str(chart)]) == 0
     printed = capsys.readouterr().out
     assert "stock PIL (MobileViTImageProcessorPil)" in printed and "speed-up of ours over stock PIL" in printed
+    assert "v2: stock PIL, bicubic RGB" in printed and "x (v2 settings)" in printed  # MobileViTv2's preprocessing
     assert "default allocator" in printed
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(SystemExit):  # an existing chart is kept unless --overwrite

@@ -181,8 +181,10 @@ def test_converted_folder_matches_mlcvnets(name, converted):
     size = 512 if segmentation else 256
     assert processor["crop_size"] == {"height": size, "width": size}
     assert processor["size"] == {"shortest_edge": size + 32}
-    assert processor["do_flip_channel_order"] is True and processor["do_normalize"] is False
-    assert "image_mean" not in processor
+    assert processor["do_flip_channel_order"] is True and processor.get("do_normalize") in (None, False)
+    # ml-cvnets v0.1 read with OpenCV: BGR, bilinear without antialiasing
+    assert processor["resample"] == 2 and processor["resize_antialias"] is False
+    assert processor["image_mean"] == [0.5, 0.5, 0.5]  # stock transformers' default, written as stock writes it
 
     card = (folder / "README.md").read_text()
     sha = sha256_of_file(folder.parent / f"{name}.pt")

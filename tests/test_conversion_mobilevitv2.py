@@ -162,8 +162,15 @@ def _check_against_mlcvnets(name, converted):
     assert model.num_parameters() == manifest.get("parameter_count_without_aux_head", manifest["parameter_count"])
     size = manifest["image_size"]
     processor = json.loads((folder / "preprocessor_config.json").read_text())
-    assert processor["crop_size"] == {"height": size, "width": size} and processor["size"] == {"shortest_edge": size + 32}
-    assert processor["do_flip_channel_order"] is True and processor["logits_align_corners"] is True
+    assert processor["crop_size"] == {"height": size, "width": size}
+    if segmentation:  # ml-cvnets v0.2's VOC / ADE20k yaml: resize to [512, 512], no crop
+        assert processor["size"] == {"height": size, "width": size} and processor["do_center_crop"] is False
+    else:  # ImageNet: shortest edge 288, centre crop 256
+        assert processor["size"] == {"shortest_edge": size + 32} and processor["do_center_crop"] is True
+    # v0.2 reads with Pillow: RGB, bicubic (antialiased)
+    assert processor["do_flip_channel_order"] is False and processor["logits_align_corners"] is True
+    assert processor["resample"] == 3 and processor["resize_antialias"] is True
+    assert "**RGB**" in (folder / "README.md").read_text()
     card = (folder / "README.md").read_text()
     assert sha256_of_file(folder.parent / f"{name}.pt") in card and "mehta2022separable" in card
     assert f"{model.num_parameters():,}" in card
@@ -264,7 +271,8 @@ def test_384_release_and_contradictions_fail_clearly(tmp_path, converted, capsys
     checkpoint = converted("mobilevitv2_050").parent / "mobilevitv2_050.pt"
     assert convert_cli(checkpoint, tmp_path / "384", "--image-size", "384", "--variant", "mobilevitv2_050") == 0
     processor = json.loads((tmp_path / "384" / "preprocessor_config.json").read_text())
-    assert processor["crop_size"] == {"height": 384, "width": 384} and processor["size"] == {"shortest_edge": 416}
+    # the 384 fine-tuning recipe (finetune_higher_res_in1k/mobilevit_v2.yaml): shortest edge 384, crop 384
+    assert processor["crop_size"] == {"height": 384, "width": 384} and processor["size"] == {"shortest_edge": 384}
     assert "| resolution | 384x384 |" in (tmp_path / "384" / "README.md").read_text()
     cases = [(["--variant", "mobilevitv2-1.0"], "--variant mobilevitv2-1.0 was given, but the checkpoint's tensors "
                                                  "are those of a mobilevitv2-0.5 model"),
@@ -292,3 +300,95 @@ def test_push_to_hub_uploads_the_finished_v2_folder(tmp_path, converted, monkeyp
                       "Add MobileViT v2 mobilevitv2-0.5 (image-classification) converted from mobilevitv2_050.pt")]
     assert result.pushed_to.endswith("/1")
     assert 'from_pretrained("me/mobilevitv2-0.5")' in (tmp_path / "out" / "README.md").read_text()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# `mobilevit convert --fix-preprocessing FOLDER`: a folder converted by stock transformers (BGR, bilinear) gets
+# ml-cvnets v0.2's channel order and resampling; nothing else in its preprocessor_config.json changes
+# ---------------------------------------------------------------------------------------------------------
+def fix_cli(*args) -> int:
+    from mobilevit.cli import main as cli_main
+
+    return cli_main(["convert", "--fix-preprocessing", *map(str, args)])
+
+
+def test_fix_preprocessing_changes_the_channel_order_and_resampling_only(stock_v2_folder, capsys, caplog):
+    path = stock_v2_folder / "preprocessor_config.json"
+    before = json.loads(path.read_text())
+    assert before["do_flip_channel_order"] is True and before["resample"] == 2
+    assert fix_cli(stock_v2_folder) == 0
+    printed = capsys.readouterr().out
+    assert f"{stock_v2_folder}: preprocessor_config.json now reads pixels as ml-cvnets v0.2: RGB, Pillow bicubic" in printed
+    for line in ("do_flip_channel_order: True -> False", "resample: 2 -> 3", "resize_antialias: False -> True"):
+        assert line in printed
+    after = json.loads(path.read_text())
+    assert after == dict(before, do_flip_channel_order=False, resample=3, resize_antialias=True)
+    assert not [p for p in stock_v2_folder.iterdir() if p.name.startswith(".")]  # no temporary file left
+    with caplog.at_level("WARNING", logger="mobilevit.auto"):
+        _, processor, _ = auto.load_model_and_processor(stock_v2_folder)
+    assert not caplog.records  # RGB now: no notice
+    assert dict(processor.size) == {"shortest_edge": 96} and processor.do_reduce_labels is True  # kept
+    assert processor.setting("do_flip_channel_order") is False and processor.resample == 3
+    # a second run finds nothing to do and leaves the file alone
+    written = path.stat().st_mtime_ns, path.read_bytes()
+    assert fix_cli(stock_v2_folder) == 0
+    assert "already reads pixels as ml-cvnets v0.2: RGB, Pillow bicubic; nothing changed" in capsys.readouterr().out
+    assert (path.stat().st_mtime_ns, path.read_bytes()) == written
+
+
+def test_fix_preprocessing_of_legacy_and_missing_configs(stock_v2_folder, saved_classifier, capsys):
+    path = stock_v2_folder / "preprocessor_config.json"
+    path.write_text(json.dumps({"crop_size": 64, "do_flip_channels": True, "size": 96,
+                                "feature_extractor_type": "MobileViTFeatureExtractor"}))
+    assert fix_cli(stock_v2_folder) == 0
+    fixed = json.loads(path.read_text())
+    assert "do_flip_channels" not in fixed and fixed["do_flip_channel_order"] is False and fixed["size"] == 96
+    path.unlink()  # no processor config at all: the family's whole evaluation preprocessing
+    assert fix_cli(stock_v2_folder) == 0 and "preprocessor_config.json: 'absent' -> 'written whole'" in capsys.readouterr().out
+    assert json.loads(path.read_text())["resample"] == 3
+    assert fix_cli(saved_classifier) == 0  # a v1 folder is BGR and bilinear already
+    assert "ml-cvnets v0.1: BGR, OpenCV bilinear; nothing changed" in capsys.readouterr().out
+
+
+def test_fix_preprocessing_replaces_the_file_whole_or_not_at_all(stock_v2_folder, monkeypatch, capsys):
+    import os
+
+    path = stock_v2_folder / "preprocessor_config.json"
+    before, files = path.read_bytes(), sorted(p.name for p in stock_v2_folder.iterdir())
+
+    def interrupted(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", interrupted)
+    assert fix_cli(stock_v2_folder) == 1
+    err = capsys.readouterr().err
+    assert "could not be written ([Errno 28] No space left on device); the old file is unchanged" in err
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in stock_v2_folder.iterdir()) == files  # the temporary file is gone too
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["{missing}"], 1, "fix_preprocessing: expected a model folder, got '{missing}', which does not exist"),
+    (["{file}"], 1, "which is a file"),
+    (["{empty}"], 1, "is not a saved model folder (it has no config.json)"),
+    (["{folder}", "--checkpoint", "x.pt"], 2, "--fix-preprocessing: expected a model folder alone"),
+])
+def test_fix_preprocessing_refuses_what_it_cannot_fix(stock_v2_folder, tmp_path, capsys, args, code, message):
+    (tmp_path / "file.json").write_text("{}")
+    (tmp_path / "empty").mkdir()
+    names = {"missing": tmp_path / "missing", "file": tmp_path / "file.json", "empty": tmp_path / "empty",
+             "folder": stock_v2_folder}
+    args = [a.format(**names) for a in args]
+    assert fix_cli(*args) == code
+    err = capsys.readouterr().err
+    assert message.format(**names) in err and len(err.strip().splitlines()) == 1, err
+    (stock_v2_folder / "preprocessor_config.json").write_text('{"size": -5}')
+    assert fix_cli(stock_v2_folder) == 1
+    assert "cannot be read (size: expected a positive int" in capsys.readouterr().err
+
+
+def test_convert_needs_a_checkpoint_and_an_output_unless_fixing(capsys):
+    from mobilevit.cli import main as cli_main
+
+    assert cli_main(["convert", "--output-dir", "somewhere"]) == 2
+    assert "--checkpoint: expected a value (or --fix-preprocessing FOLDER alone)" in capsys.readouterr().err

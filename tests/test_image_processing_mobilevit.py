@@ -152,6 +152,190 @@ def test_without_arrow_pil_images_give_the_same_pixels(flower, monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------------
+# Each family's preprocessing: MobileViT v1 as ml-cvnets v0.1 (OpenCV, BGR), MobileViTv2 as v0.2 (Pillow, RGB)
+
+
+@pytest.fixture(scope="module")
+def real_photos() -> dict[str, np.ndarray]:
+    """Landscape, portrait-free square and small photos shipped with scikit-learn and scikit-image."""
+    from skimage import data
+
+    photos = {"flower": load_sample_image("flower.jpg"), "china": load_sample_image("china.jpg")}
+    photos.update({name: getattr(data, name)() for name in ("chelsea", "astronaut", "coffee")})
+    photos["portrait"] = np.ascontiguousarray(photos["china"][:, 100:400])  # 427 x 300: taller than wide
+    return photos
+
+
+def pillow_resize(pil: PIL.Image.Image, width: int, height: int, resample=PIL.Image.BICUBIC) -> PIL.Image.Image:
+    """Pillow's `Image.resize` as ml-cvnets v0.2 ran it (Pillow 9, 2022; the same through Pillow 12): the width
+    pass first into 8 bits, then the height pass, each one Pillow's own one-axis resize. Pillow 13.0 runs the
+    height pass first for some sizes (a portrait photo stretched to a square), which moves up to 7/255."""
+    if width != pil.width:
+        pil = pil.resize((width, pil.height), resample)
+    return pil.resize((width, height), resample) if height != pil.height else pil
+
+
+def pillow_evaluation_pixels(image: np.ndarray, size: dict, crop: int | None) -> torch.Tensor:
+    """ml-cvnets v0.2's evaluation transforms, with Pillow itself: RGB, `Image.resize(BICUBIC)` to the shortest
+    edge (long side truncated) or to height x width, a centre crop with floor offsets, pil_to_tensor / 255."""
+    pil = PIL.Image.fromarray(image).convert("RGB")
+    if "shortest_edge" in size:
+        short, (w, h) = size["shortest_edge"], pil.size
+        out_w, out_h = (short, int(short * h / w)) if w < h else (int(short * w / h), short)
+    else:
+        out_w, out_h = size["width"], size["height"]
+    pil = pillow_resize(pil, out_w, out_h)
+    if crop is not None:
+        top, left = (out_h - crop) // 2, (out_w - crop) // 2
+        pil = pil.crop((left, top, left + crop, top + crop))
+    return torch.from_numpy(np.asarray(pil).copy()).permute(2, 0, 1).float().div(255.0)
+
+
+def family_processor(variant: str, task: str, **config):
+    from mobilevit import auto
+
+    config_task = task if task in ("image-classification", "semantic-segmentation") else "image-classification"
+    return auto.image_processor_for(auto.new_config(variant, config_task, **config), task)
+
+
+def test_a_v2_classifiers_processor_reproduces_mlcvnets_v02_evaluation_pixels(real_photos):
+    """MobileViTv2's ImageNet evaluation (ml-cvnets v0.2): RGB, shortest edge 288 with Pillow's bicubic, centre
+    crop 256, / 255. The default (torch's antialiased bicubic) is within 1/255, `resize_bit_exact` bit for bit."""
+    processor = family_processor("mobilevitv2-1.0", "image-classification")
+    assert processor.do_flip_channel_order is False and processor.resample == 3 and processor.resize_antialias is True
+    for name, image in real_photos.items():
+        expected = pillow_evaluation_pixels(image, {"shortest_edge": 288}, 256)
+        out = pixels(processor, PIL.Image.fromarray(image))[0]
+        assert out.shape == expected.shape == (3, 256, 256)
+        difference = (out - expected).abs()
+        assert difference.max().item() <= ONE_LEVEL + 1e-6, name
+        assert (difference > 1e-6).float().mean().item() < 0.01, name  # a few values in a thousand
+        assert torch.equal(pixels(processor, image, resize_bit_exact=True)[0], expected), name
+        assert (out - expected.flip(0)).abs().max() > 0.1  # BGR would be far off: the order is really RGB
+
+
+def test_the_384_fine_tuned_v2_classifiers_resize_to_384_and_crop_384(real_photos):
+    """The fine-tuning recipe at 384 (config/classification/finetune_higher_res_in1k/mobilevit_v2.yaml): shortest
+    edge 384, centre crop 384; not 384 + 32."""
+    processor = family_processor("mobilevitv2-0.5", "image-classification", image_size=384)
+    assert dict(processor.size) == {"shortest_edge": 384} and dict(processor.crop_size) == {"height": 384, "width": 384}
+    image = real_photos["flower"]
+    expected = pillow_evaluation_pixels(image, {"shortest_edge": 384}, 384)
+    assert torch.equal(pixels(processor, image, resize_bit_exact=True)[0], expected)
+
+
+@pytest.mark.parametrize("variant, task, size, crop, bgr, resample, antialias", [
+    ("xx-small", "image-classification", {"shortest_edge": 288}, 256, True, 2, False),
+    ("xx-small", "image-feature-extraction", {"shortest_edge": 288}, 256, True, 2, False),
+    ("xx-small", "semantic-segmentation", {"shortest_edge": 544}, 512, True, 2, False),
+    ("xx-small", "object-detection", {"height": 320, "width": 320}, None, True, 2, False),
+    ("mobilevitv2-0.5", "image-classification", {"shortest_edge": 288}, 256, False, 3, True),
+    ("mobilevitv2-0.5", "semantic-segmentation", {"height": 512, "width": 512}, None, False, 3, True),
+    ("mobilevitv2-0.5", "object-detection", {"height": 320, "width": 320}, None, False, 3, True),
+])
+def test_each_family_and_task_gets_its_release_preprocessing(variant, task, size, crop, bgr, resample, antialias):
+    image_size = {"semantic-segmentation": 512, "object-detection": 320}.get(task, 256)
+    processor = family_processor(variant, task, image_size=image_size)
+    assert dict(processor.size) == size
+    assert processor.do_center_crop is (crop is not None)
+    if crop is not None:
+        assert dict(processor.crop_size) == {"height": crop, "width": crop}
+    assert processor.do_flip_channel_order is bgr and processor.resample == resample
+    assert processor.resize_antialias is antialias and processor.setting("do_normalize") is False
+    shape = pixels(processor, np.zeros((300, 451, 3), np.uint8)).shape
+    assert shape == (1, 3, image_size, image_size)
+
+
+def test_the_task_comes_from_the_configs_architectures():
+    from mobilevit import auto
+
+    config = auto.new_config("mobilevitv2-0.5", "semantic-segmentation")
+    assert dict(auto.image_processor_for(config).size) == {"shortest_edge": 544}  # a new config names no head
+    config.architectures = ["MobileViTV2ForSemanticSegmentation"]
+    assert dict(auto.image_processor_for(config).size) == {"height": 512, "width": 512}
+    assert dict(auto.image_processor_for(config, "image-classification").size) == {"shortest_edge": 544}
+    with pytest.raises(ValueError, match="task: expected one of"):
+        auto.image_processor_for(config, "depth-estimation")
+
+
+@pytest.fixture(scope="module")
+def ssd_inputs():
+    fixtures = shared_fixtures_dir("mlcvnets_ssd")
+    if fixtures is None:
+        pytest.skip("../shared/fixtures/mlcvnets_ssd not found: the SSDLite preprocessing fixture is unavailable")
+    from safetensors.torch import load_file
+
+    return load_file(str(fixtures / "inputs.safetensors"))
+
+
+@pytest.mark.parametrize("variant, key", [("xx-small", "photo_pixel_values_v1"),
+                                          ("mobilevitv2-0.5", "photo_pixel_values_v2")])
+def test_the_detection_processor_reproduces_mlcvnets_ssd_pixels(ssd_inputs, variant, key):
+    """ml-cvnets' COCO evaluation of SSDLite (the fixture photo through its own transforms): v0.1 BGR with
+    cv2.resize(INTER_LINEAR) to 320x320, v0.2 RGB with Pillow's bicubic to 320x320; no crop, aspect not kept."""
+    processor = family_processor(variant, "object-detection", image_size=320)
+    photo, expected = ssd_inputs["image_rgb_uint8"].numpy(), ssd_inputs[key]
+    out = pixels(processor, PIL.Image.fromarray(photo))
+    assert out.shape == expected.shape == (1, 3, 320, 320)
+    assert (out - expected).abs().max().item() <= ONE_LEVEL + 1e-6
+    assert torch.equal(pixels(processor, photo, resize_bit_exact=True), expected)
+    other = "photo_pixel_values_v2" if key.endswith("v1") else "photo_pixel_values_v1"
+    assert (out - ssd_inputs[other]).abs().max() > 0.1  # the other release's pixels are far off
+
+
+@pytest.mark.parametrize("resample", [2, 3])
+def test_bit_exact_antialiased_resize_is_pillows_shrinking_and_enlarging(real_photos, resample):
+    """Pillow's fixed-point filters emulated: bit for bit on every photo, shrinking, enlarging, one side only,
+    odd sizes, mixed directions and crop windows. torch's native antialiased kernel (it rounds its weights to
+    fewer bits) stays within 1/255 when shrinking with bicubic, within 2/255 otherwise."""
+    filter_ = {2: PIL.Image.BILINEAR, 3: PIL.Image.BICUBIC}[resample]
+    shrinking, enlarging = [], []
+    for name in ("flower", "coffee", "portrait"):
+        image = real_photos[name]
+        h, w = image.shape[:2]
+        for out_h, out_w in [(h // 2 + 1, w // 3), (37, 41), (2 * h + 3, 2 * w - 5), (h, w // 2), (h * 3 // 2, w),
+                             (h // 3, 2 * w), (320, 320), (512, 512)]:
+            resized = pillow_resize(PIL.Image.fromarray(image), out_w, out_h, filter_)
+            expected = torch.from_numpy(np.asarray(resized).copy()).permute(2, 0, 1).float()
+            options = dict(size={"height": out_h, "width": out_w}, do_center_crop=False, do_rescale=False,
+                           do_flip_channel_order=False, resample=resample, resize_antialias=True)
+            exact = pixels(MobileViTImageProcessor(resize_bit_exact=True, **options), image)[0]
+            assert torch.equal(exact, expected), (name, out_h, out_w)
+            crop = {"height": max(1, out_h // 2), "width": max(1, out_w // 3)}
+            window = pixels(MobileViTImageProcessor(resize_bit_exact=True, **dict(options, do_center_crop=True,
+                                                                                   crop_size=crop)), image)[0]
+            top, left = (out_h - crop["height"]) // 2, (out_w - crop["width"]) // 2
+            assert torch.equal(window, expected[:, top : top + crop["height"], left : left + crop["width"]])
+            native = (pixels(MobileViTImageProcessor(**options), image)[0] - expected).abs().max().item()
+            (enlarging if out_h > h or out_w > w else shrinking).append(native)
+    assert max(shrinking) <= (1 if resample == 3 else 2) and max(enlarging) <= 2
+
+
+def test_torch_antialiased_bicubic_has_pillows_kernel():
+    """Pillow's bicubic uses a = -0.5; torch's antialiased bicubic the same, its plain bicubic a = -0.75. An
+    impulse enlarged 4x traces each kernel."""
+    def cubic(x, a):
+        x = x.abs()
+        return torch.where(x < 1, (a + 2) * x**3 - (a + 3) * x**2 + 1,
+                           torch.where(x < 2, a * x**3 - 5 * a * x**2 + 8 * a * x - 4 * a, torch.zeros_like(x)))
+
+    impulse = torch.zeros(1, 1, 1, 17, dtype=torch.float64)
+    impulse[..., 8] = 1
+    offsets = (torch.arange(68, dtype=torch.float64) + 0.5) / 4 - 0.5 - 8
+    for antialias, a in ((True, -0.5), (False, -0.75)):
+        traced = torch.nn.functional.interpolate(impulse, size=(1, 68), mode="bicubic", antialias=antialias)[0, 0, 0]
+        torch.testing.assert_close(traced, cubic(offsets, a), rtol=0, atol=1e-12)
+
+
+def test_bit_exact_resizes_only_what_it_can_emulate():
+    with pytest.raises(ValueError, match=r"resize_bit_exact: an exact emulation exists for .*got resample=3 \(bicubic\) "
+                                         r"with resize_antialias=False"):
+        MobileViTImageProcessor(resample=3, resize_bit_exact=True)
+    with pytest.raises(ValueError, match=r"resize_bit_exact:.*got resample=0 \(nearest-exact\)"):
+        MobileViTImageProcessor()(np.zeros((20, 30, 3), np.uint8), resample=0, resize_bit_exact=True)
+
+
+# ------------------------------------------------------------------------------------------------
 # Every input form gives the RGB PIL result
 
 
@@ -404,11 +588,18 @@ def test_loads_the_modern_config(tmp_path, monkeypatch):
     assert pixels(processor, np.zeros((600, 700, 3), np.uint8)).shape == (1, 3, 512, 512)
 
 
-def test_loads_what_the_checkpoint_converter_writes():
-    from mobilevit.image_processing_mobilevit import evaluation_image_processor
+def test_the_v1_family_processor_is_the_class_defaults():
+    """MobileViT v1's evaluation preprocessing (what `mobilevit convert` writes for its classifiers) is what the
+    class defaults say: existing v1 folders and code see no change."""
+    from mobilevit import auto
 
-    converted = evaluation_image_processor(256)
-    assert converted.to_dict() == MobileViTImageProcessor().to_dict()
+    config = auto.new_config("xx-small", "image-classification")
+    family, default = auto.image_processor_for(config), MobileViTImageProcessor(logits_align_corners=False)
+    assert {name: family.setting(name) for name in family._valid_kwargs_names} == \
+        {name: default.setting(name) for name in default._valid_kwargs_names}
+    # a processor made with the defaults saves exactly the keys stock transformers writes
+    stock_keys = set(MobileViTImageProcessorPil().to_dict())
+    assert set(MobileViTImageProcessor().to_dict()) == stock_keys
 
 
 STOCK_STYLE_CONFIG = dict(MODERN_CONFIG, do_normalize=True, image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
@@ -432,12 +623,11 @@ def test_saved_config_loads_in_stock_transformers_with_the_same_settings(tmp_pat
     assert stock.do_flip_channel_order == ours.do_flip_channel_order
     assert int(stock.resample) == int(ours.resample)
     assert stock.do_center_crop == ours.do_center_crop and stock.do_rescale == ours.do_rescale
-    assert stock.do_normalize == ours.do_normalize == source.get("do_normalize", False)
-    if ours.do_normalize:
-        assert list(stock.image_mean) == list(ours.image_mean) and list(stock.image_std) == list(ours.image_std)
-    else:
-        assert "image_mean" not in saved and "image_std" not in saved
-    assert stock.do_convert_rgb == ours.do_convert_rgb == source.get("do_convert_rgb", True)
+    assert stock.do_normalize == ours.do_normalize and ours.setting("do_normalize") == source.get("do_normalize", False)
+    assert list(stock.image_mean) == list(ours.image_mean) and list(stock.image_std) == list(ours.image_std)
+    if not ours.do_normalize:  # stock's defaults, written as stock writes them
+        assert saved["image_mean"] == saved["image_std"] == [0.5, 0.5, 0.5]
+    assert stock.do_convert_rgb == ours.do_convert_rgb and ours.setting("do_convert_rgb") == source.get("do_convert_rgb", True)
     reloaded = MobileViTImageProcessor.from_pretrained(tmp_path)
     assert reloaded.to_dict() == ours.to_dict()
 
@@ -452,6 +642,106 @@ def test_a_config_stock_transformers_writes_loads_here_and_means_what_it_says(tm
     expected = MobileViTImageProcessor(resample=2, do_normalize=True, image_mean=[0.4, 0.5, 0.6],
                                        image_std=[0.2, 0.25, 0.3], do_convert_rgb=False)
     assert torch.equal(pixels(ours, flower), pixels(expected, flower))
+
+
+# ------------------------------------------------------------------------------------------------
+# transformers' own image-processor tests (tests/test_image_processing_common.py, 5.x), written anew for this
+# class: an explicit None is kept and means the default; a saved config reads back through stock
+# AutoImageProcessor as an equal dict, in every backend
+
+
+# The settings transformers' MobileViT processor tests build their processors from
+TRANSFORMERS_TEST_SETTINGS = {"do_resize": True, "size": {"shortest_edge": 20}, "do_center_crop": True,
+                              "crop_size": {"height": 18, "width": 18}, "do_flip_channel_order": True,
+                              "do_reduce_labels": False}
+SWITCHES = ("do_resize", "do_center_crop", "do_rescale", "do_flip_channel_order", "do_convert_rgb")
+
+
+@pytest.mark.parametrize("name", ["do_resize", "do_rescale", "do_center_crop", "do_flip_channel_order", "do_reduce_labels"])
+def test_an_explicit_none_is_kept_and_means_the_default(tmp_path, monkeypatch, flower, name):
+    """`do_resize=None` at construction is stored (to_dict, save, reload keep None), and a call then uses the
+    class default; it used to fail with "do_resize: expected true or false, got None"."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    processor = MobileViTImageProcessor(**dict(TRANSFORMERS_TEST_SETTINGS, **{name: None}))
+    assert name in processor.to_dict() and processor.to_dict()[name] is None
+    processor.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "preprocessor_config.json").read_text())[name] is None
+    reloaded = MobileViTImageProcessor.from_pretrained(tmp_path)
+    assert getattr(reloaded, name) is None, f"explicit None for {name} was lost after reload"
+    default = getattr(MobileViTImageProcessor, name)
+    assert reloaded.setting(name) is default
+    explicit = MobileViTImageProcessor(**dict(TRANSFORMERS_TEST_SETTINGS, **{name: default}))
+    assert torch.equal(pixels(reloaded, flower), pixels(explicit, flower))
+
+
+def test_a_none_passed_to_a_call_means_the_processors_own_setting(flower):
+    """transformers' call-time contract: `processor(x, do_rescale=None)` is `processor(x)` (transformers only
+    filled in absent settings, so a None switch silently skipped its step)."""
+    processor = MobileViTImageProcessor(**dict(TRANSFORMERS_TEST_SETTINGS, do_flip_channel_order=False))
+    reference = pixels(processor, flower)
+    for name in SWITCHES + ("size", "crop_size", "resample", "rescale_factor"):
+        assert torch.equal(pixels(processor, flower, **{name: None}), reference), name
+    # still checked: a switch must be a bool (or None), a resize needs a resampling filter
+    with pytest.raises(ValueError, match=r"do_resize: expected true, false or null \(the default\), got 'yes'"):
+        MobileViTImageProcessor(do_resize="yes")
+    with pytest.raises(ValueError, match=r"resample: expected NEAREST \(0\), BILINEAR \(2\) or BICUBIC \(3\), got None"):
+        MobileViTImageProcessor(resample=None)(flower)
+
+
+def _v2_family_settings() -> dict:
+    from mobilevit import auto
+
+    return auto.image_processor_for(auto.new_config("mobilevitv2-0.5", "semantic-segmentation"),
+                                    "semantic-segmentation").to_dict()
+
+
+@pytest.mark.parametrize("backend", ["pil", "torchvision"])  # without torchvision transformers falls back to PIL
+@pytest.mark.parametrize("settings", [TRANSFORMERS_TEST_SETTINGS, {}, "v2 family", LEGACY_CONFIG,
+                                      dict(TRANSFORMERS_TEST_SETTINGS, do_resize=None)])
+def test_a_saved_processor_reads_back_through_stock_auto_image_processor_as_an_equal_dict(tmp_path, monkeypatch,
+                                                                                          backend, settings, caplog):
+    """The JSON holds the keys stock transformers writes, with its types: read back through stock
+    `AutoImageProcessor`, the stock processor's `to_dict()` equals ours, value for value and type for type
+    (no `image_mean`/`image_std` appearing, `resample` an int, not an enum)."""
+    from transformers import AutoImageProcessor
+    from transformers.testing_utils import check_json_file_has_correct_format
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    ours = MobileViTImageProcessor(**(_v2_family_settings() if settings == "v2 family" else settings))
+    check_json_file_has_correct_format(ours.save_pretrained(tmp_path)[0])
+    with caplog.at_level(logging.ERROR):
+        stock = AutoImageProcessor.from_pretrained(tmp_path, backend=backend)
+    assert type(stock).__module__.startswith("transformers.models.mobilevit")
+    assert stock.to_dict() == ours.to_dict()
+    assert {k: type(v) for k, v in stock.to_dict().items()} == {k: type(v) for k, v in ours.to_dict().items()}
+    assert type(ours.to_dict()["resample"]) is int
+
+
+@pytest.mark.parametrize("through", ["AutoImageProcessor", "the class"])
+def test_backends_read_each_others_configs(tmp_path, monkeypatch, caplog, through):
+    """transformers' cross-backend rule (`test_save_load_backends_auto`, `test_save_load_backends`), with this
+    class as the torch backend and stock's PIL class beside it: a config saved by one reads back in the other
+    (through `AutoImageProcessor`, or the other class's `from_pretrained`) with equal common keys, and any key
+    only one side has is None there."""
+    from transformers import AutoImageProcessor
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    backends = {"pil": MobileViTImageProcessorPil, "torchvision": MobileViTImageProcessor}
+    for saving, cls in backends.items():
+        first = cls(**TRANSFORMERS_TEST_SETTINGS)
+        for reading, reading_cls in backends.items():
+            if reading == saving:
+                continue
+            folder = tmp_path / f"{saving}-{reading}"
+            first.save_pretrained(folder)
+            with caplog.at_level(logging.ERROR):
+                second = (AutoImageProcessor.from_pretrained(folder, backend=reading) if through == "AutoImageProcessor"
+                          else reading_cls.from_pretrained(folder))
+            a, b = first.to_dict(), second.to_dict()
+            only_one_side = {k: a.get(k, b.get(k)) for k in set(a) ^ set(b)}
+            assert all(v is None for k, v in only_one_side.items() if k not in ("default_to_square", "data_format")), \
+                (saving, reading, only_one_side)
+            assert {k: a[k] for k in set(a) & set(b)} == {k: b[k] for k in set(a) & set(b)}, (saving, reading)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -564,7 +854,7 @@ def test_every_setting_is_checked_when_the_processor_is_made(tmp_path, monkeypat
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     for bad, match in [({"size": -5}, r"size: expected a positive int"), ({"size": "big"}, r"size: expected"),
                        ({"crop_size": {"height": 0, "width": 5}}, r"crop_size: expected"),
-                       ({"do_rescale": "yes"}, r"do_rescale: expected true or false, got 'yes'"),
+                       ({"do_rescale": "yes"}, r"do_rescale: expected true, false or null \(the default\), got 'yes'"),
                        ({"rescale_factor": 0}, r"rescale_factor: expected a positive number"),
                        ({"resample": 9}, r"resample: expected NEAREST"),
                        ({"do_normalize": True, "image_mean": "grey"}, r"image_mean: expected a number or a list"),

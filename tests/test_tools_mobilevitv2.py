@@ -3,6 +3,7 @@ post-processing), `mobilevit predict`, `mobilevit export`, `mobilevit benchmark`
 (fine-tuning and from scratch, both tasks, the multi-scale sampler) and model cards."""
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -58,6 +59,65 @@ def test_folders_without_the_post_processing_option_get_their_familys(saved_v2_s
             for p in (MobileViTImageProcessor(), MobileViTImageProcessor(logits_align_corners=True))]
     expected = [F.interpolate(logits, size=(13, 13), mode="bilinear", align_corners=c)[0].argmax(0) for c in (False, True)]
     assert all(torch.equal(a, b) for a, b in zip(maps, expected))
+
+
+def test_a_bgr_v2_folder_runs_as_it_says_and_the_package_says_so_once(stock_v2_folder, saved_v2_classifier, photo,
+                                                                       caplog, monkeypatch):
+    """A stock-converted MobileViTv2 folder flips to BGR: loading it (the registry, the pipeline) keeps the
+    folder's settings and says once per folder, in one line, that ml-cvnets trained MobileViTv2 on RGB and how to
+    switch."""
+    monkeypatch.setattr(auto, "_CHANNEL_ORDER_NOTICES", set())
+    with caplog.at_level(logging.WARNING, logger="mobilevit.auto"):
+        model, processor, _ = auto.load_model_and_processor(stock_v2_folder)
+        auto.load_model_and_processor(stock_v2_folder)
+        auto.load_image_processor(f"{stock_v2_folder}/.")  # the same folder spelled otherwise
+        classify = mobilevit.pipeline(model=str(stock_v2_folder))
+    notices = [record.getMessage() for record in caplog.records if record.name == "mobilevit.auto"]
+    assert len(notices) == 1 and "\n" not in notices[0], notices
+    assert "its preprocessor_config.json feeds MobileViT v2 BGR pixels, but ml-cvnets v0.2 trained MobileViT v2 on RGB" \
+        in notices[0]
+    assert f"`mobilevit convert --fix-preprocessing {stock_v2_folder}`" in notices[0]
+    assert "pass do_flip_channel_order=False to the processor" in notices[0]
+    # the folder's settings, in the registry and the pipeline
+    folder_settings = MobileViTImageProcessor(size={"shortest_edge": 96}, crop_size={"height": 64, "width": 64},
+                                              do_flip_channel_order=True, resample=2)
+    expected = folder_settings(photo, return_tensors="pt")["pixel_values"]
+    assert torch.equal(processor(photo, return_tensors="pt")["pixel_values"], expected)
+    assert torch.equal(classify.image_processor(photo, return_tensors="pt")["pixel_values"], expected)
+    with torch.no_grad():
+        probabilities = model(pixel_values=expected).logits.softmax(-1)[0]
+    assert classify(photo, top_k=1)[0]["score"] == pytest.approx(float(probabilities.max()), rel=1e-5)
+    # the documented argument switches without touching the folder; RGB folders (ours) say nothing
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="mobilevit.auto"):
+        switched = auto.load_image_processor(stock_v2_folder, do_flip_channel_order=False)
+        auto.load_model_and_processor(saved_v2_classifier)
+        auto.load_model_and_processor(stock_v2_folder)  # said already
+    assert not caplog.records and switched.do_flip_channel_order is False
+    assert torch.equal(switched(photo, return_tensors="pt")["pixel_values"], expected.flip(1))
+
+
+def test_predict_on_a_bgr_v2_folder_uses_its_settings_and_says_so_in_one_line(stock_v2_folder, photo, tmp_path):
+    """The command as a user runs it: the notice is one line on stderr, once, and the predictions are the folder's."""
+    import os
+    import subprocess
+    import sys
+
+    photo.save(tmp_path / "photo.png")
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    done = subprocess.run([sys.executable, "-m", "mobilevit", "predict", str(tmp_path / "photo.png"),
+                           str(tmp_path / "photo.png"), "--model", str(stock_v2_folder), "--json", "--top-k", "3"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    notices = [line for line in done.stderr.splitlines() if "--fix-preprocessing" in line]
+    assert len(notices) == 1 and notices[0].startswith(f"mobilevit: '{stock_v2_folder}': its preprocessor_config.json")
+    model, processor, _ = auto.load_model_and_processor(stock_v2_folder)
+    with torch.no_grad():
+        pixel_values = processor(np.asarray(photo), input_data_format="channels_last", return_tensors="pt")["pixel_values"]
+        probabilities = model(pixel_values=pixel_values).logits.softmax(-1)[0]
+    predicted = json.loads(done.stdout)[0]["predictions"]
+    assert [p["label"] for p in predicted] == [model.config.id2label[int(i)] for i in probabilities.argsort(descending=True)]
+    assert predicted[0]["score"] == pytest.approx(float(probabilities.max()), rel=1e-4)
 
 
 def test_predict_on_v2_folders(saved_v2_classifier, saved_v2_segmenter, photo, tmp_path, capsys):
@@ -139,5 +199,6 @@ def test_train_fine_tunes_a_v2_folder_and_trains_v2_from_scratch(saved_v2_classi
     model, processor, task = auto.load_model_and_processor(tmp_path / "scratch")
     assert type(model) is MobileViTV2ForSemanticSegmentation and task == "semantic-segmentation"
     assert processor.logits_align_corners is True and model.config.id2label[3] == "triangle"
+    assert processor.do_flip_channel_order is False and processor.resample == 3  # trained on RGB, as ml-cvnets v0.2
     history = json.loads((tmp_path / "scratch" / "metrics.json").read_text())["history"]
     assert history[-1]["train_loss"] < history[0]["train_loss"]

@@ -48,6 +48,29 @@ def test_image_to_tensor_gives_bgr_in_unit_range():
         image_to_tensor("not an image")
 
 
+def test_training_feeds_each_family_the_channel_order_it_was_trained_on():
+    """MobileViTv2 (ml-cvnets v0.2) trained on RGB, v1 (v0.1) on BGR: training data and the processor saved with
+    the model follow the family."""
+    from mobilevit import auto
+    from mobilevit.training.job import build_processor
+
+    rgb = np.zeros((4, 5, 3), dtype=np.uint8)
+    rgb[..., 0] = 255  # pure red
+    assert torch.all(image_to_tensor(rgb, "RGB")[0] == 1.0) and torch.all(image_to_tensor(rgb, "RGB")[1:] == 0.0)
+    with pytest.raises(ValueError, match="channel_order: expected 'BGR' or 'RGB', got 'GBR'"):
+        image_to_tensor(rgb, "GBR")
+    photo = np.random.default_rng(0).integers(0, 256, (6, 6, 3), dtype=np.uint8)
+    dataset = datasets.Dataset.from_dict({"image": [Image.fromarray(photo)], "label": [0]})
+    for variant, order, flip in (("xx-small", "BGR", True), ("mobilevitv2-0.5", "RGB", False)):
+        family = auto.resolve_variant(variant)[0]
+        assert family.preprocessing.channel_order == order
+        item = MobileViTDataset(dataset, "image-classification", EvalTransform(6, 6), channel_order=order)[0]
+        processor = build_processor(6, 6, family)  # the photo's own size: no resampling to tell apart
+        assert processor.do_flip_channel_order is flip
+        expected = processor(Image.fromarray(photo), return_tensors="pt")["pixel_values"][0]
+        assert torch.equal(item["pixel_values"], expected), variant
+
+
 def test_augmentation_moves_image_and_mask_together():
     mask = torch.zeros(64, 64, dtype=torch.long)
     mask[:, 32:] = 1

@@ -244,7 +244,7 @@ def export_model(model, format: str, output, precision: str = "fp32", image_size
     if output.exists() and not overwrite:
         raise ExportError(f"output: {str(output)!r} already exists (pass overwrite=True to replace it)")
     graph = MainOutputs(model.eval()).eval()
-    processor = auto.image_processor_for(model.config)
+    processor = auto.image_processor_for(model.config, auto.family_of(model).task_of_class(type(model)))
     size = (image_size, image_size) if image_size else input_size(processor, model.config)
     calibration = None
     if precision in chosen.calibrated:

@@ -120,7 +120,7 @@ def _first_mismatch(path: Path) -> str | None:
 
 def input_size(processor, config) -> tuple[int, int]:
     """(height, width) the model's processor produces: the fixed input of fixed-size formats."""
-    crop = getattr(processor, "crop_size", None) if getattr(processor, "do_center_crop", False) else None
+    crop = getattr(processor, "crop_size", None) if processor.setting("do_center_crop") else None
     if crop and crop.get("height"):
         return int(crop["height"]), int(crop["width"])
     size = config.image_size
@@ -240,22 +240,26 @@ def sidecar_path(output: Path) -> Path:
 
 def preprocessing_of(processor) -> dict:
     """The processor's steps in words and numbers a runtime outside Python can follow."""
-    size = dict(processor.size) if processor.do_resize and processor.size else None
-    crop = dict(processor.crop_size) if processor.do_center_crop and processor.crop_size else None
+    setting = processor.setting  # a switch stored as None means its default
+    size = dict(processor.size) if setting("do_resize") and processor.size else None
+    crop = dict(processor.crop_size) if setting("do_center_crop") and processor.crop_size else None
+    resample = {0: "nearest", 2: "bilinear", 3: "bicubic"}.get(int(processor.resample), str(processor.resample))
+    antialias = bool(setting("resize_antialias"))
+    how = f"{resample}{', antialiased' if antialias else ''}"
     return {
-        "resize": {"size": size, "resample": "bilinear", "antialias": bool(getattr(processor, "resize_antialias", False))}
-        if size else None,
+        "resize": {"size": size, "resample": resample, "antialias": antialias} if size else None,
         "center_crop": crop,
-        "rescale_factor": float(processor.rescale_factor) if processor.do_rescale else None,
-        "channel_order": "BGR" if processor.do_flip_channel_order else "RGB",
+        "rescale_factor": float(processor.rescale_factor) if setting("do_rescale") else None,
+        "channel_order": "BGR" if setting("do_flip_channel_order") else "RGB",
         "normalize": None,
         "layout": "NCHW float32",
         "summary": (
-            (f"resize the shortest edge to {size.get('shortest_edge')} (bilinear), " if size and size.get("shortest_edge")
-             else f"resize to {size} (bilinear), " if size else "")
+            (f"resize the shortest edge to {size.get('shortest_edge')} ({how}), " if size and size.get("shortest_edge")
+             else f"resize to {size} ({how}), " if size else "")
             + (f"centre-crop {crop['height']}x{crop['width']}, " if crop else "")
-            + (f"multiply by {float(processor.rescale_factor):.6g} (pixels in [0, 1]), " if processor.do_rescale else "")
-            + ("flip RGB to BGR, " if processor.do_flip_channel_order else "keep RGB, ")
+            + (f"multiply by {float(processor.rescale_factor):.6g} (pixels in [0, 1]), " if setting("do_rescale")
+               else "")
+            + ("flip RGB to BGR, " if setting("do_flip_channel_order") else "keep RGB, ")
             + "no mean/std normalisation"
         ),
     }

@@ -51,8 +51,8 @@ class CoreMLFormat(Format):
         config = job.graph.config
         shape = (1, config.num_channels, *job.size)
         if config.num_channels == 3:
-            bgr = job.processor.do_flip_channel_order
-            scale = float(job.processor.rescale_factor) if job.processor.do_rescale else 1.0
+            bgr = job.processor.setting("do_flip_channel_order")
+            scale = float(job.processor.rescale_factor) if job.processor.setting("do_rescale") else 1.0
             image = ct.ImageType(name=INPUT_NAME, shape=shape, scale=scale,
                                  color_layout=ct.colorlayout.BGR if bgr else ct.colorlayout.RGB)
             facts = {"coreml_input": f"image, {'BGR' if bgr else 'RGB'}, scale {scale:.6g}, {job.size[0]}x{job.size[1]}"}
@@ -88,7 +88,7 @@ class CoreMLFormat(Format):
 
             # back to the 8-bit picture an app would hand over
             pixels = np.clip(np.round(image[0].transpose(1, 2, 0) * 255), 0, 255).astype(np.uint8)
-            if job.processor.do_flip_channel_order:
+            if job.processor.setting("do_flip_channel_order"):
                 pixels = pixels[..., ::-1]
             result = model.predict({INPUT_NAME: Image.fromarray(np.ascontiguousarray(pixels))})
             return [np.asarray(result[n]) for n in names]

@@ -336,9 +336,11 @@ class MobileViTDataset(torch.utils.data.Dataset):
     seed, which makes a run reproducible and independent of worker and process counts.
     """
 
-    def __init__(self, dataset, task: str, transform, image_column: str = "image", label_column: str = "label"):
+    def __init__(self, dataset, task: str, transform, image_column: str = "image", label_column: str = "label",
+                 channel_order: str = "BGR"):
         self.dataset, self.task, self.transform = dataset, task, transform
         self.image_column, self.label_column = image_column, label_column
+        self.channel_order = channel_order  # the model family's (`ModelFamily.preprocessing`)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -353,7 +355,7 @@ class MobileViTDataset(torch.utils.data.Dataset):
             size, generator = (key.height, key.width), torch.Generator().manual_seed(key.seed)
             key = key.index
         example = self.dataset[int(key)]
-        pixels = image_to_tensor(example[self.image_column])
+        pixels = image_to_tensor(example[self.image_column], self.channel_order)
         if _is_segmentation(self.task):
             mask = mask_to_tensor(example[self.label_column])
             if mask.shape != pixels.shape[-2:]:

@@ -284,11 +284,12 @@ def _settle_problem_type(model, task: str) -> None:
 
 
 def build_processor(crop_size: int, resize: int, family) -> MobileViTImageProcessor:
-    """The processor saved with the model: the same geometry as `EvalTransform(resize, crop_size)`, and the
-    family's segmentation post-processing."""
+    """The processor saved with the model: the same geometry as `EvalTransform(resize, crop_size)`, the family's
+    channel order (the one training fed) and resampling, and its segmentation post-processing."""
     return MobileViTImageProcessor(do_resize=True, size={"shortest_edge": resize}, do_center_crop=True,
-                                   crop_size={"height": crop_size, "width": crop_size}, do_flip_channel_order=True,
-                                   logits_align_corners=family.segmentation_align_corners)
+                                   crop_size={"height": crop_size, "width": crop_size},
+                                   logits_align_corners=family.segmentation_align_corners,
+                                   **family.preprocessing.pixel_settings)
 
 
 def _training_arguments(job: TrainJob, checkpoints: Path):
@@ -346,11 +347,13 @@ def train_and_save(job: TrainJob) -> TrainResult:
     eval_resize = job.eval_resize or default_resize
     processor = build_processor(image_size, eval_resize, family)
     augment = TrainAugmentation(image_size, job.crop_scale, job.crop_ratio, job.flip_prob)
-    train_set = MobileViTDataset(data.train, job.task, augment, data.image_column, data.label_column)
+    # pixels in the channel order the family's checkpoints were trained on (v1 BGR, v2 RGB)
+    columns = dict(image_column=data.image_column, label_column=data.label_column,
+                   channel_order=family.preprocessing.channel_order)
+    train_set = MobileViTDataset(data.train, job.task, augment, **columns)
     eval_transform = EvalTransform(eval_resize, image_size)
-    val_set = MobileViTDataset(data.validation, job.task, eval_transform, data.image_column, data.label_column)
-    test_set = (MobileViTDataset(data.test, job.task, eval_transform, data.image_column, data.label_column)
-                if data.test is not None else None)
+    val_set = MobileViTDataset(data.validation, job.task, eval_transform, **columns)
+    test_set = MobileViTDataset(data.test, job.task, eval_transform, **columns) if data.test is not None else None
 
     multi_scale = MULTI_SCALE_DEFAULT[job.task] if job.multi_scale is None else job.multi_scale
     low, high = job.multi_scale_range or (None, None)

@@ -1,7 +1,8 @@
 """Training-time augmentation and evaluation-time resizing, on torch tensors (no torchvision).
 
 Whatever comes in (PIL image, NumPy array, tensor), `pixel_values` come out as the model expects them and as
-`MobileViTImageProcessor` produces them: float32, (3, H, W), BGR channel order, values in [0, 1], no mean/std.
+`MobileViTImageProcessor` produces them: float32, (3, H, W), values in [0, 1], no mean/std, in the channel order
+the model's family was trained on (MobileViT v1 BGR, MobileViTv2 RGB: `ModelFamily.preprocessing`).
 Segmentation masks come out as int64 (H, W) label maps; they are always resized with nearest neighbour, and
 pixels a crop pads or leaves undefined get `ignore_index` (255).
 
@@ -23,13 +24,18 @@ from ..image_processing_mobilevit import IGNORE_INDEX
 from ..image_reading import image_pixels, label_map
 
 
-def image_to_tensor(image) -> torch.Tensor:
-    """A PIL image, a (H, W[, C]) NumPy array or a ([C,] H, W) tensor -> float32 BGR (3, H, W) in [0, 1], read by
-    the rules every tool shares (`mobilevit.image_reading`): grey repeated to three channels, alpha dropped,
-    16-bit scaled to 8 bits, float pixels in [0, 1] quantised to 8 bits as the processor does."""
+def image_to_tensor(image, channel_order: str = "BGR") -> torch.Tensor:
+    """A PIL image, a (H, W[, C]) NumPy array or a ([C,] H, W) tensor -> float32 (3, H, W) in [0, 1] in
+    `channel_order` ("BGR" or "RGB"), read by the rules every tool shares (`mobilevit.image_reading`): grey
+    repeated to three channels, alpha dropped, 16-bit scaled to 8 bits, float pixels in [0, 1] quantised to 8
+    bits as the processor does."""
+    if channel_order not in ("BGR", "RGB"):
+        raise ValueError(f"channel_order: expected 'BGR' or 'RGB', got {channel_order!r}")
     layout = "channels_last" if isinstance(image, np.ndarray) else "channels_first"
-    pixels = image_pixels(image, "image", input_data_format=layout)  # (H, W, 3) uint8
-    return pixels.permute(2, 0, 1).flip(0).float().div_(255.0).contiguous()  # RGB -> BGR, as MobileViT was trained
+    pixels = image_pixels(image, "image", input_data_format=layout).permute(2, 0, 1)  # (3, H, W) uint8, RGB
+    if channel_order == "BGR":
+        pixels = pixels.flip(0)
+    return pixels.float().div_(255.0).contiguous()
 
 
 def mask_to_tensor(mask) -> torch.Tensor:

@@ -1,7 +1,9 @@
 """MobileViT v1 (Mehta & Rastegari, ICLR 2022): the family's classes and its registry entry, `FAMILY`."""
 
-from ...model_family import ModelFamily
-from ...tasks import CLASSIFICATION, FEATURE_EXTRACTION, SEGMENTATION
+from transformers.image_utils import PILImageResampling
+
+from ...model_family import SHORTEST_EDGE_THEN_CROP, STRETCH, ModelFamily, Preprocessing
+from ...tasks import CLASSIFICATION, FEATURE_EXTRACTION, OBJECT_DETECTION, SEGMENTATION
 from .configuration_mobilevit import VARIANTS, MobileViTConfig, canonical_variant
 from .conversion_mobilevit import CONVERTER
 from .modeling_mobilevit import (
@@ -24,6 +26,14 @@ FAMILY = ModelFamily(
     variants=tuple(VARIANTS),
     canonical_variant=canonical_variant,
     converter=CONVERTER,
+    # ml-cvnets v0.1 read images with OpenCV: cv2.imread (BGR) and cv2.resize(INTER_LINEAR); classification
+    # and segmentation resize the shortest edge to the input size + 32 and crop the centre (stock
+    # transformers' settings for these checkpoints); SSDLite stretches to 320x320
+    preprocessing=Preprocessing(
+        release="ml-cvnets v0.1", channel_order="BGR", resample=PILImageResampling.BILINEAR, antialias=False,
+        resize={CLASSIFICATION: SHORTEST_EDGE_THEN_CROP, FEATURE_EXTRACTION: SHORTEST_EDGE_THEN_CROP,
+                SEGMENTATION: SHORTEST_EDGE_THEN_CROP, OBJECT_DETECTION: STRETCH},
+    ),
     description=(
         "MobileViT v1 (Mehta & Rastegari, ICLR 2022): MobileNetV2 stages followed by MobileViT blocks that "
         "unfold the feature map into 2x2 patches, mix them with a small transformer and fold them back."

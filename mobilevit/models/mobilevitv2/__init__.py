@@ -1,7 +1,9 @@
 """MobileViTv2 (Mehta & Rastegari 2022): the family's classes and its registry entry, `FAMILY`."""
 
-from ...model_family import ModelFamily
-from ...tasks import CLASSIFICATION, FEATURE_EXTRACTION, SEGMENTATION
+from transformers.image_utils import PILImageResampling
+
+from ...model_family import SHORTEST_EDGE_THEN_CROP, STRETCH, ModelFamily, Preprocessing
+from ...tasks import CLASSIFICATION, FEATURE_EXTRACTION, OBJECT_DETECTION, SEGMENTATION
 from .configuration_mobilevitv2 import VARIANTS, MobileViTV2Config, canonical_variant
 from .conversion_mobilevitv2 import CONVERTER
 from .modeling_mobilevitv2 import (
@@ -24,6 +26,15 @@ FAMILY = ModelFamily(
     variants=tuple(VARIANTS),
     canonical_variant=canonical_variant,
     converter=CONVERTER,
+    # ml-cvnets v0.2 read every data set with Pillow (RGB) and resized with its bicubic filter (the yaml files'
+    # `interpolation: "bicubic"`): ImageNet shortest edge 288 then centre crop 256 (the 384 fine-tunes: 384 and
+    # 384); PASCAL VOC and ADE20k [512, 512]; SSDLite [320, 320]
+    preprocessing=Preprocessing(
+        release="ml-cvnets v0.2", channel_order="RGB", resample=PILImageResampling.BICUBIC, antialias=True,
+        resize={CLASSIFICATION: SHORTEST_EDGE_THEN_CROP, FEATURE_EXTRACTION: SHORTEST_EDGE_THEN_CROP,
+                SEGMENTATION: STRETCH, OBJECT_DETECTION: STRETCH},
+        shortest_edge={384: 384},
+    ),
     description=(
         "MobileViT v2 (Mehta & Rastegari, 2022): MobileNetV2 stages followed by MobileViTv2 blocks whose "
         "separable self-attention mixes 2x2 patches in time linear in their number (one context score per "
