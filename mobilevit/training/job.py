@@ -29,7 +29,7 @@ import torch
 from transformers import set_seed
 
 from .. import auto
-from ..errors import UserError
+from ..errors import UserError, require_cpp_compiler
 from ..file_utils import check_output_dir, remove_abandoned_leftovers, staged_directory
 from ..hub import write_model_card
 from ..image_processing_mobilevit import MobileViTImageProcessor
@@ -173,6 +173,8 @@ def _check_compile_backend(backend) -> None:
     if backend not in list_backends(exclude_tags=()):  # the debugging backends too ("eager", "aot_eager")
         raise TrainError(f"compile_backend: expected a torch.compile backend such as "
                          f"{', '.join(list_backends())}, got {backend!r}", usage=True)
+    if backend == "inductor" and not torch.cuda.is_available():
+        require_cpp_compiler("compile")
 
 
 def _check_model(job: TrainJob):
