@@ -26,12 +26,13 @@ import pytest
 import torch
 
 from mobilevit import auto
-from mobilevit.tasks import CLASSIFICATION, SEGMENTATION
+from mobilevit.tasks import CLASSIFICATION, FEATURE_EXTRACTION, SEGMENTATION
 from mobilevit.testing_utils import fill_realistic_weights_
 
 VARIANTS = ("xx-small", "mobilevitv2-0.5")
-TASKS = (CLASSIFICATION, SEGMENTATION)
+TASKS = (CLASSIFICATION, SEGMENTATION)  # with a loss: trained
 CASES = [pytest.param(variant, task, id=f"{variant}-{task}") for variant in VARIANTS for task in TASKS]
+EVAL_CASES = CASES + [pytest.param(variant, FEATURE_EXTRACTION, id=f"{variant}-backbone") for variant in VARIANTS]
 # one training step per task, each family once
 TRAINING_CASES = [pytest.param("xx-small", CLASSIFICATION, id=f"xx-small-{CLASSIFICATION}"),
                   pytest.param("mobilevitv2-0.5", SEGMENTATION, id=f"mobilevitv2-0.5-{SEGMENTATION}")]
@@ -46,7 +47,7 @@ def _fresh_dynamo():
 
 
 def _model(variant, task):
-    config = auto.new_config(variant, task, num_labels=NUM_LABELS)
+    config = auto.new_config(variant, CLASSIFICATION if task == FEATURE_EXTRACTION else task, num_labels=NUM_LABELS)
     return fill_realistic_weights_(auto.new_model(config, task))
 
 
@@ -56,13 +57,17 @@ def _inputs(task, size=SIZE):
     return pixel_values, torch.randint(0, NUM_LABELS, shape)
 
 
+def _main_output(outputs) -> torch.Tensor:
+    return outputs.logits if "logits" in outputs else outputs.last_hidden_state  # a head's, or the backbone's
+
+
 def _assert_compiled_eval_matches_eager(model, backend, size=SIZE):
     model.eval()
     pixel_values, _ = _inputs(CLASSIFICATION, size)
     compiled = torch.compile(model, backend=backend, fullgraph=True)
     with torch.no_grad():
-        got = compiled(pixel_values=pixel_values).logits
-        want = model(pixel_values=pixel_values).logits  # the default eval path: the fast path
+        got = _main_output(compiled(pixel_values=pixel_values))
+        want = _main_output(model(pixel_values=pixel_values))  # the default eval path: the fast path
     assert got.shape == want.shape
     torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
 
@@ -85,7 +90,7 @@ def _assert_compiled_step_matches_eager(model, task, backend):
 
 
 # -- Dynamo: every family and task, cheap backends --------------------------------------------------------------
-@pytest.mark.parametrize("variant, task", CASES)
+@pytest.mark.parametrize("variant, task", EVAL_CASES)
 def test_no_graph_breaks_in_eval_or_training(variant, task):
     model = _model(variant, task)
     pixel_values, labels = _inputs(task)
@@ -93,13 +98,15 @@ def test_no_graph_breaks_in_eval_or_training(variant, task):
         explained = torch._dynamo.explain(model.eval())(pixel_values=pixel_values)
     assert explained.graph_break_count == 0, explained.break_reasons
     assert explained.graph_count == 1
+    if task == FEATURE_EXTRACTION:  # no loss to train
+        return
     torch._dynamo.reset()
     explained = torch._dynamo.explain(model.train())(pixel_values=pixel_values, labels=labels)
     assert explained.graph_break_count == 0, explained.break_reasons
     assert explained.graph_count == 1
 
 
-@pytest.mark.parametrize("variant, task", CASES)
+@pytest.mark.parametrize("variant, task", EVAL_CASES)
 def test_fullgraph_eval_equals_eager(variant, task):
     _assert_compiled_eval_matches_eager(_model(variant, task), backend="eager")
 
