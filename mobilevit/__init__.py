@@ -16,15 +16,19 @@ from . import auto  # noqa: E402
 from .image_processing_mobilevit import MobileViTImageProcessor  # noqa: E402
 from .models.mobilevit import (
     VARIANTS,
+    MobileViTBackbone,
     MobileViTConfig,
     MobileViTForImageClassification,
+    MobileViTForObjectDetection,
     MobileViTForSemanticSegmentation,
     MobileViTModel,
     MobileViTPreTrainedModel,
 )  # noqa: E402
 from .models.mobilevitv2 import (  # noqa: E402
+    MobileViTV2Backbone,
     MobileViTV2Config,
     MobileViTV2ForImageClassification,
+    MobileViTV2ForObjectDetection,
     MobileViTV2ForSemanticSegmentation,
     MobileViTV2Model,
     MobileViTV2PreTrainedModel,
@@ -42,11 +46,15 @@ __all__ = [
     "MobileViTModel",
     "MobileViTForImageClassification",
     "MobileViTForSemanticSegmentation",
+    "MobileViTForObjectDetection",
+    "MobileViTBackbone",
     "MobileViTV2Config",
     "MobileViTV2PreTrainedModel",
     "MobileViTV2Model",
     "MobileViTV2ForImageClassification",
     "MobileViTV2ForSemanticSegmentation",
+    "MobileViTV2ForObjectDetection",
+    "MobileViTV2Backbone",
     "pipeline",
     "__version__",
 ]

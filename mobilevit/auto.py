@@ -2,9 +2,11 @@
 
 Every tool (pipelines, predict, export, benchmark, hub, train, demo, convert) reaches a model family only
 through this module, so adding a family is one folder under `models/` plus one entry in `_REGISTERED`.
-It is this package's counterpart of transformers' Auto classes, kept to itself: nothing is registered in
-transformers' own Auto mappings (a folder saved here still loads there, as the stock class of its
-`model_type`).
+It is this package's counterpart of transformers' Auto classes, kept to itself: nothing of stock transformers'
+is changed (a folder saved here still loads there, as the stock class of its `model_type`). One entry is
+added to transformers' `AutoBackbone`, keyed on this package's config classes (stock's own `MobileViTConfig`
+is untouched): this package's config -> its `...Backbone`, so that transformers' heads that build their
+backbone from a `backbone_config` (UperNet, DPT, ...) take a MobileViT one.
 
     model = auto.load_model("runs/digits")                      # any registered family, task from the folder
     model, processor, task = auto.load_model_and_processor("apple/mobilevit-small")
@@ -27,11 +29,23 @@ from .conversion_utils import ConversionError
 from .errors import UserError
 from .model_family import ModelFamily
 from .models import mobilevit, mobilevitv2
-from .tasks import CLASSIFICATION, FEATURE_EXTRACTION, SEGMENTATION, canonical_task
+from .tasks import CLASSIFICATION, FEATURE_EXTRACTION, OBJECT_DETECTION, SEGMENTATION, canonical_task
 
 _REGISTERED = (mobilevit.FAMILY, mobilevitv2.FAMILY)
 FAMILIES: dict[str, ModelFamily] = {family.model_type: family for family in _REGISTERED}
 logger = logging.getLogger(__name__)
+
+
+def _register_backbones() -> None:
+    """transformers' `AutoBackbone.from_config(config)` builds this package's backbone for this package's configs."""
+    from transformers import AutoBackbone
+
+    for known in _REGISTERED:
+        if known.backbone_class is not None:
+            AutoBackbone.register(known.config_class, known.backbone_class, exist_ok=True)
+
+
+_register_backbones()
 
 
 class NotAModelError(UserError):
@@ -236,8 +250,9 @@ def load_model(model_dir: str | os.PathLike, task: str | None = None, **from_pre
 def load_image_processor(model_dir: str | os.PathLike, config=None, **kwargs):
     """The folder's `preprocessor_config.json`, or the family's evaluation preprocessing when it has none. A file
     that is there but invalid is an error, never silently replaced by the defaults. A processor config that
-    does not say how to upsample segmentation logits (one saved by stock transformers or before this option
-    existed) gets the family's way. `kwargs` override the folder's settings (`do_flip_channel_order=False`).
+    does not say how to upsample segmentation logits or how to pick detections (one saved by stock transformers or
+    before these options existed) gets the family's way. `kwargs` override the folder's settings
+    (`do_flip_channel_order=False`).
 
     A folder whose channel order is not the one its family was trained on (a MobileViTv2 folder converted by
     stock transformers flips to BGR) runs as the folder says, and the package says so once per folder and
@@ -265,6 +280,8 @@ def load_image_processor(model_dir: str | os.PathLike, config=None, **kwargs):
     if processor.logits_align_corners is None:
         processor.logits_align_corners = known.segmentation_align_corners
     _say_if_channel_order_differs(model_dir, processor, known)
+    if processor.detection_postprocessing is None and known.task_named_by(config) == OBJECT_DETECTION:
+        processor.detection_postprocessing = known.detection_postprocessing.to_dict()
     return processor
 
 
@@ -329,7 +346,11 @@ class AutoModelForSemanticSegmentation(AutoModel):
     task = SEGMENTATION
 
 
+class AutoModelForObjectDetection(AutoModel):
+    task = OBJECT_DETECTION
+
+
 __all__ = ["FAMILIES", "NotAModelError", "family", "family_of", "task_of", "task_of_model", "resolve_variant",
            "new_config", "new_model", "image_processor_for", "family_for_checkpoint", "load_config", "load_model",
            "load_image_processor", "load_model_and_processor", "AutoConfig", "AutoModel",
-           "AutoModelForImageClassification", "AutoModelForSemanticSegmentation"]
+           "AutoModelForImageClassification", "AutoModelForSemanticSegmentation", "AutoModelForObjectDetection"]

@@ -7,7 +7,9 @@ Every MobileViT candidate runs the same weights (`fill_realistic_weights_`: acti
 network's scale, no denormals): this package's model (its default eval path), stock transformers' model
 loaded with that state dict, and ONNX Runtime on the graph `mobilevit export` writes for it. ResNet-50
 (transformers' `ResNetForImageClassification`, the same realistic random weights) is the classic
-reference point. Candidates are timed interleaved in one process (A, B, C, A, B, C, ...) after a warm-up,
+reference point. Detectors (`--task object-detection`, 320x320 by default) have no stock transformers class: they
+are timed against their own plain path (`mobilevit-plain`, the fast path switched off), ONNX Runtime and any
+exported artefact, and the last column is the speed-up over the plain path. Candidates are timed interleaved in one process (A, B, C, A, B, C, ...) after a warm-up,
 so that drifting machine load hits them alike; each timed call directly follows an untimed one of the same
 candidate (see `time_interleaved`'s `lead_in`), so no candidate is timed while another one's threads are
 still busy. The table gives median latency with its 10-90 % spread, throughput, and the speed-up over
@@ -74,14 +76,15 @@ from torch import nn
 from . import auto
 from .errors import UserError, require, require_cpp_compiler
 from .file_utils import check_output_dir
-from .tasks import CLASSIFICATION, SEGMENTATION, canonical_task
+from .tasks import CLASSIFICATION, OBJECT_DETECTION, SEGMENTATION, canonical_task
 from .testing_utils import fill_realistic_weights_
 
-CANDIDATES = ("mobilevit", "transformers", "onnxruntime", "resnet-50")
+CANDIDATES = ("mobilevit", "mobilevit-plain", "transformers", "onnxruntime", "resnet-50")
 # this package's model cast to a lower precision (`model.to(dtype)`, inputs too), timed when named in --candidates
 REDUCED_PRECISION = {"mobilevit-bf16": torch.bfloat16}
 LABELS = {
     "mobilevit": "mobilevit (this package)",
+    "mobilevit-plain": "mobilevit plain path (this package, fast path off)",
     "mobilevit-bf16": "mobilevit bfloat16 (this package)",
     "transformers": "transformers (stock)",
     "onnxruntime": "onnxruntime (exported)",
@@ -109,6 +112,10 @@ LABELS.update({"mobilevit-compiled": "mobilevit torch.compile (this package)",
 LABELS["openvino-bf16"] = "openvino bf16 (exported; OpenVINO's default on a BF16 CPU)"
 ALL_CANDIDATES = CANDIDATES + tuple(REDUCED_PRECISION) + tuple(EXPORT_CANDIDATES) + tuple(COMPILED_CANDIDATES)
 REFERENCE = "transformers"
+# what the speed-up column compares with, per task where it is not stock transformers (which has no detector)
+TASK_REFERENCE = {OBJECT_DETECTION: "mobilevit-plain"}
+NEEDS_STOCK_CLASS = ("transformers", "transformers-compiled")  # candidates only tasks with a stock class have
+DEFAULT_IMAGE_SIZE = {CLASSIFICATION: 256, SEGMENTATION: 512, OBJECT_DETECTION: 320}
 IN_PROCESS_ALLOCATORS = ("tuned", "default")  # the conditions a single-process benchmark can have
 ALLOCATORS = (*IN_PROCESS_ALLOCATORS, "fresh")
 OUTPUT_FILES = ("results.json", "results.md", "chart.png")
@@ -143,7 +150,7 @@ class Result:
 # Models and what to time
 # --------------------------------------------------------------------------------------------------------
 # classes of the released checkpoints of each task (ImageNet-1k, PASCAL VOC)
-NUM_LABELS = {CLASSIFICATION: 1000, SEGMENTATION: 21}
+NUM_LABELS = {CLASSIFICATION: 1000, SEGMENTATION: 21, OBJECT_DETECTION: 81}
 
 
 def build_mobilevit(variant: str, task: str, seed: int = 0) -> nn.Module:
@@ -422,9 +429,14 @@ def onnx_installed() -> bool:
     return all(importlib.util.find_spec(name) is not None for name in ONNX_MODULES)
 
 
-def default_candidates() -> tuple[str, ...]:
-    """Every candidate whose dependencies this install has: ONNX Runtime only with the `export` extra."""
-    return CANDIDATES if onnx_installed() else tuple(c for c in CANDIDATES if c != "onnxruntime")
+def default_candidates(task: str = CLASSIFICATION) -> tuple[str, ...]:
+    """Every candidate whose dependencies this install has (ONNX Runtime only with the `export` extra) and that
+    the task has: the plain path only where stock transformers has no class (detection), ResNet-50 only for
+    classification."""
+    candidates = [c for c in CANDIDATES if c != "onnxruntime" or onnx_installed()]
+    if task in TASK_REFERENCE:
+        return tuple(c for c in candidates if c not in NEEDS_STOCK_CLASS and c != "resnet-50")
+    return tuple(c for c in candidates if c != "mobilevit-plain")
 
 
 def _is_int(value) -> bool:
@@ -442,11 +454,15 @@ def check_settings(*, variants, batch_sizes, threads, task, image_size, repeats,
         raise BenchmarkError(str(err), usage=True) from None
     if not variants:
         raise BenchmarkError("variants: expected at least one released size, got none", usage=True)
-    candidates = default_candidates() if candidates is None else tuple(candidates)
+    candidates = default_candidates(task) if candidates is None else tuple(candidates)
     unknown = sorted(set(candidates) - set(ALL_CANDIDATES))
     if unknown or not candidates:
         raise BenchmarkError(f"candidates: expected names from {list(ALL_CANDIDATES)}, got {unknown or 'none'}",
                              usage=True)
+    if task in TASK_REFERENCE and set(candidates) & {*NEEDS_STOCK_CLASS, "resnet-50"}:
+        raise BenchmarkError(f"candidates: stock transformers has no {task} model to time (no "
+                             f"{', '.join(repr(c) for c in NEEDS_STOCK_CLASS)} or 'resnet-50' for it); got "
+                             f"{list(candidates)}", usage=True)
     if not batch_sizes or any(not _is_int(b) or b < 1 for b in batch_sizes):
         raise BenchmarkError(f"batch_sizes: expected positive integers, got {list(batch_sizes)}", usage=True)
     for name, value, minimum in (("threads", threads, 1), ("repeats", repeats, 1), ("warmup", warmup, 0),
@@ -456,7 +472,7 @@ def check_settings(*, variants, batch_sizes, threads, task, image_size, repeats,
             raise BenchmarkError(f"{name}: expected {expected}, got {value!r}", usage=True)
     if allocator not in ALLOCATORS:
         raise BenchmarkError(f"allocator: expected one of {list(ALLOCATORS)}, got {allocator!r}", usage=True)
-    image_size = image_size if image_size is not None else (256 if task == CLASSIFICATION else 512)
+    image_size = image_size if image_size is not None else DEFAULT_IMAGE_SIZE[task]
     if not _is_int(image_size) or image_size < 32:
         raise BenchmarkError(f"image_size: expected an integer >= 32 (the network downsamples 32x), got "
                              f"{image_size!r}", usage=True)
@@ -536,7 +552,7 @@ def benchmark(
                             times = time_interleaved(
                                 runners, lambda name: pixel_values, repeats, warmup, progress, lead_in=True
                             )
-                    for name, s in summarise(times, REFERENCE).items():
+                    for name, s in summarise(times, reference_of(task)).items():
                         compile_s = runners[name].compile_s.get(batch) if name in COMPILED_CANDIDATES else None
                         results.append(
                             Result(
@@ -584,6 +600,9 @@ def local_runner(name: str, model: nn.Module | None, threads: int, onnx_path: Pa
         return CompiledRunner(build_stock(model) if COMPILED_CANDIDATES[name] == "transformers" else model)
     if name == "transformers":
         return torch_runner(build_stock(model))
+    if name == "mobilevit-plain":
+        plain = copy.deepcopy(model).set_fast_inference(False)
+        return torch_runner(plain)
     if name in REDUCED_PRECISION:
         dtype = REDUCED_PRECISION[name]
         run = torch_runner(copy.deepcopy(model).to(dtype))
@@ -601,13 +620,20 @@ def machine_load() -> str:
 
 
 TABLE_HEADER = (
-    "| model | variant | params (M) | GFLOPs | batch | latency ms (median, p10-p90) | images/s | vs transformers |\n"
+    "| model | variant | params (M) | GFLOPs | batch | latency ms (median, p10-p90) | images/s | vs {reference} |\n"
     "|---|---|---:|---:|---:|---:|---:|---:|"
 )
 
 
+def reference_of(task: str) -> str:
+    """The candidate the speed-up column divides by: stock transformers, or the plain path where stock has none."""
+    return TASK_REFERENCE.get(task, REFERENCE)
+
+
 def format_table(results: list[Result], header: bool = True) -> str:
-    lines = [TABLE_HEADER] if header else []
+    reference = reference_of(results[0].task) if results else REFERENCE
+    shown = "transformers" if reference == REFERENCE else "plain path"
+    lines = [TABLE_HEADER.format(reference=shown)] if header else []
     for r in results:
         speedup = f"{r.speedup:.2f}x" if r.speedup is not None else ""
         lines.append(
@@ -688,13 +714,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "three); each is timed against stock transformers' class of its family")
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 32], help="batch sizes (default: 1 32)")
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads for PyTorch and ONNX Runtime")
-    parser.add_argument("--task", default="image-classification", help="image-classification or semantic-segmentation")
-    parser.add_argument("--image-size", type=int, default=None, help="square input side (default 256, 512 for segmentation)")
+    parser.add_argument("--task", default="image-classification",
+                        help="image-classification, semantic-segmentation or object-detection")
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="square input side (default 256, 512 for segmentation, 320 for detection)")
     parser.add_argument("--repeats", type=int, default=20, help="timed rounds per batch size")
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls per candidate first")
     parser.add_argument("--candidates", nargs="+", default=None, choices=ALL_CANDIDATES,
                         help="what to time (default: all of " + ", ".join(CANDIDATES) + " whose dependencies are "
-                        'installed; onnxruntime needs pip install "mobilevit[export]"); exported artefacts too: '
+                        "installed and that the task has (mobilevit-plain for detection only); "
+                        'onnxruntime needs pip install "mobilevit[export]"); exported artefacts too: '
                         + ", ".join(EXPORT_CANDIDATES) + " (batch 1; each needs its extra); torch.compile'd models: "
                         + ", ".join(COMPILED_CANDIDATES) + " (Inductor; compile time reported apart)")
     parser.add_argument(

@@ -107,5 +107,20 @@ def check_labels(config) -> None:
         raise ValueError(f"{type(config).__name__}.id2label: expected class ids 0..{len(ids) - 1}, got {ids[:10]}")
 
 
-__all__ = ["MAX_WIDTH", "MAX_IMAGE_SIZE", "PATCH_SIZES", "MAX_RATIO", "make_divisible", "fail", "is_int", "is_number", "check_int", "check_int_list",
+def set_backbone_outputs(config, stage_names: list[str], kwargs: dict) -> None:
+    """transformers' Backbone API fields of a family's config: `stage_names`, and `out_features` / `out_indices`
+    taken out of `kwargs` (default: the last stage); a bad value is a ValueError naming the field."""
+    kwargs.pop("stage_names", None)  # fixed by the architecture; a saved copy is not read back
+    config.stage_names = list(stage_names)
+    out_features, out_indices = kwargs.pop("out_features", None), kwargs.pop("out_indices", None)
+    try:
+        config.set_output_features_output_indices(out_features=out_features, out_indices=out_indices)
+    except ValueError as err:
+        field = "out_features" if out_features is not None else "out_indices"
+        raise ValueError(f"{type(config).__name__}.{field}: expected names from {stage_names} (or their indices) in "
+                         f"that order, got {out_features if out_features is not None else out_indices!r} ({err})"
+                         ) from None
+
+
+__all__ = ["set_backbone_outputs", "MAX_WIDTH", "MAX_IMAGE_SIZE", "PATCH_SIZES", "MAX_RATIO", "make_divisible", "fail", "is_int", "is_number", "check_int", "check_int_list",
            "check_number", "check_probability", "check_choice", "check_image_size", "check_labels"]

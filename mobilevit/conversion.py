@@ -11,9 +11,12 @@ right shape -> write `config.json`, `model.safetensors`, `preprocessor_config.js
 temporary folder -> reload that folder and run it -> move it into place.
 
 What the tensors cannot say comes from the release recipe: the resolution (`image_size`: 256 for
-classification, 512 for segmentation; `--image-size 384` for the 384x384 fine-tuned classifiers), and for
-DeepLabV3 the output stride and ASPP rates, which the family's converter takes from the data set the class
-count points to (MobileViTv2: ADE20k output stride 8, PASCAL VOC 16); `--output-stride` overrides it.
+classification, 512 for segmentation, 320 for detection; `--image-size 384` for the 384x384 fine-tuned
+classifiers), and for DeepLabV3 the output stride and ASPP rates, which the family's converter takes from the
+data set the class count points to (MobileViTv2: ADE20k output stride 8, PASCAL VOC 16); `--output-stride`
+overrides it. SSDLite detectors (`encoder.`, `extra_layers.os_*`, `ssd_heads.*`) get their levels and head
+widths from the tensors, the default anchors (checked against the heads' widths), COCO's classes with a
+background class, and the post-processing rule of their family's release in `preprocessor_config.json`.
 
 The generic steps live in `conversion_utils.py`; each family's layout in `models/<family>/conversion_*.py`.
 
@@ -59,9 +62,10 @@ from .file_utils import check_output_dir, staged_directory, write_file_atomicall
 from .hub import push_folder_to_hub, write_model_card
 from .image_processing_mobilevit import MobileViTImageProcessor
 from .labels import label2id, label_set_for
-from .tasks import CLASSIFICATION, SEGMENTATION, canonical_task
+from .tasks import CLASSIFICATION, OBJECT_DETECTION, SEGMENTATION, canonical_task
 
 CHECK_SIZE = 256  # the reloaded folder runs on this input: any multiple of 32 exercises every layer
+CONVERTIBLE_TASKS = (CLASSIFICATION, SEGMENTATION, OBJECT_DETECTION)
 
 
 def check_folder_runs(folder: Path, task: str, expected: dict[str, torch.Tensor]) -> None:
@@ -74,12 +78,19 @@ def check_folder_runs(folder: Path, task: str, expected: dict[str, torch.Tensor]
     size = CHECK_SIZE
     pixel_values = torch.rand(1, model.config.num_channels, size, size, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
-        logits = model(pixel_values=pixel_values).logits
+        outputs = model(pixel_values=pixel_values)
+    logits = outputs.logits
     num_labels, stride = model.config.num_labels, model.config.output_stride
-    want = (1, num_labels) if task == CLASSIFICATION else (1, num_labels, size // stride, size // stride)
-    if tuple(logits.shape) != want or not torch.isfinite(logits).all():
+    finite = bool(torch.isfinite(logits).all())
+    if task == OBJECT_DETECTION:  # one row per anchor (ceil(size / stride) cells a level), each with a decoded box
+        levels = [(-(-size // s), -(-size // s)) if s > 0 else (1, 1) for s in model.config.ssd_output_strides]
+        want = (1, model.ssd.anchor_generator.num_anchors(levels), num_labels)
+        finite = finite and bool(torch.isfinite(outputs.pred_boxes).all())
+    else:
+        want = (1, num_labels) if task == CLASSIFICATION else (1, num_labels, size // stride, size // stride)
+    if tuple(logits.shape) != want or not finite:
         raise ConversionError(f"written folder: the reloaded model gives logits of shape {tuple(logits.shape)} "
-                              f"(finite: {bool(torch.isfinite(logits).all())}); expected {want}, all finite")
+                              f"(finite: {finite}); expected {want}, all finite")
 
 
 def check_options(checkpoint: Path, output_dir: Path, *, variant: str, task: str, weights: str,
@@ -87,7 +98,7 @@ def check_options(checkpoint: Path, output_dir: Path, *, variant: str, task: str
     """The one check of a conversion's arguments, before the checkpoint is read or anything is written."""
     if task not in (None, "auto"):
         try:
-            canonical_task(task, allowed=(CLASSIFICATION, SEGMENTATION))
+            canonical_task(task, allowed=CONVERTIBLE_TASKS)
         except ValueError as err:
             raise ConversionError(str(err), usage=True) from None
     if variant not in (None, "auto"):
@@ -201,7 +212,7 @@ def convert_checkpoint(
         family = auto.family_for_checkpoint(state_dict)
         converter = family.converter
         task = resolve(converter.detect_task(state_dict), task, "task",
-                       lambda name: canonical_task(name, allowed=(CLASSIFICATION, SEGMENTATION)))
+                       lambda name: canonical_task(name, allowed=CONVERTIBLE_TASKS))
         variant = resolve(converter.detect_variant(state_dict, task), variant, "variant", family.canonical_variant)
         num_labels = converter.num_labels(state_dict, task)
         id2label, dataset = label_set_for(task, num_labels)
@@ -332,12 +343,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="auto (read from the tensors) or a released size (v1: xx-small, x-small, small; "
                              "v2: mobilevitv2-0.5 ... mobilevitv2-2.0); a contradiction is an error")
     parser.add_argument("--task", default="auto",
-                        help="auto, image-classification or semantic-segmentation; a contradiction is an error")
+                        help="auto, image-classification, semantic-segmentation or object-detection; a contradiction "
+                             "is an error")
     parser.add_argument("--weights", default="auto", choices=("auto", "model", "ema"),
                         help="for checkpoints holding both raw and EMA weights: which to convert")
     parser.add_argument("--image-size", type=int, default=None,
                         help="the resolution the checkpoint was trained at (default: the release's, 256 for "
-                             "classification, 512 for segmentation; 384 for the 384x384 fine-tuned classifiers)")
+                             "classification, 512 for segmentation, 320 for detection; 384 for the 384x384 "
+                             "fine-tuned classifiers)")
     parser.add_argument("--output-stride", type=int, default=None, choices=(8, 16, 32),
                         help="segmentation: the output stride the checkpoint was trained with (default: the "
                              "release recipe of its data set; MobileViTv2: ADE20k 8, PASCAL VOC 16)")

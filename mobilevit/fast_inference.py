@@ -14,8 +14,9 @@ When a model is in eval mode and autograd is not needed, it hands its input to i
 - large batches run as micro-batches small enough for the allocator to reuse memory (`micro_batch_size`),
   and on glibc the first call raises malloc's adaptive mmap threshold above them (`settle_allocator`).
 
-The MobileNetV2 inverted residual and the DeepLabV3 head are the same in every family (same module names
-as stock transformers), so they are walked here; the families' own blocks are walked in their folders.
+The MobileNetV2 inverted residual, the DeepLabV3 head and the SSDLite detector's extra layers and heads are the
+same in every family (same module names), so they are walked here; the families' own blocks are walked in
+their folders.
 
 Derived weights (folded convolutions, fused projections) are cached on the module they come from, under
 the attribute `_fast_inference_cache`, never as parameters or buffers, so the state dict does not change.
@@ -44,6 +45,7 @@ from torch.nn import functional as F
 from transformers.activations import SiLUActivation
 
 from . import thread_policy
+from .ssd.modeling import BOX_VALUES, flatten_predictions
 
 ENV_SWITCH = "MOBILEVIT_FAST"
 CACHE_ATTR = "_fast_inference_cache"
@@ -295,12 +297,13 @@ def _is_glibc() -> bool:
         return False
 
 
-def walk_backbone(model: nn.Module, pixel_values: torch.Tensor, keep_stages: bool, attention_stage):
+def walk_backbone(model: nn.Module, pixel_values: torch.Tensor, keep_stages: bool, attention_stage,
+                  keep_stem: bool = False):
     """A family's backbone, channels_last: stem, the MobileNetV2 stages, the attention stages (each through
     `attention_stage(stage, features)`, the family's own block), then v1's final 1x1 expansion if the model has
-    one. Returns (last feature map, stage outputs if `keep_stages`)."""
+    one. Returns (last feature map, stage outputs if `keep_stages`, led by the stem's if `keep_stem`)."""
     features = conv_layer(model.conv_stem, pixel_values.contiguous(memory_format=CHANNELS_LAST))
-    stages = []
+    stages = [features] if keep_stages and keep_stem else []
     for stage in model.encoder.layer:
         if "transformer" in stage._modules:  # an attention stage; the others are MobileNetV2 stages
             features = attention_stage(stage, features)
@@ -315,16 +318,17 @@ def walk_backbone(model: nn.Module, pixel_values: torch.Tensor, keep_stages: boo
     return features, stages
 
 
-def run_backbone(walk, model: nn.Module, pixel_values: torch.Tensor, keep_stages: bool):
-    """`walk(model, pixel_values, keep_stages)` -> (last feature map, stage outputs), a family's backbone, run
-    in micro-batches where the batch is large (see `micro_batch_size`), with the allocator settled first."""
+def run_backbone(walk, model: nn.Module, pixel_values: torch.Tensor, keep_stages: bool, keep_stem: bool = False):
+    """`walk(model, pixel_values, keep_stages, keep_stem)` -> (last feature map, stage outputs), a family's
+    backbone, run in micro-batches where the batch is large (see `micro_batch_size`), with the allocator settled
+    first."""
     if pixel_values.device.type == "cpu":
         settle_allocator()
     batch = pixel_values.shape[0]
     size = batch if batch == 1 else micro_batch_size(model, pixel_values)  # one image: nothing to split
     if batch <= size:
-        return walk(model, pixel_values, keep_stages)
-    parts = [walk(model, chunk, keep_stages) for chunk in pixel_values.split(size)]
+        return walk(model, pixel_values, keep_stages, keep_stem)
+    parts = [walk(model, chunk, keep_stages, keep_stem) for chunk in pixel_values.split(size)]
     features = torch.cat([last for last, _ in parts])
     stages = [torch.cat(maps) for maps in zip(*(stages for _, stages in parts))]
     return features, stages
@@ -344,6 +348,30 @@ def deeplab_head(head: nn.Module, features: torch.Tensor) -> torch.Tensor:
             branches.append(conv_layer(branch, features))
     projected = conv_layer(head.aspp.project, torch.cat(branches, dim=1))
     return conv_layer(head.classifier, projected).contiguous()
+
+
+def ssd_head(head: nn.Module, backbone_maps: list[torch.Tensor]):
+    """SSDLite's extra layers and heads (`mobilevit.ssd.SSDLite`) on channels_last maps, BatchNorm folded into
+    every convolution: (box regressions, class logits, level maps). A head's NHWC output is already the
+    (B, H*W*A, 4 + classes) layout the predictions take, so flattening it copies nothing."""
+    features = [level.contiguous(memory_format=CHANNELS_LAST) for level in backbone_maps]
+    for layer in head.extra_layers:  # separable convolutions of stride 2
+        features.append(conv_layer(layer.pointwise, conv_layer(layer.depthwise, features[-1])))
+    if head.global_pool is not None:  # average pooling to 1x1, then a 1x1 convolution
+        features.append(conv_layer(head.global_pool.projection, features[-1].mean(dim=(2, 3), keepdim=True)))
+    outputs = []
+    for level_head, level in zip(head.heads, features):
+        if level_head.projection is not None:
+            level = conv_layer(level_head.projection, level)
+        predictor = level_head.predictor
+        if "depthwise" in predictor._modules:
+            predictions = conv_layer(predictor.pointwise, conv_layer(predictor.depthwise, level))
+        else:
+            predictions = conv_layer(predictor, level)
+        outputs.append(flatten_predictions(predictions, level_head.num_outputs))
+    predictions = torch.cat(outputs, dim=1)
+    regression, logits = predictions.split([BOX_VALUES, predictions.shape[-1] - BOX_VALUES], dim=-1)
+    return regression, logits, features
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -20,12 +20,13 @@ from pathlib import Path
 
 from . import auto
 from .image_processing_mobilevit import MobileViTImageProcessor
-from .tasks import CLASSIFICATION, PIPELINE_TASKS, SEGMENTATION
+from .tasks import CLASSIFICATION, FEATURE_EXTRACTION, OBJECT_DETECTION, PIPELINE_TASKS, SEGMENTATION
 
 # task -> what the model outputs
 TASK_OUTPUTS = {
     CLASSIFICATION: "class logits",
     SEGMENTATION: "per-pixel class logits at 1/{output_stride} of the input resolution",
+    OBJECT_DETECTION: "SSDLite: per anchor, class logits (background first) and a box",
 }
 
 # What a card written before the folder had a Hub name says to load (a push puts the repository id in its place).
@@ -106,12 +107,21 @@ def model_card_text(
     if training_curves:
         lines += ["", "## Training", "", f"![training curves]({training_curves})"]
 
-    lines += [
-        "",
-        "## Preprocessing",
-        "",
-        _preprocessing_text(preprocessing or family.preprocessing.image_processor(task, image_size).to_dict(), family),
-        "",
+    preprocessing = preprocessing or family.preprocessing.image_processor(task, image_size).to_dict()
+    lines += ["", "## Preprocessing", "", _preprocessing_text(preprocessing, family), ""]
+    if task == OBJECT_DETECTION:
+        lines += _detection_usage(family, model_class, load_from, preprocessing)
+    else:
+        lines += _usage(task, family, model_class, load_from, output_stride)
+    if notes:
+        lines += ["", "## Notes", "", notes]
+    lines += ["", "## Citation", "", "```bibtex", family.citation, "```", ""]
+    return "\n".join(lines)
+
+
+def _usage(task: str, family, model_class: str, load_from: str, output_stride: int) -> list[str]:
+    """How to use a classifier or segmenter, with stock transformers."""
+    lines = [
         "## How to use",
         "",
         "```python",
@@ -130,15 +140,53 @@ def model_card_text(
                       "`processor.post_process_semantic_segmentation` does)" if family.segmentation_align_corners else "")
         lines.append(f"mask = logits.argmax(1)[0]  # (H/{output_stride}, W/{output_stride}) class indices; "
                      f"upsample logits first for full size{upsampling}")
-    lines += [
+    return lines + [
         "```",
         "",
         f"The `mobilevit` package loads the same folder with `mobilevit.{model_class}.from_pretrained(...)`.",
     ]
-    if notes:
-        lines += ["", "## Notes", "", notes]
-    lines += ["", "## Citation", "", "```bibtex", family.citation, "```", ""]
-    return "\n".join(lines)
+
+
+def _detection_usage(family, model_class: str, load_from: str, preprocessing: dict) -> list[str]:
+    """A detector's post-processing rule and how to use it (with this package: stock transformers has no
+    MobileViT detector)."""
+    rule = preprocessing.get("detection_postprocessing") or family.detection_postprocessing.to_dict()
+    per_class = rule.get("candidates_per_class")
+    caps = [f"at most {rule['detections_per_class']} per class" if rule.get("detections_per_class") else None,
+            f"at most {rule['detections_per_image']} per image" if rule.get("detections_per_image") else None]
+    return [
+        "## Post-processing",
+        "",
+        "The outputs are, per anchor, class logits (column 0: background; scores are the softmax over all "
+        "columns) and a box, normalised (center x, center y, width, height). "
+        "`processor.post_process_object_detection` turns them into pixel boxes (x1, y1, x2, y2) by the rule this "
+        f"family's checkpoints were evaluated with (`detection_postprocessing`): scores above "
+        f"{rule['score_threshold']}"
+        + (f", the best {per_class} of each class" if per_class else "")
+        + f", non-maximum suppression per class at IoU {rule['nms_iou_threshold']}, "
+        + ", ".join(cap for cap in caps if cap) + ". Pass `threshold=` for a picture of confident boxes only.",
+        "",
+        "## How to use",
+        "",
+        "Stock transformers has no MobileViT detector; the `mobilevit` package runs this folder (stock "
+        f"transformers loads its backbone: `{family.model_class(FEATURE_EXTRACTION).__name__}.from_pretrained(..., "
+        "expand_output=False)`).",
+        "",
+        "```python",
+        "from PIL import Image",
+        "import mobilevit",
+        "",
+        f'detector = mobilevit.pipeline("object-detection", model="{load_from}")',
+        'print(detector(Image.open("image.jpg"), threshold=0.3))  # [{"score", "label", "box"}, ...]',
+        "",
+        f"model = mobilevit.{model_class}.from_pretrained(\"{load_from}\").eval()",
+        f'processor = mobilevit.MobileViTImageProcessor.from_pretrained("{load_from}")',
+        'image = Image.open("image.jpg")',
+        'outputs = model(**processor(images=image, return_tensors="pt"))',
+        "detections = processor.post_process_object_detection(outputs, threshold=0.3, "
+        "target_sizes=[(image.height, image.width)])[0]",
+        "```",
+    ]
 
 
 def _preprocessing_text(preprocessing: dict, family) -> str:
@@ -319,7 +367,9 @@ def push_to_hub(
     _check_repo_id(repo_id)
     with tempfile.TemporaryDirectory(prefix="mobilevit-push-") as staging:
         model_or_folder.save_pretrained(staging)
-        (image_processor or auto.image_processor_for(model_or_folder.config)).save_pretrained(staging)
+        processor = image_processor or auto.image_processor_for(model_or_folder.config,
+                                                                auto.task_of_model(model_or_folder))
+        processor.save_pretrained(staging)
         return push_folder_to_hub(staging, repo_id, private=private, token=token, commit_message=commit_message,
                                   regenerate_card=True)
 

@@ -48,6 +48,7 @@ from transformers.image_utils import (
 from transformers.processing_utils import ImagesKwargs, Unpack
 
 from .image_reading import image_pixels, label_map
+from .ssd import MLCVNETS_V02, PostProcessing, center_to_corners, select_detections
 
 # ml-cvnets' `Resize` is cv2.resize(INTER_LINEAR) on uint8: weights are quantised to 11 bits (2048 = 1.0).
 _COEF_BITS = 11
@@ -85,6 +86,11 @@ class MobileViTImageProcessorKwargs(ImagesKwargs, total=False):
         How `post_process_semantic_segmentation` upsamples segmentation logits: as the model family was
         trained (MobileViT v1: False, MobileViTv2: True; see `ModelFamily.segmentation_align_corners`).
         None (a processor made without a model) means False, stock transformers' choice.
+    detection_postprocessing (`dict`, *optional*, defaults to `self.detection_postprocessing`):
+        How `post_process_object_detection` picks detections (`mobilevit.ssd.PostProcessing` as a dict: score
+        threshold, NMS IoU, candidates and detections per class, detections per image, order): the rule the
+        model family's detectors were evaluated with (MobileViT v1: ml-cvnets v0.1's; MobileViTv2: v0.2's).
+        None (a processor made without a model) means v0.2's, which caps each image at 200 detections.
     """
 
     do_flip_channel_order: bool
@@ -92,6 +98,7 @@ class MobileViTImageProcessorKwargs(ImagesKwargs, total=False):
     resize_antialias: bool
     resize_bit_exact: bool
     logits_align_corners: bool | None
+    detection_postprocessing: dict | None
 
 
 class MobileViTImageProcessor(BaseImageProcessor):
@@ -175,6 +182,7 @@ class MobileViTImageProcessor(BaseImageProcessor):
     do_flip_channel_order = True
     do_reduce_labels = False
     logits_align_corners = None  # set by the model family's processor (`mobilevit.auto`), saved in the folder
+    detection_postprocessing = None  # the same for detection (`ModelFamily.image_processor`)
 
     # 2022 feature-extractor key -> current key (stock transformers 5.x drops `do_flip_channels` silently).
     _LEGACY_KEYS = {"do_flip_channels": "do_flip_channel_order", "reduce_labels": "do_reduce_labels"}
@@ -356,6 +364,70 @@ class MobileViTImageProcessor(BaseImageProcessor):
         ]
 
 
+    def post_process_object_detection(
+        self,
+        outputs,
+        threshold: float | None = None,
+        target_sizes: Sequence[tuple[int, int]] | torch.Tensor | None = None,
+        top_k: int | None = None,
+    ) -> list[dict[str, torch.Tensor]]:
+        """Turn a MobileViT detector's outputs into detections, one dict per image with `scores` (K,), `labels`
+        (K,) (ids of `config.id2label`, 1 and up: 0 is the background class) and `boxes` (K, 4) as corners
+        (x1, y1, x2, y2), transformers' contract.
+
+        The rule is `self.detection_postprocessing` (see `mobilevit.ssd.postprocessing`): scores are the softmax
+        over all classes, background included; each class's candidates above the threshold go through NMS; the
+        caps and the order are the family's. `threshold` replaces the rule's score threshold (transformers'
+        object-detection pipeline passes 0.5 unless told otherwise), `top_k` its cap per image.
+
+        With `target_sizes` ((height, width) per image, the original sizes), boxes are in pixels of that size and
+        clipped to it, as ml-cvnets' COCO evaluation writes them; without, they stay normalised to [0, 1] and
+        unclipped (boxes may reach past the image), as ml-cvnets' `predict` returns them.
+        """
+        rule = PostProcessing.from_dict(self.detection_postprocessing) if self.detection_postprocessing is not None \
+            else MLCVNETS_V02
+        if threshold is not None and not (_is_number(threshold) and 0.0 <= threshold <= 1.0):
+            raise ValueError(f"threshold: expected a score in [0, 1], got {threshold!r}")
+        if top_k is not None and not _is_positive_int(top_k):
+            raise ValueError(f"top_k: expected a positive integer, got {top_k!r}")
+        logits, pred_boxes = _detector_outputs(outputs)
+        if target_sizes is not None:
+            if isinstance(target_sizes, torch.Tensor):
+                target_sizes = target_sizes.tolist()
+            if len(target_sizes) != len(logits) or not all(len(size) == 2 for size in target_sizes):
+                raise ValueError(f"target_sizes: expected one (height, width) per image ({len(logits)}), got "
+                                 f"{target_sizes!r}")
+        scores = logits.float().softmax(dim=-1)[..., 1:]
+        boxes = center_to_corners(pred_boxes.float())
+        results = []
+        for i in range(len(logits)):
+            image_boxes, image_scores, labels = select_detections(scores[i], boxes[i], rule, threshold, top_k)
+            if target_sizes is not None:
+                height, width = (float(side) for side in target_sizes[i])
+                image_boxes = _to_pixels(image_boxes, height, width)
+            results.append({"scores": image_scores, "labels": labels, "boxes": image_boxes})
+        return results
+
+
+def _detector_outputs(outputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, pred_boxes) of a detector's output object, dict or tuple; a clear error for anything else."""
+    get = outputs.get if hasattr(outputs, "get") else (lambda name: getattr(outputs, name, None))
+    logits, pred_boxes = get("logits"), get("pred_boxes")
+    if logits is None and isinstance(outputs, (tuple, list)) and len(outputs) >= 2:
+        logits, pred_boxes = outputs[0], outputs[1]
+    if not isinstance(logits, torch.Tensor) or not isinstance(pred_boxes, torch.Tensor) or logits.dim() != 3 \
+            or tuple(pred_boxes.shape) != (*logits.shape[:2], 4):
+        raise ValueError("outputs: expected a detector's outputs with logits (batch, anchors, classes) and pred_boxes "
+                         f"(batch, anchors, 4), got {type(outputs).__name__}")
+    return logits, pred_boxes
+
+
+def _to_pixels(boxes: torch.Tensor, height: float, width: float) -> torch.Tensor:
+    """Normalised corners -> pixels of a (height, width) image, clipped to it (ml-cvnets' `predict_and_save`)."""
+    scale = boxes.new_tensor([width, height, width, height])
+    return torch.minimum(torch.clamp(boxes * scale, min=0), scale)
+
+
 def reduce_labels(labels: torch.Tensor) -> torch.Tensor:
     """transformers' `do_reduce_labels`: 0 (background) -> 255 (ignored), 255 stays 255, the rest minus one."""
     return torch.where((labels == 0) | (labels == IGNORE_INDEX), IGNORE_INDEX, labels - 1)
@@ -377,6 +449,10 @@ def _is_positive_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _check_size_value(name: str, value) -> None:
     """`size` / `crop_size` as written in a config or passed in: an int, or a dict of positive ints."""
     if value is None or isinstance(value, SizeDict) or _is_positive_int(value):
@@ -391,7 +467,10 @@ def _check_size_value(name: str, value) -> None:
 
 
 def _check_settings(*, do_convert_rgb=None, size=None, crop_size=None, rescale_factor=None, resample=None,
-                    do_normalize=False, image_mean=None, image_std=None, logits_align_corners=None, **flags) -> None:
+                    do_normalize=False, image_mean=None, image_std=None, logits_align_corners=None,
+                    detection_postprocessing=None, **flags) -> None:
+    if detection_postprocessing is not None:
+        PostProcessing.from_dict(detection_postprocessing)
     for name, value in dict(flags, do_convert_rgb=do_convert_rgb, logits_align_corners=logits_align_corners).items():
         if name in (*_FLAGS, "logits_align_corners") and value is not None and not isinstance(value, bool):
             raise ValueError(f"{name}: expected true, false or null (the default), got {value!r}")

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from .image_processing_mobilevit import MobileViTImageProcessor
-from .tasks import CLASSIFICATION, SEGMENTATION, canonical_task
+from .tasks import CLASSIFICATION, OBJECT_DETECTION, SEGMENTATION, canonical_task
 
 # How an evaluation transform brings an image to a model's input size s (`Preprocessing.resize`)
 SHORTEST_EDGE_THEN_CROP = "shortest edge, then centre crop s x s"  # keeps the aspect ratio
@@ -67,6 +67,7 @@ class ModelFamily:
     preprocessing: Preprocessing  # how the checkpoints' release prepared images
     description: str  # a paragraph for model cards
     citation: str  # BibTeX of the paper
+    backbone_class: type | None = None  # transformers' Backbone API over the same stages (`out_features`)
 
     def __repr__(self) -> str:
         return f"ModelFamily({self.model_type!r}: {self.title}, tasks {list(self.model_classes)})"
@@ -87,6 +88,12 @@ class ModelFamily:
         the segmentation class holds the fact (`logits_align_corners`), beside the loss that uses it."""
         return bool(getattr(self.model_classes.get(SEGMENTATION), "logits_align_corners", False))
 
+    @property
+    def detection_postprocessing(self):
+        """The rule this family's detectors were evaluated with (`mobilevit.ssd.PostProcessing`); the detection
+        class holds the fact (`postprocessing`)."""
+        return self.model_classes[OBJECT_DETECTION].postprocessing
+
     def task_of_class(self, cls: type) -> str | None:
         """The task a model class of this family serves (None for another class)."""
         return next((task for task, known in self.model_classes.items() if known is cls), None)
@@ -103,12 +110,15 @@ class ModelFamily:
     def image_processor(self, config, task: str | None = None) -> MobileViTImageProcessor:
         """The preprocessing the family's checkpoints were evaluated with, for a `task` model at
         `config.image_size` (default task: the head `config.architectures` names, else classification), with
-        the family's segmentation post-processing. Folders saved without a `preprocessor_config.json` get this."""
-        if task is None:
-            task = self.task_named_by(config) or CLASSIFICATION
+        the family's post-processing: segmentation's upsampling, detection's thresholds and NMS. Folders saved
+        without a `preprocessor_config.json` get this."""
+        task = canonical_task(task) if task is not None else (self.task_named_by(config) or CLASSIFICATION)
         image_size = config.image_size
+        post_processing = {"logits_align_corners": self.segmentation_align_corners}
+        if task == OBJECT_DETECTION:
+            post_processing["detection_postprocessing"] = self.detection_postprocessing.to_dict()
         return self.preprocessing.image_processor(task, image_size[0] if isinstance(image_size, (list, tuple))
-                                                  else image_size, logits_align_corners=self.segmentation_align_corners)
+                                                  else image_size, **post_processing)
 
 
 __all__ = ["ModelFamily", "Preprocessing", "SHORTEST_EDGE_THEN_CROP", "STRETCH"]

@@ -1,13 +1,17 @@
-"""`mobilevit predict IMAGE... --model DIR`: classify or segment image files with a saved model.
+"""`mobilevit predict IMAGE... --model DIR`: classify, segment or detect objects in image files with a saved model.
 
 Classification prints the top-k labels with their probabilities. Segmentation writes, per image, a
 palette PNG whose pixel values are the class ids (`<name>_mask.png`, colour-coded, exact) and a picture
 of the photo beside the mask overlaid on it with a legend (`<name>_segmentation.png`), and prints the share
-of pixels of every class present. `--json` prints one JSON document instead of text.
+of pixels of every class present. Detection writes, per image, the photo at its own size with a labelled box
+per detection (`<name>_detections.png`), and all detections (label, score, box in the photo's pixels) in
+`detections.json`; it prints them. `--json` prints one JSON document instead of text.
 
 Segmentation runs on the whole image: the processor's resize (shortest edge), no centre crop, so that the
 logits cover every pixel and the mask maps back onto the photo exactly (a centre crop stretched over the
-whole photo would misplace everything outside the crop).
+whole photo would misplace everything outside the crop). Detection squashes the whole image to the model's
+size (ml-cvnets' evaluation) and maps the boxes back onto the photo's pixels; `--threshold` (default 0.5, as
+transformers' pipeline) keeps the confident ones, `--max-detections` caps their number.
 
 Everything is checked before the model runs (`check_arguments`, then the model folder, the outputs and every
 image); a mistake ends with one line on stderr, `mobilevit predict: error: ...`, and nothing is written.
@@ -25,10 +29,13 @@ import numpy as np
 from .errors import UserError
 from .file_utils import check_output_dir, write_file_atomically
 from .image_reading import image_pixels, open_image
-from .tasks import CLASSIFICATION, SEGMENTATION, canonical_task
+from .tasks import CLASSIFICATION, OBJECT_DETECTION, SEGMENTATION, canonical_task
 
-DEFAULT_SEGMENTATION_OUTPUT = "predictions"
+DEFAULT_SEGMENTATION_OUTPUT = "predictions"  # where pictures go when --output-dir is not given
 MAX_PALETTE_CLASSES = 256
+PREDICT_TASKS = (CLASSIFICATION, SEGMENTATION, OBJECT_DETECTION)
+DEFAULT_DETECTION_THRESHOLD = 0.5  # transformers' object-detection pipeline's
+DETECTIONS_FILE = "detections.json"
 
 
 class PredictError(UserError):
@@ -40,12 +47,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, metavar="DIR",
                         help="a folder saved by mobilevit (train, convert, save_pretrained) or a Hub repository id")
     parser.add_argument("--task", default="auto",
-                        help="auto (from the config's architectures), image-classification or semantic-segmentation")
+                        help="auto (from the config's architectures), image-classification, semantic-segmentation or "
+                             "object-detection")
     parser.add_argument("--top-k", type=int, default=5, metavar="K", help="classification: labels to show")
+    parser.add_argument("--threshold", type=float, default=DEFAULT_DETECTION_THRESHOLD, metavar="SCORE",
+                        help="detection: keep detections scoring above this, in [0, 1] (transformers' object-detection "
+                             "pipeline's default)")
+    parser.add_argument("--max-detections", type=int, default=None, metavar="N",
+                        help="detection: at most N boxes per image, the best (default: the model's post-processing "
+                             "rule's cap, if any)")
     parser.add_argument("--json", action="store_true", help="print the results as one JSON document")
     parser.add_argument("--output-dir", metavar="DIR", default=None,
-                        help="where segmentation masks (and predictions.json) go; default "
-                             f"./{DEFAULT_SEGMENTATION_OUTPUT} for segmentation, nothing written for classification")
+                        help="where segmentation masks, detection pictures and detections.json (and "
+                             f"predictions.json) go; default ./{DEFAULT_SEGMENTATION_OUTPUT} for segmentation and "
+                             "detection, nothing written for classification")
     parser.add_argument("--overwrite", action="store_true", help="replace output files that already exist")
     parser.add_argument("--device", default="cpu", help="torch device to run on: cpu, cuda, cuda:1, mps, ...")
 
@@ -61,6 +76,10 @@ def run(args: argparse.Namespace) -> int:
         results = classify(model, processor, images, args.images, args.top_k)
         if outputs:
             write_file_atomically(outputs[0], json.dumps(results, indent=2).encode())
+    elif task == OBJECT_DETECTION:
+        results = [detect_and_draw(model, processor, image, path, figure, args.threshold, args.max_detections)
+                   for image, path, figure in zip(images, args.images, outputs[1:])]
+        write_file_atomically(outputs[0], json.dumps(results, indent=2).encode())
     else:
         results = [segment_and_save(model, processor, image, path, *pair)
                    for image, path, pair in zip(images, args.images, zip(outputs[::2], outputs[1::2]))]
@@ -76,9 +95,13 @@ def check_arguments(args: argparse.Namespace):
     """The one place where predict's arguments are checked; returns the torch device."""
     if args.top_k < 1:
         raise PredictError(f"--top-k: expected a positive integer, got {args.top_k}", usage=True)
+    if not 0.0 <= args.threshold <= 1.0:  # NaN fails too
+        raise PredictError(f"--threshold: expected a score in [0, 1], got {args.threshold}", usage=True)
+    if args.max_detections is not None and args.max_detections < 1:
+        raise PredictError(f"--max-detections: expected a positive integer, got {args.max_detections}", usage=True)
     if args.task != "auto":
         try:
-            args.task = canonical_task(args.task, allowed=(CLASSIFICATION, SEGMENTATION))
+            args.task = canonical_task(args.task, allowed=PREDICT_TASKS)
         except ValueError as err:
             raise PredictError(f"--{err}", usage=True) from None
     if args.output_dir is not None:
@@ -144,9 +167,9 @@ def _load(args):
         raise PredictError(f"--task: expected {named} (what {str(args.model)!r} holds, its config's architectures "
                            f"{config.architectures}), got {args.task}", usage=True)
     model, processor, task = auto.load_model_and_processor(args.model, named or args.task)
-    if task not in (CLASSIFICATION, SEGMENTATION):
-        raise PredictError(f"--model: expected a classification or segmentation model, got {str(args.model)!r}, a "
-                           f"{task} model (a backbone without a head)")
+    if task not in PREDICT_TASKS:
+        raise PredictError(f"--model: expected a classification, segmentation or detection model, got "
+                           f"{str(args.model)!r}, a {task} model (a backbone without a head)")
     if task == SEGMENTATION and model.config.num_labels > MAX_PALETTE_CLASSES:
         raise PredictError(f"--model: expected at most {MAX_PALETTE_CLASSES} classes (the masks are palette PNGs), "
                            f"got {model.config.num_labels}")
@@ -155,8 +178,9 @@ def _load(args):
 
 def planned_outputs(args, task: str) -> list[Path]:
     """The files predict will write, checked before any work: for segmentation a (mask, figure) pair per image
-    (named after it; two images of the same name would collide), for classification predictions.json when
-    --output-dir is given. None may exist unless --overwrite, none may be an input."""
+    (named after it; two images of the same name would collide), for detection detections.json then a picture
+    per image, for classification predictions.json when --output-dir is given. None may exist unless
+    --overwrite, none may be an input."""
     if task == CLASSIFICATION:
         if args.output_dir is None:
             return []
@@ -168,10 +192,11 @@ def planned_outputs(args, task: str) -> list[Path]:
         stems = [Path(path).stem for path in args.images]
         duplicates = sorted({stem for stem in stems if stems.count(stem) > 1})
         if duplicates:
-            raise PredictError(f"images: several files are named {duplicates[0]!r}; their masks would overwrite "
+            raise PredictError(f"images: several files are named {duplicates[0]!r}; their pictures would overwrite "
                                "each other in the output folder (run them separately)", usage=True)
-        paths = [Path(args.output_dir) / f"{stem}{suffix}" for stem in stems
-                 for suffix in ("_mask.png", "_segmentation.png")]
+        suffixes = ("_mask.png", "_segmentation.png") if task == SEGMENTATION else ("_detections.png",)
+        paths = [Path(args.output_dir) / DETECTIONS_FILE] if task == OBJECT_DETECTION else []
+        paths += [Path(args.output_dir) / f"{stem}{suffix}" for stem in stems for suffix in suffixes]
     inputs = {Path(image).resolve() for image in args.images}
     for path in paths:
         if path.resolve() in inputs:
@@ -243,6 +268,33 @@ def segment_and_save(model, processor, image, path: str, mask_path: Path, figure
     return {"image": path, "mask": str(mask_path), "figure": str(figure_path), "areas": areas}
 
 
+def detect(model, processor, image, threshold: float, top_k: int | None = None) -> list[dict]:
+    """Detections of a H x W x C image in its own pixels: [{"label", "score", "box": {"xmin", "ymin", "xmax",
+    "ymax"}}], best first. The whole image goes in (squashed to the model's size, no crop), the boxes come back
+    scaled to the image."""
+    import torch
+
+    height, width = image.shape[:2]
+    with torch.inference_mode():
+        inputs = processor(images=image, input_data_format="channels_last", do_center_crop=False,
+                           return_tensors="pt").to(model.device)
+        found = processor.post_process_object_detection(model(**inputs), threshold=threshold,
+                                                        target_sizes=[(height, width)], top_k=top_k)[0]
+    order = found["scores"].argsort(descending=True, stable=True).tolist()
+    return [{"label": model.config.id2label[int(found["labels"][i])], "class_id": int(found["labels"][i]),
+             "score": float(found["scores"][i]),
+             "box": dict(zip(("xmin", "ymin", "xmax", "ymax"), (round(float(v), 2) for v in found["boxes"][i])))}
+            for i in order]
+
+
+def detect_and_draw(model, processor, image, path: str, figure_path: Path, threshold: float,
+                    top_k: int | None) -> dict:
+    detections = detect(model, processor, image, threshold, top_k)
+    palette = color_palette(max(model.config.num_labels, 2))
+    write_file_atomically(figure_path, detections_picture(_display_rgb(image), detections, palette))
+    return {"image": path, "figure": str(figure_path), "detections": detections}
+
+
 def _display_rgb(pixels) -> np.ndarray:
     """H x W x 3 float RGB in [0, 1] for showing the image (grey repeated, a fourth channel left out)."""
     values = pixels.float().numpy()
@@ -309,6 +361,48 @@ def segmentation_figure(photo: np.ndarray, class_map: np.ndarray, palette: np.nd
     return buffer.getvalue()
 
 
+def box_line_width(height: int, width: int) -> int:
+    """Outline width of a drawn box: 2 pixels, more on large photos (a 0.3 % of the longer side)."""
+    return max(2, round(max(height, width) / 300))
+
+
+def detections_picture(photo: np.ndarray, detections: list[dict], palette: np.ndarray) -> bytes:
+    """PNG: the photo (H x W x 3 in [0, 1]) at its own size, each detection's box outlined in its class's colour
+    (the PASCAL VOC palette; the box's pixel edges are the outline's outer edges) and labelled with its class and
+    score on a filled tag above it (inside when there is no room)."""
+    import io
+
+    from PIL import Image, ImageDraw, ImageFont
+
+    picture = Image.fromarray(np.clip(np.round(photo * 255), 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(picture)
+    height, width = photo.shape[:2]
+    line = box_line_width(height, width)
+    try:
+        font = ImageFont.load_default(size=max(10, line * 6))
+    except TypeError:  # Pillow < 10.1: one bitmap size
+        font = ImageFont.load_default()
+    for detection in reversed(detections):  # the best drawn last, on top
+        box = detection["box"]
+        colour = tuple(int(c) for c in palette[detection["class_id"] % len(palette)])
+        left, top = int(round(box["xmin"])), int(round(box["ymin"]))
+        right, bottom = int(round(box["xmax"])) - 1, int(round(box["ymax"])) - 1
+        if right < left or bottom < top:
+            continue
+        draw.rectangle((left, top, right, bottom), outline=colour, width=line)
+        text = f"{detection['label']} {detection['score']:.2f}"
+        text_left, text_top, text_right, text_bottom = draw.textbbox((0, 0), text, font=font)
+        tag_height = text_bottom - text_top + 2 * line
+        tag_top = top - tag_height if top - tag_height >= 0 else top
+        draw.rectangle((left, tag_top, left + text_right - text_left + 2 * line, tag_top + tag_height), fill=colour)
+        luminance = 0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2]
+        draw.text((left + line - text_left, tag_top + line - text_top), text, font=font,
+                  fill=(0, 0, 0) if luminance > 140 else (255, 255, 255))
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 # -- output ----------------------------------------------------------------------------------------------------
 def print_results(results: list[dict]) -> None:
     for result in results:
@@ -316,6 +410,12 @@ def print_results(results: list[dict]) -> None:
         if "predictions" in result:
             for prediction in result["predictions"]:
                 print(f"  {prediction['score']:.4f}  {prediction['label']}")
+        elif "detections" in result:
+            for found in result["detections"]:
+                box = found["box"]
+                print(f"  {found['score']:.4f}  {found['label']}  ({box['xmin']:.1f}, {box['ymin']:.1f}, "
+                      f"{box['xmax']:.1f}, {box['ymax']:.1f})")
+            print(f"  figure: {result['figure']}")
         else:
             for area in result["areas"]:
                 print(f"  {area['percent']:6.2f}%  {area['label']}")

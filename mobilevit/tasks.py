@@ -12,7 +12,7 @@ SEGMENTATION = "semantic-segmentation"
 FEATURE_EXTRACTION = "image-feature-extraction"  # the bare backbone (transformers' pipeline name for it)
 OBJECT_DETECTION = "object-detection"  # SSDLite; its preprocessing is known (`ModelFamily.preprocessing`)
 
-TASKS = (CLASSIFICATION, SEGMENTATION, FEATURE_EXTRACTION)
+TASKS = (CLASSIFICATION, SEGMENTATION, FEATURE_EXTRACTION, OBJECT_DETECTION)
 
 # other spellings people use for the same tasks (short forms, the pipelines' name, the model card's)
 TASK_ALIASES = {
@@ -22,10 +22,13 @@ TASK_ALIASES = {
     "feature-extraction": FEATURE_EXTRACTION,
     "backbone": FEATURE_EXTRACTION,
     "base": FEATURE_EXTRACTION,
+    "detection": OBJECT_DETECTION,
+    "ssd": OBJECT_DETECTION,
 }
 
 # our task -> the transformers pipeline that serves it
-PIPELINE_TASKS = {CLASSIFICATION: "image-classification", SEGMENTATION: "image-segmentation"}
+PIPELINE_TASKS = {CLASSIFICATION: "image-classification", SEGMENTATION: "image-segmentation",
+                  OBJECT_DETECTION: "object-detection"}
 
 
 def canonical_task(name, allowed=TASKS) -> str:

@@ -122,3 +122,53 @@ def photo():
     from sklearn.datasets import load_sample_image
 
     return Image.fromarray(load_sample_image("china.jpg")).resize((160, 107), Image.BILINEAR)
+
+
+@pytest.fixture(scope="session")
+def mlcvnets_ssd_fixtures():
+    """Path of ../shared/fixtures/mlcvnets_ssd, or skip the test with the reason."""
+    from mobilevit.testing_utils import shared_fixtures_dir
+
+    path = shared_fixtures_dir("mlcvnets_ssd")
+    if path is None:
+        pytest.skip("../shared/fixtures/mlcvnets_ssd not found (set MOBILEVIT_FIXTURES to the v1 folder beside it)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def converted_ssd(mlcvnets_ssd_fixtures, tmp_path_factory):
+    """`converted_ssd(name)`: the folder `mobilevit convert` writes for an SSD fixture's checkpoint (made once per
+    session), with the fixture's expected tensors: (folder, expected)."""
+    import importlib.util
+
+    from safetensors.torch import load_file
+
+    from mobilevit.conversion import convert_checkpoint
+
+    spec = importlib.util.spec_from_file_location("weights_ssd", mlcvnets_ssd_fixtures / "weights.py")
+    weights = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(weights)
+    done = {}
+
+    def convert(name):
+        if name not in done:
+            manifest = mlcvnets_ssd_fixtures / f"{name}.json"
+            state_dict = weights.state_dict(str(manifest))
+            assert weights.check(str(manifest), state_dict)
+            work = tmp_path_factory.mktemp(name)
+            torch.save(state_dict, work / f"{name}.pt")
+            convert_checkpoint(work / f"{name}.pt", work / "converted", progress=False)
+            done[name] = (work / "converted", load_file(mlcvnets_ssd_fixtures / f"{name}.expected.safetensors"))
+        return done[name]
+
+    return convert
+
+
+# -- a small detector folder (pipelines, predict): xx-small at 64x64, 3 classes after the background ------------
+DETECTION_NAMES = ["background", "cat", "dog", "bird"]
+
+
+@pytest.fixture(scope="session")
+def saved_detector(tmp_path_factory):
+    """A folder with a 3-class xx-small SSDLite detector (realistic random weights) and its processor config."""
+    return _save_small_model(tmp_path_factory.mktemp("detector"), "object-detection", DETECTION_NAMES, seed=5)

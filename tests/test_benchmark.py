@@ -42,6 +42,22 @@ def test_smoke_run_writes_table_json_and_chart(tmp_path, capsys, monkeypatch):
                    "chart.png (pass --overwrite to replace them)\n")
 
 
+def test_detection_is_timed_against_its_plain_path(capsys, monkeypatch):
+    """Stock transformers has no detector: the speed-up column compares with this package's plain path."""
+    assert benchmark.default_candidates("object-detection")[:2] == ("mobilevit", "mobilevit-plain")
+    assert "transformers" not in benchmark.default_candidates("object-detection")
+    results = benchmark.benchmark(variants=["xx-small"], batch_sizes=[1], task="detection", image_size=64, repeats=2,
+                                  warmup=1, candidates=["mobilevit", "mobilevit-plain"], allocator="default",
+                                  progress=False)
+    assert [r.candidate for r in results] == ["mobilevit", "mobilevit-plain"]
+    assert results[1].speedup == 1.0 and results[0].task == "object-detection"
+    assert results[0].params_m == pytest.approx(1.755, abs=0.001)  # SSDLite MobileViT-XXS, 81 classes
+    assert "| vs plain path |" in benchmark.format_table(results).splitlines()[0]
+    assert benchmark.check_settings(variants=["xx-small"], batch_sizes=[1], threads=1, task="detection",
+                                    image_size=None, repeats=1, warmup=0, candidates=["mobilevit"],
+                                    allocator="default")["image_size"] == 320
+
+
 def test_flops_include_attention():
     # 0.81 GFLOPs (2 x multiply-adds) for XXS at 256x256, attention matmuls included (0.66 without them)
     model = benchmark.build_mobilevit("xx-small", "image-classification")
@@ -58,7 +74,9 @@ def test_flops_include_attention():
     (["--warmup", "-1"], "warmup: expected an integer >= 0, got -1", 2),
     (["--background-load", "-1"], "background_load: expected an integer >= 0, got -1", 2),
     (["--image-size", "16"], "image_size: expected an integer >= 32 (the network downsamples 32x), got 16", 2),
-    (["--task", "detection"], "task: expected one of", 2),
+    (["--task", "depth-estimation"], "task: expected one of", 2),
+    (["--task", "detection", "--candidates", "mobilevit", "transformers"],
+     "candidates: stock transformers has no object-detection model to time", 2),
     (["--output", "{tmp}/a-file"], "--output: expected a folder, got", 1),
     (["--output", "{tmp}/a-file/results"], "is a file", 1),
 ])

@@ -1,7 +1,10 @@
+import dataclasses
 import json
 
 import pytest
 import transformers
+
+from mobilevit.ssd.configuration import SSDConfigMixin
 
 from mobilevit import MobileViTConfig
 from mobilevit.models.mobilevit.configuration_mobilevit import VARIANTS, canonical_variant
@@ -16,9 +19,14 @@ HUB_FIELDS = {
                  "expand_ratio": 2.0, "hidden_dropout_prob": 0.05},
 }
 
+ADDED_FIELDS = {"stage_names", "out_features", "out_indices"} | {f.name for f in dataclasses.fields(SSDConfigMixin)}
+
 
 def test_defaults_equal_stock_transformers():
-    assert MobileViTConfig().to_dict() == transformers.MobileViTConfig().to_dict()
+    # stock's fields with stock's defaults, plus the Backbone API's and the detector's (SSD) fields
+    ours, stock = MobileViTConfig().to_dict(), transformers.MobileViTConfig().to_dict()
+    assert set(ours) - set(stock) == ADDED_FIELDS
+    assert {key: value for key, value in ours.items() if key in stock} == stock
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
@@ -44,7 +52,7 @@ def test_variant_aliases_and_unknown_names():
     with pytest.raises(ValueError, match="variant: expected one of .* got 'medium'"):
         MobileViTConfig.from_variant("medium")
     with pytest.raises(ValueError, match="task: expected one of"):
-        MobileViTConfig.from_variant("small", task="detection")
+        MobileViTConfig.from_variant("small", task="depth-estimation")
     assert MobileViTConfig(hidden_sizes=[8, 8, 8]).variant is None
 
 

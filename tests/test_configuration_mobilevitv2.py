@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -6,6 +7,7 @@ import transformers
 
 from mobilevit import MobileViTV2Config, MobileViTV2ForImageClassification, auto
 from mobilevit.models.mobilevitv2.configuration_mobilevitv2 import VARIANTS, canonical_variant
+from mobilevit.ssd.configuration import SSDConfigMixin
 
 # ml-cvnets' `get_configuration(opts)` of the v2 fixtures (stem, layer_1..layer_5; attn_unit_dim of layer_3..5)
 MLCVNETS_WIDTHS = {
@@ -19,9 +21,14 @@ PARAMETERS = {"mobilevitv2-0.5": 1_370_593, "mobilevitv2-0.75": 2_866_009, "mobi
               "mobilevitv2-1.25": 7_478_089, "mobilevitv2-1.5": 10_594_753, "mobilevitv2-1.75": 14_251_833,
               "mobilevitv2-2.0": 18_449_329}
 
+ADDED_FIELDS = {"stage_names", "out_features", "out_indices"} | {f.name for f in dataclasses.fields(SSDConfigMixin)}
+
 
 def test_defaults_equal_stock_transformers():
-    assert MobileViTV2Config().to_dict() == transformers.MobileViTV2Config().to_dict()
+    # stock's fields with stock's defaults, plus the Backbone API's and the detector's (SSD) fields
+    ours, stock = MobileViTV2Config().to_dict(), transformers.MobileViTV2Config().to_dict()
+    assert set(ours) - set(stock) == ADDED_FIELDS
+    assert {key: value for key, value in ours.items() if key in stock} == stock
     assert MobileViTV2Config().variant == "mobilevitv2-1.0"
 
 

@@ -127,6 +127,7 @@ def test_unwrap_forms_and_ambiguity():
 @NEEDS_FIXTURES
 def test_every_rename_rule_is_used_by_a_released_layout():
     keys = [k for name in NAMES for k, _, _ in json.loads((FIXTURES / f"{name}.json").read_text())["state_dict"]]
+    keys += ssd_fixture_keys("ssdlite_mobilevit_")  # the SSD rules are used by the detectors' layout
     for pattern, template in RENAME_TABLE.rules:
         assert any(re.fullmatch(pattern, k) for k in keys), f"rule never used: {pattern} -> {template}"
 
@@ -390,7 +391,7 @@ def test_the_checkpoints_own_folder_is_never_replaced(tmp_path, capsys):
 
 @pytest.mark.parametrize("option, message", [
     (["--variant", "huge"], "variant: expected a released size"),
-    (["--task", "detection"], "task: expected one of"),
+    (["--task", "depth-estimation"], "task: expected one of"),
 ])
 def test_bad_options_are_usage_errors_before_reading(tmp_path, capsys, option, message):
     checkpoint = tmp_path / "never-read.pt"
@@ -441,3 +442,12 @@ def test_a_killed_conversions_staging_folder_is_removed_by_the_next_one(tmp_path
     (stale / "model.safetensors").write_bytes(b"\0" * 100)
     assert convert_cli(checkpoint, tmp_path / "out") == 0
     assert not stale.exists() and not leftovers(tmp_path, tmp_path / "out")
+
+
+def ssd_fixture_keys(prefix: str) -> list[str]:
+    """The state-dict keys of the SSD fixtures whose names start with `prefix` (none without the fixtures)."""
+    folder = shared_fixtures_dir("mlcvnets_ssd")
+    if folder is None:
+        pytest.skip("../shared/fixtures/mlcvnets_ssd not found: the SSD rename rules cannot be checked")
+    return [k for path in sorted(folder.glob(f"{prefix}*.json")) if "_320" in path.name
+            for k, _, _ in json.loads(path.read_text())["state_dict"]]

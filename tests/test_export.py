@@ -269,3 +269,28 @@ def test_refuses_to_overwrite(exported, capsys):
     assert "--overwrite" in capsys.readouterr().err
     assert output.stat().st_mtime_ns == before
     assert not [p for p in output.parent.iterdir() if p.name.endswith(".tmp")]  # no half-written leftovers
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Detectors: the graph ends at scores and decoded boxes; anchors are a constant in a fixed-size graph
+# ---------------------------------------------------------------------------------------------------------
+def test_detector_graph_ends_at_scores_and_corner_boxes():
+    from mobilevit.export.common import MainOutputs
+    from mobilevit.ssd import center_to_corners
+
+    config = auto.new_config("xx-small", "object-detection", num_labels=4, image_size=64)
+    model = fill_realistic_weights_(auto.new_model(config, "object-detection")).eval()
+    graph = MainOutputs(model).eval()
+    assert graph.output_names() == ["scores", "boxes"]
+    assert graph.dynamic_example_size((64, 64)) == (288, 288)  # no 1x1 level but the global one when traced
+    pixel_values = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        scores, boxes = graph(pixel_values)
+        outputs = model(pixel_values)
+    torch.testing.assert_close(scores, outputs.logits.softmax(-1))
+    torch.testing.assert_close(boxes, center_to_corners(outputs.pred_boxes))
+    with torch.no_grad(), export_mode.exporting(graph, fixed_size=True):
+        program = torch.export.export(graph, (pixel_values[:1],), strict=False)
+    operators = {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
+    assert not [op for op in operators if "arange" in op or "expand" in op]  # the anchors are one lifted constant
+    assert len(program.constants) == 1 and next(iter(program.constants.values())).shape == (142, 4)

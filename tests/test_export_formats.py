@@ -35,6 +35,12 @@ CASES = [
     ("coreml", "fp32", "image-classification", V2),
     ("litert", "int8", "image-classification", V1),  # LiteRT: skipped unless its environment is configured
     ("litert", "int8", "semantic-segmentation", V2),
+    # SSDLite: the graph ends at softmax scores and decoded boxes (anchors a constant in fixed-size formats)
+    ("onnx", "fp32", "object-detection", V2),
+    ("executorch", "fp32", "object-detection", V1),
+    ("openvino", "fp32", "object-detection", V2),
+    ("coreml", "fp32", "object-detection", V1),
+    ("litert", "fp32", "object-detection", V1),
 ]
 
 
@@ -69,7 +75,7 @@ def test_export_runs_like_pytorch(tmp_path, photos_dir, name, precision, task, v
                              **({"output_stride": 16} if task == "semantic-segmentation" else {}))
     model = fill_realistic_weights_(auto.new_model(config, task)).eval()
     model.save_pretrained(tmp_path / "model")
-    auto.image_processor_for(config).save_pretrained(tmp_path / "model")
+    auto.image_processor_for(config, task).save_pretrained(tmp_path / "model")
     output = tmp_path / f"model{chosen.suffix}"
     args = ["export", "--format", name, "--model", str(tmp_path / "model"), "--output", str(output)]
     if precision != "fp32":
@@ -80,7 +86,7 @@ def test_export_runs_like_pytorch(tmp_path, photos_dir, name, precision, task, v
 
     sidecar = json.loads(output.with_name(output.name + ".json").read_text())
     assert (sidecar["format"], sidecar["precision"], sidecar["task"]) == (name, precision, task)
-    assert sidecar["preprocessing"]["channel_order"] == "BGR"
+    assert sidecar["preprocessing"]["channel_order"] == auto.family_of(config).preprocessing.channel_order
     assert sidecar["input"]["shape"] == (["batch", 3, "height", "width"] if name == "onnx" else [1, 3, 64, 64])
     assert sidecar["size_bytes"] > 100_000
     if "delegation" in sidecar:  # ExecuTorch: the whole network in XNNPACK but for the pooled mean (and v2's split)
@@ -91,15 +97,26 @@ def test_export_runs_like_pytorch(tmp_path, photos_dir, name, precision, task, v
             assert set(delegation["ops_outside"]) <= {"mean.dim", "split_with_sizes_copy", "dim_order_ops._to_dim_order_copy"}
             assert delegation["share_outside"] < 0.05
 
-    job = ExportJob(MainOutputs(model), auto.image_processor_for(config), (64, 64), precision, None, threads=2)
+    job = ExportJob(MainOutputs(model), auto.image_processor_for(config, task), (64, 64), precision, None, threads=2)
     runner = chosen.runner(output, job)
     if runner is None:  # Core ML off macOS: what the export verified instead
         check = sidecar["check"]
         assert check["runtime"] is None and "unverified" in check
         assert check["ops"]["conv"] >= 20 and check["outputs"] == job.graph.output_names()
+        if task == "object-detection":
+            assert check["ops"]["exp"] == 1  # the box decoding is in the program
         assert precision == "int8" or check["weights_compared"] >= 30  # linear layers and biased convolutions
         return
-    pixel_values = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    if task == "object-detection":
+        assert sidecar["outputs"] == ["scores", "boxes"] and "non-maximum suppression" in sidecar["postprocessing"]
+        assert sidecar["detection_postprocessing"] == auto.family_of(config).detection_postprocessing.to_dict()
+    sizes = [(64, 64)] + ([(96, 160), (320, 320)] if name == "onnx" else [])  # a dynamic graph at other sizes
+    for height, width in sizes:
+        pixel_values = torch.rand(2, 3, height, width, generator=torch.Generator().manual_seed(1))
+        _compare_with_pytorch(job, runner, pixel_values, precision, detection=task == "object-detection")
+
+
+def _compare_with_pytorch(job, runner, pixel_values, precision, detection):
     with torch.no_grad():
         expected = job.graph(pixel_values)
     got = runner(pixel_values.numpy())
@@ -115,3 +132,13 @@ def test_export_runs_like_pytorch(tmp_path, photos_dir, name, precision, task, v
             assert error / scale <= {"fp16": 2e-2, "bf16": 8e-2}[precision]
         else:  # int8: related in the large, not elementwise (the export's own bound; random weights)
             assert np.corrcoef(g.flatten().numpy(), e.flatten().numpy())[0, 1] > 0.5
+    if detection and precision == "fp32":  # NMS after the graph: the artefact's detections are PyTorch's
+        from mobilevit.ssd import select_detections
+
+        rule = auto.family_of(job.graph.model).detection_postprocessing
+        for i in range(len(pixel_values)):
+            ours = select_detections(expected[0][i, :, 1:], expected[1][i], rule, score_threshold=0.3)
+            theirs = select_detections(torch.from_numpy(np.asarray(got[0][i]))[:, 1:],
+                                       torch.from_numpy(np.asarray(got[1][i])), rule, score_threshold=0.3)
+            assert torch.equal(ours[2], theirs[2])
+            torch.testing.assert_close(theirs[0], ours[0], atol=1e-4, rtol=0)

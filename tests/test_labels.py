@@ -5,6 +5,9 @@ import hashlib
 from mobilevit.labels import (
     LABELS_DIR,
     ade20k_id2label,
+    coco_category_ids,
+    coco_id2label,
+    coco_with_background_id2label,
     ade20k_with_background_id2label,
     imagenet_1k_id2label,
     label2id,
@@ -21,6 +24,10 @@ SHA256 = {
     # the 150 ADE20k names of the Hub's ade20k-id2label.json and ml-cvnets' ADE20k data set (written here with
     # indent 2; ml-cvnets' "bed " keeps its trailing space, as on the Hub)
     "ade20k.json": "f6a3ddbf8df0547c67a552e542dda58bc07a50f98f0eb06384dcdc4cea29b07f",
+    # COCO 2017's 80 object classes in ml-cvnets' order (its SSD fixtures' id2label after the background), and
+    # the official category id of each
+    "coco.json": "01ff2802ec46c52d5eb521def1f4309354f499eea4fcd44ad4b3f93d3f08a121",
+    "coco-category-ids.json": "e24081eeea4c7d03a380f39e3a564ee57c7438a9d1fe41b9cde0bc400f2a3d53",
 }
 
 
@@ -59,3 +66,15 @@ def test_ade20k_with_and_without_background():
     assert label_set_for("semantic-segmentation", 150) == (labels, "ade20k")
     assert label_set_for("semantic-segmentation", 151) == (with_background, "ade20k-with-background")
     assert label_set_for("semantic-segmentation", 21)[1] == "pascal-voc"
+
+
+def test_coco_for_the_detectors():
+    labels = coco_id2label()
+    assert list(labels) == list(range(80)) and labels[0] == "person" and labels[79] == "toothbrush"
+    assert labels[62] == "tv" and labels[57] == "couch"  # COCO 2017's names
+    with_background = coco_with_background_id2label()
+    assert len(with_background) == 81 and with_background[0] == "background" and with_background[80] == "toothbrush"
+    assert label_set_for("object-detection", 81) == (with_background, "coco")
+    ids = coco_category_ids()
+    assert list(ids) == list(range(80)) and ids[0] == 1 and ids[79] == 90
+    assert list(ids.values()) == sorted(ids.values()) and 12 not in ids.values()  # the gaps of COCO's ids

@@ -9,9 +9,9 @@ import pytest
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
-# Notebooks that need data from outside the repository, and what they need (05_mobilevitv2 skips its
+# Notebooks that need data from outside the repository, and which fixture folder (05_mobilevitv2 skips its
 # conversion part by itself without ../shared/fixtures/mlcvnets_v2 and trains and compares in any case).
-NEEDS_FIXTURES = {"04_convert_mlcvnets.ipynb"}
+NEEDS_FIXTURES = {"04_convert_mlcvnets.ipynb": "mlcvnets", "07_object_detection.ipynb": "mlcvnets_ssd"}
 
 
 def kernel_for_this_interpreter(tmp_path_factory) -> tuple[str, dict]:
@@ -31,7 +31,7 @@ def kernel_for_this_interpreter(tmp_path_factory) -> tuple[str, dict]:
 def test_there_are_notebooks():
     names = [path.name for path in NOTEBOOKS]
     assert {"01_quickstart.ipynb", "02_finetune_classification.ipynb", "03_semantic_segmentation.ipynb",
-            "04_convert_mlcvnets.ipynb", "05_mobilevitv2.ipynb"} <= set(names), names
+            "04_convert_mlcvnets.ipynb", "05_mobilevitv2.ipynb", "07_object_detection.ipynb"} <= set(names), names
 
 
 @pytest.mark.slow
@@ -44,8 +44,10 @@ def test_notebook_runs(path, tmp_path_factory, tmp_path):
     if path.name in NEEDS_FIXTURES:
         from mobilevit.testing_utils import shared_fixtures_dir
 
-        if shared_fixtures_dir() is None:
-            pytest.skip("../shared/fixtures/mlcvnets not found (set MOBILEVIT_FIXTURES to its path to run this notebook)")
+        folder = NEEDS_FIXTURES[path.name]
+        if shared_fixtures_dir(folder) is None:
+            pytest.skip(f"../shared/fixtures/{folder} not found (set MOBILEVIT_FIXTURES to the mlcvnets folder beside "
+                        "it to run this notebook)")
     kernel_name, spec_manager = kernel_for_this_interpreter(tmp_path_factory)
     notebook = nbformat.read(path, as_version=4)
     repo_root = str(NOTEBOOKS_DIR.parent)

@@ -120,7 +120,9 @@ def test_tools_reach_families_only_through_the_registry(tool):
 def test_every_family_is_complete():
     for model_type, family in auto.FAMILIES.items():
         assert family.config_class.model_type == model_type
-        assert set(family.tasks) == {"image-classification", "semantic-segmentation", "image-feature-extraction"}
+        assert set(family.tasks) == {"image-classification", "semantic-segmentation", "image-feature-extraction",
+                                     "object-detection"}
+        assert family.backbone_class is not None and issubclass(family.backbone_class, family.pretrained_class)
         for task, cls in family.model_classes.items():
             assert issubclass(cls, family.pretrained_class) and family.task_of_class(cls) == task
         assert family.variants and all(family.canonical_variant(v) == v for v in family.variants)

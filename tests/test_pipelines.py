@@ -109,7 +109,7 @@ def test_task_inference_and_bad_inputs(saved_classifier, tmp_path):
     config = mobilevit.MobileViTConfig.from_pretrained(saved_classifier)
     assert task_of(config) == "image-classification"
     with pytest.raises(ValueError, match="task: expected one of"):
-        pipeline("object-detection", model=saved_classifier)
+        pipeline("depth-estimation", model=saved_classifier)
     with pytest.raises(TypeError, match="MobileViTForSemanticSegmentation for task 'semantic-segmentation'"):
         pipeline("image-segmentation", model=MobileViTForImageClassification(config))
     with pytest.raises(NotAModelError, match="has no config.json"):
@@ -119,3 +119,33 @@ def test_task_inference_and_bad_inputs(saved_classifier, tmp_path):
     config.architectures = None
     with pytest.raises(ValueError, match="config.architectures: expected one of"):
         task_of(config)
+
+
+def test_detection_pipeline_equals_the_processor_and_stock_transformers_pipeline(saved_detector, photo):
+    """mobilevit.pipeline (task read from the folder) and stock transformers' object-detection pipeline on the same
+    model and processor give the same detections, those of the processor's post-processing in the photo's pixels."""
+    import logging
+
+    import transformers
+
+    detect = pipeline(model=saved_detector)
+    ours = detect(photo, threshold=0.3)
+    model, processor, task = load_model_and_processor(saved_detector)
+    assert task == "object-detection" and ours
+    with torch.inference_mode():
+        outputs = model(**processor(images=photo, return_tensors="pt"))
+    direct = processor.post_process_object_detection(outputs, threshold=0.3,
+                                                     target_sizes=[(photo.height, photo.width)])[0]
+    assert [d["score"] for d in ours] == pytest.approx(direct["scores"].tolist(), abs=1e-6)
+    assert [d["label"] for d in ours] == [model.config.id2label[int(i)] for i in direct["labels"]]
+    assert [d["box"] for d in ours] == [dict(zip(("xmin", "ymin", "xmax", "ymax"), b.int().tolist()))
+                                        for b in direct["boxes"]]
+    assert all(0 <= d["box"]["xmin"] <= d["box"]["xmax"] <= photo.width and
+               0 <= d["box"]["ymin"] <= d["box"]["ymax"] <= photo.height for d in ours)
+    logging.getLogger("transformers.pipelines.base").setLevel(logging.CRITICAL)  # stock logs "not supported"
+    try:
+        stock = transformers.pipeline("object-detection", model=model, image_processor=processor)
+    finally:
+        logging.getLogger("transformers.pipelines.base").setLevel(logging.NOTSET)
+    assert stock(photo, threshold=0.3) == ours
+    assert detect(photo) == stock(photo)  # the pipeline's own default threshold (0.5) in both

@@ -216,7 +216,7 @@ def test_a_missing_model_folder_says_so(images, capsys, model, message):
     (["--device", "cuda"], "--device: expected a device this machine has, got 'cuda' (torch sees no cuda device here)",
      EXIT_DATA),
     (["--top-k", "0"], "--top-k: expected a positive integer, got 0", EXIT_USAGE),
-    (["--task", "detection"], "--task: expected one of", EXIT_USAGE),
+    (["--task", "depth-estimation"], "--task: expected one of", EXIT_USAGE),
 ])
 def test_bad_arguments_are_refused_before_loading_anything(saved_classifier, images, capsys, monkeypatch, argv,
                                                             message, code):
@@ -340,3 +340,99 @@ def test_segmentation_of_a_wide_photo_from_the_command_line(saved_segmenter, tmp
                          "--json")
     assert code == 0, err
     assert Image.open(json.loads(out)[0]["mask"]).size == (288, 96)
+
+
+# -- detection ---------------------------------------------------------------------------------------------------
+KNOWN_BOX = (0.15, 0.25, 0.6, 0.8)  # normalised corners the detector below always finds
+
+
+@pytest.fixture(scope="module")
+def known_box_detector(tmp_path_factory):
+    """A detector that finds exactly one object, a "square" at KNOWN_BOX, in any image: its heads' last
+    convolutions are zero, so their outputs are their biases; every anchor is background but the first anchor of
+    the global level, whose regression decodes to KNOWN_BOX."""
+    import math
+
+    import torch
+
+    from mobilevit import auto
+    from mobilevit.testing_utils import fill_realistic_weights_
+
+    config = auto.new_config("xx-small", "object-detection", image_size=64, id2label={0: "background", 1: "square"},
+                             label2id={"background": 0, "square": 1})
+    model = fill_realistic_weights_(auto.new_model(config, "object-detection")).eval()
+    outputs = 4 + 2
+    with torch.no_grad():
+        for head in model.ssd.heads:
+            final = head.predictor.pointwise if hasattr(head.predictor, "pointwise") else head.predictor
+            final.convolution.weight.zero_()
+            bias = final.convolution.bias
+            bias.zero_()
+            bias[4::outputs] = 10.0  # background logit of every anchor
+        anchor = model.ssd.anchors([(1, 1)] * 6)[-4]  # the global level's first anchor: (0.5, 0.5, s, s)
+        x1, y1, x2, y2 = KNOWN_BOX
+        box = torch.tensor([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1])
+        regression = model.ssd.box_coder.encode(box, anchor)
+        bias = model.ssd.heads[-1].predictor.convolution.bias
+        bias[:4], bias[4], bias[5] = regression, -10.0, 10.0
+        assert math.isclose(float(model.ssd.box_coder.decode(regression[None], anchor[None])[0, 0]), box[0], abs_tol=1e-6)
+    folder = tmp_path_factory.mktemp("known_box")
+    model.save_pretrained(folder)
+    auto.image_processor_for(config, "object-detection").save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("size", [(240, 120), (120, 240)], ids=["wide", "tall"])
+def test_detection_draws_the_box_on_the_objects_pixels(known_box_detector, tmp_path, capsys, size):
+    """A photo (wide or tall) with a red rectangle exactly where the detector finds its object: the JSON box is
+    the rectangle's pixels, and the picture's outline is drawn on its edge in the class's colour."""
+    from mobilevit.predict import box_line_width
+
+    width, height = size
+    x1, y1, x2, y2 = (round(v * s) for v, s in zip(KNOWN_BOX, (width, height, width, height)))
+    photo = np.full((height, width, 3), 200, dtype=np.uint8)
+    photo[y1:y2, x1:x2] = (220, 30, 30)
+    Image.fromarray(photo).save(tmp_path / "scene.png")
+    out_dir = tmp_path / "out"
+    code, out, err = run(capsys, tmp_path / "scene.png", "--model", known_box_detector, "--output-dir", out_dir,
+                         "--json", "--threshold", 0.05)
+    assert code == 0, err
+    (result,) = json.loads(out)
+    assert json.loads((out_dir / "detections.json").read_text()) == [result]
+    (found,) = result["detections"]
+    assert found["label"] == "square" and found["score"] > 0.99
+    assert [found["box"][k] for k in ("xmin", "ymin", "xmax", "ymax")] == pytest.approx([x1, y1, x2, y2], abs=0.01)
+
+    picture = np.asarray(Image.open(result["figure"]).convert("RGB"))
+    assert picture.shape == photo.shape  # the photo at its own size
+    colour = tuple(int(c) for c in color_palette(2)[1])
+    line = box_line_width(height, width)
+    middle_x, middle_y = (x1 + x2) // 2, (y1 + y2) // 2
+    for x, y in [(x1, middle_y), (x2 - 1, middle_y), (middle_x, y2 - 1), (x1 + line - 1, middle_y + 5)]:
+        assert tuple(picture[y, x]) == colour, (x, y)  # the outline lies on the rectangle's edge pixels
+    assert tuple(picture[middle_y, x1 + line + 2]) == (220, 30, 30)  # inside: the object itself
+    assert tuple(picture[middle_y, x1 - 2]) == (200, 200, 200)  # outside: the background
+    assert tuple(picture[middle_y, x2 + 1]) == (200, 200, 200)
+
+
+def test_detection_prints_boxes_and_respects_threshold_and_cap(saved_detector, images, tmp_path, capsys):
+    code, out, err = run(capsys, images / "photo.jpg", "--model", saved_detector, "--output-dir", tmp_path,
+                         "--threshold", 0.2, "--max-detections", 3)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0] == str(images / "photo.jpg") and lines[-1].strip().startswith("figure:")
+    scores = [float(line.split()[0]) for line in lines[1:-1]]
+    assert 0 < len(scores) <= 3 and all(s > 0.2 for s in scores) and scores == sorted(scores, reverse=True)
+    assert sorted(os.listdir(tmp_path)) == ["detections.json", "photo_detections.png"]
+    code, _, err = run(capsys, images / "photo.jpg", "--model", saved_detector, "--output-dir", tmp_path)
+    assert code == 1 and "already exists" in err  # nothing replaced without --overwrite
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--threshold", "1.5"], "--threshold: expected a score in [0, 1], got 1.5"),
+    (["--threshold", "nan"], "--threshold: expected a score in [0, 1], got nan"),
+    (["--max-detections", "0"], "--max-detections: expected a positive integer, got 0"),
+])
+def test_bad_detection_arguments(saved_detector, images, capsys, argv, message):
+    code, _, err = run(capsys, images / "photo.jpg", "--model", saved_detector, *argv)
+    assert code == 2 and err.strip().endswith(message) and len(err.strip().splitlines()) == 1

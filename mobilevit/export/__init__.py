@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from .. import __version__, auto
-from ..tasks import CLASSIFICATION, SEGMENTATION
+from ..tasks import CLASSIFICATION, OBJECT_DETECTION, SEGMENTATION
 from . import coreml, executorch, litert, onnx, openvino
 from .base import ExportJob, Format
 from .common import (
@@ -133,7 +133,8 @@ def export(model_dir, format: str, output, quantize: str | None = None, *, calib
     if eval_data is not None:
         if task not in (CLASSIFICATION, SEGMENTATION):
             raise ExportError(f"--eval-data: accuracy is measured for classification and segmentation, the model "
-                              f"is a {task} model", usage=True)
+                              f"is a {task} model (detection: compare the artefact's boxes and scores, as the "
+                              "export's own check does)", usage=True)
         evaluation = read_split(eval_data, eval_split, "--eval-data", labelled=True, task=task)
     job = ExportJob(graph, processor, size, precision, calibration, threads, Path(model_dir))
 
@@ -213,14 +214,30 @@ def _sidecar(chosen: Format, job: ExportJob, output: Path, model, task: str, fac
                   else [1, config.num_channels, *job.size]},
         "outputs": job.graph.output_names(),
         "preprocessing": preprocessing_of(job.processor),
-        "id2label": {str(k): v for k, v in config.id2label.items()} if task in (CLASSIFICATION, SEGMENTATION) else None,
+        "id2label": {str(k): v for k, v in config.id2label.items()} if task in (CLASSIFICATION, SEGMENTATION,
+                                                                               OBJECT_DETECTION) else None,
         "postprocessing": _postprocessing(task, config),
+        **({"detection_postprocessing": _detection_rule(job.processor, model)} if task == OBJECT_DETECTION else {}),
         **facts,
         "versions": {"mobilevit": __version__, "torch": torch.__version__},
     }
 
 
+def _detection_rule(processor, model) -> dict:
+    """The NMS rule that follows the graph: the processor's (the folder's preprocessor_config.json), else the
+    family's."""
+    return dict(processor.detection_postprocessing or auto.family_of(model).detection_postprocessing.to_dict())
+
+
 def _postprocessing(task: str, config) -> str:
+    if task == OBJECT_DETECTION:
+        return ("the graph ends before non-maximum suppression. scores (batch, anchors, classes): softmax over all "
+                "classes, column 0 the background (id2label); boxes (batch, anchors, 4): corners (x1, y1, x2, y2) "
+                "normalised to the input (multiply by the image's width and height), not clipped. Then, per image and "
+                "class c >= 1, keep scores above detection_postprocessing.score_threshold (the best "
+                "candidates_per_class of them when set), greedy NMS per class at IoU > nms_iou_threshold, keep "
+                "detections_per_class / detections_per_image when set; mobilevit's "
+                "MobileViTImageProcessor.post_process_object_detection does exactly this")
     if task == CLASSIFICATION:
         return "logits (batch, num_labels): softmax for probabilities, arg-max for the class (id2label)"
     if task == SEGMENTATION:
@@ -244,7 +261,7 @@ def export_model(model, format: str, output, precision: str = "fp32", image_size
     if output.exists() and not overwrite:
         raise ExportError(f"output: {str(output)!r} already exists (pass overwrite=True to replace it)")
     graph = MainOutputs(model.eval()).eval()
-    processor = auto.image_processor_for(model.config, auto.family_of(model).task_of_class(type(model)))
+    processor = auto.image_processor_for(model.config, auto.task_of_model(model))
     size = (image_size, image_size) if image_size else input_size(processor, model.config)
     calibration = None
     if precision in chosen.calibrated:

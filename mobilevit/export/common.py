@@ -21,7 +21,8 @@ from torch import nn
 
 from .. import auto
 from ..errors import UserError
-from ..tasks import CLASSIFICATION, FEATURE_EXTRACTION, SEGMENTATION
+from ..ssd import center_to_corners
+from ..tasks import CLASSIFICATION, FEATURE_EXTRACTION, OBJECT_DETECTION, SEGMENTATION
 
 INPUT_NAME = "pixel_values"
 SIDECAR_SUFFIX = ".json"  # model.onnx -> model.onnx.json: one per artefact, whatever sits beside it
@@ -40,13 +41,21 @@ class ExportCheckError(ExportError):
 # ---------------------------------------------------------------------------------------------------------
 class MainOutputs(nn.Module):
     """The model with one tensor in and plain tensors out (logits, or the backbone's last hidden state and
-    pooled output), which is what every exported graph holds; the per-stage hidden states are left out."""
+    pooled output), which is what every exported graph holds; the per-stage hidden states are left out.
+
+    A detector's graph ends at decoded boxes and scores, where non-maximum suppression takes over (outside the
+    graph, by the rule in the sidecar): `scores` (batch, anchors, classes), the softmax over all classes with the
+    background in column 0, and `boxes` (batch, anchors, 4), corners (x1, y1, x2, y2) normalised to the input,
+    not clipped."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
         self.task = auto.task_of_model(model)
-        self._names = ["logits"] if self.task != FEATURE_EXTRACTION else self._backbone_outputs()
+        if self.task == FEATURE_EXTRACTION:
+            self._names = self._backbone_outputs()
+        else:
+            self._names = ["scores", "boxes"] if self.task == OBJECT_DETECTION else ["logits"]
 
     @property
     def config(self):
@@ -59,6 +68,16 @@ class MainOutputs(nn.Module):
     def output_names(self) -> list[str]:
         return list(self._names)
 
+    def dynamic_example_size(self, size: tuple[int, int]) -> tuple[int, int]:
+        """An input size to trace a graph for every size with: `size`, or for a detector one where every level
+        but the global one is at least 2x2 (torch.export makes a dimension of 1 a constant, and the graph would
+        serve only inputs whose small levels are 1x1 too)."""
+        if self.task != OBJECT_DETECTION:
+            return tuple(size)
+        deepest = max(self.config.ssd_output_strides)
+        least = (deepest // 32 + 1) * 32
+        return tuple(max(side, least) for side in size)
+
     def _backbone_outputs(self) -> list[str]:
         """What this family's backbone returns (some have no pooled output), asked of the model itself."""
         probe = torch.zeros(1, self.config.num_channels, 2 * self.min_input_size, 2 * self.min_input_size)
@@ -68,6 +87,8 @@ class MainOutputs(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor):
         outputs = self.model(pixel_values, return_dict=True)
+        if self.task == OBJECT_DETECTION:
+            return outputs.logits.softmax(dim=-1), center_to_corners(outputs.pred_boxes)
         return tuple(outputs[name] for name in self.output_names())
 
 

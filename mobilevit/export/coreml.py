@@ -30,7 +30,9 @@ EXPECTED_OPS = {"const", "reshape", "transpose", "linear", "conv", "silu", "relu
                 "avg_pool", "constexpr_affine_dequantize", "constexpr_blockwise_shift_scale", "cast", "squeeze",
                 "expand_dims", "tile", "real_div", "batch_norm", "rsqrt", "sqrt", "slice_by_index",
                 # MobileViTv2: the q/k/v split, the context sum over the patches, GroupNorm's statistics
-                "split", "reduce_sum", "square"}
+                "split", "reduce_sum", "square",
+                # SSDLite: the box decoding's exp (sizes from regressions), its corners, the scores' softmax
+                "exp"}
 
 
 INT8_MIN_ELEMENTS = 2048  # coremltools' default: smaller weights (a small classifier) stay float16

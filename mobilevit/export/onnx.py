@@ -33,7 +33,8 @@ def export_graph(job: ExportJob, path: Path, opset: int = DEFAULT_OPSET) -> None
     from .. import export_mode
 
     graph = job.graph
-    example = torch.rand(2, graph.config.num_channels, *job.size)  # batch 2: a batch of 1 would be specialised
+    # batch 2 (a batch of 1 would be specialised), and a size where no dimension is 1 but the global level's
+    example = torch.rand(2, graph.config.num_channels, *graph.dynamic_example_size(job.size))
     dim = torch.export.Dim
     dynamic = {0: dim("batch", min=1, max=4096), 2: dim("height", min=graph.min_input_size, max=MAX_SIDE),
                3: dim("width", min=graph.min_input_size, max=MAX_SIDE)}

@@ -7,6 +7,9 @@
 `ade20k-id2label.json` and of ml-cvnets' ADE20k data set, whose class i + 1 is index i here: ml-cvnets v0.2
 drops the background class (its labels are `mask - 1`), so its DeepLabV3 checkpoints have 150 outputs. A
 checkpoint with 151 outputs (background kept, as transformers' converter assumes) gets "background" first.
+`coco.json` holds the 80 COCO object classes in ml-cvnets' order (its class i + 1 is index i here: its SSD
+checkpoints have a background class 0 and 81 outputs), and `coco-category-ids.json` the official COCO category id
+of each (ml-cvnets maps its label i to the i-th smallest id when it writes COCO results; the ids have gaps).
 """
 
 from __future__ import annotations
@@ -45,11 +48,27 @@ def ade20k_with_background_id2label() -> dict[int, str]:
     return {0: "background", **{index + 1: name for index, name in _read("ade20k.json")}}
 
 
+def coco_id2label() -> dict[int, str]:
+    """The 80 COCO object classes (0 = person ... 79 = toothbrush), as COCO 2017 names them."""
+    return dict(_read("coco.json"))
+
+
+def coco_with_background_id2label() -> dict[int, str]:
+    """The 80 COCO classes after a background class 0 (81 outputs): ml-cvnets' SSD detectors."""
+    return {0: "background", **{index + 1: name for index, name in _read("coco.json")}}
+
+
+def coco_category_ids() -> dict[int, int]:
+    """Index into `coco_id2label` -> the official COCO category id (1 ... 90, with gaps), for COCO result files."""
+    return {index: int(category) for index, category in _read("coco-category-ids.json")}
+
+
 # The data sets the released checkpoints of each task were trained on, and a reader of their class names.
 KNOWN_LABEL_SETS = {
     "image-classification": {"imagenet-1k": imagenet_1k_id2label},
     "semantic-segmentation": {"pascal-voc": pascal_voc_id2label, "ade20k": ade20k_id2label,
                               "ade20k-with-background": ade20k_with_background_id2label},
+    "object-detection": {"coco": coco_with_background_id2label},
 }
 
 
@@ -70,4 +89,5 @@ def label2id(id2label: dict[int, str]) -> dict[str, int]:
 
 
 __all__ = ["imagenet_1k_id2label", "pascal_voc_id2label", "ade20k_id2label", "ade20k_with_background_id2label",
+           "coco_id2label", "coco_with_background_id2label", "coco_category_ids",
            "label2id", "label_set_for", "KNOWN_LABEL_SETS"]

@@ -7,7 +7,9 @@ from ...tasks import CLASSIFICATION, FEATURE_EXTRACTION, OBJECT_DETECTION, SEGME
 from .configuration_mobilevit import VARIANTS, MobileViTConfig, canonical_variant
 from .conversion_mobilevit import CONVERTER
 from .modeling_mobilevit import (
+    MobileViTBackbone,
     MobileViTForImageClassification,
+    MobileViTForObjectDetection,
     MobileViTForSemanticSegmentation,
     MobileViTModel,
     MobileViTPreTrainedModel,
@@ -21,7 +23,9 @@ FAMILY = ModelFamily(
         CLASSIFICATION: MobileViTForImageClassification,
         SEGMENTATION: MobileViTForSemanticSegmentation,
         FEATURE_EXTRACTION: MobileViTModel,
+        OBJECT_DETECTION: MobileViTForObjectDetection,
     },
+    backbone_class=MobileViTBackbone,
     pretrained_class=MobileViTPreTrainedModel,
     variants=tuple(VARIANTS),
     canonical_variant=canonical_variant,
@@ -55,4 +59,6 @@ __all__ = [
     "MobileViTModel",
     "MobileViTForImageClassification",
     "MobileViTForSemanticSegmentation",
+    "MobileViTForObjectDetection",
+    "MobileViTBackbone",
 ]

@@ -8,6 +8,7 @@ lives in `VARIANTS`; `MobileViTConfig.from_variant("x-small")` reads it.
 from __future__ import annotations
 
 from transformers import PreTrainedConfig
+from transformers.backbone_utils import BackboneConfigMixin
 
 from ...configuration_utils import (
     MAX_IMAGE_SIZE,
@@ -24,8 +25,10 @@ from ...configuration_utils import (
     check_probability,
     fail,
     is_int,
+    set_backbone_outputs,
 )
-from ...tasks import CLASSIFICATION, SEGMENTATION, canonical_task
+from ...ssd.configuration import SSDConfigMixin
+from ...tasks import CLASSIFICATION, OBJECT_DETECTION, SEGMENTATION, canonical_task
 
 # Widths of the released models (ml-cvnets `mobilevit_{xx_small,x_small,small}.yaml`).
 # neck_hidden_sizes: stem, layer_1 .. layer_5 outputs, the final 1x1 expansion.
@@ -58,12 +61,18 @@ VARIANT_ALIASES = {
 TASK_DEFAULTS: dict[str, dict] = {
     CLASSIFICATION: {"image_size": 256, "output_stride": 32},
     SEGMENTATION: {"image_size": 512, "output_stride": 16},
+    # ml-cvnets' SSDLite at 320x320: the backbone's stride-16 and stride-32 maps feed the detector
+    OBJECT_DETECTION: {"image_size": 320, "output_stride": 32, "out_features": ["stage4", "stage5"]},
 }
 
 # Blocks per stage of the architecture (fixed by the paper, not a config field): layer_1, layer_2 are
 # MobileNetV2 stages; layer_3..layer_5 are MobileViT blocks holding this many transformer layers.
 MOBILENET_STAGE_DEPTHS = (1, 3)
 TRANSFORMER_DEPTHS = (2, 4, 3)
+# The backbone's feature maps as transformers' Backbone API names them (`out_features`): the stem, then
+# layer_1 .. layer_5 (output strides 2, 2, 4, 8, 16, 32 without dilation).
+STAGE_NAMES = ["stem", "stage1", "stage2", "stage3", "stage4", "stage5"]
+STAGE_STRIDES = (2, 2, 4, 8, 16, 32)
 
 
 def canonical_variant(name: str) -> str:
@@ -76,7 +85,7 @@ def canonical_variant(name: str) -> str:
     return key
 
 
-class MobileViTConfig(PreTrainedConfig):
+class MobileViTConfig(BackboneConfigMixin, SSDConfigMixin, PreTrainedConfig):
     r"""Configuration of a MobileViT (v1) model; defaults give `apple/mobilevit-small`.
 
     Args:
@@ -98,6 +107,9 @@ class MobileViTConfig(PreTrainedConfig):
         qkv_bias: whether the query/key/value projections have a bias.
         aspp_out_channels, atrous_rates, aspp_dropout_prob: the DeepLabV3 head.
         semantic_loss_ignore_index: label value the segmentation loss ignores.
+        out_features, out_indices: the feature maps `MobileViTBackbone` returns (transformers' Backbone API; names
+            in `stage_names`: stem, stage1 .. stage5); default the last stage. The detector uses stage4 and stage5.
+        ssd_*: the SSDLite detector (`mobilevit.ssd.configuration.SSDConfigMixin`; defaults: ml-cvnets' COCO SSDLite).
     """
 
     model_type = "mobilevit"
@@ -125,13 +137,14 @@ class MobileViTConfig(PreTrainedConfig):
     semantic_loss_ignore_index: int = 255
 
     def __post_init__(self, **kwargs):
+        set_backbone_outputs(self, STAGE_NAMES, kwargs)
         super().__post_init__(**kwargs)
         self.validate()
 
     @classmethod
     def from_variant(cls, variant: str, task: str = "image-classification", **kwargs) -> "MobileViTConfig":
-        """The config of a released variant ("xx-small", "x-small", "small") for a task
-        ("image-classification" or "semantic-segmentation"); `kwargs` override any field."""
+        """The config of a released variant ("xx-small", "x-small", "small") for a task ("image-classification",
+        "semantic-segmentation" or "object-detection"); `kwargs` override any field."""
         fields = {**VARIANTS[canonical_variant(variant)], **TASK_DEFAULTS[canonical_task(task, TASK_DEFAULTS)], **kwargs}
         return cls(**fields)
 
@@ -174,6 +187,12 @@ class MobileViTConfig(PreTrainedConfig):
         check_activation(self, "hidden_act", "'silu', 'relu', 'gelu'")
         if not is_int(self.semantic_loss_ignore_index):
             fail(self, "semantic_loss_ignore_index", "an integer")
+        self.validate_ssd()
+
+    @property
+    def stage_channels(self) -> list[int]:
+        """Channels of each map in `stage_names`: the stem and layer_1 .. layer_5."""
+        return list(self.neck_hidden_sizes[:6])
 
 
-__all__ = ["MobileViTConfig", "VARIANTS", "TASK_DEFAULTS", "canonical_variant"]
+__all__ = ["MobileViTConfig", "VARIANTS", "TASK_DEFAULTS", "STAGE_NAMES", "STAGE_STRIDES", "canonical_variant"]

@@ -1,8 +1,9 @@
 """ml-cvnets MobileViT v1 checkpoints: how to recognise them, read their size off the tensors, and rename them.
 
 The layout is the one of ml-cvnets `cvnets-v0.1`, the code the released v1 checkpoints were trained with
-(`shared/fixtures/mlcvnets/README.md`, "Checkpoint layout"). The generic steps around this (reading the file
-safely, unwrapping, checking every key, writing the folder) are `mobilevit/conversion_utils.py` and
+(`shared/fixtures/mlcvnets/README.md`, "Checkpoint layout"); SSDLite detectors have the same layout in
+cvnets-v0.1 and v0.2 (`shared/fixtures/mlcvnets_ssd/README.md`). The generic steps around this (reading the
+file safely, unwrapping, checking every key, writing the folder) are `mobilevit/conversion_utils.py` and
 `mobilevit/conversion.py`.
 """
 
@@ -13,12 +14,13 @@ from dataclasses import dataclass
 
 
 from ...conversion_utils import ConversionError, RenameTable
-from ...tasks import CLASSIFICATION, SEGMENTATION
-from .configuration_mobilevit import VARIANTS
+from ...ssd import GLOBAL_LEVEL, AnchorGenerator
+from ...tasks import CLASSIFICATION, OBJECT_DETECTION, SEGMENTATION
+from .configuration_mobilevit import VARIANTS, MobileViTConfig
 
 # ---------------------------------------------------------------------------------------------------------
 # The rename table: ml-cvnets key -> transformers key.
-# Segmentation checkpoints carry the backbone under `encoder.`, classification ones at the top level.
+# Segmentation and detection checkpoints carry the backbone under `encoder.`, classification ones at the top level.
 # ---------------------------------------------------------------------------------------------------------
 _ENC = r"(?:encoder\.)?"
 # ml-cvnets' ConvLayer holds `block.conv` and `block.norm`; transformers' holds `convolution` and `normalization`.
@@ -53,11 +55,26 @@ DEEPLAB_RULES = [
     # cvnets-v0.1 names it seg_head.classifier.classifier; later versions seg_head.classifier (same tensors)
     (r"seg_head\.classifier(?:\.classifier)?" + _CONV_LAYER, "segmentation_head.classifier.{conv_or_norm}.{leaf}"),
 ]
+# SSDLite (both families, cvnets-v0.1 and v0.2 alike): the extra layers `extra_layers.os_<stride>` (separable
+# convolutions, then the global level `os_-1`, a Sequential whose index 1 is the convolution after the pooling)
+# and one head per level, `ssd_heads.<level>` (an optional 1x1 projection, then a separable convolution, or a
+# 1x1 convolution on the global level). Extra layer `os_64` is the first, `os_128` the second, ...
+SSD_RULES = [
+    (r"extra_layers\.os_(?P<extra>\d+)\.(?P<part>dw_conv|pw_conv)" + _CONV_LAYER,
+     "ssd.extra_layers.{extra}.{part}.{conv_or_norm}.{leaf}"),
+    (r"extra_layers\.os_-1\.1" + _CONV_LAYER, "ssd.global_pool.projection.{conv_or_norm}.{leaf}"),
+    (r"ssd_heads\.(?P<head>\d+)\.proj_layer" + _CONV_LAYER, "ssd.heads.{head}.projection.{conv_or_norm}.{leaf}"),
+    (r"ssd_heads\.(?P<head>\d+)\.loc_cls_layer\.(?P<part>dw_conv|pw_conv)" + _CONV_LAYER,
+     "ssd.heads.{head}.predictor.{part}.{conv_or_norm}.{leaf}"),
+    (r"ssd_heads\.(?P<head>\d+)\.loc_cls_layer" + _CONV_LAYER, "ssd.heads.{head}.predictor.{conv_or_norm}.{leaf}"),
+]
 # group values that change name on the way (stage numbers are 1-based in ml-cvnets, 0-based in transformers)
 VOCABULARY = {
     "conv_or_norm": {"conv": "convolution", "norm": "normalization"},
     "op": {"exp_1x1": "expand_1x1", "conv_3x3": "conv_3x3", "red_1x1": "reduce_1x1"},
     "stage": {"1": "0", "2": "1", "3": "2", "4": "3", "5": "4"},
+    "part": {"dw_conv": "depthwise", "pw_conv": "pointwise"},
+    "extra": {str(2 ** (6 + i)): str(i) for i in range(8)},  # os_64 -> 0, os_128 -> 1, ...
 }
 # the auxiliary segmentation head that ml-cvnets trains on layer_4 when `model.segmentation.use_aux_head` is
 # on: the Hub format has no place for it, and inference does not use it
@@ -90,6 +107,7 @@ RENAME_TABLE = RenameTable(
         (r"conv_1x1_exp" + _CONV_LAYER, "mobilevit.conv_1x1_exp.{conv_or_norm}.{leaf}"),
         (r"classifier\.fc\.(?P<leaf>weight|bias)", "classifier.{leaf}"),
         *DEEPLAB_RULES,
+        *SSD_RULES,
     ],
     vocabulary=VOCABULARY,
     dropped=AUX_HEAD_DROPPED,
@@ -102,26 +120,28 @@ _V1_MARKER = re.compile(r"(?:encoder\.)?layer_3\.1\.local_rep\.conv_3x3\.block\.
 
 
 def task_from_heads(state_dict, classifier_key: str, source: str) -> str:
-    """Segmentation (`seg_head.*` keys) or classification (`classifier_key`), as an ml-cvnets checkpoint's keys
-    say (both families); `source` names the layout in the error."""
-    has_seg_head = any(k.startswith("seg_head.") for k in state_dict)
-    has_classifier = classifier_key in state_dict
-    if has_seg_head and has_classifier:
-        raise ConversionError(f"checkpoint: holds both a classifier ({classifier_key}) and a segmentation head "
-                              "(seg_head.*); expected one of them")
-    if has_seg_head:
-        return SEGMENTATION
-    if has_classifier:
-        return CLASSIFICATION
+    """Segmentation (`seg_head.*` keys), detection (`ssd_heads.*`) or classification (`classifier_key`), as an
+    ml-cvnets checkpoint's keys say (both families); `source` names the layout in the error."""
+    found = {SEGMENTATION: any(k.startswith("seg_head.") for k in state_dict),
+             OBJECT_DETECTION: any(k.startswith("ssd_heads.") for k in state_dict),
+             CLASSIFICATION: classifier_key in state_dict}
+    heads = {CLASSIFICATION: f"a classifier ({classifier_key})", SEGMENTATION: "a segmentation head (seg_head.*)",
+             OBJECT_DETECTION: "SSD heads (ssd_heads.*)"}
+    present = [task for task, there in found.items() if there]
+    if len(present) > 1:
+        raise ConversionError(f"checkpoint: holds {' and '.join(heads[t] for t in present)}; expected one of them")
+    if present:
+        return present[0]
     raise ConversionError(
-        f"checkpoint: does not look like an {source} checkpoint: expected {classifier_key!r} "
-        f"(classification) or 'seg_head.*' keys (DeepLabV3 segmentation); its first keys are {list(state_dict)[:6]}")
+        f"checkpoint: does not look like an {source} checkpoint: expected {classifier_key!r} (classification), "
+        f"'seg_head.*' keys (DeepLabV3 segmentation) or 'ssd_heads.*' keys (SSDLite detection); its first keys are "
+        f"{list(state_dict)[:6]}")
 
 
 def channel_reader(state_dict, task: str, source: str):
     """`out_channels(key)`: the output channels of an ml-cvnets backbone weight (found under `encoder.` in
-    segmentation checkpoints); a missing key is a ConversionError naming it."""
-    prefix = "encoder." if task == SEGMENTATION else ""
+    segmentation and detection checkpoints); a missing key is a ConversionError naming it."""
+    prefix = "encoder." if task in (SEGMENTATION, OBJECT_DETECTION) else ""
 
     def out_channels(key: str) -> int:
         tensor = state_dict.get(prefix + key)
@@ -176,6 +196,8 @@ class MobileViTCheckpointConverter:
             + "; ".join(f"{n}: {f['hidden_sizes']}, {f['neck_hidden_sizes'][:6]}" for n, f in VARIANTS.items()))
 
     def num_labels(self, state_dict, task: str) -> int:
+        if task == OBJECT_DETECTION:
+            return read_ssd(state_dict, MobileViTConfig)["num_labels"]
         if task == CLASSIFICATION:
             return int(state_dict["classifier.fc.weight"].shape[0])
         classifier = [v for k, v in state_dict.items() if _SEG_CLASSIFIER.fullmatch(k)]
@@ -185,7 +207,50 @@ class MobileViTCheckpointConverter:
         return int(classifier[0].shape[0])
 
     def config_overrides(self, state_dict, task: str) -> dict:
+        if task == OBJECT_DETECTION:
+            return {k: v for k, v in read_ssd(state_dict, MobileViTConfig).items() if k != "num_labels"}
         return {}  # the released v1 segmenters are all output stride 16, the task's default
+
+
+_SSD_HEAD = re.compile(r"ssd_heads\.(\d+)\.")
+_SSD_EXTRA = re.compile(r"extra_layers\.os_(-?\d+)\.")
+
+
+def read_ssd(state_dict, config_class) -> dict:
+    """What an ml-cvnets SSD checkpoint's tensors say about its detector, in config terms: the levels
+    (`ssd_output_strides`: the backbone levels 16 and 32 below the extra layers `os_64`, ... and the global
+    `os_-1`), the heads' widths (`ssd_projection_channels`) and the class count. The anchors per location
+    cannot be read off the tensors, only checked: a head's outputs are anchors x (4 + classes), with the anchors
+    of the default aspect ratios (6, or 4 on the global level)."""
+    heads = sorted({int(m.group(1)) for key in state_dict if (m := _SSD_HEAD.match(key))})
+    extras = sorted({int(m.group(1)) for key in state_dict if (m := _SSD_EXTRA.match(key))} - {GLOBAL_LEVEL})
+    has_global = any(key.startswith("extra_layers.os_-1.") for key in state_dict)
+    if heads != list(range(len(heads))) or not heads:
+        raise ConversionError(f"checkpoint: expected SSD heads ssd_heads.0 .. ssd_heads.N, got heads {heads}")
+    backbone = [8, 16, 32][3 - (len(heads) - len(extras) - has_global):]
+    strides = backbone + extras + [GLOBAL_LEVEL] * has_global
+    widths, outputs = [], []
+    for level, stride in enumerate(strides):
+        prefix = f"ssd_heads.{level}.loc_cls_layer."
+        if stride == GLOBAL_LEVEL:
+            widths.append(int(state_dict["extra_layers.os_-1.1.block.conv.weight"].shape[0]))
+            outputs.append(int(state_dict[prefix + "block.conv.weight"].shape[0]))
+        else:
+            widths.append(int(state_dict[prefix + "dw_conv.block.conv.weight"].shape[0]))
+            outputs.append(int(state_dict[prefix + "pw_conv.block.conv.weight"].shape[0]))
+    try:
+        defaults = config_class(ssd_output_strides=strides, ssd_projection_channels=widths,
+                                ssd_aspect_ratios=[[2, 3]] * (len(strides) - has_global) + [[2]] * has_global)
+    except ValueError as err:
+        raise ConversionError(f"checkpoint: its SSD levels ({strides}) are not a detector this package builds ({err})"
+                              ) from None
+    anchors = AnchorGenerator(defaults.ssd_aspect_ratios).anchors_per_location
+    classes = {out // count - 4 if out % count == 0 else None for out, count in zip(outputs, anchors)}
+    if len(classes) != 1 or None in classes or min(classes) < 2:
+        raise ConversionError(f"checkpoint: the SSD heads' outputs {outputs} are not anchors x (4 + classes) for "
+                              f"the default anchors per location {anchors} with one class count")
+    return {"ssd_output_strides": strides, "ssd_projection_channels": widths,
+            "ssd_aspect_ratios": defaults.ssd_aspect_ratios, "num_labels": classes.pop()}
 
 
 def rename_key(key: str) -> str | None:
@@ -195,5 +260,6 @@ def rename_key(key: str) -> str | None:
 
 CONVERTER = MobileViTCheckpointConverter()
 
-__all__ = ["RENAME_TABLE", "CONVERTER", "convolutional_rules", "DEEPLAB_RULES", "VOCABULARY", "AUX_HEAD_DROPPED",
-           "task_from_heads", "channel_reader", "MobileViTCheckpointConverter", "Architecture", "rename_key"]
+__all__ = ["RENAME_TABLE", "CONVERTER", "convolutional_rules", "DEEPLAB_RULES", "SSD_RULES", "VOCABULARY",
+           "AUX_HEAD_DROPPED", "task_from_heads", "channel_reader", "read_ssd", "MobileViTCheckpointConverter",
+           "Architecture", "rename_key"]

@@ -78,13 +78,13 @@ def mobilevit_block(stage: nn.Module, features: torch.Tensor) -> torch.Tensor:
     return conv_layer(stage.fusion, torch.cat((block_input, features), dim=1))
 
 
-def _walk(model: nn.Module, pixel_values: torch.Tensor, keep_stages: bool):
-    return walk_backbone(model, pixel_values, keep_stages, mobilevit_block)
+def _walk(model: nn.Module, pixel_values: torch.Tensor, keep_stages: bool, keep_stem: bool = False):
+    return walk_backbone(model, pixel_values, keep_stages, mobilevit_block, keep_stem)
 
 
-def backbone(model: nn.Module, pixel_values: torch.Tensor, keep_stages: bool):
+def backbone(model: nn.Module, pixel_values: torch.Tensor, keep_stages: bool, keep_stem: bool = False):
     """`MobileViTModel` minus the pooling: (last feature map, stage outputs if `keep_stages`), channels_last."""
-    return run_backbone(_walk, model, pixel_values, keep_stages)
+    return run_backbone(_walk, model, pixel_values, keep_stages, keep_stem)
 
 
 __all__ = ["backbone", "transformer_layer", "mobilevit_block", "fused_qkv"]

@@ -8,7 +8,12 @@ Read top to bottom, this file follows the paper's figure 1(b):
          local representation (3x3 conv, 1x1 projection to the transformer width)
          -> unfold into 2x2 patches -> transformers across patches -> fold back
          -> 1x1 projection -> concatenate with the block input -> 3x3 fusion conv
-    -> heads: 1x1 expansion + global pool + linear (classification), or DeepLabV3/ASPP (segmentation).
+    -> heads: 1x1 expansion + global pool + linear (classification), DeepLabV3/ASPP (segmentation), or
+       SSDLite on the stride-16 and stride-32 maps (object detection, `mobilevit/ssd/`).
+
+`MobileViTBackbone` is the same stem and stages behind transformers' Backbone API (`out_features`,
+`feature_maps`, `channels`): the feature pyramid of the detector, and of transformers' own heads that take a
+backbone config (UperNet, DPT-style).
 
 Module names and therefore state-dict keys are those of stock transformers' MobileViT, so checkpoints move
 both ways unchanged. Pixels are BGR in [0, 1] with no mean/std normalisation, as ml-cvnets trained them.
@@ -18,13 +23,17 @@ fast path (`fast_mobilevit.py`, same outputs), and this plain path stays the ref
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 from torch.nn import functional as F
 from transformers import initialization as init
 from transformers.activations import ACT2FN
+from transformers.backbone_utils import BackboneMixin
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
+    BackboneOutput,
     BaseModelOutputWithNoAttention,
     BaseModelOutputWithPoolingAndNoAttention,
     ImageClassifierOutputWithNoAttention,
@@ -32,11 +41,17 @@ from transformers.modeling_outputs import (
 )
 from transformers.modeling_utils import PreTrainedModel
 
-from ... import export_mode, fast_inference
+from ... import export_mode, fast_inference, ssd
 from ...configuration_utils import make_divisible
 from ...patches import fold_patches, round_up_to_patches, unfold_patches
 from . import fast_mobilevit
-from .configuration_mobilevit import MOBILENET_STAGE_DEPTHS, TRANSFORMER_DEPTHS, MobileViTConfig
+from .configuration_mobilevit import (
+    MOBILENET_STAGE_DEPTHS,
+    STAGE_NAMES,
+    STAGE_STRIDES,
+    TRANSFORMER_DEPTHS,
+    MobileViTConfig,
+)
 
 # The network halves the resolution five times; smaller inputs leave nothing for the last stage to see.
 MIN_INPUT_SIZE = 32
@@ -423,6 +438,46 @@ class MobileViTModel(MobileViTPreTrainedModel):
         )
 
 
+class MobileViTBackbone(BackboneMixin, MobileViTPreTrainedModel):
+    """The stem and five stages behind transformers' Backbone API: `feature_maps` are the maps of the stages named
+    in `config.out_features` (`stage_names`: stem, stage1 .. stage5), `channels` their widths. State-dict keys are
+    `MobileViTModel`'s without the final expansion, so backbone weights move between the two."""
+
+    has_attentions = False
+    fast_path = fast_mobilevit
+
+    def __init__(self, config: MobileViTConfig) -> None:
+        super().__init__(config)
+        self.conv_stem = MobileViTConvLayer(config, config.num_channels, config.stage_channels[0], kernel_size=3, stride=2)
+        self.encoder = MobileViTEncoder(config)
+        self.num_features = config.stage_channels
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> tuple | BackboneOutput:
+        output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        pixel_values = self._check_pixel_values(pixel_values)
+
+        if fast_inference.applies(self, pixel_values):
+            _, maps = self.fast_path.backbone(self, pixel_values, keep_stages=True, keep_stem=True)
+        else:
+            stem = self.conv_stem(pixel_values)
+            maps = (stem,) + self.encoder(stem, output_hidden_states=True).hidden_states
+        # the fast path's NHWC layout stays internal (a no-op on the plain path's maps)
+        feature_maps = tuple(maps[index].contiguous() for index in self.out_indices)
+        hidden_states = tuple(stage.contiguous() for stage in maps) if output_hidden_states else None
+        if not return_dict:
+            return (feature_maps,) + ((hidden_states,) if hidden_states is not None else ())
+        return BackboneOutput(feature_maps=feature_maps, hidden_states=hidden_states)
+
+
 # --------------------------------------------------------------------------------------------------------
 # Heads
 # --------------------------------------------------------------------------------------------------------
@@ -635,9 +690,83 @@ class MobileViTForSemanticSegmentation(MobileViTPreTrainedModel):
             )
 
 
+class MobileViTForObjectDetection(MobileViTPreTrainedModel):
+    """SSDLite (ml-cvnets' detector; `mobilevit/ssd/`) on the backbone's stride-16 and stride-32 maps: extra
+    layers down to a global level, one separable-convolution head per level, anchors and box coder. Outputs per
+    anchor: `logits` (background first) and `pred_boxes` (normalised centre-size, see `ObjectDetectionOutput`);
+    with `labels` also ml-cvnets' multibox loss. The image processor's `post_process_object_detection` turns
+    them into detections by `postprocessing`, the rule this family's checkpoints were evaluated with."""
+
+    # cvnets-v0.1's evaluation (threshold 0.05, NMS per class, 200 per class); the family's processors carry it
+    postprocessing = ssd.MLCVNETS_V01
+
+    def __init__(self, config: MobileViTConfig) -> None:
+        super().__init__(config)
+        channels = detector_backbone_channels(config)  # before the backbone is built: it sets out_features
+        self.mobilevit = MobileViTBackbone(config)
+        self.ssd = ssd.SSDLite(config, channels, functools.partial(MobileViTConvLayer, config))
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        labels: list[dict] | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> tuple | ssd.ObjectDetectionOutput:
+        """`labels`: one dict per image, `class_labels` (K,) in 1 .. num_labels - 1 and `boxes` (K, 4) normalised
+        (cx, cy, w, h), as transformers' detectors take them."""
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        pixel_values = self._check_pixel_values(pixel_values)
+        if labels is not None:
+            ssd.check_labels(labels, len(pixel_values), self.config.num_labels)
+        # the backbone under its family's prefix (`self.mobilevit` here; MobileViTv2 reuses this forward)
+        backbone = self.base_model(pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
+        head = self.ssd
+        if fast_inference.applies(self, pixel_values):
+            regression, logits, levels = fast_inference.ssd_head(head, list(backbone.feature_maps))
+        else:
+            regression, logits, levels = head(list(backbone.feature_maps))
+        anchors = head.anchors([level.shape[-2:] for level in levels], regression.device)
+        pred_boxes = head.box_coder.decode(regression, anchors)
+
+        loss = loss_dict = None
+        if labels is not None:
+            target_labels, target_regression = ssd.detection_targets(
+                labels, anchors, head.box_coder, self.config.ssd_matcher_iou_threshold)
+            parts = ssd.multibox_loss(logits, regression, target_labels, target_regression,
+                                      self.config.ssd_negative_ratio)
+            loss = parts.total
+            loss_dict = {"loss_classification": parts.classification, "loss_regression": parts.regression,
+                         "num_positives": parts.num_positives}
+        output = ssd.ObjectDetectionOutput(
+            loss=loss, loss_dict=loss_dict, logits=logits, pred_boxes=pred_boxes, box_regression=regression,
+            feature_maps=tuple(level.contiguous() for level in levels) if backbone.hidden_states is not None else None,
+            hidden_states=backbone.hidden_states,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+def detector_backbone_channels(config) -> dict[int, int]:
+    """{output stride: channels} of the backbone levels in `ssd_output_strides` (for `ssd.SSDLite`). The detector's
+    backbone gives exactly those maps: `config.out_features` is set to their stages (a classification folder's
+    config, say, names only the last one), at output stride 32 (a dilated backbone has no stride-32 map)."""
+    wanted = [stride for stride in config.ssd_output_strides if stride in ssd.BACKBONE_STRIDES]
+    stages = [STAGE_NAMES[STAGE_STRIDES.index(stride)] for stride in wanted]
+    if config.output_stride != 32:
+        raise ValueError(f"{type(config).__name__}.output_stride: expected 32 for a detector (its levels are the "
+                         f"backbone's undilated maps), got {config.output_stride}")
+    if list(config.out_features) != stages:
+        config.out_features = stages
+    return {stride: config.stage_channels[STAGE_NAMES.index(stage)] for stride, stage in zip(wanted, stages)}
+
+
 __all__ = [
     "MobileViTPreTrainedModel",
     "MobileViTModel",
+    "MobileViTBackbone",
     "MobileViTForImageClassification",
     "MobileViTForSemanticSegmentation",
+    "MobileViTForObjectDetection",
 ]

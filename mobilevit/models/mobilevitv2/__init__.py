@@ -7,7 +7,9 @@ from ...tasks import CLASSIFICATION, FEATURE_EXTRACTION, OBJECT_DETECTION, SEGME
 from .configuration_mobilevitv2 import VARIANTS, MobileViTV2Config, canonical_variant
 from .conversion_mobilevitv2 import CONVERTER
 from .modeling_mobilevitv2 import (
+    MobileViTV2Backbone,
     MobileViTV2ForImageClassification,
+    MobileViTV2ForObjectDetection,
     MobileViTV2ForSemanticSegmentation,
     MobileViTV2Model,
     MobileViTV2PreTrainedModel,
@@ -21,7 +23,9 @@ FAMILY = ModelFamily(
         CLASSIFICATION: MobileViTV2ForImageClassification,
         SEGMENTATION: MobileViTV2ForSemanticSegmentation,
         FEATURE_EXTRACTION: MobileViTV2Model,
+        OBJECT_DETECTION: MobileViTV2ForObjectDetection,
     },
+    backbone_class=MobileViTV2Backbone,
     pretrained_class=MobileViTV2PreTrainedModel,
     variants=tuple(VARIANTS),
     canonical_variant=canonical_variant,
@@ -60,4 +64,6 @@ __all__ = [
     "MobileViTV2Model",
     "MobileViTV2ForImageClassification",
     "MobileViTV2ForSemanticSegmentation",
+    "MobileViTV2ForObjectDetection",
+    "MobileViTV2Backbone",
 ]

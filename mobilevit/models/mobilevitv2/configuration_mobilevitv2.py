@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 
 from transformers import PreTrainedConfig
+from transformers.backbone_utils import BackboneConfigMixin
 
 from ...configuration_utils import (
     MAX_IMAGE_SIZE,
@@ -28,8 +29,11 @@ from ...configuration_utils import (
     fail,
     is_int,
     make_divisible,
+    set_backbone_outputs,
 )
-from ...tasks import CLASSIFICATION, SEGMENTATION, canonical_task
+from ...ssd.configuration import SSDConfigMixin
+from ...tasks import CLASSIFICATION, OBJECT_DETECTION, SEGMENTATION, canonical_task
+from ..mobilevit.configuration_mobilevit import STAGE_NAMES
 
 # The released widths (ml-cvnets `config/classification/imagenet/mobilevit_v2.yaml` with
 # `model.classification.mitv2.width_multiplier`), named as the Hub names them (`apple/mobilevitv2-1.0-...`).
@@ -45,6 +49,8 @@ VARIANTS: dict[str, dict] = {
 TASK_DEFAULTS: dict[str, dict] = {
     CLASSIFICATION: {"image_size": 256, "output_stride": 32},
     SEGMENTATION: {"image_size": 512, "output_stride": 16, "atrous_rates": [6, 12, 18]},
+    # ml-cvnets v0.2's SSDLite at 320x320 on the stride-16 and stride-32 maps
+    OBJECT_DETECTION: {"image_size": 320, "output_stride": 32, "out_features": ["stage4", "stage5"]},
 }
 ADE20K_SEGMENTATION = {"output_stride": 8, "atrous_rates": [12, 24, 36]}
 
@@ -69,7 +75,7 @@ def canonical_variant(name: str) -> str:
                      f"or the bare width 0.5 ... 2.0), got {name!r}")
 
 
-class MobileViTV2Config(PreTrainedConfig):
+class MobileViTV2Config(BackboneConfigMixin, SSDConfigMixin, PreTrainedConfig):
     r"""Configuration of a MobileViTv2 model; defaults give `apple/mobilevitv2-1.0-imagenet1k-256`.
 
     Args:
@@ -90,6 +96,9 @@ class MobileViTV2Config(PreTrainedConfig):
         width_multiplier: scales every channel count (0.5 ... 2.0 released).
         ffn_multiplier: width of the feed-forward layers relative to the attention width.
         attn_dropout, ffn_dropout: dropout of the attention scores and inside the feed-forward layers.
+        out_features, out_indices: the feature maps `MobileViTV2Backbone` returns (transformers' Backbone API; names
+            in `stage_names`: stem, stage1 .. stage5); default the last stage. The detector uses stage4 and stage5.
+        ssd_*: the SSDLite detector (`mobilevit.ssd.configuration.SSDConfigMixin`; defaults: ml-cvnets' COCO SSDLite).
     """
 
     model_type = "mobilevitv2"
@@ -116,13 +125,15 @@ class MobileViTV2Config(PreTrainedConfig):
     ffn_dropout: float | int = 0.0
 
     def __post_init__(self, **kwargs):
+        set_backbone_outputs(self, STAGE_NAMES, kwargs)
         super().__post_init__(**kwargs)
         self.validate()
 
     @classmethod
     def from_variant(cls, variant: str, task: str = "image-classification", **kwargs) -> "MobileViTV2Config":
         """The config of a released width ("mobilevitv2-0.5" ... "mobilevitv2-2.0", see `canonical_variant`)
-        for a task ("image-classification" or "semantic-segmentation"); `kwargs` override any field."""
+        for a task ("image-classification", "semantic-segmentation" or "object-detection"); `kwargs` override any
+        field."""
         fields = {**VARIANTS[canonical_variant(variant)], **TASK_DEFAULTS[canonical_task(task, TASK_DEFAULTS)], **kwargs}
         return cls(**fields)
 
@@ -148,6 +159,11 @@ class MobileViTV2Config(PreTrainedConfig):
     def attention_widths(self) -> list[int]:
         """Width of the attention blocks of layer_3, layer_4, layer_5 (ml-cvnets' `attn_unit_dim`)."""
         return [make_divisible(d * self.width_multiplier) for d in self.base_attn_unit_dims]
+
+    @property
+    def stage_channels(self) -> list[int]:
+        """Channels of each map in `stage_names`: the stem and layer_1 .. layer_5."""
+        return self.layer_widths
 
     def ffn_width(self, attention_width: int) -> int:
         """Width of a feed-forward layer: `ffn_multiplier` times the attention width, rounded down to 16."""
@@ -178,6 +194,7 @@ class MobileViTV2Config(PreTrainedConfig):
         check_activation(self, "hidden_act", "'swish', 'silu', 'relu'")
         if not is_int(self.semantic_loss_ignore_index):
             fail(self, "semantic_loss_ignore_index", "an integer")
+        self.validate_ssd()
 
 
 __all__ = ["MobileViTV2Config", "VARIANTS", "TASK_DEFAULTS", "ADE20K_SEGMENTATION", "canonical_variant"]

@@ -14,13 +14,15 @@ no weights). `config_overrides` uses ml-cvnets' recipe of the data set the class
 from __future__ import annotations
 
 from ...conversion_utils import ConversionError, RenameTable
-from ...tasks import CLASSIFICATION, SEGMENTATION
+from ...tasks import CLASSIFICATION, OBJECT_DETECTION, SEGMENTATION
 from ..mobilevit.conversion_mobilevit import (
     AUX_HEAD_DROPPED,
     DEEPLAB_RULES,
+    SSD_RULES,
     VOCABULARY,
     channel_reader,
     convolutional_rules,
+    read_ssd,
     task_from_heads,
 )
 from .configuration_mobilevitv2 import ADE20K_SEGMENTATION, VARIANTS, MobileViTV2Config
@@ -55,8 +57,9 @@ RENAME_TABLE = RenameTable(
         (_BLOCK + r"conv_proj" + _CONV_LAYER, _HF_BLOCK + "conv_projection.{conv_or_norm}.{leaf}"),
         # classification head: index 0 is the global pooling, 1 the linear classifier (no 1x1 expansion in v2)
         (r"classifier\.1\.(?P<leaf>weight|bias)", "classifier.{leaf}"),
-        # the DeepLabV3 head, as in v1 (v0.2's classifier is `seg_head.classifier.block.conv`)
+        # the DeepLabV3 head, as in v1 (v0.2's classifier is `seg_head.classifier.block.conv`), and SSDLite's
         *DEEPLAB_RULES,
+        *SSD_RULES,
     ],
     vocabulary={**VOCABULARY, "ffn": {"1": "conv1", "3": "conv2"}},
     # both v2 DeepLabV3 recipes train the auxiliary head on layer_4 (`use_aux_head: true`)
@@ -88,7 +91,7 @@ class MobileViTV2CheckpointConverter:
     def read_widths(self, state_dict, task: str) -> dict[str, list[int]]:
         """Channel counts and attention depths, in `MobileViTV2Config`'s terms, read off the tensors."""
         out_channels = channel_reader(state_dict, task, self.source)
-        prefix = "encoder." if task == SEGMENTATION else ""
+        prefix = "encoder." if task in (SEGMENTATION, OBJECT_DETECTION) else ""
         conv = "block.conv.weight"
         layers = [out_channels(f"conv_1.{conv}")]
         layers += [out_channels(f"layer_{stage}.0.block.red_1x1.{conv}") for stage in range(1, 6)]
@@ -111,12 +114,16 @@ class MobileViTV2CheckpointConverter:
             f"{found['n_attn_blocks']}; known stem and stage widths: {known}")
 
     def num_labels(self, state_dict, task: str) -> int:
+        if task == OBJECT_DETECTION:
+            return read_ssd(state_dict, MobileViTV2Config)["num_labels"]
         key = _CLASSIFIER if task == CLASSIFICATION else _SEG_CLASSIFIER
         if key not in state_dict:
             raise ConversionError(f"checkpoint: the {task} head has no classifier ({key!r} is missing)")
         return int(state_dict[key].shape[0])
 
     def config_overrides(self, state_dict, task: str) -> dict:
+        if task == OBJECT_DETECTION:
+            return {k: v for k, v in read_ssd(state_dict, MobileViTV2Config).items() if k != "num_labels"}
         if task != SEGMENTATION:
             return {}
         overrides = {"aspp_out_channels": int(state_dict[_ASPP_PROJECTION].shape[0])} if _ASPP_PROJECTION in state_dict else {}

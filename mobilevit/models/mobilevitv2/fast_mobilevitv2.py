@@ -88,13 +88,13 @@ def fold_normalised(norm: nn.GroupNorm, tokens: torch.Tensor, height: int, width
     return folded.view(batch, height, width, channels).permute(0, 3, 1, 2)
 
 
-def _walk(model: nn.Module, pixel_values: torch.Tensor, keep_stages: bool):
-    return walk_backbone(model, pixel_values, keep_stages, mobilevitv2_block)
+def _walk(model: nn.Module, pixel_values: torch.Tensor, keep_stages: bool, keep_stem: bool = False):
+    return walk_backbone(model, pixel_values, keep_stages, mobilevitv2_block, keep_stem)
 
 
-def backbone(model: nn.Module, pixel_values: torch.Tensor, keep_stages: bool):
+def backbone(model: nn.Module, pixel_values: torch.Tensor, keep_stages: bool, keep_stem: bool = False):
     """`MobileViTV2Model` minus the pooling: (last feature map, stage outputs if `keep_stages`), channels_last."""
-    return run_backbone(_walk, model, pixel_values, keep_stages)
+    return run_backbone(_walk, model, pixel_values, keep_stages, keep_stem)
 
 
 __all__ = ["backbone", "mobilevitv2_block", "attention_layer", "normalise", "group_norm", "fold_normalised"]

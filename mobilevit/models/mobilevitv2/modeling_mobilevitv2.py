@@ -10,8 +10,9 @@ Read top to bottom, this file follows the paper's figure of the MobileViTv2 bloc
          -> unfold into 2x2 patches, a [B, d, P, N] grid
          -> attention blocks: x + separable_attention(GroupNorm(x)), then x + FFN(GroupNorm(x))
          -> GroupNorm -> fold back -> 1x1 projection
-    -> heads: global pool + linear (classification), or v1's DeepLabV3/ASPP (segmentation); the heads'
-       forward logic is v1's, on this family's backbone.
+    -> heads: global pool + linear (classification), v1's DeepLabV3/ASPP (segmentation), or SSDLite on the
+       stride-16 and stride-32 maps (object detection, `mobilevit/ssd/`); the heads' forward logic is v1's, on
+       this family's backbone.
 
 Separable self-attention: one 1x1 conv gives a query score per token, softmax over the patches, a context
 vector as the score-weighted sum of the keys, then `out_proj(relu(value) * context)`; linear in the number
@@ -27,24 +28,30 @@ ways. In eval mode without autograd the forward hands over to `fast_mobilevitv2.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 from torch.nn import functional as F
+from transformers.backbone_utils import BackboneMixin
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import PreTrainedModel
 
-from ... import export_mode, fast_inference
+from ... import export_mode, fast_inference, ssd
 from ...patches import fold_patch_grid, round_up_to_patches, unfold_patch_grid
 from ..mobilevit.modeling_mobilevit import (
+    MobileViTBackbone,
     MobileViTConvLayer,
     MobileViTDeepLabV3,
     MobileViTForImageClassification,
+    MobileViTForObjectDetection,
     MobileViTForSemanticSegmentation,
     MobileViTEncoder,
     MobileViTInvertedResidual,
     MobileViTMobileNetLayer,
     MobileViTModel,
     MobileViTPreTrainedModel,
+    detector_backbone_channels,
 )
 from . import fast_mobilevitv2
 from .configuration_mobilevitv2 import MOBILENET_STAGE_DEPTHS, MobileViTV2Config
@@ -231,6 +238,24 @@ class MobileViTV2Model(MobileViTV2PreTrainedModel):
     forward = MobileViTModel.forward
 
 
+class MobileViTV2Backbone(BackboneMixin, MobileViTV2PreTrainedModel):
+    """The stem and five stages behind transformers' Backbone API (`out_features` of `stage_names`: stem,
+    stage1 .. stage5); state-dict keys are `MobileViTV2Model`'s."""
+
+    has_attentions = False
+    fast_path = fast_mobilevitv2
+
+    def __init__(self, config: MobileViTV2Config) -> None:
+        super().__init__(config)
+        self.conv_stem = MobileViTConvLayer(config, config.num_channels, config.stage_channels[0], kernel_size=3, stride=2)
+        self.encoder = MobileViTV2Encoder(config)
+        self.num_features = config.stage_channels
+        self.post_init()
+
+    # v1's: input checks, stem -> encoder (or `fast_path.backbone`), the maps of `out_features`
+    forward = MobileViTBackbone.forward
+
+
 # --------------------------------------------------------------------------------------------------------
 # Heads
 # --------------------------------------------------------------------------------------------------------
@@ -274,9 +299,30 @@ class MobileViTV2ForSemanticSegmentation(MobileViTV2PreTrainedModel):
     _check_segmentation_labels = MobileViTForSemanticSegmentation._check_segmentation_labels
 
 
+class MobileViTV2ForObjectDetection(MobileViTV2PreTrainedModel):
+    """v1's SSDLite (`mobilevit/ssd/`) on this family's stride-16 and stride-32 maps; see
+    `MobileViTForObjectDetection`."""
+
+    # cvnets-v0.2's evaluation (threshold 0.01, top 400 per class, batched NMS, 200 per image)
+    postprocessing = ssd.MLCVNETS_V02
+
+    def __init__(self, config: MobileViTV2Config) -> None:
+        super().__init__(config)
+        channels = detector_backbone_channels(config)  # before the backbone is built: it sets out_features
+        self.mobilevitv2 = MobileViTV2Backbone(config)
+        self.ssd = ssd.SSDLite(config, channels, functools.partial(MobileViTConvLayer, config))
+        self.post_init()
+
+    # v1's head logic on `self.base_model` (here `self.mobilevitv2`): feature maps -> extra layers and heads (fast
+    # path included) -> anchors and decoded boxes, and the multibox loss when labels are given
+    forward = MobileViTForObjectDetection.forward
+
+
 __all__ = [
     "MobileViTV2PreTrainedModel",
     "MobileViTV2Model",
+    "MobileViTV2Backbone",
     "MobileViTV2ForImageClassification",
     "MobileViTV2ForSemanticSegmentation",
+    "MobileViTV2ForObjectDetection",
 ]
