@@ -716,7 +716,8 @@ class MobileViTForObjectDetection(MobileViTPreTrainedModel):
         **kwargs,
     ) -> tuple | ssd.ObjectDetectionOutput:
         """`labels`: one dict per image, `class_labels` (K,) in 1 .. num_labels - 1 and `boxes` (K, 4) normalised
-        (cx, cy, w, h), as transformers' detectors take them."""
+        (cx, cy, w, h), as transformers' detectors take them; or matched to the anchors in the data pipeline by
+        `ssd.LabelMatcher` (`anchor_labels`, `anchor_targets`: one compiled graph per input size)."""
         return_dict = self.config.return_dict if return_dict is None else return_dict
         pixel_values = self._check_pixel_values(pixel_values)
         if labels is not None:
