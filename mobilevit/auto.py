@@ -16,20 +16,27 @@ backbone from a `backbone_config` (UperNet, DPT, ...) take a MobileViT one.
 
 An unknown `model_type`, variant or a task a family lacks is a one-line `ValueError` listing what is known.
 A folder or repository that cannot be loaded (no such folder, no config, no or unreadable weights, weights that
-do not fit the config, an invalid `preprocessor_config.json`) is a one-line `NotAModelError` (a `UserError`).
+do not fit the config, weights holding NaN or infinity, a pickle the safe loader refuses, an invalid or
+unreadable `preprocessor_config.json`, a processor whose sizes are outside `mobilevit.limits`) is a one-line
+`NotAModelError` (a `UserError`). A model is never run with weights that were not in the folder: asking for a
+head the folder does not hold (a segmentation head from a classifier's folder) is refused, unless the caller
+asks for a new head on purpose (`new_head=`, what fine-tuning does).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import pickle
+from contextlib import contextmanager
 from pathlib import Path
 
-from .conversion_utils import ConversionError
+from . import limits
+from .conversion_utils import ConversionError, unpickler_reason
 from .errors import UserError
 from .model_family import ModelFamily
 from .models import mobilevit, mobilevitv2
-from .tasks import CLASSIFICATION, FEATURE_EXTRACTION, OBJECT_DETECTION, SEGMENTATION, canonical_task
+from .tasks import CLASSIFICATION, FEATURE_EXTRACTION, OBJECT_DETECTION, SEGMENTATION, a_task, canonical_task
 
 _REGISTERED = (mobilevit.FAMILY, mobilevitv2.FAMILY)
 FAMILIES: dict[str, ModelFamily] = {family.model_type: family for family in _REGISTERED}
@@ -184,7 +191,13 @@ def load_config(model_dir: str | os.PathLike, **kwargs):
                              f"loaded ({str(err).splitlines()[0]})") from None
     except ValueError as err:  # unreadable JSON
         raise NotAModelError(f"model: {str(model_dir)!r} does not hold a readable config ({err})") from None
+    if not isinstance(config_dict, dict):  # valid JSON, but a list or a number
+        raise NotAModelError(f"model: {str(model_dir)!r}: expected its config.json to hold a JSON object, got a "
+                             f"{type(config_dict).__name__}")
     model_type = config_dict.get("model_type")
+    if model_type is None:
+        raise NotAModelError(f"model: {str(model_dir)!r}: its config.json has no model_type; expected one of "
+                             f"{list(FAMILIES)}")
     if model_type not in FAMILIES:
         raise NotAModelError(f"model: {str(model_dir)!r} is a {model_type!r} model, expected one of {list(FAMILIES)}")
     try:
@@ -193,17 +206,42 @@ def load_config(model_dir: str | os.PathLike, **kwargs):
         raise NotAModelError(f"model: {str(model_dir)!r} holds an invalid {model_type} config ({err})") from None
 
 
-def _from_pretrained(model_class, model_dir, config=None, **kwargs):
-    """`model_class.from_pretrained` with one-line errors for weights that are missing, unreadable or of other
-    shapes than the config asks for."""
+@contextmanager
+def quiet_transformers():
+    """transformers' progress bars ("Loading weights", "Writing model shards") and its load report stay off the
+    screen: what loading found is decided here (a one-line error, or a note from the caller), and the tools show
+    their own progress."""
+    from transformers.utils import logging as transformers_logging
+
+    verbosity, bars = transformers_logging.get_verbosity(), transformers_logging.is_progress_bar_enabled()
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+        if bars:
+            transformers_logging.enable_progress_bar()
+
+
+def _from_pretrained(model_class, model_dir, config=None, new_head: bool = False, **kwargs):
+    """`model_class.from_pretrained` with one-line errors for weights that are missing, unreadable, of other
+    shapes than the config asks for, or not finite, and for a model whose weights lack tensors it needs (a
+    head the folder does not hold), unless `new_head` allows freshly initialised head tensors."""
     from safetensors import SafetensorError
 
     try:
-        return model_class.from_pretrained(str(model_dir), **({"config": config} if config is not None else {}),
-                                           **kwargs)
+        with quiet_transformers():
+            model, info = model_class.from_pretrained(
+                str(model_dir), **({"config": config} if config is not None else {}), output_loading_info=True,
+                **({"ignore_mismatched_sizes": True} if new_head else {}), **kwargs)
     except SafetensorError as err:
         raise NotAModelError(f"model: the weights in {str(model_dir)!r} cannot be read, the file is truncated or "
                              f"corrupt ({err})") from None
+    except pickle.UnpicklingError as err:
+        raise NotAModelError(f"model: the weights in {str(model_dir)!r} are a pickle that the safe loader refuses "
+                             f"({unpickler_reason(err)}); weights are read with torch.load(weights_only=True), "
+                             "which never runs code stored in a file: save them as model.safetensors") from None
     except OSError as err:
         if "no file named" in str(err) or "does not appear to have a file named" in str(err):
             raise NotAModelError(f"model: {str(model_dir)!r} holds no weights (expected model.safetensors or "
@@ -215,6 +253,54 @@ def _from_pretrained(model_class, model_dir, config=None, **kwargs):
         raise NotAModelError(f"model: the weights in {str(model_dir)!r} do not fit its config.json "
                              f"({_first_shape_difference(model_class, model_dir, config or load_config(model_dir))})"
                              ) from None
+    new = sorted(set(info["missing_keys"]) | {key for key, *_ in info["mismatched_keys"]})
+    new = [key for key in new if not key.endswith("num_batches_tracked")]  # a step counter, unused at inference
+    if new and not new_head:
+        task = family_of(model).task_of_class(model_class) or model_class.__name__
+        saved = _saved_task(model_dir)
+        if saved not in (None, task):
+            start = (f"train {a_task(task)} head on it (mobilevit train --model {str(model_dir)} --task {task})"
+                     if task in (CLASSIFICATION, SEGMENTATION) else  # what `mobilevit train` trains
+                     f"start {a_task(task)} head on purpose with load_model(..., new_head={{...}}) and train it")
+            raise NotAModelError(f"model: {str(model_dir)!r} holds {a_task(saved)} model, whose weights have no {task} "
+                                 f"head ({len(new)} tensors missing, e.g. {new[0]}); load it as {saved}, or {start}")
+        raise NotAModelError(f"model: the weights in {str(model_dir)!r} lack {len(new)} of the "
+                             f"{len(model.state_dict())} tensors its config.json asks for (e.g. {new[0]}): they do "
+                             "not belong to this config")
+    check_finite_weights(model, f"model: the weights in {str(model_dir)!r}")
+    model.new_tensors = new  # what was initialised here (a new head): for the caller's note
+    return model
+
+
+def _saved_task(model_dir) -> str | None:
+    try:
+        return task_of(load_config(model_dir), model_dir)
+    except (UserError, ValueError):
+        return None
+
+
+def check_finite_weights(model, where: str) -> None:
+    """Every floating-point weight and buffer of `model` is finite, or a one-line `NotAModelError`."""
+    import torch
+
+    bad = [name for name, tensor in model.state_dict().items()
+           if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+    if bad:
+        raise NotAModelError(f"{where} hold NaN or infinity in {len(bad)} tensors (e.g. {bad[0]}); the model "
+                             "cannot give meaningful outputs (was it saved from a training run that diverged?)")
+
+
+def memory_per_image(config, task: str, height: int, width: int, training: bool) -> int:
+    """Bytes one image of `height` x `width` takes through a model of `config` for `task` (`limits.activation_bytes`,
+    on the meta device: nothing is allocated), plus nothing for the weights."""
+    import torch
+
+    def build():
+        with torch.device("meta"):
+            return new_model(config, task)
+
+    return limits.memory_per_image(f"{config.to_json_string()}|{task}", build, config.num_channels, height, width,
+                                   training)
 
 
 def _first_shape_difference(model_class, model_dir, config) -> str:
@@ -236,15 +322,47 @@ def _first_shape_difference(model_class, model_dir, config) -> str:
             f"{expected[differ[0]]} from the config")
 
 
-def load_model(model_dir: str | os.PathLike, task: str | None = None, **from_pretrained_kwargs):
+def load_model(model_dir: str | os.PathLike, task: str | None = None, *, new_head: dict | None = None,
+               **from_pretrained_kwargs):
     """This package's model of a saved folder or Hub repository, for `task` (default: the folder's own head).
 
-    `from_pretrained_kwargs` go to `from_pretrained` (config overrides such as `num_labels`, or
-    `ignore_mismatched_sizes=True` for a new head)."""
+    A task whose head the folder does not hold is refused. `new_head`: config fields of a head made afresh on
+    purpose (fine-tuning: `{"id2label": ..., "label2id": ...}` for the new labels, and any other config
+    override); the model's `new_tensors` then lists what was initialised. `from_pretrained_kwargs` go to
+    `from_pretrained`."""
     config = load_config(model_dir)
     known = family_of(config)
     task = canonical_task(task) if task is not None else task_of(config, model_dir)
-    return _from_pretrained(known.model_class(task), model_dir, **from_pretrained_kwargs)
+    if new_head is None:
+        return _from_pretrained(known.model_class(task), model_dir, **from_pretrained_kwargs)
+    saved_labels = dict(config.id2label)
+    try:
+        config = type(config).from_dict({**config.to_dict(), **new_head, "num_labels": len(new_head.get(
+            "id2label", config.id2label))})
+    except (ValueError, TypeError) as err:
+        raise NotAModelError(f"model: {str(model_dir)!r} with a new head: {err}") from None
+    model = _from_pretrained(known.model_class(task), model_dir, config, new_head=True, **from_pretrained_kwargs)
+    if dict(config.id2label) != saved_labels:  # other classes, maybe as many: the saved head's weights mean nothing
+        head = _label_dependent_keys(config, task)
+        fresh = new_model(config, task).state_dict()
+        model.load_state_dict({key: fresh[key] for key in head}, strict=False)
+        model.new_tensors = sorted(set(model.new_tensors) | head)
+    return model
+
+
+def _label_dependent_keys(config, task: str) -> set[str]:
+    """The weights whose shape follows the number of classes (the head's last layer), found by building the
+    model on the meta device with two class counts."""
+    import torch
+
+    shapes = []
+    for count in (config.num_labels, config.num_labels + 1):
+        labels = {i: f"LABEL_{i}" for i in range(count)}
+        changed = type(config).from_dict({**config.to_dict(), "id2label": labels, "num_labels": count,
+                                          "label2id": {v: k for k, v in labels.items()}})
+        with torch.device("meta"):
+            shapes.append({key: tuple(value.shape) for key, value in new_model(changed, task).state_dict().items()})
+    return {key for key in shapes[0] if shapes[0][key] != shapes[1].get(key)}
 
 
 def load_image_processor(model_dir: str | os.PathLike, config=None, **kwargs):
@@ -260,18 +378,24 @@ def load_image_processor(model_dir: str | os.PathLike, config=None, **kwargs):
     from .image_processing_mobilevit import MobileViTImageProcessor
 
     path = Path(model_dir)
-    where = (repr(str(path / "preprocessor_config.json")) if path.is_dir()
-             else f"{str(model_dir)!r}'s preprocessor_config.json")
-    if path.is_dir() and not (path / "preprocessor_config.json").is_file():
+    file = path / "preprocessor_config.json"
+    where = repr(str(file)) if path.is_dir() else f"{str(model_dir)!r}'s preprocessor_config.json"
+    if path.is_dir() and not file.exists() and not file.is_symlink():
         return image_processor_for(config if config is not None else load_config(model_dir))
+    if path.is_dir() and not file.is_file():
+        what = "a folder" if file.is_dir() else "a symbolic link to nothing" if file.is_symlink() else "not a file"
+        raise NotAModelError(f"model: {where} is {what}; expected the processor's settings (JSON), or no such file "
+                             "(the family's evaluation preprocessing is used then)")
     try:
-        processor = MobileViTImageProcessor.from_pretrained(str(model_dir), **kwargs)
+        with quiet_transformers():
+            processor = MobileViTImageProcessor.from_pretrained(str(model_dir), **kwargs)
     except OSError as err:
         if not path.is_dir() and "does not appear to have a file named" in str(err):  # a Hub repository without one
             return image_processor_for(config if config is not None else load_config(model_dir))
         raise NotAModelError(f"model: {where} cannot be read ({str(err).splitlines()[0]})") from None
     except (ValueError, TypeError) as err:
         raise NotAModelError(f"model: {where} holds an invalid setting ({str(err).splitlines()[0]})") from None
+    check_processor_sizes(processor, where)
     try:
         config = config if config is not None else load_config(model_dir)
     except NotAModelError:  # a processor without a model: nothing to learn from
@@ -283,6 +407,24 @@ def load_image_processor(model_dir: str | os.PathLike, config=None, **kwargs):
     if processor.detection_postprocessing is None and known.task_named_by(config) == OBJECT_DETECTION:
         processor.detection_postprocessing = known.detection_postprocessing.to_dict()
     return processor
+
+
+def check_processor_sizes(processor, where: str) -> None:
+    """A processor's resize and crop sizes within `mobilevit.limits`: a crop the network can take (32 to 8192
+    pixels a side) and a resize of at most 9216, so that a stray `shortest_edge: 100000` fails on loading
+    instead of as a multi-gigabyte allocation."""
+    checks = []
+    if processor.do_resize and processor.size:
+        checks += [(f"size.{key}", value, 1, limits.MAX_RESIZE_SIDE) for key, value in dict(processor.size).items()
+                   if value is not None]
+    if processor.do_center_crop and processor.crop_size:
+        checks += [(f"crop_size.{key}", value, limits.MIN_IMAGE_SIDE, limits.MAX_IMAGE_SIDE)
+                   for key, value in dict(processor.crop_size).items() if value is not None]
+    for name, value, low, high in checks:
+        if not (isinstance(value, int) and low <= value <= high):
+            why = (f"the network downsamples {low}x" if name.startswith("crop") and value < low else
+                   "the limit of mobilevit.limits")
+            raise NotAModelError(f"model: {where}: {name} expected {low} to {high} pixels ({why}), got {value!r}")
 
 
 _CHANNEL_ORDER_NOTICES: set[str] = set()  # the folders this process has said it of
@@ -352,5 +494,6 @@ class AutoModelForObjectDetection(AutoModel):
 
 __all__ = ["FAMILIES", "NotAModelError", "family", "family_of", "task_of", "task_of_model", "resolve_variant",
            "new_config", "new_model", "image_processor_for", "family_for_checkpoint", "load_config", "load_model",
-           "load_image_processor", "load_model_and_processor", "AutoConfig", "AutoModel",
+           "load_image_processor", "load_model_and_processor", "check_processor_sizes", "check_finite_weights",
+           "memory_per_image", "quiet_transformers", "AutoConfig", "AutoModel",
            "AutoModelForImageClassification", "AutoModelForSemanticSegmentation", "AutoModelForObjectDetection"]

@@ -59,7 +59,6 @@ import copy
 import ctypes
 import ctypes.util
 import importlib.util
-import json
 import multiprocessing
 import os
 import statistics
@@ -67,15 +66,16 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from . import auto
+from . import auto, limits
 from .errors import UserError, require, require_cpp_compiler
-from .file_utils import check_output_dir
+from .file_utils import check_output_dir, check_output_files, claim_output, json_text, staged_outputs
 from .tasks import CLASSIFICATION, OBJECT_DETECTION, SEGMENTATION, canonical_task
 from .testing_utils import fill_realistic_weights_
 
@@ -465,17 +465,19 @@ def check_settings(*, variants, batch_sizes, threads, task, image_size, repeats,
                              f"{list(candidates)}", usage=True)
     if not batch_sizes or any(not _is_int(b) or b < 1 for b in batch_sizes):
         raise BenchmarkError(f"batch_sizes: expected positive integers, got {list(batch_sizes)}", usage=True)
-    for name, value, minimum in (("threads", threads, 1), ("repeats", repeats, 1), ("warmup", warmup, 0),
-                                 ("background_load", background_load, 0)):
-        if not _is_int(value) or value < minimum:
-            expected = "a positive integer" if minimum == 1 else "an integer >= 0"
-            raise BenchmarkError(f"{name}: expected {expected}, got {value!r}", usage=True)
+    limits.check_threads("threads", threads, BenchmarkError)
+    limits.check_int("repeats", repeats, 1, limits.MAX_REPEATS, "timed rounds; more say nothing new", BenchmarkError)
+    limits.check_int("warmup", warmup, 0, limits.MAX_WARMUP, "untimed calls; more say nothing new", BenchmarkError)
+    limits.check_processes("background_load", background_load, BenchmarkError)
     if allocator not in ALLOCATORS:
         raise BenchmarkError(f"allocator: expected one of {list(ALLOCATORS)}, got {allocator!r}", usage=True)
     image_size = image_size if image_size is not None else DEFAULT_IMAGE_SIZE[task]
-    if not _is_int(image_size) or image_size < 32:
-        raise BenchmarkError(f"image_size: expected an integer >= 32 (the network downsamples 32x), got "
-                             f"{image_size!r}", usage=True)
+    limits.check_image_side("image_size", image_size, BenchmarkError)
+    for variant in variants:  # the largest batch of each variant, as every candidate runs it, must fit in memory
+        config = auto.new_config(variant, task, num_labels=NUM_LABELS[task])
+        per_image = auto.memory_per_image(config, task, image_size, image_size, training=False)
+        limits.check_fits_in_memory("batch_sizes", max(batch_sizes), per_image, f"{variant} at {image_size}x"
+                                    f"{image_size} takes about", BenchmarkError)
     if "onnxruntime" in candidates:
         for module in ONNX_MODULES:
             require(module, "export", "the onnxruntime candidate (exporting and running the ONNX graph)")
@@ -500,6 +502,7 @@ def check_output(output: Path, overwrite: bool) -> None:
     if existing and not overwrite:
         raise BenchmarkError(f"--output: {str(output)!r} already holds {', '.join(existing)} (pass --overwrite to "
                              "replace them)")
+    check_output_files([output / name for name in OUTPUT_FILES], "--output", overwrite=True, error=BenchmarkError)
 
 
 def benchmark(
@@ -683,25 +686,21 @@ def save_chart(results: list[Result], path: Path) -> None:
 
 
 def write_outputs(results: list[Result], output: Path, overwrite: bool) -> list[Path]:
-    """results.json / results.md / chart.png in `output`, each written to a temporary file and moved into place."""
-    output.mkdir(parents=True, exist_ok=True)
+    """results.json / results.md / chart.png in `output`, committed together (`file_utils.staged_outputs`: all
+    three appear, or none)."""
     targets = [output / name for name in OUTPUT_FILES]
     existing = [str(t) for t in targets if t.exists()]
     if existing and not overwrite:
-        raise FileExistsError(f"output: {existing} already exist (pass --overwrite to replace them)")
+        raise BenchmarkError(f"--output: {existing} already exist (pass --overwrite to replace them)")
     writers = {
-        "results.json": lambda p: p.write_text(json.dumps([asdict(r) for r in results], indent=2)),
+        "results.json": lambda p: p.write_text(json_text([asdict(r) for r in results])),
         "results.md": lambda p: p.write_text("\n\n".join(filter(None, [format_table(results),
                                                                         format_compile_times(results)])) + "\n"),
         "chart.png": lambda p: save_chart(results, p),
     }
-    for target in targets:
-        tmp = target.with_name(f".{target.stem}.tmp{target.suffix}")
-        try:
-            writers[target.name](tmp)
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
+    with staged_outputs(targets, overwrite=overwrite, argument="--output", error=BenchmarkError) as staged:
+        for target in targets:
+            writers[target.name](staged.path(target))
     return targets
 
 
@@ -747,6 +746,14 @@ def run(args: argparse.Namespace) -> int:
                               background_load=args.background_load)
     if args.output is not None:
         check_output(args.output, args.overwrite)
+    claim = claim_output(args.output, "--output", error=BenchmarkError) if args.output is not None else nullcontext()
+    with claim:
+        if args.output is not None:
+            check_output(args.output, args.overwrite)  # again, under the claim
+        return _run(args, settings)
+
+
+def _run(args: argparse.Namespace, settings: dict) -> int:
     if args.candidates is None and "onnxruntime" not in settings["candidates"]:
         print('note: onnxruntime is not timed: it needs pip install "mobilevit[export]"', file=sys.stderr)
     results = benchmark(**settings)

@@ -47,7 +47,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from . import auto
+from . import auto, limits
 from .conversion_utils import (
     ConversionError,
     convert_state_dict,
@@ -57,8 +57,9 @@ from .conversion_utils import (
     strip_ddp_prefix,
     unwrap_state_dict,
 )
-from .errors import report
-from .file_utils import check_output_dir, staged_directory, write_file_atomically
+from .cli import OneLineParser
+from .errors import run_reporting
+from .file_utils import check_output_dir, claim_output, staged_directory, write_file_atomically
 from .hub import push_folder_to_hub, write_model_card
 from .image_processing_mobilevit import MobileViTImageProcessor
 from .labels import label2id, label_set_for
@@ -93,6 +94,16 @@ def check_folder_runs(folder: Path, task: str, expected: dict[str, torch.Tensor]
                               f"(finite: {finite}); expected {want}, all finite")
 
 
+def check_finite(state_dict: dict[str, torch.Tensor]) -> None:
+    """Every floating-point tensor of the checkpoint is finite: NaN or infinity would make a model that outputs
+    nothing meaningful (and a NaN never equals itself, so it cannot even be checked after reloading)."""
+    bad = [key for key, tensor in state_dict.items()
+           if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+    if bad:
+        raise ConversionError(f"checkpoint: {len(bad)} tensors hold NaN or infinity (e.g. {bad[0]}); a model "
+                              "converted from them could not give meaningful outputs (was the training run diverging?)")
+
+
 def check_options(checkpoint: Path, output_dir: Path, *, variant: str, task: str, weights: str,
                   image_size: int | None, output_stride: int | None, overwrite: bool) -> None:
     """The one check of a conversion's arguments, before the checkpoint is read or anything is written."""
@@ -108,9 +119,8 @@ def check_options(checkpoint: Path, output_dir: Path, *, variant: str, task: str
             raise ConversionError(str(err), usage=True) from None
     if weights not in ("auto", "model", "ema"):
         raise ConversionError(f"weights: expected 'auto', 'model' or 'ema', got {weights!r}", usage=True)
-    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 32):
-        raise ConversionError(f"image_size: expected an integer >= 32 (the resolution the checkpoint was trained "
-                              f"at), got {image_size!r}", usage=True)
+    if image_size is not None:  # the resolution the checkpoint was trained at
+        limits.check_image_side("image_size", image_size, ConversionError)
     if output_stride not in (None, 8, 16, 32):
         raise ConversionError(f"output_stride: expected 8, 16 or 32, got {output_stride!r}", usage=True)
     if not checkpoint.is_file():
@@ -196,6 +206,7 @@ def convert_checkpoint(
     check_options(checkpoint, output_dir, variant=variant, task=task, weights=weights, image_size=image_size,
                   output_stride=output_stride, overwrite=overwrite)
 
+    claim = claim_output(output_dir, "output_dir", replaces=True, error=ConversionError)
     steps = tqdm(total=6, desc="convert", unit="step", disable=not progress)
 
     def step(name):
@@ -203,10 +214,14 @@ def convert_checkpoint(
         steps.update(1)
 
     try:
+        # under the claim, again: another run may have written the output since the check
+        check_output_dir(output_dir, "output_dir", [("checkpoint", checkpoint)], overwrite=overwrite,
+                         error=ConversionError)
         raw = read_checkpoint_file(checkpoint)
         source_sha256 = sha256_of_file(checkpoint)
         state_dict, weights_from = unwrap_state_dict(raw, weights)
         state_dict, stripped = strip_ddp_prefix(state_dict)
+        check_finite(state_dict)
         step("loaded")
 
         family = auto.family_for_checkpoint(state_dict)
@@ -232,9 +247,10 @@ def convert_checkpoint(
         model.load_state_dict(mapping.tensors, strict=True)
         step("renamed and checked")
 
-        with staged_directory(output_dir) as work:
+        with staged_directory(output_dir, overwrite=overwrite, error=ConversionError) as work:
             num_parameters = sum(p.numel() for p in model.parameters())
-            model.save_pretrained(str(work))
+            with auto.quiet_transformers():
+                model.save_pretrained(str(work))
             family.image_processor(config, task).save_pretrained(str(work))
             write_model_card(work, task=task, variant=variant, num_parameters=num_parameters,
                              image_size=config.image_size, num_labels=num_labels, dataset=dataset,
@@ -248,6 +264,7 @@ def convert_checkpoint(
         step("moved into place")
     finally:
         steps.close()
+        claim.release()
 
     result = ConversionResult(
         output_dir=output_dir, family=f"{family.title} ({family.model_type})", task=task, variant=variant,
@@ -290,6 +307,11 @@ def fix_preprocessing(folder: str | Path) -> dict[str, tuple]:
         raise ConversionError(f"fix_preprocessing: {err}") from None
     family = auto.family_of(config)
     path = folder / PROCESSOR_FILE
+    with claim_output(path, "--fix-preprocessing", error=ConversionError):  # not while a run writes the folder
+        return _fix_processor_file(path, config, family)
+
+
+def _fix_processor_file(path: Path, config, family) -> dict[str, tuple]:
     if not path.is_file():
         try:
             write_file_atomically(path, auto.image_processor_for(config).to_json_string().encode("utf-8"))
@@ -384,13 +406,10 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """conversion_scripts/convert_mlcvnets_checkpoint.py: the same command, reporting errors as `mobilevit` does."""
     prog = "convert_mlcvnets_checkpoint"
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog=prog, description="Convert an ml-cvnets checkpoint (classification or DeepLabV3) into a Hub folder.")
     add_arguments(parser)
-    try:
-        return run(parser.parse_args(argv))
-    except ConversionError as error:
-        return report(prog, error)
+    return run_reporting(prog, lambda: run(parser.parse_args(argv)))
 
 
 __all__ = ["convert_checkpoint", "check_folder_runs", "fix_preprocessing", "ConversionError", "ConversionResult",

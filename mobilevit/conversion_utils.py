@@ -81,7 +81,7 @@ def read_checkpoint_file(path: str | Path):
     except pickle.UnpicklingError as exc:
         if head[:1] != b"\x80" and head != b"PK\x03\x04":  # neither a pickle nor a zip: arbitrary bytes
             raise ConversionError(f"{shown} is not a PyTorch checkpoint (neither a zip archive nor a pickle)") from None
-        detail = _unpickler_reason(exc)
+        detail = unpickler_reason(exc)
         what = ("holds Python objects other than tensors and plain containers" if "global" in detail.lower()
                 else "is a pickle that torch's safe loader cannot read")
         raise ConversionError(
@@ -97,7 +97,7 @@ def read_checkpoint_file(path: str | Path):
                               ) from None
 
 
-def _unpickler_reason(exc: Exception) -> str:
+def unpickler_reason(exc: Exception) -> str:
     """What torch's safe unpickler objected to, without torch's surrounding advice (it suggests loading the file
     with weights_only=False, which would run its code, or allow-listing the offending class)."""
     text = str(exc)
@@ -301,5 +301,6 @@ def resolve(detected: str, requested: str | None, what: str, canonical) -> str:
     return requested
 
 
-__all__ = ["ConversionError", "RenameTable", "CheckpointConverter", "convert_state_dict", "read_checkpoint_file",
+__all__ = ["ConversionError", "RenameTable", "unpickler_reason", "CheckpointConverter", "convert_state_dict",
+           "read_checkpoint_file",
            "unwrap_state_dict", "strip_ddp_prefix", "sha256_of_file", "resolve"]

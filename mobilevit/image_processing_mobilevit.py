@@ -48,6 +48,7 @@ from transformers.image_utils import (
 from transformers.processing_utils import ImagesKwargs, Unpack
 
 from .image_reading import image_pixels, label_map
+from .limits import MAX_RESULTS_PER_IMAGE
 from .ssd import MLCVNETS_V02, PostProcessing, center_to_corners, select_detections
 
 # ml-cvnets' `Resize` is cv2.resize(INTER_LINEAR) on uint8: weights are quantised to 11 bits (2048 = 1.0).
@@ -388,8 +389,9 @@ class MobileViTImageProcessor(BaseImageProcessor):
             else MLCVNETS_V02
         if threshold is not None and not (_is_number(threshold) and 0.0 <= threshold <= 1.0):
             raise ValueError(f"threshold: expected a score in [0, 1], got {threshold!r}")
-        if top_k is not None and not _is_positive_int(top_k):
-            raise ValueError(f"top_k: expected a positive integer, got {top_k!r}")
+        if top_k is not None and not (_is_positive_int(top_k) and top_k <= MAX_RESULTS_PER_IMAGE):
+            raise ValueError(f"top_k: expected an integer from 1 to {MAX_RESULTS_PER_IMAGE} (mobilevit.limits), got "
+                             f"{top_k!r}")
         logits, pred_boxes = _detector_outputs(outputs)
         if target_sizes is not None:
             if isinstance(target_sizes, torch.Tensor):

@@ -61,11 +61,21 @@ def open_image(source: str | os.PathLike | bytes, name: str | None = None, *, qu
         if path.is_dir():
             raise ImageError(f"image {name} is a folder, expected an image file")
     try:
-        with PIL.Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+        with warnings.catch_warnings():  # Pillow only warns between MAX_IMAGE_PIXELS and twice that: refused below
+            warnings.simplefilter("ignore", PIL.Image.DecompressionBombWarning)
+            opened = PIL.Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        with opened as image:
+            limit = PIL.Image.MAX_IMAGE_PIXELS
+            if limit is not None and image.width * image.height > limit:
+                raise ImageError(f"image {name} is too large to decode safely ({image.width}x{image.height} = "
+                                 f"{image.width * image.height:,} pixels, more than Pillow's MAX_IMAGE_PIXELS "
+                                 f"{limit:,}); shrink it first")
             if quick and image.format == "JPEG":
                 image.draft(None, (1, 1))
             image.load()
             return PIL.ImageOps.exif_transpose(image)
+    except ImageError:
+        raise
     except PIL.UnidentifiedImageError:
         raise ImageError(f"image {name} is not an image file Pillow can read") from None
     except PermissionError:

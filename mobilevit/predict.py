@@ -20,14 +20,21 @@ image); a mistake ends with one line on stderr, `mobilevit predict: error: ...`,
 from __future__ import annotations
 
 import argparse
-import json
-from contextlib import contextmanager
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 
+from . import limits
 from .errors import UserError
-from .file_utils import check_output_dir, write_file_atomically
+from .file_utils import (
+    check_output_dir,
+    check_output_files,
+    claim_output,
+    json_text,
+    staged_outputs,
+    write_file_atomically,
+)
 from .image_reading import image_pixels, open_image
 from .tasks import CLASSIFICATION, OBJECT_DETECTION, SEGMENTATION, canonical_task
 
@@ -66,25 +73,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from . import auto
+
     device = check_arguments(args)
-    with _quiet_transformers():
+    with auto.quiet_transformers():
         model, processor, task = _load(args)
     outputs = planned_outputs(args, task)
-    images = [read_image(path, processor) for path in args.images]  # every input is checked before any work
-    model.to(device)
-    if task == CLASSIFICATION:
-        results = classify(model, processor, images, args.images, args.top_k)
-        if outputs:
-            write_file_atomically(outputs[0], json.dumps(results, indent=2).encode())
-    elif task == OBJECT_DETECTION:
-        results = [detect_and_draw(model, processor, image, path, figure, args.threshold, args.max_detections)
-                   for image, path, figure in zip(images, args.images, outputs[1:])]
-        write_file_atomically(outputs[0], json.dumps(results, indent=2).encode())
-    else:
-        results = [segment_and_save(model, processor, image, path, *pair)
-                   for image, path, pair in zip(images, args.images, zip(outputs[::2], outputs[1::2]))]
+    # one run writes an output folder at a time (file_utils.claim_output); the outputs are checked again under it
+    with claim_output(args.output_dir, "--output-dir", error=PredictError) if outputs else nullcontext():
+        outputs = planned_outputs(args, task)
+        images = [read_image(path, processor) for path in args.images]  # every input is checked before any work
+        model.to(device)
+        if task == CLASSIFICATION:
+            results = classify(model, processor, images, args.images, args.top_k)
+            if outputs:
+                write_file_atomically(outputs[0], json_text(results).encode(), overwrite=args.overwrite,
+                                      argument="--output-dir", error=PredictError)
+        elif task == OBJECT_DETECTION:
+            results = detect_and_draw_all(model, processor, images, args.images, outputs, args.threshold,
+                                          args.max_detections, overwrite=args.overwrite)
+        else:
+            results = [segment_and_save(model, processor, image, path, *pair, overwrite=args.overwrite)
+                       for image, path, pair in zip(images, args.images, zip(outputs[::2], outputs[1::2]))]
     if args.json:
-        print(json.dumps(results, indent=2))
+        print(json_text(results))
     else:
         print_results(results)
     return 0
@@ -93,12 +105,10 @@ def run(args: argparse.Namespace) -> int:
 # -- checks before any work ----------------------------------------------------------------------------------
 def check_arguments(args: argparse.Namespace):
     """The one place where predict's arguments are checked; returns the torch device."""
-    if args.top_k < 1:
-        raise PredictError(f"--top-k: expected a positive integer, got {args.top_k}", usage=True)
-    if not 0.0 <= args.threshold <= 1.0:  # NaN fails too
-        raise PredictError(f"--threshold: expected a score in [0, 1], got {args.threshold}", usage=True)
-    if args.max_detections is not None and args.max_detections < 1:
-        raise PredictError(f"--max-detections: expected a positive integer, got {args.max_detections}", usage=True)
+    limits.check_results_per_image("--top-k", args.top_k, PredictError)
+    limits.check_number("--threshold", args.threshold, 0.0, 1.0, error=PredictError)  # a score; NaN fails too
+    if args.max_detections is not None:
+        limits.check_results_per_image("--max-detections", args.max_detections, PredictError)
     if args.task != "auto":
         try:
             args.task = canonical_task(args.task, allowed=PREDICT_TASKS)
@@ -133,22 +143,6 @@ def check_device(name: str):
 
 def _model_folder(args) -> list[tuple[str, str]]:
     return [("--model", args.model)] if Path(args.model).is_dir() else []
-
-
-@contextmanager
-def _quiet_transformers():
-    """transformers' loading bar and load report stay off the command line (errors come as one line)."""
-    from transformers.utils import logging as transformers_logging
-
-    verbosity, bars = transformers_logging.get_verbosity(), transformers_logging.is_progress_bar_enabled()
-    transformers_logging.set_verbosity_error()
-    transformers_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        transformers_logging.set_verbosity(verbosity)
-        if bars:
-            transformers_logging.enable_progress_bar()
 
 
 def _load(args):
@@ -197,6 +191,8 @@ def planned_outputs(args, task: str) -> list[Path]:
         suffixes = ("_mask.png", "_segmentation.png") if task == SEGMENTATION else ("_detections.png",)
         paths = [Path(args.output_dir) / DETECTIONS_FILE] if task == OBJECT_DETECTION else []
         paths += [Path(args.output_dir) / f"{stem}{suffix}" for stem in stems for suffix in suffixes]
+    # names the file system holds, no dangling links, no folder in the way, leftovers of a killed run put right
+    check_output_files(paths, "--output-dir", overwrite=True, error=PredictError)
     inputs = {Path(image).resolve() for image in args.images}
     for path in paths:
         if path.resolve() in inputs:
@@ -228,7 +224,10 @@ def classify(model, processor, images: list, names: list[str], top_k: int) -> li
         for image, name in zip(images, names):
             pixels = processor(images=image, input_data_format="channels_last",
                                return_tensors="pt")["pixel_values"].to(model.device)
-            probabilities = model(pixel_values=pixels).logits.softmax(-1)[0]
+            logits = model(pixel_values=pixels).logits
+            if not bool(logits.isfinite().all()):
+                raise PredictError(f"image {name!r}: the model's outputs hold NaN or infinity")
+            probabilities = logits.softmax(-1)[0]
             scores, indices = probabilities.topk(k)
             results.append({
                 "image": name,
@@ -248,6 +247,8 @@ def segment(model, processor, image) -> np.ndarray:
         inputs = processor(images=image, input_data_format="channels_last", do_center_crop=False,
                            return_tensors="pt").to(model.device)
         outputs = model(**inputs)
+        if not bool(outputs.logits.isfinite().all()):
+            raise PredictError("the model's outputs hold NaN or infinity for this image")
         return processor.post_process_semantic_segmentation(outputs, target_sizes=[(height, width)])[0].cpu().numpy()
 
 
@@ -259,16 +260,21 @@ def class_areas(class_map: np.ndarray, id2label: dict) -> list[dict]:
             for i in order]
 
 
-def segment_and_save(model, processor, image, path: str, mask_path: Path, figure_path: Path) -> dict:
+def segment_and_save(model, processor, image, path: str, mask_path: Path, figure_path: Path,
+                     overwrite: bool = True) -> dict:
     class_map = segment(model, processor, image)
     areas = class_areas(class_map, model.config.id2label)
     palette = color_palette(model.config.num_labels)
-    write_file_atomically(mask_path, palette_png(class_map, palette))
-    write_file_atomically(figure_path, segmentation_figure(_display_rgb(image), class_map, palette, areas))
+    # the mask and its figure appear together or not at all (file_utils.staged_outputs)
+    with staged_outputs([mask_path, figure_path], overwrite=overwrite, argument="--output-dir",
+                        error=PredictError) as staged:
+        staged.path(mask_path).write_bytes(palette_png(class_map, palette))
+        staged.path(figure_path).write_bytes(segmentation_figure(_display_rgb(image), class_map, palette, areas))
     return {"image": path, "mask": str(mask_path), "figure": str(figure_path), "areas": areas}
 
 
-def detect(model, processor, image, threshold: float, top_k: int | None = None) -> list[dict]:
+def detect(model, processor, image, threshold: float, top_k: int | None = None, name: str = "this image"
+           ) -> list[dict]:
     """Detections of a H x W x C image in its own pixels: [{"label", "score", "box": {"xmin", "ymin", "xmax",
     "ymax"}}], best first. The whole image goes in (squashed to the model's size, no crop), the boxes come back
     scaled to the image."""
@@ -278,7 +284,10 @@ def detect(model, processor, image, threshold: float, top_k: int | None = None) 
     with torch.inference_mode():
         inputs = processor(images=image, input_data_format="channels_last", do_center_crop=False,
                            return_tensors="pt").to(model.device)
-        found = processor.post_process_object_detection(model(**inputs), threshold=threshold,
+        outputs = model(**inputs)
+        if not (bool(outputs.logits.isfinite().all()) and bool(outputs.pred_boxes.isfinite().all())):
+            raise PredictError(f"image {name!r}: the model's outputs hold NaN or infinity")
+        found = processor.post_process_object_detection(outputs, threshold=threshold,
                                                         target_sizes=[(height, width)], top_k=top_k)[0]
     order = found["scores"].argsort(descending=True, stable=True).tolist()
     return [{"label": model.config.id2label[int(found["labels"][i])], "class_id": int(found["labels"][i]),
@@ -287,12 +296,22 @@ def detect(model, processor, image, threshold: float, top_k: int | None = None) 
             for i in order]
 
 
-def detect_and_draw(model, processor, image, path: str, figure_path: Path, threshold: float,
-                    top_k: int | None) -> dict:
-    detections = detect(model, processor, image, threshold, top_k)
+def detect_and_draw_all(model, processor, images: list, names: list[str], outputs: list[Path], threshold: float,
+                        max_detections: int | None, overwrite: bool = True) -> list[dict]:
+    """Detect objects in every image and write a picture of each plus detections.json (`outputs`: that file, then
+    the pictures in the images' order). They describe each other, so they are committed together
+    (file_utils.staged_outputs; detections.json, the manifest, arrives last): all appear or none."""
     palette = color_palette(max(model.config.num_labels, 2))
-    write_file_atomically(figure_path, detections_picture(_display_rgb(image), detections, palette))
-    return {"image": path, "figure": str(figure_path), "detections": detections}
+    manifest, figures = outputs[0], outputs[1:]
+    results = []
+    with staged_outputs([*figures, manifest], overwrite=overwrite, argument="--output-dir",
+                        error=PredictError) as staged:
+        for image, name, figure in zip(images, names, figures):
+            detections = detect(model, processor, image, threshold, max_detections, name)
+            staged.path(figure).write_bytes(detections_picture(_display_rgb(image), detections, palette))
+            results.append({"image": name, "figure": str(figure), "detections": detections})
+        staged.path(manifest).write_text(json_text(results))
+    return results
 
 
 def _display_rgb(pixels) -> np.ndarray:

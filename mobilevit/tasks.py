@@ -41,5 +41,10 @@ def canonical_task(name, allowed=TASKS) -> str:
     return key
 
 
-__all__ = ["CLASSIFICATION", "SEGMENTATION", "FEATURE_EXTRACTION", "OBJECT_DETECTION", "TASKS", "TASK_ALIASES",
-           "PIPELINE_TASKS", "canonical_task"]
+def a_task(task: str) -> str:
+    """"an image-classification", "a semantic-segmentation": a task named in a sentence."""
+    return f"{'an' if task[:1] in 'aeiou' else 'a'} {task}"
+
+
+__all__ = ["a_task", "CLASSIFICATION", "SEGMENTATION", "FEATURE_EXTRACTION", "OBJECT_DETECTION", "TASKS",
+           "TASK_ALIASES", "PIPELINE_TASKS", "canonical_task"]

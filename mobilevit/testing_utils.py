@@ -7,6 +7,9 @@ the one of the ml-cvnets fixtures (`shared/fixtures/mlcvnets/weights.py`): weigh
 small biases, BatchNorm statistics and norm affine parameters far from (0, 1) (LayerNorm and GroupNorm
 alike), and every 16th BatchNorm channel with a running variance of the order of eps, so that an eps
 mistake moves the outputs visibly.
+
+`colour_class_folders` writes a tiny image-folder data set (one colour per class, with noise) that a model
+learns in one epoch: what the command-line tests and `tests/bad_input_cases.py` train on.
 """
 
 from __future__ import annotations
@@ -62,3 +65,19 @@ def shared_fixtures_dir(name: str = "mlcvnets") -> Path | None:
         if (path / "weights.py").is_file():
             return path
     return None
+
+
+def colour_class_folders(root: str | os.PathLike, names, per_class: int = 6, seed: int = 0) -> Path:
+    """`root/<name>/<i>.png` for each class name: 36x36 images of the class's own colour plus noise."""
+    import numpy as np
+    from PIL import Image
+
+    root, rng = Path(root), np.random.default_rng(seed)
+    for k, name in enumerate(names):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            colour = np.array([(70 * k) % 256, (40 * k + 90) % 256, (250 - 50 * k) % 256])
+            pixels = np.clip(colour + rng.normal(0, 15, (36, 36, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i}.png")
+    return root
+

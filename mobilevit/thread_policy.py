@@ -26,18 +26,13 @@ import time
 
 import torch
 
+from .limits import usable_cpus
+
 ENV_SWITCH = "MOBILEVIT_THREAD_POLICY"
 MIN_CPU_SHARE = 0.8  # of the CPUs a forward asked for; measured: idle 0.85-1.0, one busy process beside 0.52-0.74
 LOW_SHARE_CALLS = 2  # forwards in a row under MIN_CPU_SHARE before dropping to one thread
 MIN_MEASURED_S = 0.003  # shorter forwards say too little (thread wake-up dominates)
 RETRY_AFTER_S = 2.0
-
-
-def _available_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def _runnable_tasks() -> int | None:
@@ -63,7 +58,7 @@ class ThreadPolicy:
             return requested
         runnable = _runnable_tasks()
         # runnable counts this thread; the other `requested - 1` threads need that many idle CPUs
-        idle_enough = runnable is not None and runnable - 1 + requested <= _available_cpus()
+        idle_enough = runnable is not None and runnable - 1 + requested <= usable_cpus()
         if idle_enough or time.monotonic() - self._since > RETRY_AFTER_S:
             # a probe on a still-busy machine goes back to one thread after one slow forward, not two
             self.single_thread, self._low_share_calls = False, 0 if idle_enough else LOW_SHARE_CALLS - 1
@@ -73,7 +68,7 @@ class ThreadPolicy:
     def _record(self, threads: int, wall: float, cpu: float) -> None:
         if threads < 2 or wall < MIN_MEASURED_S:
             return
-        if cpu / (wall * min(threads, _available_cpus())) < MIN_CPU_SHARE:  # more threads than CPUs: not contention
+        if cpu / (wall * min(threads, usable_cpus())) < MIN_CPU_SHARE:  # more threads than CPUs: not contention
             self._low_share_calls += 1
             if self._low_share_calls >= LOW_SHARE_CALLS:
                 self.single_thread, self._since = True, time.monotonic()

@@ -247,6 +247,11 @@ def broken_checkpoints(tmp_path: Path) -> dict[str, tuple[Path, list[str], str]]
     extra = dict(good, **{"layer_3.1.adapter.weight": torch.zeros(4)})
     cases["extra key"] = (save_checkpoint(extra, tmp_path / "extra.pt"), [],
                           "1 keys that no rename rule matches:\n  layer_3.1.adapter.weight")
+    poisoned = dict(good)  # was "1 tensors differ after reloading": a NaN never equals itself
+    first = next(key for key, tensor in good.items() if tensor.is_floating_point())
+    poisoned[first] = good[first].clone().fill_(float("nan"))
+    cases["nan weight"] = (save_checkpoint(poisoned, tmp_path / "nan.pt"), [],
+                           f"checkpoint: 1 tensors hold NaN or infinity (e.g. {first})")
     cases["wrong variant"] = (full, ["--variant", "small"], "--variant small was given, but the checkpoint's "
                                                               "tensors are those of a xx-small model")
     cases["wrong task"] = (full, ["--task", "segmentation"], "--task semantic-segmentation was given")

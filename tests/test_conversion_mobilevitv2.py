@@ -279,7 +279,7 @@ def test_384_release_and_contradictions_fail_clearly(tmp_path, converted, capsys
                                                  "are those of a mobilevitv2-0.5 model"),
              (["--variant", "small"], "variant: expected one of"),
              (["--output-stride", "16"], "output_stride: only segmentation checkpoints have one"),
-             (["--image-size", "16"], "image_size: expected an integer >= 32")]
+             (["--image-size", "16"], "image_size: expected an integer from 32 to 8192")]
     for extra, message in cases:
         with pytest.raises(ValueError, match=re.escape(message)):  # ConversionError, or the variant's ValueError
             convert_checkpoint(checkpoint, tmp_path / "bad", progress=False,

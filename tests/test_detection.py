@@ -231,7 +231,13 @@ def test_backbone_feature_maps_and_channels(config):
 def test_a_classifier_folder_loads_as_a_detector_to_train(saved_classifier):
     """Detection fine-tuning starts from a classification checkpoint: its backbone, new SSD heads."""
     classifier = auto.load_model(saved_classifier)
-    detector = auto.load_model(saved_classifier, "object-detection", num_labels=4, ignore_mismatched_sizes=True)
+    labels = {0: "background", 1: "a", 2: "b", 3: "c"}
+    with pytest.raises(auto.NotAModelError, match="holds an image-classification model, whose weights have no "
+                                                  "object-detection head .*new_head="):
+        auto.load_model(saved_classifier, "object-detection")  # never a random head unasked
+    detector = auto.load_model(saved_classifier, "object-detection",
+                               new_head={"id2label": labels, "label2id": {v: k for k, v in labels.items()}})
+    assert any(key.startswith("ssd.") for key in detector.new_tensors)
     assert detector.config.out_features == ["stage4", "stage5"]  # the detector's levels, whatever the folder named
     assert torch.equal(detector.mobilevit.conv_stem.convolution.weight, classifier.mobilevit.conv_stem.convolution.weight)
     assert detector(torch.rand(1, 3, 64, 64)).logits.shape[-1] == 4

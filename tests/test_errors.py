@@ -66,3 +66,66 @@ def test_help_shows_the_defaults(capsys, command, shown):
     for expected in shown:
         assert expected in text, expected
     assert "(default: None)" not in text and "(default: False)" not in text
+
+
+# -- Ctrl-C, SIGTERM and what the machine refuses: one line and an exit code, wherever they happen -------------------
+import errno
+
+from mobilevit.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated
+
+
+@pytest.mark.parametrize("raised, code, line", [
+    (KeyboardInterrupt(), EXIT_INTERRUPTED, "mobilevit fake: interrupted (Ctrl-C); nothing was replaced"),
+    (Terminated(), EXIT_TERMINATED, "mobilevit fake: terminated (SIGTERM); nothing was replaced"),
+    (OSError(errno.ENOSPC, "No space left on device", "/out/.x.tmp/model.safetensors"), EXIT_DATA,
+     "mobilevit fake: error: the disk is full (/out/.x.tmp/model.safetensors): No space left on device [errno ENOSPC]"),
+    (OSError(errno.ENAMETOOLONG, "File name too long"), EXIT_DATA,
+     "mobilevit fake: error: a name is longer than the file system allows: File name too long"),
+    (MemoryError(), EXIT_DATA, "mobilevit fake: error: ran out of memory"),
+])
+def test_interruptions_and_refusals_of_the_machine_are_one_line(fake_command, capsys, raised, code, line):
+    fake_command.append(raised)
+    assert cli.main(["fake"]) == code
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith(line), err
+
+
+def test_safetensors_io_errors_are_read_for_their_os_error(fake_command, capsys):
+    from safetensors import SafetensorError
+
+    fake_command.append(SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, '
+                                        'message: "No space left on device" })'))
+    assert cli.main(["fake"]) == EXIT_DATA
+    assert "the disk is full: No space left on device [errno ENOSPC]" in capsys.readouterr().err
+    fake_command[0] = SafetensorError("Error while serializing: I/O error: File too large (os error 27)")
+    assert cli.main(["fake"]) == EXIT_DATA
+    assert "the file is larger than this system allows: File too large [errno EFBIG]" in capsys.readouterr().err
+
+
+def test_other_os_errors_stay_bugs(fake_command):
+    fake_command.append(OSError(errno.EBADF, "Bad file descriptor"))
+    with pytest.raises(OSError):
+        cli.main(["fake"])
+
+
+def test_a_malformed_command_line_is_one_line(capsys):
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["train", "--data", "d", "--output-dir", "o", "--batch-size", "abc"])
+    err = capsys.readouterr().err
+    assert exited.value.code == EXIT_USAGE and len(err.strip().splitlines()) == 1
+    assert err.startswith("mobilevit train: error: argument --batch-size: invalid int value: 'abc'")
+
+
+def test_ctrl_c_in_the_middle_of_a_conversion_leaves_nothing(tmp_path, capsys, monkeypatch):
+    """Ctrl-C during convert printed a KeyboardInterrupt traceback and exited 1."""
+    from mobilevit import conversion
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(conversion, "read_checkpoint_file", interrupted)
+    (tmp_path / "x.pt").write_bytes(b"weights")
+    assert cli.main(["convert", "--checkpoint", str(tmp_path / "x.pt"), "--output-dir", str(tmp_path / "out"),
+                     "--no-progress"]) == EXIT_INTERRUPTED
+    assert capsys.readouterr().err == "mobilevit convert: interrupted (Ctrl-C); nothing was replaced\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.pt"]

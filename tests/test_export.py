@@ -116,8 +116,8 @@ def export_cli(*args):
     (["--format", "litert", "--quantize", "fp16"], "m.tflite", 2, ["--quantize", "LiteRT exports int8", "'fp16'"]),
     (["--format", "executorch"], "m.onnx", 2, ["--output", "ending in .pte"]),
     (["--format", "onnx", "--quantize", "int8"], "m.onnx", 2, ["--calibration-data", "calibrate"]),
-    (["--format", "onnx", "--calibration-size", "0"], "m.onnx", 2, ["--calibration-size", "integer >= 1", "0"]),
-    (["--format", "onnx", "--image-size", "16"], "m.onnx", 2, ["--image-size", ">= 32"]),
+    (["--format", "onnx", "--calibration-size", "0"], "m.onnx", 2, ["--calibration-size", "a positive integer", "0"]),
+    (["--format", "onnx", "--image-size", "16"], "m.onnx", 2, ["--image-size", "from 32 to 8192"]),
     (["--format", "onnx", "--threads", "0"], "m.onnx", 2, ["--threads"]),
 ])
 def test_wrong_arguments_are_one_line_usage_errors(model_dir, tmp_path, capsys, args, output_name, code, words):
@@ -143,7 +143,7 @@ def test_folder_where_a_file_is_wanted(model_dir, tmp_path, capsys):
     (tmp_path / "model.pte").mkdir()
     assert export_cli("--format", "executorch", "--model", model_dir, "--output", tmp_path / "model.pte",
                       "--overwrite") == 2
-    assert "is a folder; it cannot be replaced by the export's file" in capsys.readouterr().err
+    assert "is a folder; it cannot be replaced by the file this run writes" in capsys.readouterr().err
 
 
 def test_missing_model_folder_and_missing_parent(tmp_path, capsys):
@@ -201,9 +201,10 @@ def test_a_killed_export_leaves_only_a_staging_folder_that_the_next_run_removes(
     target = tmp_path / "model.onnx"
     script = textwrap.dedent(f"""
         import pathlib, sys, time
-        from mobilevit.export.common import StagedOutputs
-        staged = StagedOutputs([pathlib.Path({str(target)!r})])
-        staged.path(pathlib.Path({str(target)!r})).write_bytes(b"")  # the half-written artefact
+        from mobilevit.file_utils import StagedOutputs
+        target = pathlib.Path({str(target)!r})
+        staged = StagedOutputs([target, target.with_name(target.name + ".json")])
+        staged.path(target).write_bytes(b"")  # the half-written artefact
         print(staged.folder, flush=True)
         time.sleep(60)
     """)
@@ -211,12 +212,12 @@ def test_a_killed_export_leaves_only_a_staging_folder_that_the_next_run_removes(
     folder = child.stdout.readline().strip()
     os.kill(child.pid, signal.SIGKILL)
     child.wait()
-    assert not target.exists()  # no 0-byte file at the output
+    assert folder and not target.exists()  # no 0-byte file at the output
     assert [p.name for p in tmp_path.iterdir()] == [os.path.basename(folder)]
 
-    from mobilevit.export.common import remove_leftovers
+    from mobilevit.file_utils import remove_abandoned_leftovers
 
-    assert [p.name for p in remove_leftovers(target)] == [os.path.basename(folder)]
+    assert [p.name for p in remove_abandoned_leftovers([target])] == [os.path.basename(folder)]
     assert list(tmp_path.iterdir()) == []
 
 
@@ -272,6 +273,37 @@ def test_refuses_to_overwrite(exported, capsys):
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Labelled data is read against the model's classes, by name (issue 27)
+# ---------------------------------------------------------------------------------------------------------
+def _photo_folder(root, names, per_class=2):
+    import numpy as np
+    from PIL import Image
+
+    for k, name in enumerate(names):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(np.full((40, 40, 3), 40 * k + i, np.uint8)).save(root / name / f"{i}.png")
+    return root
+
+
+def test_eval_data_holding_some_of_the_models_classes_is_measured_by_name(tmp_path):
+    """A folder holding a subset of the classes got ids from its own order: accuracy 0.0000."""
+    from mobilevit.export.common import ExportError
+    from mobilevit.export.data import read_split
+
+    id2label = {0: "cat", 1: "dog", 2: "eel", 3: "fox"}
+    data = _photo_folder(tmp_path / "subset", ["dog", "fox"])
+    images = read_split(data, "train", "--eval-data", labelled=True, task="image-classification", id2label=id2label,
+                        model="'m'")
+    assert [label for _, labels in images.batches(3) for label in labels] == [1, 1, 3, 3]
+    _photo_folder(tmp_path / "extra", ["dog", "gnu"])
+    with pytest.raises(ExportError, match=r"--eval-data .*extra'\[train\]: holds the class 'gnu', which the model 'm' "
+                                          r"lacks \(its classes: 'cat', 'dog', 'eel', 'fox'\)"):
+        read_split(tmp_path / "extra", "train", "--eval-data", labelled=True, task="image-classification",
+                   id2label=id2label, model="'m'")
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Detectors: the graph ends at scores and decoded boxes; anchors are a constant in a fixed-size graph
 # ---------------------------------------------------------------------------------------------------------
 def test_detector_graph_ends_at_scores_and_corner_boxes():
@@ -294,3 +326,19 @@ def test_detector_graph_ends_at_scores_and_corner_boxes():
     operators = {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
     assert not [op for op in operators if "arange" in op or "expand" in op]  # the anchors are one lifted constant
     assert len(program.constants) == 1 and next(iter(program.constants.values())).shape == (142, 4)
+
+
+def test_onnxruntime_quantizers_advice_stays_off_the_screen(caplog):
+    """int8 ONNX printed 'WARNING:root:Please consider to run pre-processing before quantization' twice."""
+    import logging
+
+    from mobilevit.export.common import quiet_exporters
+
+    def logged_from(filename: str, message: str):  # a `logging.warning` call made from that file
+        exec(compile(f"import logging\nlogging.warning({message!r})", filename, "exec"), {})
+
+    with quiet_exporters():
+        logged_from("/site-packages/onnxruntime/quantization/quantize.py", "Please consider to run pre-processing")
+        logged_from("/site-packages/somewhere/else.py", "a warning of another library")
+    assert [record.getMessage() for record in caplog.records] == ["a warning of another library"]
+    assert not logging.getLogger().filters

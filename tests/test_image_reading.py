@@ -263,3 +263,16 @@ def test_pil_pixels_are_read_in_place_and_stay_valid():
     assert torch.equal(_arrow_view(PIL.Image.fromarray(rgba)), torch.from_numpy(rgba))
     assert _arrow_view(PIL.Image.new("RGB", (4000, 3000))) is None  # 48 MB: several blocks in Pillow
     assert _arrow_view(PIL.Image.fromarray(flower).convert("L")) is None  # other modes are decoded as before
+
+
+def test_images_between_the_pixel_limit_and_twice_it_are_refused_too(tmp_path, monkeypatch):
+    """README says images above MAX_IMAGE_PIXELS are refused; Pillow itself only warns up to twice that."""
+    monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 1000)
+    PIL.Image.new("RGB", (40, 30)).save(tmp_path / "over.png")  # 1,200 pixels: over the limit, under twice it
+    PIL.Image.new("RGB", (25, 40)).save(tmp_path / "at.png")  # 1,000 pixels: at the limit
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # and no DecompressionBombWarning on the way
+        with pytest.raises(ImageError, match=r"too large to decode safely \(40x30 = 1,200 pixels, more than Pillow's "
+                                             r"MAX_IMAGE_PIXELS 1,000\)"):
+            open_image(tmp_path / "over.png")
+        assert open_image(tmp_path / "at.png").size == (25, 40)

@@ -133,6 +133,7 @@ import torch
 from mobilevit import MobileViTImageProcessor, auto
 from mobilevit import predict as predict_module
 from mobilevit.errors import EXIT_DATA, EXIT_USAGE
+from mobilevit.predict import PredictError
 
 
 def one_line_error(capsys, *argv) -> tuple[int, str]:
@@ -215,7 +216,7 @@ def test_a_missing_model_folder_says_so(images, capsys, model, message):
     (["--device", "meta"], "--device: expected one of cpu, cuda, mps, xpu", EXIT_USAGE),
     (["--device", "cuda"], "--device: expected a device this machine has, got 'cuda' (torch sees no cuda device here)",
      EXIT_DATA),
-    (["--top-k", "0"], "--top-k: expected a positive integer, got 0", EXIT_USAGE),
+    (["--top-k", "0"], "--top-k: expected an integer from 1 to 100000", EXIT_USAGE),
     (["--task", "depth-estimation"], "--task: expected one of", EXIT_USAGE),
 ])
 def test_bad_arguments_are_refused_before_loading_anything(saved_classifier, images, capsys, monkeypatch, argv,
@@ -428,10 +429,62 @@ def test_detection_prints_boxes_and_respects_threshold_and_cap(saved_detector, i
     assert code == 1 and "already exists" in err  # nothing replaced without --overwrite
 
 
+def test_detection_outputs_land_whole(saved_detector, images, tmp_path, capsys, monkeypatch):
+    """detections.json describes every picture: a run that fails at its second image leaves none of them (the
+    pictures were written one by one), and a rerun with --overwrite replaces the set as one."""
+    shutil.copy(images / "photo.jpg", tmp_path / "second.jpg")
+    out_dir = tmp_path / "out"
+    code, _, err = run(capsys, images / "photo.jpg", "--model", saved_detector, "--output-dir", out_dir)
+    assert code == 0, err
+    before = {name: (out_dir / name).read_bytes() for name in os.listdir(out_dir)}
+    drawn = []
+
+    def second_fails(photo, detections, palette):
+        drawn.append(photo)
+        if len(drawn) == 2:
+            raise PredictError("image 'second.jpg': cannot be drawn (as a full disk would end it)")
+        return b"new picture"
+
+    monkeypatch.setattr(predict_module, "detections_picture", second_fails)
+    code, line = one_line_error(capsys, images / "photo.jpg", tmp_path / "second.jpg", "--model", saved_detector,
+                                "--output-dir", out_dir, "--overwrite")
+    assert code == EXIT_DATA and "cannot be drawn" in line
+    assert {name: (out_dir / name).read_bytes() for name in os.listdir(out_dir)} == before  # not a file changed
+    monkeypatch.setattr(predict_module, "detections_picture", lambda *a: b"new picture")
+    code, out, err = run(capsys, images / "photo.jpg", tmp_path / "second.jpg", "--model", saved_detector,
+                         "--output-dir", out_dir, "--overwrite", "--json")
+    assert code == 0, err
+    assert sorted(os.listdir(out_dir)) == ["detections.json", "photo_detections.png", "second_detections.png"]
+    assert [r["image"] for r in json.loads((out_dir / "detections.json").read_text())] == [
+        str(images / "photo.jpg"), str(tmp_path / "second.jpg")]
+
+
+@pytest.mark.parametrize("setting, message", [
+    ({"detections_per_image": 10**9}, "detection_postprocessing.detections_per_image: expected an integer from 1 to "
+                                      "100000"),
+    ({"candidates_per_class": 0}, "detection_postprocessing.candidates_per_class: expected an integer from 1 to"),
+    ({"score_threshold": float("nan")}, "detection_postprocessing.score_threshold: expected a number in [0, 1]"),
+])
+def test_a_detection_rule_outside_the_limits_is_one_line(saved_detector, images, tmp_path, capsys, setting,
+                                                         message):
+    folder = tmp_path / "detector"
+    shutil.copytree(saved_detector, folder)
+    file = folder / "preprocessor_config.json"
+    config = json.loads(file.read_text())
+    config["detection_postprocessing"] = {**(config.get("detection_postprocessing") or {}), **setting}
+    file.write_text(json.dumps(config))
+    code, line = one_line_error(capsys, images / "photo.jpg", "--model", folder)
+    assert code == EXIT_DATA and message in line and str(file) in line
+
+
 @pytest.mark.parametrize("argv, message", [
-    (["--threshold", "1.5"], "--threshold: expected a score in [0, 1], got 1.5"),
-    (["--threshold", "nan"], "--threshold: expected a score in [0, 1], got nan"),
-    (["--max-detections", "0"], "--max-detections: expected a positive integer, got 0"),
+    (["--threshold", "1.5"], "--threshold: expected a finite number in [0, 1], got 1.5"),
+    (["--threshold", "nan"], "--threshold: expected a finite number in [0, 1], got nan"),
+    (["--max-detections", "0"], "--max-detections: expected an integer from 1 to 100000 (more than a picture or a "
+                                "JSON file of results can usefully hold), got 0"),
+    (["--max-detections", "100001"], "can usefully hold), got 100001"),
+    (["--top-k", "10000000000000000000000"], "--top-k: expected an integer from 1 to 100000 (more than a picture or a "
+                                             "JSON file of results can usefully hold), got 10000000000000000000000"),
 ])
 def test_bad_detection_arguments(saved_detector, images, capsys, argv, message):
     code, _, err = run(capsys, images / "photo.jpg", "--model", saved_detector, *argv)

@@ -116,8 +116,10 @@ def test_rule_settings_are_checked():
         PostProcessing(order="random")
     with pytest.raises(ValueError, match="unknown settings"):
         PostProcessing.from_dict({"top_k": 3})
-    with pytest.raises(ValueError, match="detections_per_image: expected a positive integer"):
+    with pytest.raises(ValueError, match="detections_per_image: expected an integer from 1 to 100000"):
         PostProcessing(detections_per_image=0)
+    with pytest.raises(ValueError, match=r"candidates_per_class: expected an integer from 1 to 100000 \(mobilevit.limits"):
+        PostProcessing(candidates_per_class=10**12)  # the limits module bounds a rule's counts too (issue 27)
 
 
 def test_threshold_and_cap_overrides(expected):

@@ -27,7 +27,7 @@ def policy(monkeypatch):
     monkeypatch.setattr(thread_policy.time, "process_time", process_time)
     monkeypatch.setattr(thread_policy.time, "monotonic", lambda: state["now"])
     monkeypatch.setattr(thread_policy, "_runnable_tasks", lambda: state["runnable"])
-    monkeypatch.setattr(thread_policy, "_available_cpus", lambda: 2)
+    monkeypatch.setattr(thread_policy, "usable_cpus", lambda: 2)
     monkeypatch.delenv(thread_policy.ENV_SWITCH, raising=False)
     before = torch.get_num_threads()
     torch.set_num_threads(2)

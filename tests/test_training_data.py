@@ -1,5 +1,7 @@
 """Data loading, checks before training, and the torch-side augmentation."""
 
+import os
+
 import datasets
 from pathlib import Path
 import numpy as np
@@ -254,3 +256,68 @@ def test_training_reads_images_by_the_same_rules_as_the_processor():
     assert torch.equal(image_to_tensor(as_int32), image_to_tensor(Image.fromarray(grey)))
     processor = MobileViTImageProcessor(do_resize=False, do_center_crop=False)
     assert torch.equal(processor(as_int32, return_tensors="pt")["pixel_values"][0], image_to_tensor(as_int32))
+
+
+# -- issue 27: image folders read as a user lays them out, one-line errors for what cannot be a label -------------------
+def test_a_linked_class_folder_is_followed_and_sub_folders_keep_their_class(tmp_path):
+    """A symlinked class folder was not followed, a sub-folder broke the labels ('expected a column of class
+    labels ... got columns ['image']')."""
+    _image_folder(tmp_path / "elsewhere", classes=("bird",))
+    root = _image_folder(tmp_path / "pets", classes=("cat", "dog"))
+    (root / "bird").symlink_to(tmp_path / "elsewhere" / "bird")
+    (root / "cat" / "indoor").mkdir()
+    for name in ("0.png", "1.png"):
+        (root / "cat" / name).rename(root / "cat" / "indoor" / name)
+    (root / "dog" / ".hidden.png").write_bytes((root / "dog" / "0.png").read_bytes())
+    data = prepare_task_data(root, "image-classification")
+    assert data.id2label == {0: "bird", 1: "cat", 2: "dog"}
+    labels = [data.id2label[int(label)] for split in (data.train, data.validation) for label in split["label"]]
+    assert sorted(labels) == ["bird"] * 6 + ["cat"] * 6 + ["dog"] * 6  # the hidden file left out
+
+
+def test_names_and_layouts_that_cannot_be_labels_are_one_line_errors(tmp_path):
+    root = _image_folder(tmp_path / "bytes", classes=("cat", "dog"))
+    os.rename(bytes(root / "dog"), bytes(root) + b"/\xff\xfe")
+    with pytest.raises(DataError, match=r"expected class folder names in UTF-8, got b'.*\\xff\\xfe'; rename it"):
+        prepare_task_data(root, "image-classification")
+    root = _image_folder(tmp_path / "loose", classes=("cat", "dog"))
+    (root / "stray.png").write_bytes((root / "cat" / "0.png").read_bytes())
+    with pytest.raises(DataError, match="expected every image inside a class folder, got '.*stray.png'"):
+        prepare_task_data(root, "image-classification")
+
+
+def test_classification_of_a_segmentation_data_set_says_what_it_is(tmp_path):
+    dataset = _segmentation_dataset().rename_column("annotation", "label")
+    dataset.save_to_disk(str(tmp_path / "masks"))
+    with pytest.raises(DataError, match="'label' holds images, as segmentation masks do: pass --task segmentation"):
+        prepare_task_data(tmp_path / "masks", "image-classification")
+
+
+@pytest.mark.parametrize("content", ['{"a": "background", "1": "x"}', '{"-1": "x", "0": "y"}', '{"0": "y", "2": "z"}'])
+def test_label_files_with_other_keys_are_one_line_errors(tmp_path, content):
+    _segmentation_dataset().save_to_disk(str(tmp_path / "seg"))
+    (tmp_path / "seg" / "id2label.json").write_text(content)
+    with pytest.raises(DataError, match=r"id2label.json: expected the ids 0..N-1 as keys"):
+        prepare_task_data(tmp_path / "seg", "semantic-segmentation")
+
+
+def test_reading_a_saved_data_set_writes_nothing_beside_it(tmp_path):
+    """The validation split is carved out in memory: datasets' own split writes index files into the input."""
+    _segmentation_dataset(n=12).save_to_disk(str(tmp_path / "seg"))
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    data = prepare_task_data(tmp_path / "seg", "semantic-segmentation", labels=["a", "b", "c"])
+    assert len(data.train) + len(data.validation) == 12
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def test_class_folders_are_matched_to_labels_by_name(tmp_path):
+    """--labels took the class folders by their order: a file name given as --labels ('nowhere.json') became a
+    one-class label set, and every other folder's images were reported as bad examples."""
+    folder = _image_folder(tmp_path / "pets", classes=("cat", "dog"))
+    data = prepare_task_data(folder, "image-classification", labels=["dog", "bird", "cat"])
+    assert data.id2label == {0: "dog", 1: "bird", 2: "cat"}
+    labels = [data.label_maps["train"][i] if data.label_maps["train"] else i for i in data.train["label"]]
+    names = data.train.features["label"].names
+    assert [data.id2label[label] for label in labels] == [names[i] for i in data.train["label"]]
+    with pytest.raises(DataError, match=r"holds the class 'dog', which --labels lacks \(its classes: 'cat', 'bird'\)"):
+        prepare_task_data(folder, "image-classification", labels=["cat", "bird"])

@@ -27,8 +27,9 @@ from pathlib import Path
 
 import torch
 
-from .. import __version__, auto
-from ..tasks import CLASSIFICATION, OBJECT_DETECTION, SEGMENTATION
+from .. import __version__, auto, limits
+from ..file_utils import check_output_files, claim_output, staged_outputs
+from ..tasks import CLASSIFICATION, OBJECT_DETECTION, SEGMENTATION, a_task
 from . import coreml, executorch, litert, onnx, openvino
 from .base import ExportJob, Format
 from .common import (
@@ -36,7 +37,6 @@ from .common import (
     ExportCheckError,
     ExportError,
     MainOutputs,
-    StagedOutputs,
     check_inputs,
     compare,
     enforce_bound,
@@ -45,6 +45,7 @@ from .common import (
     load_model,
     preprocess,
     preprocessing_of,
+    quiet_exporters,
     sample_photos,
     sidecar_path,
     write_sidecar,
@@ -83,14 +84,9 @@ def validate(format: str, output, model_dir, quantize: str | None = None, calibr
                           usage=True)
     if not output.parent.is_dir():
         raise ExportError(f"--output: the folder {str(output.parent)!r} does not exist", usage=True)
-    for target in [output, *chosen.companion_paths(output), sidecar_path(output)]:
-        if target.exists():
-            if target.is_dir() != (chosen.is_folder and target == output):
-                kind = "a folder" if target.is_dir() else "a file"
-                raise ExportError(f"--output: {str(target)!r} is {kind}; it cannot be replaced by the export's "
-                                  f"{'folder' if chosen.is_folder and target == output else 'file'}", usage=True)
-            if not overwrite:
-                raise ExportError(f"--output: {str(target)!r} already exists (pass --overwrite to replace it)")
+    inputs = [source for source in (model_dir, calibration_data, eval_data) if source is not None]
+    check_output_files(output_paths(chosen, output), "--output", inputs, overwrite=overwrite,
+                       folders=[output] if chosen.is_folder else [], error=ExportError)
     for argument, source in (("--model", model_dir), ("--calibration-data", calibration_data),
                              ("--eval-data", eval_data)):
         if source is None:
@@ -103,12 +99,35 @@ def validate(format: str, output, model_dir, quantize: str | None = None, calibr
     if precision in chosen.calibrated and calibration_data is None:
         raise ExportError(f"--calibration-data: {chosen.title} --quantize {precision} quantizes activations and "
                           "needs a folder of your images (or a datasets folder) to calibrate on", usage=True)
-    for argument, value, minimum in (("--calibration-size", calibration_size, 1), ("--image-size", image_size, 32),
-                                     ("--threads", threads, 1)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
-            raise ExportError(f"{argument}: expected an integer >= {minimum}, got {value!r}", usage=True)
+    limits.check_int("--calibration-size", calibration_size, 1, error=ExportError)
+    if image_size is not None:
+        limits.check_image_side("--image-size", image_size, ExportError)
+    if threads is not None:
+        limits.check_threads("--threads", threads, ExportError)
     chosen.require(precision)
     return chosen, precision, output
+
+
+def output_paths(chosen: Format, output: Path) -> list[Path]:
+    """Everything an export writes, in commit order: the artefact, its companions, the sidecar (the manifest,
+    which appears last)."""
+    return [output, *chosen.companion_paths(output), sidecar_path(output)]
+
+
+def _check_memory(model, task: str, size: tuple[int, int], calibration_images: int | None = None) -> None:
+    """A forward at the export size, and the calibration images prepared at that size (what calibration keeps),
+    must fit in memory."""
+    per_image = auto.memory_per_image(model.config, task, *size, training=False)
+    limits.check_fits_in_memory("--image-size", 1, per_image, f"{_described(model)} at {size[0]}x{size[1]} takes about",
+                                ExportError)
+    if calibration_images is not None:
+        pixels = model.config.num_channels * size[0] * size[1] * 4
+        limits.check_fits_in_memory("--calibration-size", calibration_images, pixels, f"calibration at {size[0]}x"
+                                    f"{size[1]} keeps about", ExportError, fixed_bytes=per_image)
+
+
+def _described(model) -> str:
+    return f"{auto.family_of(model).title} {getattr(model.config, 'variant', None) or 'custom'}"
 
 
 def export(model_dir, format: str, output, quantize: str | None = None, *, calibration_data=None,
@@ -121,29 +140,42 @@ def export(model_dir, format: str, output, quantize: str | None = None, *, calib
     chosen, precision, output = validate(format, output, model_dir, quantize, calibration_data, eval_data,
                                          calibration_size, image_size, overwrite, threads)
     started = time.perf_counter()
+    targets = output_paths(chosen, output)
+    with claim_output(targets, "--output", error=ExportError):
+        # under the claim, again: another run may have written these since the check
+        check_output_files(targets, "--output", overwrite=overwrite, folders=[output] if chosen.is_folder else [],
+                           error=ExportError)
+        return _export(chosen, precision, output, targets, model_dir, calibration_data, calibration_split,
+                       calibration_size, eval_data, eval_split, image_size, overwrite, threads, log, started)
+
+
+def _export(chosen, precision, output, targets, model_dir, calibration_data, calibration_split, calibration_size,
+            eval_data, eval_split, image_size, overwrite, threads, log, started) -> dict:
     model, processor, task = load_model(model_dir)
+    if eval_data is not None and task not in (CLASSIFICATION, SEGMENTATION):  # before any data is read
+        raise ExportError(f"--eval-data: accuracy is measured for classification and segmentation, the model is "
+                          f"{a_task(task)} model (detection: compare the artefact's boxes and scores, as the export's "
+                          "own check does)", usage=True)
     graph = MainOutputs(model).eval()
     size = (image_size, image_size) if image_size else input_size(processor, model.config)
+    _check_memory(model, task, size)
     calibration = evaluation = None
     if precision in chosen.calibrated:
         images = read_split(calibration_data, calibration_split, "--calibration-data", labelled=False,
                             limit=calibration_size)
+        _check_memory(model, task, size, len(images))
         calibration = calibration_batches(images, processor, size)
         log(f"calibration: {images.description}")
     if eval_data is not None:
-        if task not in (CLASSIFICATION, SEGMENTATION):
-            raise ExportError(f"--eval-data: accuracy is measured for classification and segmentation, the model "
-                              f"is a {task} model (detection: compare the artefact's boxes and scores, as the "
-                              "export's own check does)", usage=True)
-        evaluation = read_split(eval_data, eval_split, "--eval-data", labelled=True, task=task)
+        evaluation = read_split(eval_data, eval_split, "--eval-data", labelled=True, task=task,
+                                id2label=model.config.id2label, model=str(model_dir))
     job = ExportJob(graph, processor, size, precision, calibration, threads, Path(model_dir))
 
-    targets = [output, *chosen.companion_paths(output), sidecar_path(output)]
-    staged = StagedOutputs(targets, overwrite)
-    try:
+    with staged_outputs(targets, overwrite=overwrite, argument="--output", error=ExportError) as staged:
         log(f"exporting {task} model ({model.config.model_type}) to {chosen.title} {precision} at "
             f"{'dynamic size' if not chosen.fixed_size else f'{size[0]}x{size[1]}'} ...")
-        facts = chosen.write(job, staged.path(output))
+        with quiet_exporters():
+            facts = chosen.write(job, staged.path(output))
         sidecar = _sidecar(chosen, job, output, model, task, facts, staged)
         runner = chosen.runner(staged.path(output), job)
         if runner is None:
@@ -157,9 +189,6 @@ def export(model_dir, format: str, output, quantize: str | None = None, *, calib
                 sidecar["evaluation"] = _accuracy(job, task, runner, evaluation, processor, size)
         sidecar["export_seconds"] = round(time.perf_counter() - started, 1)
         write_sidecar(staged.path(sidecar_path(output)), sidecar)
-        staged.commit()
-    finally:
-        staged.discard()
     return sidecar
 
 
@@ -191,6 +220,10 @@ def _accuracy(job: ExportJob, task: str, runner, evaluation, processor, size) ->
     reference = evaluate(pytorch, evaluation, processor, size, task, job.graph.config, align)
     artefact = evaluate(runner, evaluation, processor, size, task, job.graph.config, align)
     metric = "accuracy" if task == CLASSIFICATION else "mean_iou"
+    for name, result in (("PyTorch", reference), ("the artefact", artefact)):
+        if result[metric] is None:
+            raise ExportCheckError(f"--eval-data: the {metric} of {name} on {evaluation.description} is undefined "
+                                   "(no labelled pixels or images to count)")
     return {"data": evaluation.description, "metric": metric, "pytorch": reference, "artefact": artefact,
             "change_points": round(100 * (artefact[metric] - reference[metric]), 2)}
 
@@ -258,8 +291,9 @@ def export_model(model, format: str, output, precision: str = "fp32", image_size
     """Export an in-memory model (no folder, no sidecar), checked in its runtime on the shipped photos; what
     `mobilevit benchmark` times. int8 calibrates on `calibration_images` (default: the shipped photos)."""
     chosen, output = FORMATS[format], Path(output)
-    if output.exists() and not overwrite:
-        raise ExportError(f"output: {str(output)!r} already exists (pass overwrite=True to replace it)")
+    targets = [output, *chosen.companion_paths(output)]
+    check_output_files(targets, "output", overwrite=overwrite, folders=[output] if chosen.is_folder else [],
+                       error=ExportError)
     graph = MainOutputs(model.eval()).eval()
     processor = auto.image_processor_for(model.config, auto.task_of_model(model))
     size = (image_size, image_size) if image_size else input_size(processor, model.config)
@@ -268,13 +302,11 @@ def export_model(model, format: str, output, precision: str = "fp32", image_size
         images = calibration_images if calibration_images is not None else sample_photos()
         calibration = [preprocess(processor, images, size)]
     job = ExportJob(graph, processor, size, precision, calibration)
-    staged = StagedOutputs([output, *chosen.companion_paths(output)], overwrite)
-    try:
+    with claim_output(targets, "output", error=ExportError), \
+            staged_outputs(targets, overwrite=overwrite, argument="output", error=ExportError) as staged, \
+            quiet_exporters():
         facts = chosen.write(job, staged.path(output))
         _check_in_runtime(chosen, job, chosen.runner(staged.path(output), job))
-        staged.commit()
-    finally:
-        staged.discard()
     return facts
 
 

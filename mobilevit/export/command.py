@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
+from ..file_utils import json_text
 from . import FORMATS, PRECISIONS, export
 from .data import DEFAULT_CALIBRATION_SIZE, DEFAULT_CALIBRATION_SPLIT, DEFAULT_EVALUATION_SPLIT
 
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
                      overwrite=args.overwrite, threads=args.threads,
                      log=lambda line: print(line, file=sys.stderr, flush=True))
     if args.json:
-        print(json.dumps(sidecar, indent=2))
+        print(json_text(sidecar))
         return 0
     check = sidecar["check"]
     print(f"wrote {args.output} ({sidecar['format']}, {sidecar['precision']}, {sidecar['size_bytes'] / 1e6:.2f} MB) "

@@ -6,13 +6,12 @@ Nothing here names a model family: models come from `mobilevit.auto`, so every r
 
 from __future__ import annotations
 
-import json
+import logging
 import os
-import re
-import shutil
-import tempfile
+import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ from torch import nn
 
 from .. import auto
 from ..errors import UserError
+from ..file_utils import json_text
 from ..ssd import center_to_corners
 from ..tasks import CLASSIFICATION, FEATURE_EXTRACTION, OBJECT_DETECTION, SEGMENTATION
 
@@ -99,22 +99,14 @@ def load_model(model_dir: str | os.PathLike):
     if not path.is_dir():
         what = "a file" if path.exists() else "nothing"
         raise ExportError(f"--model: expected a folder written by save_pretrained, got {str(path)!r} ({what} there)")
-    from transformers.utils import logging as transformers_logging
-
-    verbosity, bars = transformers_logging.get_verbosity(), transformers_logging.is_progress_bar_enabled()
-    transformers_logging.set_verbosity_error()  # its load report and bar would precede our one-line error
-    transformers_logging.disable_progress_bar()
     try:
-        model, processor, task = auto.load_model_and_processor(path)
+        with auto.quiet_transformers():  # its load report and bar would precede our one-line error
+            model, processor, task = auto.load_model_and_processor(path)
     except Exception as err:  # noqa: BLE001 truncated weights (SafetensorError), mismatched widths (RuntimeError), ...
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
         if "mismatch" in first_line:
             first_line = _first_mismatch(path) or first_line
         raise ExportError(f"--model: cannot load the model in {str(path)!r}: {type(err).__name__}: {first_line}") from None
-    finally:
-        transformers_logging.set_verbosity(verbosity)
-        if bars:
-            transformers_logging.enable_progress_bar()
     if next(model.parameters()).dtype != torch.float32:
         model = model.float()  # exports start from float32; precision is chosen by --quantize
     return model.eval(), processor, task
@@ -287,82 +279,50 @@ def preprocessing_of(processor) -> dict:
 
 
 def write_sidecar(path: Path, content: dict) -> None:
-    path.write_text(json.dumps(content, indent=2, default=_json_default) + "\n")
-
-
-def _json_default(value):
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+    """The sidecar as JSON (NaN or infinity never written: `file_utils.json_text`)."""
+    path.write_text(json_text(content) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Writing outputs whole
+# Quiet exporters: their notes about what does not concern a MobileViT graph look like failures
 # ---------------------------------------------------------------------------------------------------------
-def _pid_alive(pid: int) -> bool:
+_NOISY_LOGGERS = ("torch.onnx._internal.exporter._registration",  # "torchvision is not installed. Skipping ..."
+                  "torch.onnx._internal.exporter._core")
+
+
+def _not_from_onnxruntime_quantization(record: logging.LogRecord) -> bool:
+    # "Please consider to run pre-processing before quantization" (twice), logged on the root logger: int8
+    # ONNX is calibrated on the graph as exported, on purpose
+    return "onnxruntime" not in record.pathname or "quantization" not in record.pathname
+
+
+@contextmanager
+def quiet_exporters():
+    """While an artefact is written: no notes of missing torchvision operators (MobileViT uses none), no
+    deprecation warnings from inside torch's exporters (`LeafSpec`) and no advice from ONNX Runtime's quantizer;
+    our own log lines say what happens."""
+    levels = {name: logging.getLogger(name).level for name in _NOISY_LOGGERS}
+    for name in _NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    root = logging.getLogger()
+    # `logging.warning()` installs "WARNING:root:" printing on a root logger without handlers, for good: a
+    # handler here for the while (printing as Python's last resort does) keeps that from happening
+    handler = logging.StreamHandler() if not root.handlers else None
+    if handler is not None:
+        handler.setLevel(logging.WARNING)
+        root.addHandler(handler)
+    root.addFilter(_not_from_onnxruntime_quantization)
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-@dataclass
-class StagedOutputs:
-    """A private folder beside the outputs, named after the first output and this process, in which the
-    export writes everything; `commit()` moves each file (or folder) into place. A killed export leaves only
-    that folder, which the next export to the same output removes (its process is gone)."""
-
-    targets: list[Path]
-    overwrite: bool = False
-    folder: Path = field(init=False)
-
-    def __post_init__(self) -> None:
-        first = self.targets[0]
-        remove_leftovers(first)
-        self.folder = Path(tempfile.mkdtemp(prefix=f".{first.name}.export-{os.getpid()}-", suffix=".tmp",
-                                            dir=first.parent))
-
-    def path(self, target: Path) -> Path:
-        return self.folder / target.name
-
-    def commit(self) -> None:
-        mask = os.umask(0)
-        os.umask(mask)
-        for target in self.targets:
-            staged = self.path(target)
-            if not staged.exists():
-                continue
-            if staged.is_file():
-                staged.chmod(0o666 & ~mask)  # an ordinary file, not mkdtemp's private mode
-            if target.is_dir():
-                shutil.rmtree(target)
-            os.replace(staged, target)
-
-    def discard(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
-
-
-_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.export-(?P<pid>\d+)-[^/]*\.tmp$")
-
-
-def remove_leftovers(target: Path) -> list[Path]:
-    """Staging folders of killed exports to `target` (their process no longer runs)."""
-    removed = []
-    for candidate in target.parent.glob(f".{glob_escape(target.name)}.export-*.tmp"):
-        match = _LEFTOVER.match(candidate.name)
-        if match and match["name"] == target.name and not _pid_alive(int(match["pid"])):
-            shutil.rmtree(candidate, ignore_errors=True) if candidate.is_dir() else candidate.unlink(missing_ok=True)
-            removed.append(candidate)
-    return removed
-
-
-def glob_escape(text: str) -> str:
-    return re.sub(r"([*?\[])", r"[\1]", text)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning, message=".*LeafSpec.*")
+            warnings.filterwarnings("ignore", category=FutureWarning, module="torch.*")
+            yield
+    finally:
+        root.removeFilter(_not_from_onnxruntime_quantization)
+        if handler is not None:
+            root.removeHandler(handler)
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
 
 
 def is_inside(path: Path, folder: Path) -> bool:
@@ -382,6 +342,6 @@ def per_image(run_one: Callable[[np.ndarray], list]) -> Runner:
 
     return run
 
-__all__ = ["ExportError", "ExportCheckError", "MainOutputs", "Comparison", "StagedOutputs", "INPUT_NAME",
+__all__ = ["ExportError", "ExportCheckError", "MainOutputs", "Comparison", "INPUT_NAME", "quiet_exporters",
            "per_image", "load_model", "input_size", "sample_photos", "check_inputs", "preprocess", "compare", "enforce_bound",
-           "sidecar_path", "preprocessing_of", "write_sidecar", "remove_leftovers", "is_inside", "Runner"]
+           "sidecar_path", "preprocessing_of", "write_sidecar", "is_inside", "Runner"]

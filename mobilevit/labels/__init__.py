@@ -18,6 +18,8 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
+from ..errors import UserError
+
 LABELS_DIR = Path(__file__).resolve().parent
 
 
@@ -88,6 +90,23 @@ def label2id(id2label: dict[int, str]) -> dict[str, int]:
     return {name: index for index, name in sorted(id2label.items())}
 
 
-__all__ = ["imagenet_1k_id2label", "pascal_voc_id2label", "ade20k_id2label", "ade20k_with_background_id2label",
-           "coco_id2label", "coco_with_background_id2label", "coco_category_ids",
+def map_labels(names, label2id: dict[str, int], source: str, target: str, error: type[UserError] = UserError
+               ) -> list[int]:
+    """The id under `label2id` (an existing model's, or a training split's) of each class name in `names` (a data
+    split's classes, in its own id order). Every tool that reads labelled data against an existing label set
+    maps through here (export --eval-data, train --resume and fine-tuning, a validation or test split against
+    the training split), so class ids never come from a folder's own order. A class `label2id` lacks is a
+    one-line `UserError` naming it: `source` is the data ("data 'x'[test]"), `target` what lacks it ("the
+    model 'm'")."""
+    missing = [name for name in names if name not in label2id]
+    if missing:
+        shown = ", ".join(map(repr, missing[:5])) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        known = ", ".join(map(repr, list(label2id)[:8])) + (", ..." if len(label2id) > 8 else "")
+        raise error(f"{source}: holds the class{'es' if len(missing) > 1 else ''} {shown}, which {target} lacks "
+                        f"(its classes: {known})")
+    return [label2id[name] for name in names]
+
+
+__all__ = ["map_labels", "imagenet_1k_id2label", "pascal_voc_id2label", "ade20k_id2label",
+           "ade20k_with_background_id2label", "coco_id2label", "coco_with_background_id2label", "coco_category_ids",
            "label2id", "label_set_for", "KNOWN_LABEL_SETS"]

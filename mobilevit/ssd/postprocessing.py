@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from ..limits import MAX_RESULTS_PER_IMAGE
 from .boxes import box_iou
 
 # the margins by which the search for overlapping pairs widens its bound (float rounding of the IoU's terms)
@@ -62,8 +63,10 @@ class PostProcessing:
                 raise ValueError(f"detection_postprocessing.{name}: expected a number in [0, 1], got {value!r}")
         for name in ("candidates_per_class", "detections_per_class", "detections_per_image"):
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"detection_postprocessing.{name}: expected a positive integer or null, got {value!r}")
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or
+                                      not 1 <= value <= MAX_RESULTS_PER_IMAGE):
+                raise ValueError(f"detection_postprocessing.{name}: expected an integer from 1 to "
+                                 f"{MAX_RESULTS_PER_IMAGE} (mobilevit.limits) or null, got {value!r}")
         if self.order not in ORDERS:
             raise ValueError(f"detection_postprocessing.order: expected one of {list(ORDERS)}, got {self.order!r}")
 

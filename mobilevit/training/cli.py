@@ -16,6 +16,7 @@ moved into place only at the end.
 from __future__ import annotations
 
 import argparse
+import math
 
 from .job import TrainJob, train_and_save
 
@@ -36,7 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--data", required=True,
                       help="an image folder tree (class sub-folders) or a datasets.save_to_disk folder")
     data.add_argument("--labels", type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
-                      help="comma-separated class names in id order (needed for segmentation data without names)")
+                      help="comma-separated class names in id order (needed for segmentation data without names; "
+                           "class folders are matched to them by name)")
     data.add_argument("--skip-bad-images", action="store_true",
                       help="leave out examples that cannot be read (truncated files, bad masks, ...) and list them, "
                            "instead of stopping before training")
@@ -108,7 +110,9 @@ def run(args: argparse.Namespace) -> int:
     split = "test" if "test" in metrics else "validation"
     main = metrics["main_metric"]
     if result.trainer.is_world_process_zero():
-        print(f"{split} {main}: {metrics[split][main]:.4f}  ({metrics['train_seconds']:.0f} s of training)")
+        value = metrics[split][main]
+        shown = f"{value:.4f}" if isinstance(value, float) and math.isfinite(value) else "undefined"
+        print(f"{split} {main}: {shown}  ({metrics['train_seconds']:.0f} s of training)")
         print(f"saved to {result.output_dir}")
     return 0
 

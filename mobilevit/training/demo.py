@@ -18,15 +18,14 @@ minutes; `RECIPES` holds it.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .. import auto
-from ..file_utils import check_output_dir, staged_directory
+from .. import auto, limits
+from ..file_utils import check_output_dir, claim_output, json_text, staged_directory
 from .demo_data import SHAPES_LABELS, load_digits_dataset, load_shapes_dataset
 from .history import plot_histories
 from .job import OutputExistsError, TrainError, TrainJob, train_and_save
@@ -135,8 +134,14 @@ def run_demo(output_dir: Path, overwrite: bool = False, seed: int = 0) -> dict:
     if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
         raise OutputExistsError(f"output_dir: expected an empty or new folder, got {str(output_dir)!r} which holds "
                                 f"files (pass --overwrite to replace it)")
+    with claim_output(output_dir, "output_dir", replaces=True, error=TrainError):
+        check_output_dir(output_dir, "output_dir", overwrite=overwrite, error=TrainError)  # again, under the claim
+        return _run_demo(output_dir, overwrite, seed)
+
+
+def _run_demo(output_dir: Path, overwrite: bool, seed: int) -> dict:
     started = time.perf_counter()
-    with staged_directory(output_dir) as staging:
+    with staged_directory(output_dir, overwrite=overwrite, error=TrainError) as staging:
         summary, histories = {}, []
         print("== 1/2 image classification: scikit-learn digits, MobileViT-XXS from scratch ==", flush=True)
         digits = load_digits_dataset(seed=seed)
@@ -167,14 +172,14 @@ def run_demo(output_dir: Path, overwrite: bool = False, seed: int = 0) -> dict:
                               for task, (name, target) in TARGETS.items()}
         summary["total_seconds"] = round(time.perf_counter() - started, 1)
         summary["threads"] = torch.get_num_threads()
-        (staging / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+        (staging / "metrics.json").write_text(json_text(summary) + "\n")
     return summary
 
 
 def run(args: argparse.Namespace) -> int:
     """`mobilevit demo`: a TrainError reaches `mobilevit.cli`, which prints it as one line."""
-    if args.threads < 1:
-        raise TrainError(f"threads: expected a positive integer, got {args.threads}", usage=True)
+    limits.check_threads("threads", args.threads, TrainError)
+    limits.check_seed("seed", args.seed, TrainError)
     torch.set_num_threads(args.threads)
     summary = run_demo(Path(args.output_dir), args.overwrite, args.seed)
     print(f"\nDemo finished in {summary['total_seconds']:.0f} s; results in {args.output_dir}/")

@@ -18,24 +18,26 @@ corrected command runs.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from transformers import set_seed
 
-from .. import auto
-from ..errors import UserError, require_cpp_compiler
-from ..file_utils import check_output_dir, remove_abandoned_leftovers, staged_directory
+from .. import auto, limits
+from ..errors import EXIT_INTERRUPTED, EXIT_TERMINATED, Interrupted, Terminated, UserError, require_cpp_compiler
+from ..file_utils import check_output_dir, claim_output, json_text, staged_directory
 from ..hub import write_model_card
 from ..image_processing_mobilevit import MobileViTImageProcessor
-from ..tasks import CLASSIFICATION, SEGMENTATION, canonical_task
+from ..tasks import CLASSIFICATION, SEGMENTATION, a_task, canonical_task
 from .checkpoints import checkpoint_problem, scan_checkpoints
-from .data import DataError, MobileViTDataset, prepare_task_data
+from .data import DataError, prepare_task_data
 from .history import epoch_history, plot_history
 from .metrics import ClassificationMetrics, SegmentationMetrics
 from .trainer import MobileViTTrainer, MultiScaleOptions
@@ -96,71 +98,70 @@ class TrainJob:
     callbacks: list = field(default_factory=list)  # extra `TrainerCallback`s
 
 
-def _positive(name, value, kind=(int,)):
-    if isinstance(value, bool) or not isinstance(value, kind) or not value > 0:
-        expected = "a positive integer" if kind == (int,) else "a positive number"
-        raise TrainError(f"{name}: expected {expected}, got {value!r}", usage=True)
+def _range(name, pair, low, high):
+    """A (MIN, MAX) pair of finite numbers with low < MIN <= MAX <= high."""
+    fits = isinstance(pair, (tuple, list)) and len(pair) == 2
+    if fits:
+        try:
+            for value in pair:
+                limits.check_number(name, value, low, high, above=True, error=TrainError)
+        except TrainError:
+            fits = False
+    if not (fits and pair[0] <= pair[1]):
+        raise TrainError(f"{name}: expected MIN,MAX of finite numbers with {low:g} < MIN <= MAX <= {high:g}, got "
+                         f"{pair!r}", usage=True)
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _fraction(name, value):
-    if not _is_number(value) or not 0 <= value < 1:
-        raise TrainError(f"{name}: expected a fraction in [0, 1), got {value!r}", usage=True)
-
-
-def _range(name, pair, upper=None):
-    """A (MIN, MAX) pair with 0 < MIN <= MAX (<= upper)."""
-    fits = isinstance(pair, (tuple, list)) and len(pair) == 2 and all(map(_is_number, pair))
-    if not (fits and 0 < pair[0] <= pair[1] and (upper is None or pair[1] <= upper)):
-        bound = f" <= {upper}" if upper is not None else ""
-        raise TrainError(f"{name}: expected MIN,MAX with 0 < MIN <= MAX{bound}, got {pair!r}", usage=True)
+MAX_CROP_RATIO = 100.0  # aspect ratios of the random crop: wider than 100:1 leaves a crop of a pixel or two
 
 
 def validate_job(job: TrainJob) -> TrainJob:
-    """The one check of a run's arguments, before anything is read or written: values, the model folder, the
-    data path, the output folder and its checkpoint folder, and a checkpoint to resume from. Returns the job
-    with the task and variant spelled canonically and `output_dir` absolute. Data are checked next, by
-    `prepare_task_data`."""
+    """The one check of a run's arguments, before anything is read or written: every number within
+    `mobilevit.limits`, the model folder, the data path, the output folder and its checkpoint folder, and a
+    checkpoint to resume from. Returns the job with the task and variant spelled canonically and `output_dir`
+    absolute. Data are checked next, by `prepare_task_data`, and the batch sizes against the data and the
+    memory (`check_batch_sizes`)."""
     try:
         job.task = canonical_task(job.task, allowed=tuple(MAIN_METRIC))
         if job.model is None:
             job.variant = auto.resolve_variant(job.variant)[1]
     except ValueError as err:
         raise TrainError(str(err), usage=True) from None
-    for name in ("batch_size", "epochs", "learning_rate"):
-        _positive(name, getattr(job, name), (int,) if name == "batch_size" else (int, float))
-    for name in ("eval_batch_size", "image_size", "eval_resize", "threads"):
-        if getattr(job, name) is not None:
-            _positive(name, getattr(job, name))
-    if not (_is_number(job.num_workers) and isinstance(job.num_workers, int) and job.num_workers >= 0):
-        raise TrainError(f"num_workers: expected an integer >= 0, got {job.num_workers!r}", usage=True)
+    limits.check_int("batch_size", job.batch_size, 1, error=TrainError)
+    if job.eval_batch_size is not None:
+        limits.check_int("eval_batch_size", job.eval_batch_size, 1, error=TrainError)
+    limits.check_epochs("epochs", job.epochs, error=TrainError)
+    limits.check_number("learning_rate", job.learning_rate, 0, above=True, error=TrainError)
+    limits.check_number("weight_decay", job.weight_decay, 0, error=TrainError)
+    limits.check_number("warmup_ratio", job.warmup_ratio, 0, 1, below=True, error=TrainError)
+    limits.check_number("flip_prob", job.flip_prob, 0, 1, error=TrainError)
+    limits.check_seed("seed", job.seed, error=TrainError)
+    limits.check_processes("num_workers", job.num_workers, error=TrainError)
+    if job.threads is not None:
+        limits.check_threads("threads", job.threads, error=TrainError)
     if not isinstance(job.compile, bool):
         raise TrainError(f"compile: expected True or False, got {job.compile!r}", usage=True)
     if job.compile:
         _check_compile_backend(job.compile_backend)
-    if not (_is_number(job.weight_decay) and job.weight_decay >= 0):
-        raise TrainError(f"weight_decay: expected a number >= 0, got {job.weight_decay!r}", usage=True)
-    _fraction("warmup_ratio", job.warmup_ratio)
-    _range("crop_scale", job.crop_scale, upper=1)
-    _range("crop_ratio", job.crop_ratio)
-    if not _is_number(job.flip_prob) or not 0 <= job.flip_prob <= 1:
-        raise TrainError(f"flip_prob: expected a probability in [0, 1], got {job.flip_prob!r}", usage=True)
+    _range("crop_scale", job.crop_scale, 0, 1)
+    _range("crop_ratio", job.crop_ratio, 1 / MAX_CROP_RATIO - 1e-12, MAX_CROP_RATIO)
     if job.labels is not None and (not job.labels or not all(isinstance(n, str) and n for n in job.labels)):
         raise TrainError(f"labels: expected class names, got {job.labels!r}", usage=True)
     config = _check_model(job)
-    minimum = getattr(auto.family_of(config).pretrained_class, "min_input_size", 32)
-    image_size = job.image_size or _as_int(config.image_size)
-    if image_size < minimum:
-        raise TrainError(f"image_size: expected at least {minimum} (the network downsamples {minimum}x), got "
-                         f"{image_size}", usage=True)
+    minimum = getattr(auto.family_of(config).pretrained_class, "min_input_size", limits.MIN_IMAGE_SIDE)
+    if job.image_size is not None:
+        limits.check_image_side("image_size", job.image_size, TrainError, minimum)
+    limits.check_image_side("image_size", _image_size(job, config), TrainError, minimum)
+    if job.eval_resize is not None:
+        limits.check_int("eval_resize", job.eval_resize, 1, limits.MAX_RESIZE_SIDE,
+                         "8192 x 288/256, the evaluation recipe's resize before its crop", TrainError)
     if job.multi_scale_range is not None:
         low, high = job.multi_scale_range
-        if not (isinstance(low, int) and isinstance(high, int) and minimum <= low <= high):
-            raise TrainError(f"multi_scale_range: expected MIN,MAX with {minimum} <= MIN <= MAX, got "
-                             f"{low},{high}", usage=True)
+        for side in (low, high):
+            limits.check_image_side("multi_scale_range", side, TrainError, minimum)
+        if low > high:
+            raise TrainError(f"multi_scale_range: expected MIN,MAX with {minimum} <= MIN <= MAX, got {low},{high}",
+                             usage=True)
     if isinstance(job.data, (str, Path)) and not Path(job.data).exists():
         raise DataError(f"data: expected an existing folder, got {str(job.data)!r} (does not exist)")
     job.output_dir = _check_output(job)
@@ -177,6 +178,48 @@ def _check_compile_backend(backend) -> None:
         require_cpp_compiler("compile")
 
 
+def _image_size(job: TrainJob, config) -> int:
+    """The training crop: --image-size, else the crop of the folder's processor (what the model was trained and is
+    evaluated at), else the config's image_size."""
+    if job.image_size is not None:
+        return job.image_size
+    if job.model is not None:
+        processor = auto.load_image_processor(job.model, config)
+        crop = processor.crop_size if processor.do_center_crop and processor.crop_size else None
+        if crop and crop.get("height"):
+            return int(crop["height"])
+        if not processor.do_center_crop and processor.size and processor.size.get("height"):
+            return int(processor.size["height"])  # a stretch to a fixed size (MobileViTv2 segmentation)
+    return _as_int(config.image_size)
+
+
+def check_batch_sizes(job: TrainJob, config, num_train: int, image_size: int) -> None:
+    """A batch never exceeds the data (larger values are lowered to the training split's size, with a note), and
+    the batches must fit in memory at the crop size, where training and evaluation run (`mobilevit.limits`)."""
+    if job.batch_size > num_train:
+        _note(f"batch_size: {job.batch_size} is more than the {num_train} training examples; batches of {num_train}")
+        job.batch_size = num_train
+    device = torch.device("cuda") if torch.cuda.is_available() else None
+    weights = 4 * 4 * sum(p.numel() for p in _meta_model(config, job.task).parameters())  # + grads, Adam's m, v
+    training = auto.memory_per_image(config, job.task, image_size, image_size, training=True)
+    limits.check_fits_in_memory("batch_size", job.batch_size, training, f"training {_described(config)} at "
+                                f"{image_size}x{image_size} keeps about", TrainError, device, fixed_bytes=weights)
+    if job.eval_batch_size is not None:
+        inference = auto.memory_per_image(config, job.task, image_size, image_size, training=False)
+        limits.check_fits_in_memory("eval_batch_size", job.eval_batch_size, inference, f"evaluating "
+                                    f"{_described(config)} at {image_size}x{image_size} takes about", TrainError,
+                                    device)
+
+
+def _described(config) -> str:
+    return f"{auto.family_of(config).title} {getattr(config, 'variant', None) or 'custom'}"
+
+
+def _meta_model(config, task):
+    with torch.device("meta"):
+        return auto.new_model(config, task)
+
+
 def _check_model(job: TrainJob):
     """The config the run starts from (a folder's, or the variant's), with the run's overrides applied."""
     if job.model is None:
@@ -188,6 +231,8 @@ def _check_model(job: TrainJob):
         raise TrainError(f"model: expected a local checkpoint folder (config.json + model.safetensors), got "
                          f"{str(job.model)!r}, which is {'a file' if Path(job.model).exists() else 'not there'}")
     config = auto.load_config(job.model)
+    if job.task not in auto.family_of(config).tasks:
+        raise TrainError(f"task: {auto.family_of(config).title} has no {job.task} model", usage=True)
     try:
         return type(config).from_dict({**config.to_dict(), **job.config_overrides})
     except (ValueError, TypeError) as err:
@@ -262,18 +307,80 @@ def _prepare_work_dir(job: TrainJob, work_dir: Path) -> str | None:
     return str(whole[-1])
 
 
+def _resume_checkpoint(job: TrainJob, work_dir: Path) -> Path | None:
+    """The checkpoint `_prepare_work_dir` will resume from (nothing changed here)."""
+    if isinstance(job.resume, (str, Path)) and not isinstance(job.resume, bool):
+        return Path(job.resume)
+    if not job.resume:
+        return None
+    whole, _ = scan_checkpoints(work_dir / "checkpoints")
+    return whole[-1] if whole else None
+
+
+def _checkpoint_labels(checkpoint: Path, job: TrainJob, config) -> dict[int, str]:
+    """The label set of the checkpoint to resume from, which must be a checkpoint of this run's family and task
+    (the data's classes are matched to it by name next, so resuming after the class folders changed is an
+    error, not a silent relabelling)."""
+    try:
+        saved = json.loads((checkpoint / "config.json").read_text())
+    except (OSError, ValueError) as err:
+        raise TrainError(f"resume: expected a checkpoint with a readable config.json, got {str(checkpoint)!r} "
+                         f"({err})") from None
+    shown = f"resume: the checkpoint {str(checkpoint)!r}"
+    if saved.get("model_type") != config.model_type:
+        raise TrainError(f"{shown} holds a model of type {saved.get('model_type')!r}; this run trains "
+                         f"{config.model_type!r} ({_described(config)})")
+    family = auto.family_of(config)
+    tasks = {cls.__name__: task for task, cls in family.model_classes.items()}
+    saved_tasks = {tasks.get(name) for name in saved.get("architectures") or []}
+    if job.task not in saved_tasks:
+        held = ", ".join(sorted(filter(None, saved_tasks))) or "headless"
+        raise TrainError(f"{shown} holds {a_task(held)} model; this run trains {job.task}")
+    try:
+        return {int(key): str(name) for key, name in (saved.get("id2label") or {}).items()}
+    except (TypeError, ValueError):
+        raise TrainError(f"{shown} has an unreadable id2label") from None
+
+
+def _check_checkpoint_shapes(checkpoint: Path, model) -> None:
+    """The checkpoint's weights have this run's shapes (another variant, output stride or head is an error)."""
+    from safetensors import safe_open
+
+    weights = checkpoint / "model.safetensors"
+    if not weights.is_file():
+        return
+    expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    with safe_open(str(weights), "pt") as stored:
+        for key in stored.keys():
+            shape = tuple(stored.get_slice(key).get_shape())
+            if key in expected and expected[key] != shape:
+                raise TrainError(f"resume: the checkpoint {str(checkpoint)!r} does not fit this run's model: {key} is "
+                                 f"{list(shape)} there, {list(expected[key])} here (another variant or label count?)")
+        missing = [key for key in expected if key not in set(stored.keys())]
+    if missing:
+        raise TrainError(f"resume: the checkpoint {str(checkpoint)!r} lacks {len(missing)} of this run's weights "
+                         f"(e.g. {missing[0]}): it is another kind of model")
+
+
 def work_dir_for(output_dir: Path) -> Path:
     """Where checkpoints live while training: next to the output, so a killed run leaves the output alone."""
     return output_dir.with_name(output_dir.name + ".partial")
 
 
 def build_model(job: TrainJob, id2label: dict[int, str]):
-    """A new `job.variant` model, or `job.model` loaded with a head for `id2label`."""
-    labels = {"id2label": dict(id2label), "label2id": {v: k for k, v in id2label.items()},
-              "num_labels": len(id2label)}
+    """A new `job.variant` model, or `job.model` loaded with a head for `id2label` (kept when `id2label` is the
+    folder's own label set, made afresh otherwise, and said so in one line)."""
+    labels = {"id2label": dict(id2label), "label2id": {v: k for k, v in id2label.items()}}
     if job.model is not None:
-        # a new label set gets a freshly initialised head; the backbone keeps its trained weights
-        return auto.load_model(job.model, job.task, ignore_mismatched_sizes=True, **labels, **job.config_overrides)
+        config = auto.load_config(job.model)
+        model = auto.load_model(job.model, job.task, new_head={**labels, **job.config_overrides})
+        if model.new_tensors:
+            before = f"{config.num_labels} classes" if _task_of_folder(job.model) == job.task else \
+                f"a {_task_of_folder(job.model)} head"
+            _note(f"model: the {job.task} head is new, for the data's {len(id2label)} classes (the folder's model "
+                  f"has {before}); {len(model.new_tensors)} tensors start from fresh weights, the rest from "
+                  f"{str(job.model)!r}")
+        return model
     config = auto.new_config(job.variant, job.task, **labels, **job.config_overrides)
     return auto.new_model(config, job.task)
 
@@ -283,6 +390,20 @@ def _settle_problem_type(model, task: str) -> None:
     the config at its first call otherwise, and a compiled model then compiles its first graph again."""
     if task == CLASSIFICATION and model.config.problem_type is None:
         model.config.problem_type = "single_label_classification"
+
+
+def _task_of_folder(folder) -> str | None:
+    try:
+        return auto.task_of(auto.load_config(folder), folder)
+    except UserError:
+        return None
+
+
+def _folder_labels(job: TrainJob) -> dict[int, str] | None:
+    """The label set of the folder fine-tuned from, when it holds a head of this run's task."""
+    if job.model is None or _task_of_folder(job.model) != job.task:
+        return None
+    return dict(auto.load_config(job.model).id2label)
 
 
 def build_processor(crop_size: int, resize: int, family) -> MobileViTImageProcessor:
@@ -330,32 +451,70 @@ def train_and_save(job: TrainJob) -> TrainResult:
     job = validate_job(job)
     output_dir = job.output_dir
     work_dir = work_dir_for(output_dir)
-    data = prepare_task_data(job.data, job.task, labels=job.labels, seed=job.seed, skip_bad=job.skip_bad_images)
+    # one run per output: the claim covers the output and its checkpoint folder until the run ends (rank 0 writes)
+    claim = (claim_output([output_dir, work_dir], "output_dir", replaces=True, error=TrainError) if _is_rank_zero()
+             else nullcontext())
+    with claim:
+        _check_output(job)  # again, now that no other run can change it
+        try:
+            return _train_and_save(job, output_dir, work_dir)
+        except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (`errors.Terminated`)
+            kept = (f"; the checkpoints of finished epochs are in {str(work_dir)!r}: the same command with --resume "
+                    "continues from the last one") if scan_checkpoints(work_dir / "checkpoints")[0] else ""
+            how, code = (("terminated (SIGTERM)", EXIT_TERMINATED) if isinstance(stop, Terminated) else
+                         ("interrupted (Ctrl-C)", EXIT_INTERRUPTED))
+            raise Interrupted(f"{how}; {str(output_dir)!r} was not written{kept}", exit_code=code) from None
+        finally:
+            if _is_rank_zero():
+                _remove_if_empty(work_dir)
+
+
+def _remove_if_empty(work_dir: Path) -> None:
+    """A checkpoint folder that holds no checkpoint (a run stopped before its first) is not left behind."""
+    if work_dir.is_dir() and not any(p.is_file() for p in work_dir.rglob("*")):
+        shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def _train_and_save(job: TrainJob, output_dir: Path, work_dir: Path) -> TrainResult:
+    config = _check_model(job)
+    image_size = _image_size(job, config)
+    default_resize = image_size if job.task == SEGMENTATION else int(round(image_size * 288 / 256))
+    eval_resize = job.eval_resize or default_resize
+
+    def check_sizes(num_train: int) -> None:  # before every example is read
+        check_batch_sizes(job, config, num_train, image_size)
+
+    data = prepare_task_data(job.data, job.task, labels=job.labels, seed=job.seed, skip_bad=job.skip_bad_images,
+                             check_size=check_sizes)
     if data.skipped:
         _note(f"data: left out {len(data.skipped)} examples that cannot be used (--skip-bad-images; listed in "
               "metrics.json under skipped_examples)")
-    # nothing was written up to here; from here on this run owns the output's surroundings
-    resume_from = _prepare_work_dir(job, work_dir)
-    if _is_rank_zero():
-        remove_abandoned_leftovers(output_dir)
+    resume = _resume_checkpoint(job, work_dir)
+    if resume is not None:  # the data's classes must be the checkpoint's, matched by name
+        data.use_label_set(_checkpoint_labels(resume, job, config), f"the checkpoint {str(resume)!r}")
+    else:
+        folder_labels = _folder_labels(job)
+        if folder_labels is not None and sorted(folder_labels.values()) == sorted(data.id2label.values()):
+            data.use_label_set(folder_labels, f"the model {str(job.model)!r}")  # the same classes: keep the head
     if job.threads is not None:
         torch.set_num_threads(job.threads)
     set_seed(job.seed)  # the new weights (and a new head) depend on the seed only, like Trainer's model_init
     model = build_model(job, data.id2label)
     _settle_problem_type(model, job.task)
+    if resume is not None:
+        _check_checkpoint_shapes(resume, model)
+    # nothing was written up to here; from here on this run owns the output's surroundings
+    resume_from = _prepare_work_dir(job, work_dir)
     family = auto.family_of(model)
-    image_size = job.image_size or _as_int(model.config.image_size)
-    default_resize = image_size if job.task == SEGMENTATION else int(round(image_size * 288 / 256))
-    eval_resize = job.eval_resize or default_resize
+    model.config.image_size = image_size  # the config says what the saved processor feeds it
     processor = build_processor(image_size, eval_resize, family)
     augment = TrainAugmentation(image_size, job.crop_scale, job.crop_ratio, job.flip_prob)
     # pixels in the channel order the family's checkpoints were trained on (v1 BGR, v2 RGB)
-    columns = dict(image_column=data.image_column, label_column=data.label_column,
-                   channel_order=family.preprocessing.channel_order)
-    train_set = MobileViTDataset(data.train, job.task, augment, **columns)
+    order = family.preprocessing.channel_order
+    train_set = data.dataset("train", augment, order)
     eval_transform = EvalTransform(eval_resize, image_size)
-    val_set = MobileViTDataset(data.validation, job.task, eval_transform, **columns)
-    test_set = MobileViTDataset(data.test, job.task, eval_transform, **columns) if data.test is not None else None
+    val_set = data.dataset("validation", eval_transform, order)
+    test_set = data.dataset("test", eval_transform, order) if data.test is not None else None
 
     multi_scale = MULTI_SCALE_DEFAULT[job.task] if job.multi_scale is None else job.multi_scale
     low, high = job.multi_scale_range or (None, None)
@@ -363,7 +522,7 @@ def train_and_save(job: TrainJob) -> TrainResult:
         model=model, args=_training_arguments(job, work_dir / "checkpoints"), train_dataset=train_set,
         eval_dataset=val_set, compute_metrics=_metrics_for(job.task, data.id2label, family),
         train_metrics=_metrics_for(job.task, data.id2label, family), callbacks=list(job.callbacks),
-        multi_scale=MultiScaleOptions(enabled=multi_scale, min_size=low, max_size=high))
+        multi_scale=MultiScaleOptions(enabled=multi_scale, min_size=low, max_size=high), error=TrainError)
     if job.compile:
         shapes = len(trainer.build_train_sampler(train_set).table)
         _note(f"compile: the first step at each of the {shapes} training input size(s) compiles a graph "
@@ -405,11 +564,12 @@ def _strip(values: dict, prefix: str) -> dict:
 
 def _write_output(model, processor, metrics: dict, job: TrainJob, output_dir: Path, work_dir: Path) -> None:
     """Write the Hub folder into a temporary sibling, then swap it into place whole."""
-    # an existing output_dir is only reached with overwrite (checked before training)
-    with staged_directory(output_dir) as staging:
-        model.save_pretrained(staging)
+    # an existing output_dir is only replaced with overwrite (checked before training, and again at the move)
+    with staged_directory(output_dir, overwrite=job.overwrite, argument="output_dir", error=TrainError) as staging:
+        with auto.quiet_transformers():
+            model.save_pretrained(staging)
         processor.save_pretrained(staging)
-        (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        (staging / "metrics.json").write_text(json_text(metrics) + "\n")
         plot_history(metrics["history"], MAIN_METRIC[job.task], staging / "training_history.png",
                      title=f"{auto.family_of(model).title} {model.config.variant or 'custom'} {job.task}")
         _write_card(model, metrics, job, staging)
@@ -420,7 +580,7 @@ def _write_output(model, processor, metrics: dict, job: TrainJob, output_dir: Pa
 def _write_card(model, metrics: dict, job: TrainJob, folder: Path) -> None:
     split = "test" if "test" in metrics else "validation"
     shown = {f"{split} {name}": value for name, value in metrics[split].items()
-             if isinstance(value, float) and not name.startswith("iou_")}
+             if isinstance(value, float) and math.isfinite(value) and not name.startswith("iou_")}
     training = metrics["training"]
     notes = (f"Trained with `mobilevit train` ({'fine-tuned from ' + str(job.model) if job.model else 'from scratch'}"
              f"): {training['epochs']} epochs on {training['num_train_examples']} images, batch size "

@@ -98,6 +98,9 @@ class MultiScaleBatchSampler(Sampler[list[SampleKey]]):
             self.table = multiscale_batch_table(image_size, batch_size, min_size, max_size, num_scales, divisor)
         else:
             self.table = [(image_size, image_size, batch_size)]
+        # a batch never holds more than the data has (small resolutions get bigger batches)
+        most = max(1, num_samples // num_replicas)
+        self.table = [(height, width, min(batch, most)) for height, width, batch in self.table]
         mean_batch = float(np.mean([b for _, _, b in self.table]))
         self.steps_per_epoch = max(1, math.ceil(num_samples / (num_replicas * mean_batch)))
 

@@ -1,9 +1,13 @@
 """`MobileViTTrainer`: `transformers.Trainer` with the multi-scale sampler and per-epoch training metrics.
 
 Everything else (optimizer, schedule, checkpoints, resume, DDP via torchrun / accelerate, progress bars) is
-stock Trainer. With `TrainingArguments(torch_compile=True)` the model is compiled once per input shape (see
-`compiled_per_shape`): one graph per resolution of the sampler's table. (Trainer evaluates `trainer.model`, the
-module itself, during and after `train()`: evaluation runs uncompiled, on the eval fast path.) The sampler is a plug-in: with a `MobileViTDataset` as training set, batches come from
+stock Trainer, with two guards: a loss or weight that stops being finite ends training at once with a one-line
+error naming the step (stock Trainer logs the average of earlier losses instead and trains on, saving NaN
+weights), and DataLoader worker processes end with the main process, however it ends (Linux: the parent-death
+signal), rather than lingering. With `TrainingArguments(torch_compile=True)` the model is compiled once per input
+shape (see `compiled_per_shape`): one graph per resolution of the sampler's table. (Trainer evaluates
+`trainer.model`, the module itself, during and after `train()`: evaluation runs uncompiled, on the eval fast
+path.) The sampler is a plug-in: with a `MobileViTDataset` as training set, batches come from
 `MultiScaleBatchSampler` (multi-scale or fixed size); any other training set falls back to Trainer's own
 loader. And `MultiScaleBatchSampler` + `MobileViTDataset` also work with a plain `DataLoader`:
 
@@ -13,14 +17,46 @@ loader. And `MultiScaleBatchSampler` + `MobileViTDataset` also work with a plain
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import os
+import signal
+import sys
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback
 
+from ..errors import UserError
 from .data import MobileViTDataset, collate
 from .sampler import MultiScaleBatchSampler
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _end_with_parent(parent: int, then, worker_id: int) -> None:
+    """A DataLoader worker's first step: the kernel kills it when the process that started it ends (Linux)."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        except (OSError, AttributeError):
+            pass
+        if os.getppid() != parent:  # the main process ended before the signal was set
+            os._exit(0)
+    if then is not None:
+        then(worker_id)
+
+
+def end_workers_with_parent(loader: DataLoader) -> DataLoader:
+    """`loader`'s worker processes end with this process (see `_end_with_parent`)."""
+    if loader.num_workers > 0 and getattr(loader.worker_init_fn, "func", None) is not _end_with_parent:
+        loader.worker_init_fn = partial(_end_with_parent, os.getpid(), loader.worker_init_fn)
+    return loader
+
+
+class TrainingDiverged(UserError):
+    """The loss or a weight stopped being finite: the model cannot learn from here."""
 
 
 @dataclass
@@ -60,6 +96,19 @@ class _EpochAwareLoader(DataLoader):
         self.batch_sampler.set_epoch(epoch)
 
 
+class _FiniteWeightsCallback(TrainerCallback):
+    """After each optimizer step, every weight must still be finite."""
+
+    def __init__(self, trainer: "MobileViTTrainer"):
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        model = model if model is not None else self.trainer.model
+        for name, parameter in model.named_parameters():
+            if not bool(torch.isfinite(parameter).all()):
+                self.trainer.diverged(f"the weight {name} became NaN or infinite at step {state.global_step}")
+
+
 class _TrainMetricsCallback(TrainerCallback):
     """Logs the mean training loss and the training metric of each epoch (over the augmented batches)."""
 
@@ -85,7 +134,8 @@ class MobileViTTrainer(Trainer):
             `ClassificationMetrics`); its results are logged per epoch as "train_<name>".
     """
 
-    def __init__(self, *args, multi_scale: MultiScaleOptions | bool | None = None, train_metrics=None, **kwargs):
+    def __init__(self, *args, multi_scale: MultiScaleOptions | bool | None = None, train_metrics=None,
+                 error: type[UserError] = TrainingDiverged, **kwargs):
         if isinstance(multi_scale, bool) or multi_scale is None:
             multi_scale = MultiScaleOptions(enabled=bool(multi_scale))
         if not isinstance(multi_scale, MultiScaleOptions):
@@ -95,7 +145,15 @@ class MobileViTTrainer(Trainer):
         self.multi_scale = multi_scale
         self.train_metrics = train_metrics
         self._loss_sum = torch.zeros(2, dtype=torch.float64)  # (sum of losses, number of steps) this epoch
+        self.error = error
         self.add_callback(_TrainMetricsCallback(self))
+        self.add_callback(_FiniteWeightsCallback(self))
+
+    def diverged(self, what: str):
+        """Stop training: `what` became non-finite (one line, nothing saved from this step on)."""
+        raise self.error(f"training: {what} (epoch {self.state.epoch or 0:.2f}); the model diverged and nothing from "
+                         "this step on is saved (checkpoints of finished epochs are kept): lower --learning-rate or "
+                         "--weight-decay, or check the data")
 
     # -- compiled runs --------------------------------------------------------------------------------------------
     def _compile_settings(self):
@@ -136,11 +194,14 @@ class MobileViTTrainer(Trainer):
             return super().get_train_dataloader()
         # Not passed through `accelerator.prepare`: the sampler already shards across ranks (accelerate's
         # shard wrapper would shard a second time), and Trainer moves each batch to the device itself.
-        return _EpochAwareLoader(
+        return end_workers_with_parent(_EpochAwareLoader(
             self.train_dataset, batch_sampler=self.build_train_sampler(self.train_dataset),
             collate_fn=self.data_collator, num_workers=self.args.dataloader_num_workers,
             pin_memory=self.args.dataloader_pin_memory,
-            persistent_workers=self.args.dataloader_persistent_workers and self.args.dataloader_num_workers > 0)
+            persistent_workers=self.args.dataloader_persistent_workers and self.args.dataloader_num_workers > 0))
+
+    def _get_dataloader(self, *args, **kwargs) -> DataLoader:  # evaluation and Trainer's own training loader
+        return end_workers_with_parent(super()._get_dataloader(*args, **kwargs))
 
     # -- per-epoch training metrics ----------------------------------------------------------------------------------
     def _reset_train_tracking(self) -> None:
@@ -150,6 +211,8 @@ class MobileViTTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        if model.training and not bool(torch.isfinite(loss.detach()).all()):
+            self.diverged(f"the loss became {float(loss.detach())} at step {self.state.global_step + 1}")
         if model.training:
             self._loss_sum += torch.tensor([float(loss.detach()), 1.0], dtype=torch.float64)
             if self.train_metrics is not None and "labels" in inputs:
