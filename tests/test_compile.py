@@ -106,8 +106,9 @@ def _assert_compiled_eval_matches_eager(model, backend, size=SIZE):
         torch.testing.assert_close(got_tensor, fast_tensor, atol=1e-4, rtol=0)
 
 
-def _assert_compiled_step_matches_eager(model, task, backend):
-    """One training step (dropout on, BatchNorm on batch statistics): same loss, same gradients."""
+def _assert_compiled_step_matches_eager(model, task, backend, grad_tolerance=1e-4):
+    """One training step (dropout on, BatchNorm on batch statistics): same loss, same gradients (within
+    `grad_tolerance` of each gradient's largest value, at least 1)."""
     model.train()
     twin = copy.deepcopy(model)
     pixel_values, labels = _inputs(task)
@@ -120,7 +121,8 @@ def _assert_compiled_step_matches_eager(model, task, backend):
     assert abs(loss.item() - want.item()) <= 1e-5 * max(1.0, abs(want.item())), (loss.item(), want.item())
     for (name, param), twin_param in zip(model.named_parameters(), twin.parameters()):
         scale = max(1.0, twin_param.grad.abs().max().item())
-        torch.testing.assert_close(param.grad, twin_param.grad, atol=1e-4 * scale, rtol=1e-3, msg=name)
+        torch.testing.assert_close(param.grad, twin_param.grad, atol=grad_tolerance * scale, rtol=1e-3,
+                                   msg=lambda message, name=name: f"{name}: {message}")
 
 
 # -- Dynamo: every family and task once, cheap backends --------------------------------------------------------
@@ -181,7 +183,10 @@ def test_detector_labels_matched_in_the_data_pipeline_keep_one_graph():
 @ALL_ONLY
 def test_inductor_training_step_equals_eager():
     with torch._inductor.config.patch(fallback_random=True):  # dropout masks from eager's generator
-        _assert_compiled_step_matches_eager(_model(V1, OBJECT_DETECTION), OBJECT_DETECTION, backend="inductor")
+        # Inductor's fused kernels sum in other orders: its logits differ from eager's by ~7e-5 here, and BatchNorm
+        # on a batch of 2 (down to 1x1 maps) amplifies that in the gradients; the stem's was 4e-4 off (of 8.5)
+        _assert_compiled_step_matches_eager(_model(V1, OBJECT_DETECTION), OBJECT_DETECTION, backend="inductor",
+                                            grad_tolerance=1e-3)
 
 
 @pytest.mark.slow
