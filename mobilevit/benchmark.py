@@ -56,8 +56,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import ctypes
-import ctypes.util
 import importlib.util
 import multiprocessing
 import os
@@ -75,6 +73,7 @@ from torch import nn
 
 from . import auto, limits
 from .errors import UserError, require, require_cpp_compiler
+from .fast_training import keep_freed_memory
 from .file_utils import check_output_dir, check_output_files, claim_output, json_text, staged_outputs
 from .tasks import CLASSIFICATION, OBJECT_DETECTION, SEGMENTATION, canonical_task
 from .testing_utils import fill_realistic_weights_
@@ -210,14 +209,10 @@ def _export_artefact(model: nn.Module, path: Path, fmt: str, precision: str, ima
 
 
 def tune_allocator() -> None:
-    """Have glibc malloc keep freed memory for reuse (no trimming, no per-block mmap): the `tuned` condition."""
-    libc_name = ctypes.util.find_library("c")
-    libc = ctypes.CDLL(libc_name) if libc_name else None
-    if libc is None or not hasattr(libc, "mallopt"):
-        raise RuntimeError("allocator: 'tuned' needs glibc's mallopt, which this system's C library lacks")
-    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
-    if not (libc.mallopt(m_mmap_threshold, 1 << 30) and libc.mallopt(m_trim_threshold, 1 << 30)):
-        raise RuntimeError("allocator: glibc refused the 'tuned' settings (mallopt returned 0)")
+    """Have glibc malloc keep freed memory for reuse (no trimming, no per-block mmap): the `tuned` condition
+    (`fast_training.keep_freed_memory`, which `mobilevit train` applies to itself)."""
+    if not keep_freed_memory():
+        raise RuntimeError("allocator: 'tuned' needs glibc's mallopt, which this system's C library lacks or refused")
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -708,10 +703,16 @@ def write_outputs(results: list[Result], output: Path, overwrite: bool) -> list[
 # Command line
 # --------------------------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS),
+    parser.add_argument("--mode", choices=("inference", "train"), default="inference",
+                        help="inference: the models' forward against stock transformers and the runtimes; train: a "
+                             "training step (forward, backward, AdamW) against stock transformers' Trainer-style step "
+                             "(mobilevit/benchmark_train.py)")
+    parser.add_argument("--variants", nargs="+", default=None,
                         help="released sizes of any family, e.g. small or mobilevitv2-1.0 (default: MobileViT v1's "
-                             "three); each is timed against stock transformers' class of its family")
-    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 32], help="batch sizes (default: 1 32)")
+                             "three; --mode train: small, mobilevitv2-1.0, xx-small:semantic-segmentation, a :TASK "
+                             "suffix overriding --task); each is timed against stock transformers' class of its family")
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=None,
+                        help="batch sizes (default: 1 32; --mode train: 16)")
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads for PyTorch and ONNX Runtime")
     parser.add_argument("--task", default="image-classification",
                         help="image-classification, semantic-segmentation or object-detection")
@@ -719,27 +720,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="square input side (default 256, 512 for segmentation, 320 for detection)")
     parser.add_argument("--repeats", type=int, default=20, help="timed rounds per batch size")
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls per candidate first")
-    parser.add_argument("--candidates", nargs="+", default=None, choices=ALL_CANDIDATES,
+    parser.add_argument("--candidates", nargs="+", default=None, choices=ALL_CANDIDATES + ("transformers-bf16",),
                         help="what to time (default: all of " + ", ".join(CANDIDATES) + " whose dependencies are "
                         "installed and that the task has (mobilevit-plain for detection only); "
                         'onnxruntime needs pip install "mobilevit[export]"); exported artefacts too: '
                         + ", ".join(EXPORT_CANDIDATES) + " (batch 1; each needs its extra); torch.compile'd models: "
-                        + ", ".join(COMPILED_CANDIDATES) + " (Inductor; compile time reported apart)")
+                        + ", ".join(COMPILED_CANDIDATES) + " (Inductor; compile time reported apart); --mode train: mobilevit, "
+                        "mobilevit-bf16, transformers (default), transformers-bf16")
     parser.add_argument(
-        "--allocator", default="tuned", choices=ALLOCATORS,
+        "--allocator", default=None, choices=ALLOCATORS,
         help="glibc malloc tuned to keep freed memory (default; stock at its best), as the process has it, or "
-        "fresh: each candidate in its own new process (what a user of each library gets)",
+        "fresh: each candidate in its own new process (what a user of each library gets; the default of --mode "
+        "train, where this package's training keeps freed memory and stock does not)",
     )
     parser.add_argument("--background-load", type=int, default=0, metavar="N",
                         help="N busy processes (one CPU each) started beside the timing and stopped after it: "
                         "latency under contention (default: 0)")
-    parser.add_argument("--output", type=Path, default=None, help="folder for results.json, results.md, chart.png")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="--mode train: time steps by the wall clock, or by their process's CPU time (on a "
+                             "machine other processes keep busy, with --threads 1)")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="folder for results.json, results.md, chart.png (--mode train: train.json, train.md)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing files in --output")
 
 
 def run(args: argparse.Namespace) -> int:
     """`mobilevit benchmark`: everything checked before minutes of timing; a BenchmarkError reaches
     `mobilevit.cli`, which prints it as one line."""
+    args.variants = args.variants or list(DEFAULT_VARIANTS)
+    args.batch_sizes = args.batch_sizes or [1, 32]
+    args.allocator = args.allocator or "tuned"
     settings = check_settings(variants=args.variants, batch_sizes=args.batch_sizes, threads=args.threads,
                               task=args.task, image_size=args.image_size, repeats=args.repeats, warmup=args.warmup,
                               candidates=args.candidates, allocator=args.allocator,

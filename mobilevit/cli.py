@@ -25,7 +25,7 @@ COMMANDS = {
     "train": ("mobilevit.training.cli", "fine-tune or train a model with transformers' Trainer"),
     "predict": ("mobilevit.predict", "classify or segment image files with a saved model"),
     "convert": ("mobilevit.conversion", "convert an ml-cvnets checkpoint into a Hub-ready folder"),
-    "benchmark": ("mobilevit.benchmark", "time this package against stock transformers and ONNX Runtime"),
+    "benchmark": ("mobilevit.benchmark_command", "time this package against stock transformers and ONNX Runtime"),
     "export": ("mobilevit.export.command", "export a saved model to ONNX, ExecuTorch, LiteRT, Core ML or OpenVINO, checked in its runtime"),
 }
 

@@ -119,13 +119,28 @@ def _fixed_size() -> bool | None:
 
 
 def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, dropout_p: float = 0.0) -> torch.Tensor:
-    """Scaled dot-product attention over the last two axes (no mask): SDPA, or its explicit form in an export."""
-    if not _fixed_size():  # eager, compiled, and dynamic-shape graphs (ONNX decomposes SDPA well itself)
+    """Scaled dot-product attention over the last two axes (no mask): SDPA, or its explicit form in a fixed-size
+    export and where the explicit products are faster on CPU (`_explicit_is_faster`)."""
+    if not _fixed_size() and not (dropout_p == 0.0 and _explicit_is_faster(query)):
+        # eager, compiled, and dynamic-shape graphs (ONNX decomposes SDPA well itself)
         return F.scaled_dot_product_attention(query, key, value, dropout_p=dropout_p)
     *batch, tokens, head_size = query.shape
     query, key, value = (t.reshape(-1, t.shape[-2], t.shape[-1]) for t in (query, key, value))
     scores = torch.bmm(query, key.transpose(1, 2)) * (1.0 / math.sqrt(head_size))
     return torch.bmm(torch.softmax(scores, dim=-1), value).reshape(*batch, tokens, value.shape[-1])
+
+
+# Below this many tokens SDPA's flash kernel loses to the explicit products on CPU when autograd is on.
+EXPLICIT_ATTENTION_BELOW_TOKENS = 64
+
+
+def _explicit_is_faster(query: torch.Tensor) -> bool:
+    """On CPU, SDPA's flash kernel lost to the explicit products at MobileViT's sizes in bfloat16 (3-8x, forward
+    and backward, 16-256 tokens, heads of 16-60) and, in training, below 64 tokens (1.3-1.6x forward and backward
+    at 16-36 tokens; even at 64, faster from 256). Measured with benchmarks/profile_training.py's models."""
+    if query.device.type != "cpu" or torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return False  # exporters and compilers choose their own kernels (and must not branch on sizes)
+    return query.dtype == torch.bfloat16 or (query.requires_grad and query.shape[-2] < EXPLICIT_ATTENTION_BELOW_TOKENS)
 
 
 def sum_last(features: torch.Tensor) -> torch.Tensor:

@@ -9,11 +9,18 @@ their patches from here, in the layout of their family:
   GroupNorm over (C, P, N).
 
 P = patch * patch is the position inside a patch (row-major), N = the patch index (row-major).
+
+A map laid out NHWC (channels_last: the fast path, and training on CPU) is cut through its (B, H, W, C)
+view, so that autograd's backward of each copy also lands in NHWC: written through the NCHW view, the
+gradient of an NHWC map came back NCHW, and every kernel after it ran on mixed layouts (SiLU's backward 8x
+slower).
 """
 
 from __future__ import annotations
 
 import torch
+
+CHANNELS_LAST = torch.channels_last
 
 
 def round_up_to_patches(size: int, patch: int) -> int:
@@ -29,8 +36,12 @@ def unfold_patches(features: torch.Tensor, patch: int) -> torch.Tensor:
     """
     batch, channels, height, width = features.shape
     rows, cols = height // patch, width // patch
-    patches = features.reshape(batch, channels, rows, patch, cols, patch)
-    patches = patches.permute(0, 3, 5, 2, 4, 1)  # (B, patch_y, patch_x, rows, cols, C)
+    if is_channels_last(features):
+        patches = features.permute(0, 2, 3, 1).reshape(batch, rows, patch, cols, patch, channels)
+        patches = patches.permute(0, 2, 4, 1, 3, 5)  # (B, patch_y, patch_x, rows, cols, C)
+    else:
+        patches = features.reshape(batch, channels, rows, patch, cols, patch)
+        patches = patches.permute(0, 3, 5, 2, 4, 1)  # (B, patch_y, patch_x, rows, cols, C)
     return patches.reshape(batch * patch * patch, rows * cols, channels)
 
 
@@ -59,10 +70,14 @@ def unfold_patch_grid(features: torch.Tensor, patch: int, channels_last: bool = 
     positions interleave in memory."""
     batch, channels, height, width = features.shape
     rows, cols = height // patch, width // patch
-    tiles = features.reshape(batch, channels, rows, patch, cols, patch)  # a view in both memory layouts
     if channels_last:
-        grid = tiles.permute(0, 3, 5, 2, 4, 1).reshape(batch, patch * patch, rows * cols, channels)
-        return grid.permute(0, 3, 1, 2)
+        if is_channels_last(features):
+            tiles = features.permute(0, 2, 3, 1).reshape(batch, rows, patch, cols, patch, channels)
+            tiles = tiles.permute(0, 2, 4, 1, 3, 5)  # (B, patch_y, patch_x, rows, cols, C)
+        else:
+            tiles = features.reshape(batch, channels, rows, patch, cols, patch).permute(0, 3, 5, 2, 4, 1)
+        return tiles.reshape(batch, patch * patch, rows * cols, channels).permute(0, 3, 1, 2)
+    tiles = features.reshape(batch, channels, rows, patch, cols, patch)  # a view in both memory layouts
     return tiles.permute(0, 1, 3, 5, 2, 4).reshape(batch, channels, patch * patch, rows * cols)
 
 
@@ -71,11 +86,17 @@ def fold_patch_grid(grid: torch.Tensor, height: int, width: int, patch: int) -> 
     (a grid laid out (B, P, N, C) folds into a channels_last map)."""
     batch, channels = grid.shape[:2]
     rows, cols = height // patch, width // patch
+    tokens = grid.permute(0, 2, 3, 1)  # (B, P, N, C)
+    if tokens.is_contiguous():  # (B, P, N, C) memory -> NHWC
+        features = tokens.reshape(batch, patch, patch, rows, cols, channels).permute(0, 3, 1, 4, 2, 5)
+        return features.reshape(batch, height, width, channels).permute(0, 3, 1, 2)
     tiles = grid.reshape(batch, channels, patch, patch, rows, cols)
-    if grid.permute(0, 2, 3, 1).is_contiguous():  # (B, P, N, C) memory -> NHWC
-        features = tiles.permute(0, 4, 2, 5, 3, 1).reshape(batch, height, width, channels)
-        return features.permute(0, 3, 1, 2)
     return tiles.permute(0, 1, 4, 2, 5, 3).reshape(batch, channels, height, width)
 
 
-__all__ = ["round_up_to_patches", "unfold_patches", "fold_patches", "unfold_patch_grid", "fold_patch_grid"]
+def is_channels_last(features: torch.Tensor) -> bool:
+    """Whether a 4-D map is laid out NHWC (and not also NCHW, as maps with one channel or pixel are)."""
+    return features.dim() == 4 and not features.is_contiguous() and features.is_contiguous(memory_format=CHANNELS_LAST)
+
+
+__all__ = ["is_channels_last", "round_up_to_patches", "unfold_patches", "fold_patches", "unfold_patch_grid", "fold_patch_grid"]

@@ -240,3 +240,51 @@ def test_compiled_candidates_report_compile_time_apart(tmp_path, capsys, monkeyp
         assert line in printed
     assert "compile time of transformers torch.compile (stock), xx-small, batch 1: " in (
         tmp_path / "results.md").read_text()
+
+
+def test_train_mode_times_the_training_step_and_checks_the_first_loss(tmp_path, capsys):
+    """In-process with glibc as it is ("tuned" would change the test process's malloc for good)."""
+    args = ["benchmark", "--mode", "train", "--variants", "xx-small", "xx-small:semantic-segmentation",
+            "--batch-sizes", "2", "--image-size", "64", "--repeats", "1", "--warmup", "0", "--threads", "1",
+            "--candidates", "mobilevit", "mobilevit-bf16", "transformers", "--allocator", "default",
+            "--clock", "cpu", "--output", str(tmp_path)]
+    assert cli_main(args) == 0
+    printed = capsys.readouterr().out
+    assert "training step (forward, backward, clip, fused AdamW), 64x64, 1 threads, default allocator, cpu clock" in printed
+    rows = json.loads((tmp_path / "train.json").read_text())
+    assert {(r["candidate"], r["task"]) for r in rows} == {
+        (c, t) for c in ("mobilevit", "mobilevit-bf16", "transformers")
+        for t in ("image-classification", "semantic-segmentation")}
+    by_key = {(r["candidate"], r["task"]): r for r in rows}
+    for task in ("image-classification", "semantic-segmentation"):
+        ours, stock = by_key["mobilevit", task], by_key["transformers", task]
+        assert ours["first_loss"] == pytest.approx(stock["first_loss"], rel=1e-5)  # same weights, same batch
+        assert by_key["mobilevit-bf16", task]["first_loss"] != ours["first_loss"]  # it did run in bfloat16
+        assert stock["speedup"] == 1.0 and ours["speedup"] > 0 and ours["images_per_s"] > 0
+    table = (tmp_path / "train.md").read_text()
+    assert table.startswith("| model | task | candidate |") and table.count(" ok) |") == 2
+
+
+@pytest.mark.slow
+def test_train_mode_fresh_processes(capsys):
+    assert cli_main(["benchmark", "--mode", "train", "--variants", "xx-small", "--batch-sizes", "2", "--image-size",
+                     "64", "--repeats", "1", "--warmup", "0", "--threads", "1", "--candidates", "mobilevit",
+                     "transformers"]) == 0
+    printed = capsys.readouterr().out
+    assert ", fresh allocator" in printed and "| xx-small | image-classification | mobilevit (this package) |" in printed
+    assert " ok) |" in printed
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--variants", "huge"], "variant: expected a released size"),
+    (["--variants", "small:detection"], "task: expected one of"),
+    (["--candidates", "onnxruntime"], "candidates: --mode train times"),
+    (["--image-size", "16"], "image_size: expected an integer >= 32"),
+    (["--batch-sizes", "0"], "batch_sizes: expected positive integers, got [0]"),
+    (["--repeats", "0"], "repeats: expected a positive integer, got 0"),
+])
+def test_train_mode_refuses_bad_arguments_before_building_a_model(capsys, monkeypatch, argv, message):
+    monkeypatch.setattr(benchmark, "build_mobilevit", lambda *a, **k: pytest.fail("a model was built"))
+    assert cli_main(["benchmark", "--mode", "train", *argv]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1 and message in captured.err, captured.err

@@ -53,8 +53,8 @@ def test_require_names_the_extra():
 
 @pytest.mark.parametrize("command, shown", [
     ("train", ["passes over the training data (default: 10)", "(default: 32)", "(default: xx-small)",
-               "augmentation (default: 0)", "torch CPU threads (default: 1;"]),
-    ("demo", ["(default: demo-output)", "torch CPU threads (default: 1,"]),
+               "augmentation (default: 0)", "torch CPU threads (default: every CPU this process may use)"]),
+    ("demo", ["(default: demo-output)", "torch CPU threads (default: every CPU this process may use;"]),
     ("predict", ["(default: 5)", "(default: cpu)", "(default: auto)"]),
     ("benchmark", ["(default: 20)"]),
 ])

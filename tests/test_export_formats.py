@@ -44,6 +44,15 @@ CASES = [
 ]
 
 
+# Why CI leaves LiteRT out (issue 26, measured 2026-12-08 on the shared 2-core machine at a load average of 10-24):
+# its environment (python -m venv; pip install torch==2.13.0; pip install -e ".[litert]") took 7.7 minutes to build
+# (11 s + 72 s + 391 s) and is 2.6 GB (jax, jaxlib, litert-converter, ai-edge-litert, pyarrow, ...), downloaded anew
+# on every run (pip keeps no cache here); the three cases below then took 15 minutes (about 3 CPU-minutes). CI is
+# at about 17 of its 20 minutes. All three pass in that environment (MOBILEVIT_LITERT_PYTHON=<venv>/bin/python).
+LITERT_SKIP = (f"LiteRT runs in an environment of its own, which CI does not build (8 minutes and 2.6 GB to install "
+               f"here, over CI's 20-minute budget); set {PYTHON_VARIABLE} to that environment's python to run it")
+
+
 def _available(name: str) -> bool:
     if name == "litert" and os.environ.get(PYTHON_VARIABLE):
         return True
@@ -68,7 +77,7 @@ def photos_dir(tmp_path_factory):
 @pytest.mark.parametrize("name, precision, task, variant", CASES, ids=["-".join(c) for c in CASES])
 def test_export_runs_like_pytorch(tmp_path, photos_dir, name, precision, task, variant):
     if not _available(name):
-        pytest.skip(f"the [{FORMATS[name].extra}] extra is not installed")
+        pytest.skip(LITERT_SKIP if name == "litert" else f"the [{FORMATS[name].extra}] extra is not installed")
     chosen = FORMATS[name]
     config_task = "image-classification" if task == "image-feature-extraction" else task  # the backbone's widths
     config = auto.new_config(variant, config_task, num_labels=4, image_size=64,

@@ -13,7 +13,7 @@ from mobilevit import auto
 
 PACKAGE_DIR = Path(mobilevit.__file__).resolve().parent
 # The tools on top of the registry (tests/test_package_layout.py checks they name no family).
-TOOLS = ["pipelines", "predict", "export", "benchmark", "hub", "conversion", "training.job", "training.demo",
+TOOLS = ["pipelines", "predict", "export", "benchmark", "benchmark_train", "benchmark_command", "hub", "conversion", "training.job", "training.demo",
          "training.cli"] + [f"export.{p.stem}" for p in sorted((PACKAGE_DIR / "export").glob("*.py")) if p.stem != "__init__"]
 
 

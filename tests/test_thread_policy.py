@@ -151,3 +151,66 @@ def test_a_forward_on_one_thread_equals_the_usual_one(policy):
             single = model(pixel_values).logits
     assert usual.abs().max() > 0.3
     torch.testing.assert_close(single, usual, atol=1e-5, rtol=0)
+
+
+def test_a_training_step_drops_at_once_stays_set_and_is_probed_no_sooner_than_its_duration_allows(policy, monkeypatch):
+    """A contended step costs 20-30x an uncontended one: one slow step is enough to drop, the choice stays set
+    for what runs between steps, a probe waits for many steps' worth of time, and the threads come back only
+    when every look at the runnable count finds idle CPUs."""
+    policy, state = policy
+    wall = {"t": 0.0}
+    looks = iter([])
+
+    def perf_counter():  # every unit lasts 1 s of wall time
+        wall["t"] += 0.5
+        return wall["t"]
+
+    monkeypatch.setattr(thread_policy.time, "perf_counter", perf_counter)
+    monkeypatch.setattr(thread_policy.time, "process_time", lambda: wall["t"] * torch.get_num_threads() * state["share"])
+    monkeypatch.setattr(thread_policy.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(thread_policy, "_runnable_tasks", lambda: next(looks, state["runnable"]))
+
+    def step():
+        with policy.work("training step", requested=2, restore=False):
+            state["threads_seen"].append(torch.get_num_threads())
+        state["threads_seen"].append(("between", torch.get_num_threads()))
+
+    state["share"], state["runnable"] = 0.4, 4
+    step(), step()
+    assert state["threads_seen"] == [2, ("between", 1), 1, ("between", 1)]  # one slow step; the choice stays
+    state["threads_seen"].clear()
+    state["now"] += thread_policy.RETRY_AFTER_S + 1  # a forward's probe time, but not a training step's
+    step()
+    state["now"] += thread_policy.RETRY_AFTER_UNITS * 1.0
+    step()  # the probe, slow again
+    looks = iter([1, 1, 4])  # idle for two looks, then busy: a snapshot, not an idle machine
+    step()
+    looks = iter([1] * thread_policy.IDLE_SAMPLES)
+    state["share"] = 1.0
+    step(), step()
+    assert [t for t in state["threads_seen"] if not isinstance(t, tuple)] == [1, 2, 1, 2, 2]
+    assert policy.counts["training step", 2] == 4 and policy.counts["training step", 1] == 3
+
+
+def test_the_trainer_runs_each_training_step_under_the_policy(monkeypatch, tmp_path):
+    from transformers import TrainingArguments
+
+    from mobilevit.training import MobileViTTrainer
+
+    units = []
+    real = thread_policy.POLICY.work
+
+    def spy(unit, *args, **kwargs):
+        units.append(unit)
+        return real(unit, *args, **kwargs)
+
+    monkeypatch.setattr(thread_policy.POLICY, "work", spy)
+    config = auto.new_config("xx-small", "image-classification", num_labels=3)
+    model = auto.new_model(config, "image-classification")
+    data = [{"pixel_values": torch.rand(3, 64, 64), "labels": torch.tensor(i % 3)} for i in range(4)]
+    args = TrainingArguments(str(tmp_path), per_device_train_batch_size=2, max_steps=2, report_to="none",
+                             use_cpu=True, save_strategy="no", disable_tqdm=True)
+    before = torch.get_num_threads()
+    MobileViTTrainer(model=model, args=args, train_dataset=data).train()
+    assert units == ["training step"] * 2
+    assert torch.get_num_threads() == before  # the setting asked for, back after training

@@ -1,8 +1,10 @@
 """`mobilevit demo` end to end (slow): both models trained, saved, reloaded and used through pipelines,
-targets met, every promised file written; and it refuses to clobber an existing folder."""
+targets met, every promised file written, next steps printed that name files which exist; and it refuses to
+clobber an existing folder."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -28,9 +30,9 @@ def test_demo_refuses_a_non_empty_output_dir(tmp_path, capsys):
     assert "threads: expected an integer from 1 to " in capsys.readouterr().err
 
 
-# The demo (1 thread by default) needs about 650 CPU-seconds: ~11 minutes on an idle machine. The timeout only
-# guards against a hang, with room for a machine shared with other jobs (2204 s at a load average of 9-12 on 2
-# cores); with 2 threads on such a machine training ran 20-30x slower and this test timed out at 1200 s.
+# The demo (every CPU by default, one thread per step while the CPUs are contended: thread_policy.py) needed 650
+# CPU-seconds before the training speed work and less since (docs/training-speed.md). The timeout only guards
+# against a hang, with room for a machine shared with other jobs (2204 s at a load average of 9-12 on 2 cores).
 @pytest.mark.slow
 def test_demo_end_to_end_meets_its_targets(tmp_path):
     out = tmp_path / "demo-output"
@@ -46,4 +48,9 @@ def test_demo_end_to_end_meets_its_targets(tmp_path):
     for task in ("classification", "segmentation"):
         for name in ("config.json", "model.safetensors", "preprocessor_config.json", "README.md"):
             assert (out / task / name).is_file(), (task, name)
+    digits = out / "images" / "digits"  # the held-out images the next steps run on: an image folder of every class
+    assert sorted(len(list(folder.glob("*.png"))) for folder in digits.iterdir()) == [10] * 10
+    steps = completed.stdout[completed.stdout.index("# Next steps"):]
+    named = set(re.findall(rf"{re.escape(str(out))}/[^\s\"'):]*", steps))
+    assert len(named) >= 8 and all(Path(path.rstrip("/.")).exists() for path in named), named
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demo-output"]  # no staging folders left behind

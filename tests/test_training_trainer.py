@@ -178,3 +178,24 @@ def test_sigkill_while_a_checkpoint_is_written_then_resume_from_the_last_whole_o
     resumed = load_file(output / "model.safetensors")
     for key in straight:
         torch.testing.assert_close(resumed[key], straight[key], rtol=0, atol=1e-6, msg=key)
+
+
+def test_bf16_trains_in_bfloat16_autocast_and_evaluates_in_float32(tmp_path):
+    """`--bf16`: the training forward under bfloat16 autocast, evaluation and the saved weights float32."""
+    seen = []  # (training, dtype of the logits) per forward
+    train, val = small_digits(num_train=32, num_val=16)
+    job = _digits_job((train, val), tmp_path / "out", epochs=1, bf16=True, threads=1)
+
+    class Spy(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            model.register_forward_hook(lambda module, inputs, output: seen.append((module.training,
+                                                                                     output.logits.dtype)))
+
+    job.callbacks = [Spy()]
+    result = train_and_save(job)
+    assert (True, torch.bfloat16) in seen and (False, torch.float32) in seen
+    assert not any(training and dtype != torch.bfloat16 for training, dtype in seen)
+    assert not any(not training and dtype != torch.float32 for training, dtype in seen)
+    assert result.metrics["training"]["bf16"] is True
+    saved = load_file(tmp_path / "out" / "model.safetensors").values()
+    assert all(t.dtype == torch.float32 for t in saved if t.is_floating_point())

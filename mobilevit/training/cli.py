@@ -78,9 +78,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="torch.compile the model (Inductor; Trainer's torch_compile): one graph per training input "
                             "size, each compiled at its first step (minutes on a small CPU), faster steps after; "
                             "see docs/compile.md")
-    train.add_argument("--threads", type=int, default=1,
-                       help="torch CPU threads (default: 1; on a machine of your own, its free cores: on a busy one, "
-                            "2 threads on 2 cores trained 20-30x slower than 1)")
+    train.add_argument("--threads", type=int, default=None,
+                       help="torch CPU threads (default: every CPU this process may use); while other processes hold "
+                            "the CPUs, training steps drop to one thread (on a busy 2-core machine 2 threads trained "
+                            "20-30x slower than 1) and come back when they are idle")
+    train.add_argument("--bf16", action="store_true",
+                       help="train in bfloat16 autocast (CPU and CUDA; 1.2-1.4x faster than float32 on an AVX-512-BF16 "
+                            "CPU here, measure yours: docs/training-speed.md); weights, optimizer and evaluation stay "
+                            "float32")
     out = parser.add_argument_group("output")
     out.add_argument("--output-dir", required=True, help="the finished model folder; checkpoints go to "
                                                          "<output-dir>.partial while training")
@@ -91,6 +96,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def job_from_args(args: argparse.Namespace) -> TrainJob:
+    from ..limits import usable_cpus
+
     overrides = {"output_stride": args.output_stride} if args.output_stride else {}
     return TrainJob(
         task=args.task, data=args.data, output_dir=args.output_dir, model=args.model, variant=args.variant,
@@ -100,7 +107,8 @@ def job_from_args(args: argparse.Namespace) -> TrainJob:
         multi_scale_range=args.multi_scale_range, crop_scale=args.crop_scale, crop_ratio=args.crop_ratio,
         flip_prob=args.flip_prob, labels=args.labels, config_overrides=overrides, seed=args.seed, resume=args.resume,
         overwrite=args.overwrite, keep_checkpoints=args.keep_checkpoints, num_workers=args.num_workers,
-        threads=args.threads, skip_bad_images=args.skip_bad_images, compile=args.compile)
+        threads=usable_cpus() if args.threads is None else args.threads, bf16=args.bf16, skip_bad_images=args.skip_bad_images,
+        compile=args.compile)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -8,8 +8,11 @@ predictions. Everything lands in `--output-dir`:
     segmentation/     shapes model folder (same)
     metrics.json      {"classification": {"accuracy": ...}, "segmentation": {"mean_iou": ...}, ...}
     training_history.png       loss and metric per epoch, train and eval, both tasks
-    segmentation_predictions.png   predicted masks over held-out images, next to the true masks
-    classification_predictions.png held-out digits with their predicted labels
+    segmentation_predictions.png   held-out scenes: true and predicted masks, wrong pixels in red
+    classification_predictions.png held-out digits, true and predicted labels, mistakes framed in red
+    images/           a few held-out images as files (digits/<label>/*.png, shapes/*.png) for the next steps
+
+When it ends it prints the next steps, commands on these folders (`demo_report.next_steps`).
 
 The recipe (sizes, epochs, learning rate) is chosen to reach the targets below on 2 CPU cores in a few
 minutes; `RECIPES` holds it.
@@ -27,6 +30,8 @@ import torch
 from .. import auto, limits
 from ..file_utils import check_output_dir, claim_output, json_text, staged_directory
 from .demo_data import SHAPES_LABELS, load_digits_dataset, load_shapes_dataset
+from .demo_report import (EXAMPLES_DIR, classification_picture, next_steps, segmentation_picture,
+                          write_example_images)
 from .history import plot_histories
 from .job import OutputExistsError, TrainError, TrainJob, train_and_save
 from .metrics import SegmentationMetrics
@@ -50,9 +55,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dir", default="demo-output", help="where everything goes")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     parser.add_argument("--seed", type=int, default=0, help="seeds the data, the initial weights and the augmentation")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (default: 1, safe on a shared machine: on a busy 2-core one, 2 "
-                             "threads trained 20-30x slower than 1)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: every CPU this process may use; training steps drop to one "
+                             "thread while other processes hold the CPUs, as in `mobilevit train`)")
+    parser.add_argument("--bf16", action="store_true",
+                        help="train both models in bfloat16 autocast (evaluation and the saved models stay float32)")
 
 
 def _pipeline_classification(folder: Path, test) -> tuple[float, list]:
@@ -85,104 +92,83 @@ def _pipeline_segmentation(folder: Path, test) -> tuple[dict, list]:
     return metrics.compute(), examples
 
 
-PALETTE = np.array([[0, 0, 0], [230, 25, 75], [60, 180, 75], [0, 130, 200]], dtype=np.float32)
-
-
 def _plot_segmentations(examples: list, path: Path, count: int = 8) -> None:
-    # a pyplot-free Figure: no global backend switch, so a notebook's inline plots keep working
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Patch
-
-    fig = Figure(figsize=(2 * count, 6.4))
-    axes = fig.subplots(3, count)
-    for column, (image, predicted, truth) in enumerate(examples[:count]):
-        pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
-        for row, (title, labels) in enumerate((("image", None), ("predicted", predicted), ("true", truth))):
-            shown = pixels if labels is None else np.where(
-                (labels > 0)[..., None], 0.45 * pixels + 0.55 * PALETTE[np.clip(labels, 0, len(PALETTE) - 1)], pixels)
-            axes[row, column].imshow(shown.astype(np.uint8))
-            axes[row, column].set_axis_off()
-            if column == 0:
-                axes[row, column].set_title(title, loc="left", fontsize=10)
-    handles = [Patch(color=PALETTE[i] / 255, label=name)
-               for i, name in enumerate(SHAPES_LABELS) if i]
-    fig.legend(handles=handles, loc="lower center", ncol=len(handles))
-    fig.suptitle("MobileViT-XXS DeepLabV3 on held-out shapes scenes (pipeline output)")
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    # true and predicted masks in `predict`'s colours, wrong pixels in red (demo_report)
+    fig = segmentation_picture(examples, SHAPES_LABELS, "MobileViT-XXS DeepLabV3 on held-out shapes scenes (pipeline "
+                               "output)", count)
     fig.savefig(path, dpi=80)
 
 
 def _plot_digits(examples: list, path: Path, count: int = 24) -> None:
-    # a pyplot-free Figure: no global backend switch, so a notebook's inline plots keep working
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(count // 3 * 1.2, 4.2))
-    axes = fig.subplots(3, count // 3)
-    for ax, (image, predicted, truth) in zip(axes.flat, examples[:count]):
-        ax.imshow(np.asarray(image.convert("L")), cmap="gray")
-        ax.set_title(f"{predicted}" + ("" if predicted == truth else f" (true {truth})"),
-                     color="black" if predicted == truth else "red", fontsize=9)
-        ax.set_axis_off()
-    fig.suptitle("MobileViT-XXS on held-out digits (pipeline predictions)")
-    fig.tight_layout()
+    # true and predicted labels, mistakes picked and framed in red (demo_report)
+    fig = classification_picture(examples, "MobileViT-XXS on held-out digits (pipeline predictions)", count)
     fig.savefig(path, dpi=80)
 
 
-def run_demo(output_dir: Path, overwrite: bool = False, seed: int = 0) -> dict:
-    """Run both tasks into a temporary folder, then move it to `output_dir`; returns the metrics."""
+def run_demo(output_dir: Path, overwrite: bool = False, seed: int = 0, bf16: bool = False) -> dict:
+    """Run both tasks into a temporary folder, then move it to `output_dir`; returns the metrics. `bf16`:
+    train in bfloat16 autocast (`TrainJob.bf16`)."""
     output_dir = check_output_dir(output_dir, "output_dir", error=TrainError)
     if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
         raise OutputExistsError(f"output_dir: expected an empty or new folder, got {str(output_dir)!r} which holds "
                                 f"files (pass --overwrite to replace it)")
     with claim_output(output_dir, "output_dir", replaces=True, error=TrainError):
         check_output_dir(output_dir, "output_dir", overwrite=overwrite, error=TrainError)  # again, under the claim
-        return _run_demo(output_dir, overwrite, seed)
+        return _run_demo(output_dir, overwrite, seed, bf16)
 
 
-def _run_demo(output_dir: Path, overwrite: bool, seed: int) -> dict:
+def _run_demo(output_dir: Path, overwrite: bool, seed: int, bf16: bool) -> dict:
     started = time.perf_counter()
     with staged_directory(output_dir, overwrite=overwrite, error=TrainError) as staging:
         summary, histories = {}, []
         print("== 1/2 image classification: scikit-learn digits, MobileViT-XXS from scratch ==", flush=True)
         digits = load_digits_dataset(seed=seed)
-        result = train_and_save(TrainJob(data=digits, output_dir=staging / "classification", seed=seed,
+        result = train_and_save(TrainJob(data=digits, output_dir=staging / "classification", seed=seed, bf16=bf16,
                                          **RECIPES["classification"]))
         accuracy, digit_examples = _pipeline_classification(staging / "classification", digits["test"])
         summary["classification"] = {"accuracy": accuracy, "num_test_images": len(digits["test"]),
                                      "trainer_test": result.metrics["test"],
-                                     "train_seconds": result.metrics["train_seconds"]}
+                                     "train_seconds": result.metrics["train_seconds"],
+                                     "train_cpu_seconds": result.metrics["train_cpu_seconds"],
+                                     "steps_by_threads": result.metrics["training"]["steps_by_threads"]}
         histories.append(("digits classification", result.metrics["history"], "accuracy"))
         _plot_digits(digit_examples, staging / "classification_predictions.png")
 
         print("== 2/2 semantic segmentation: shapes over real photos, MobileViT-XXS DeepLabV3 from scratch ==",
               flush=True)
         shapes = load_shapes_dataset(seed=seed, **SHAPES_SIZES)
-        result = train_and_save(TrainJob(data=shapes, output_dir=staging / "segmentation", seed=seed,
+        result = train_and_save(TrainJob(data=shapes, output_dir=staging / "segmentation", seed=seed, bf16=bf16,
                                          **RECIPES["segmentation"]))
         seg_metrics, seg_examples = _pipeline_segmentation(staging / "segmentation", shapes["test"])
         summary["segmentation"] = {**seg_metrics, "num_test_images": len(shapes["test"]),
                                    "trainer_test": result.metrics["test"],
-                                   "train_seconds": result.metrics["train_seconds"]}
+                                   "train_seconds": result.metrics["train_seconds"],
+                                   "train_cpu_seconds": result.metrics["train_cpu_seconds"],
+                                   "steps_by_threads": result.metrics["training"]["steps_by_threads"]}
         histories.append(("shapes segmentation", result.metrics["history"], "mean_iou"))
         _plot_segmentations(seg_examples, staging / "segmentation_predictions.png")
 
         plot_histories(histories, staging / "training_history.png")
+        write_example_images(staging / EXAMPLES_DIR, digits["test"], shapes["test"])
         summary["targets"] = {f"{task}.{name}": {"target": target, "value": summary[task][name],
                                                    "met": summary[task][name] >= target}
                               for task, (name, target) in TARGETS.items()}
         summary["total_seconds"] = round(time.perf_counter() - started, 1)
         summary["threads"] = torch.get_num_threads()
+        summary["bf16"] = bf16
         (staging / "metrics.json").write_text(json_text(summary) + "\n")
     return summary
 
 
 def run(args: argparse.Namespace) -> int:
     """`mobilevit demo`: a TrainError reaches `mobilevit.cli`, which prints it as one line."""
-    limits.check_threads("threads", args.threads, TrainError)
+    threads = limits.usable_cpus() if args.threads is None else args.threads
+    limits.check_threads("threads", threads, TrainError)
     limits.check_seed("seed", args.seed, TrainError)
-    torch.set_num_threads(args.threads)
-    summary = run_demo(Path(args.output_dir), args.overwrite, args.seed)
+    torch.set_num_threads(threads)
+    summary = run_demo(Path(args.output_dir), args.overwrite, args.seed, bf16=args.bf16)
     print(f"\nDemo finished in {summary['total_seconds']:.0f} s; results in {args.output_dir}/")
     for key, entry in summary["targets"].items():
         print(f"  {key:<28} {entry['value']:.4f}  (target >= {entry['target']})  {'ok' if entry['met'] else 'MISSED'}")
+    print("\n" + next_steps(args.output_dir))
     return 0 if all(entry["met"] for entry in summary["targets"].values()) else 1

@@ -32,10 +32,12 @@ from transformers import set_seed
 
 from .. import auto, limits
 from ..errors import EXIT_INTERRUPTED, EXIT_TERMINATED, Interrupted, Terminated, UserError, require_cpp_compiler
+from ..fast_training import keep_freed_memory
 from ..file_utils import check_output_dir, claim_output, json_text, staged_directory
 from ..hub import write_model_card
 from ..image_processing_mobilevit import MobileViTImageProcessor
 from ..tasks import CLASSIFICATION, SEGMENTATION, a_task, canonical_task
+from ..thread_policy import POLICY
 from .checkpoints import checkpoint_problem, scan_checkpoints
 from .data import DataError, prepare_task_data
 from .history import epoch_history, plot_history
@@ -90,6 +92,7 @@ class TrainJob:
     keep_checkpoints: bool = False
     num_workers: int = 0
     threads: int | None = None  # torch CPU threads for this process (None: leave torch's setting)
+    bf16: bool = False  # the training forward under bfloat16 autocast (MobileViTTrainer); evaluation stays float32
     skip_bad_images: bool = False  # leave out (and report) examples that cannot be read, instead of stopping
     compile: bool = False  # torch.compile the model (Trainer's torch_compile): a graph per input shape
     compile_backend: str = "inductor"  # the torch.compile backend when `compile` (tests use "aot_eager")
@@ -143,6 +146,8 @@ def validate_job(job: TrainJob) -> TrainJob:
         raise TrainError(f"compile: expected True or False, got {job.compile!r}", usage=True)
     if job.compile:
         _check_compile_backend(job.compile_backend)
+    if not isinstance(job.bf16, bool):
+        raise TrainError(f"bf16: expected True or False, got {job.bf16!r}", usage=True)
     _range("crop_scale", job.crop_scale, 0, 1)
     _range("crop_ratio", job.crop_ratio, 1 / MAX_CROP_RATIO - 1e-12, MAX_CROP_RATIO)
     if job.labels is not None and (not job.labels or not all(isinstance(n, str) and n for n in job.labels)):
@@ -498,6 +503,7 @@ def _train_and_save(job: TrainJob, output_dir: Path, work_dir: Path) -> TrainRes
             data.use_label_set(folder_labels, f"the model {str(job.model)!r}")  # the same classes: keep the head
     if job.threads is not None:
         torch.set_num_threads(job.threads)
+    keep_freed_memory()  # a training step's large maps are reused, not page-faulted in again (fast_training.py)
     set_seed(job.seed)  # the new weights (and a new head) depend on the seed only, like Trainer's model_init
     model = build_model(job, data.id2label)
     _settle_problem_type(model, job.task)
@@ -522,14 +528,15 @@ def _train_and_save(job: TrainJob, output_dir: Path, work_dir: Path) -> TrainRes
         model=model, args=_training_arguments(job, work_dir / "checkpoints"), train_dataset=train_set,
         eval_dataset=val_set, compute_metrics=_metrics_for(job.task, data.id2label, family),
         train_metrics=_metrics_for(job.task, data.id2label, family), callbacks=list(job.callbacks),
-        multi_scale=MultiScaleOptions(enabled=multi_scale, min_size=low, max_size=high), error=TrainError)
+        multi_scale=MultiScaleOptions(enabled=multi_scale, min_size=low, max_size=high), bf16=job.bf16,
+        error=TrainError)
     if job.compile:
         shapes = len(trainer.build_train_sampler(train_set).table)
         _note(f"compile: the first step at each of the {shapes} training input size(s) compiles a graph "
               f"({job.compile_backend}; minutes each on a small CPU); evaluation runs uncompiled (the fast path)")
-    started = time.perf_counter()
+    started, cpu_started, steps_before = time.perf_counter(), time.process_time(), dict(POLICY.counts)
     trainer.train(resume_from_checkpoint=resume_from)
-    train_seconds = time.perf_counter() - started
+    train_seconds, train_cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
 
     metrics = {"task": job.task, "main_metric": MAIN_METRIC[job.task],
                "validation": _strip(trainer.evaluate(val_set, metric_key_prefix="eval"), "eval_")}
@@ -537,9 +544,13 @@ def _train_and_save(job: TrainJob, output_dir: Path, work_dir: Path) -> TrainRes
         metrics["test"] = _strip(trainer.evaluate(test_set, metric_key_prefix="test"), "test_")
     metrics["history"] = epoch_history(trainer.state.log_history)
     metrics["train_seconds"] = round(train_seconds, 1)
+    metrics["train_cpu_seconds"] = round(train_cpu_seconds, 1)  # all threads; wall time x threads when idle
     metrics["training"] = {"epochs": job.epochs, "batch_size": job.batch_size, "learning_rate": job.learning_rate,
                            "image_size": image_size, "multi_scale": multi_scale, "seed": job.seed,
-                           "world_size": trainer.args.world_size, "compile": job.compile, "base_model": str(job.model) if job.model else None,
+                           "world_size": trainer.args.world_size, "compile": job.compile,
+                           "base_model": str(job.model) if job.model else None,
+                           "bf16": job.bf16, "threads": torch.get_num_threads(),
+                           "steps_by_threads": _steps_by_threads(steps_before),
                            "variant": model.config.variant, "num_train_examples": len(train_set)}
     metrics["eval_resize"] = eval_resize
     metrics["skipped_examples"] = [asdict(bad) for bad in data.skipped]
@@ -551,6 +562,13 @@ def _train_and_save(job: TrainJob, output_dir: Path, work_dir: Path) -> TrainRes
         _write_output(model, processor, metrics, job, output_dir, work_dir)
     trainer.accelerator.wait_for_everyone()
     return TrainResult(output_dir, metrics, model, processor, trainer)
+
+
+def _steps_by_threads(before: dict) -> dict[str, int]:
+    """How many training steps of this run the thread policy ran on how many threads ({} where it stayed out:
+    one thread asked for, or not on CPU)."""
+    return {str(threads): count - before.get((unit, threads), 0) for (unit, threads), count in sorted(POLICY.counts.items())
+            if unit == "training step" and count > before.get((unit, threads), 0)}
 
 
 def _as_int(value) -> int:
@@ -585,7 +603,8 @@ def _write_card(model, metrics: dict, job: TrainJob, folder: Path) -> None:
     notes = (f"Trained with `mobilevit train` ({'fine-tuned from ' + str(job.model) if job.model else 'from scratch'}"
              f"): {training['epochs']} epochs on {training['num_train_examples']} images, batch size "
              f"{job.batch_size} x {training['world_size']} process(es), AdamW with peak learning rate "
-             f"{job.learning_rate} on a cosine schedule, {training['image_size']}x{training['image_size']} crops"
+             f"{job.learning_rate} on a cosine schedule{' (bfloat16 autocast)' if job.bf16 else ''}, "
+             f"{training['image_size']}x{training['image_size']} crops"
              f"{' with the multi-scale sampler' if training['multi_scale'] else ''}. The processor saved here "
              f"resizes the shortest edge to {metrics['eval_resize']} before the centre crop. Per-epoch curves: "
              f"`training_history.png`; all numbers: `metrics.json`.")

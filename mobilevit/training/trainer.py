@@ -1,13 +1,17 @@
 """`MobileViTTrainer`: `transformers.Trainer` with the multi-scale sampler and per-epoch training metrics.
 
-Everything else (optimizer, schedule, checkpoints, resume, DDP via torchrun / accelerate, progress bars) is
-stock Trainer, with two guards: a loss or weight that stops being finite ends training at once with a one-line
-error naming the step (stock Trainer logs the average of earlier losses instead and trains on, saving NaN
-weights), and DataLoader worker processes end with the main process, however it ends (Linux: the parent-death
-signal), rather than lingering. With `TrainingArguments(torch_compile=True)` the model is compiled once per input
-shape (see `compiled_per_shape`): one graph per resolution of the sampler's table. (Trainer evaluates
-`trainer.model`, the module itself, during and after `train()`: evaluation runs uncompiled, on the eval fast
-path.) The sampler is a plug-in: with a `MobileViTDataset` as training set, batches come from
+Two speed settings: on CPU each training step (forward and backward) runs under the thread policy
+(`mobilevit/thread_policy.py`: every thread torch was given while the machine is idle, one while other
+processes hold the CPUs), and `bf16=True` runs the training forward under bfloat16 autocast (CPU and CUDA;
+evaluation stays float32, as the saved model runs). Everything else (optimizer, schedule, checkpoints, resume,
+DDP via torchrun / accelerate, progress bars) is stock Trainer, with two guards: a loss or weight that stops
+being finite ends training at once with a one-line error naming the step (stock Trainer logs the average of
+earlier losses instead and trains on, saving NaN weights), and DataLoader worker processes end with the main
+process, however it ends (Linux: the parent-death signal), rather than lingering. With
+`TrainingArguments(torch_compile=True)` the model is compiled once per input shape (see `compiled_per_shape`):
+one graph per resolution of the sampler's table. (Trainer evaluates `trainer.model`, the module itself, during
+and after `train()`: evaluation runs uncompiled, on the eval fast path.) The sampler is a plug-in:
+with a `MobileViTDataset` as training set, batches come from
 `MultiScaleBatchSampler` (multi-scale or fixed size); any other training set falls back to Trainer's own
 loader. And `MultiScaleBatchSampler` + `MobileViTDataset` also work with a plain `DataLoader`:
 
@@ -29,6 +33,7 @@ from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback
 
 from ..errors import UserError
+from ..thread_policy import POLICY
 from .data import MobileViTDataset, collate
 from .sampler import MultiScaleBatchSampler
 
@@ -132,10 +137,13 @@ class MobileViTTrainer(Trainer):
             per-example seeded augmentation, so resumed runs repeat exactly).
         train_metrics: an object with `update(logits, labels)`, `compute()` and `reset()` (e.g. a
             `ClassificationMetrics`); its results are logged per epoch as "train_<name>".
+        bf16: the training forward under `torch.autocast(dtype=torch.bfloat16)` (the backward follows it);
+            weights, optimizer and evaluation stay float32. (TrainingArguments' own `bf16` would also run
+            evaluation in bfloat16.)
     """
 
     def __init__(self, *args, multi_scale: MultiScaleOptions | bool | None = None, train_metrics=None,
-                 error: type[UserError] = TrainingDiverged, **kwargs):
+                 bf16: bool = False, error: type[UserError] = TrainingDiverged, **kwargs):
         if isinstance(multi_scale, bool) or multi_scale is None:
             multi_scale = MultiScaleOptions(enabled=bool(multi_scale))
         if not isinstance(multi_scale, MultiScaleOptions):
@@ -144,6 +152,7 @@ class MobileViTTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.multi_scale = multi_scale
         self.train_metrics = train_metrics
+        self.bf16 = bool(bf16)
         self._loss_sum = torch.zeros(2, dtype=torch.float64)  # (sum of losses, number of steps) this epoch
         self.error = error
         self.add_callback(_TrainMetricsCallback(self))
@@ -202,6 +211,29 @@ class MobileViTTrainer(Trainer):
 
     def _get_dataloader(self, *args, **kwargs) -> DataLoader:  # evaluation and Trainer's own training loader
         return end_workers_with_parent(super()._get_dataloader(*args, **kwargs))
+
+    # -- speed ------------------------------------------------------------------------------------------------------
+    def train(self, *args, **kwargs):
+        # the threads asked for; the policy's choice for each step stays set until the next one (batches,
+        # optimizer, evaluation run on it too), and the setting is put back at the end
+        self._asked_threads = torch.get_num_threads()
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            torch.set_num_threads(self._asked_threads)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        asked = getattr(self, "_asked_threads", None)
+        if self.args.device.type != "cpu" or asked is None:
+            return super().training_step(model, inputs, num_items_in_batch)
+        with POLICY.work("training step", requested=asked, restore=False):
+            return super().training_step(model, inputs, num_items_in_batch)
+
+    def autocast_smart_context_manager(self, cache_enabled: bool | None = True):
+        # Trainer enters this around compute_loss, in training and in evaluation; bfloat16 is for training only
+        if self.bf16 and self.model.training:
+            return torch.autocast(self.args.device.type, dtype=torch.bfloat16, cache_enabled=cache_enabled)
+        return super().autocast_smart_context_manager(cache_enabled)
 
     # -- per-epoch training metrics ----------------------------------------------------------------------------------
     def _reset_train_tracking(self) -> None:

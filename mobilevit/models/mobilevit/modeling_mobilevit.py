@@ -41,9 +41,9 @@ from transformers.modeling_outputs import (
 )
 from transformers.modeling_utils import PreTrainedModel
 
-from ... import export_mode, fast_inference, ssd
+from ... import export_mode, fast_inference, fast_training, ssd
 from ...configuration_utils import make_divisible
-from ...patches import fold_patches, round_up_to_patches, unfold_patches
+from ...patches import fold_patches, is_channels_last, round_up_to_patches, unfold_patches
 from . import fast_mobilevit
 from .configuration_mobilevit import (
     MOBILENET_STAGE_DEPTHS,
@@ -93,7 +93,7 @@ class MobileViTConvLayer(nn.Module):
         self.activation = ACT2FN[use_activation] if use_activation else None
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        features = self.convolution(features)
+        features = fast_training.convolve(self.convolution, features)  # self.convolution(features), see there
         if self.normalization is not None:
             features = self.normalization(features)
         if self.activation is not None:
@@ -272,8 +272,9 @@ class MobileViTLayer(GradientCheckpointingLayer):
         if resized:
             features = F.interpolate(features, size=(patched_height, patched_width), mode="bilinear", align_corners=False)
 
+        channels_last = is_channels_last(features)  # training on CPU (fast_training.py)
         patches = self.layernorm(self.transformer(unfold_patches(features, patch)))
-        features = fold_patches(patches, batch, patched_height, patched_width, patch)
+        features = fold_patches(patches, batch, patched_height, patched_width, patch, channels_last)
 
         if resized:
             features = F.interpolate(features, size=(height, width), mode="bilinear", align_corners=False)
@@ -423,12 +424,17 @@ class MobileViTModel(MobileViTPreTrainedModel):
             last_hidden_state, stages = self.fast_path.backbone(self, pixel_values, output_hidden_states)
             hidden_states = tuple(stage.contiguous() for stage in stages) if output_hidden_states else None
         else:
-            encoder_outputs = self.encoder(self.conv_stem(pixel_values), output_hidden_states=output_hidden_states)
+            # NHWC while training on CPU (fast_training.py); maps returned to the caller are NCHW either way
+            features = self.conv_stem(fast_training.training_layout(self, pixel_values))
+            encoder_outputs = self.encoder(features, output_hidden_states=output_hidden_states)
             last_hidden_state, hidden_states = encoder_outputs.last_hidden_state, encoder_outputs.hidden_states
+            if hidden_states is not None:
+                hidden_states = tuple(stage.contiguous() for stage in hidden_states)
             if getattr(self, "conv_1x1_exp", None) is not None:  # v1 with expand_output (v2 has no expansion)
                 last_hidden_state = self.conv_1x1_exp(last_hidden_state)
-        last_hidden_state = last_hidden_state.contiguous()  # the fast path's NHWC layout stays internal
+        # pooled before the copy to NCHW, so a training backward meets no NCHW gradient on an NHWC map
         pooled_output = last_hidden_state.mean(dim=(-2, -1)) if self.expand_output else None
+        last_hidden_state = last_hidden_state.contiguous()  # the NHWC layout of either path stays internal
 
         if not return_dict:
             outputs = (last_hidden_state, pooled_output, hidden_states)
@@ -575,6 +581,11 @@ class MobileViTASPPPooling(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         size = features.shape[-2:]
         pooled = self.conv_1x1(self.global_pool(features))
+        if is_channels_last(features):
+            # training on CPU (fast_training.py): resizing a 1x1 map is a broadcast, whose backward (a sum) costs
+            # a fraction of the resize's; laid out NHWC like the other branches, or their concatenation (and
+            # everything after it) would fall back to NCHW
+            return pooled.expand(-1, -1, *size).contiguous(memory_format=torch.channels_last)
         return F.interpolate(pooled, size=size, mode="bilinear", align_corners=False)
 
 
@@ -601,7 +612,7 @@ class MobileViTASPP(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         pyramid = torch.cat([branch(features) for branch in self.convs], dim=1)
-        return self.dropout(self.project(pyramid))
+        return fast_training.dropout(self.dropout, self.project(pyramid))  # self.dropout(...), NHWC-aware
 
 
 class MobileViTDeepLabV3(nn.Module):
@@ -653,15 +664,17 @@ class MobileViTForSemanticSegmentation(MobileViTPreTrainedModel):
         outputs = self.base_model(pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
         if fast_inference.applies(self, pixel_values):
             logits = fast_inference.deeplab_head(self.segmentation_head, outputs.last_hidden_state)
-        else:
-            logits = self.segmentation_head(outputs.last_hidden_state)
+        else:  # the head trains NHWC on CPU as the backbone does (fast_training.py)
+            logits = self.segmentation_head(fast_training.training_layout(self, outputs.last_hidden_state))
+
+        logits = logits.contiguous()  # NCHW, also after a channels_last training forward
 
         loss = None
         if labels is not None:
-            upsampled = F.interpolate(
-                logits, size=labels.shape[-2:], mode="bilinear", align_corners=self.logits_align_corners
+            # F.cross_entropy(F.interpolate(logits, labels' size, bilinear), labels), as two matrix products
+            loss = fast_training.upsampled_cross_entropy(
+                logits, labels, self.logits_align_corners, self.config.semantic_loss_ignore_index
             )
-            loss = F.cross_entropy(upsampled, labels, ignore_index=self.config.semantic_loss_ignore_index)
 
         if not return_dict:
             output = (logits, outputs.hidden_states) if output_hidden_states else (logits,)

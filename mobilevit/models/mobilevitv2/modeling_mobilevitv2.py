@@ -37,8 +37,8 @@ from transformers.backbone_utils import BackboneMixin
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import PreTrainedModel
 
-from ... import export_mode, fast_inference, ssd
-from ...patches import fold_patch_grid, round_up_to_patches, unfold_patch_grid
+from ... import export_mode, fast_inference, fast_training, ssd
+from ...patches import fold_patch_grid, is_channels_last, round_up_to_patches, unfold_patch_grid
 from ..mobilevit.modeling_mobilevit import (
     MobileViTBackbone,
     MobileViTConvLayer,
@@ -93,7 +93,9 @@ class MobileViTV2FFN(nn.Module):
         self.dropout2 = nn.Dropout(config.ffn_dropout)
 
     def forward(self, grid: torch.Tensor) -> torch.Tensor:
-        return self.dropout2(self.conv2(self.dropout1(self.conv1(grid))))
+        # self.dropout2(self.conv2(self.dropout1(self.conv1(grid)))), with NHWC-aware dropout (fast_training.py)
+        hidden = fast_training.dropout(self.dropout1, self.conv1(grid))
+        return fast_training.dropout(self.dropout2, self.conv2(hidden))
 
 
 class MobileViTV2TransformerLayer(nn.Module):
@@ -156,7 +158,8 @@ class MobileViTV2Layer(GradientCheckpointingLayer):
         features = resize_to_whole_patches(self.downsampling_layer(features), self.patch_size)
         features = self.conv_1x1(self.conv_kxk(features))
         height, width = features.shape[-2:]
-        grid = self.layernorm(self.transformer(unfold_patch_grid(features, self.patch_size)))
+        channels_last = is_channels_last(features)  # training on CPU (fast_training.py)
+        grid = self.layernorm(self.transformer(unfold_patch_grid(features, self.patch_size, channels_last)))
         return self.conv_projection(fold_patch_grid(grid, height, width, self.patch_size))
 
 
