@@ -725,8 +725,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "installed and that the task has (mobilevit-plain for detection only); "
                         'onnxruntime needs pip install "mobilevit[export]"); exported artefacts too: '
                         + ", ".join(EXPORT_CANDIDATES) + " (batch 1; each needs its extra); torch.compile'd models: "
-                        + ", ".join(COMPILED_CANDIDATES) + " (Inductor; compile time reported apart); --mode train: mobilevit, "
-                        "mobilevit-bf16, transformers (default), transformers-bf16")
+                        + ", ".join(COMPILED_CANDIDATES) + " (Inductor; compile time reported apart); "
+                        "--mode train: mobilevit, mobilevit-bf16, transformers (default), transformers-bf16")
     parser.add_argument(
         "--allocator", default=None, choices=ALLOCATORS,
         help="glibc malloc tuned to keep freed memory (default; stock at its best), as the process has it, or "
