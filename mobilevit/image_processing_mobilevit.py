@@ -130,7 +130,7 @@ class MobileViTImageProcessor(BaseImageProcessor):
     Inputs (`images`): a PIL image of any mode, a NumPy array or torch tensor of shape H x W, H x W x C or
     C x H x W with C in {1, 3, 4} (`input_data_format` settles a shape that could be either), or a list of
     these with mixed sizes, or a 4-d batch; how each mode, dtype and layout is read is `mobilevit.image_reading`'s
-    table (README, "Reading images"). With `do_convert_rgb` (default) every image becomes RGB (grey repeated,
+    table (docs/reading-images.md). With `do_convert_rgb` (default) every image becomes RGB (grey repeated,
     alpha dropped); `do_convert_rgb=False` keeps 1- and 4-channel images as they are, for models with
     `num_channels` 1 or 4 (a batch must then share its channel count). The channel flip reverses the channel
     axis as stock transformers' does (RGB -> BGR, RGBA -> ABGR; one channel stays).

@@ -2,7 +2,7 @@
 
 `image_pixels` turns a PIL image, a NumPy array or a torch tensor into H x W x C pixels; `label_map` turns a
 segmentation map into H x W class ids; `open_image` reads an image file whole (a truncated file fails here,
-named; EXIF orientation applied; decompression bombs refused). README's "Reading images" table states every
+named; EXIF orientation applied; decompression bombs refused). docs/reading-images.md states every
 rule; the ones that needed a decision:
 
 - alpha is dropped, never composited onto white (ml-cvnets' `cv2.imread` and transformers' pipelines drop it);

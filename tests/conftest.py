@@ -7,7 +7,14 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Under pytest-xdist (`-n 2`, README's test command) the workers share the cores: each gets its share, so two
+# workers on 2 cores do not run 4 OpenMP threads that wait for each other at every operator. Subprocesses the
+# tests start (CLI runs) inherit the same share through OMP_NUM_THREADS.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+_THREADS = max(1, min(2, (os.cpu_count() or 1) // _WORKERS))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(_THREADS))
+torch.set_num_threads(_THREADS)
 
 
 @pytest.fixture(autouse=True)
@@ -172,3 +179,10 @@ DETECTION_NAMES = ["background", "cat", "dog", "bird"]
 def saved_detector(tmp_path_factory):
     """A folder with a 3-class xx-small SSDLite detector (realistic random weights) and its processor config."""
     return _save_small_model(tmp_path_factory.mktemp("detector"), "object-detection", DETECTION_NAMES, seed=5)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Slow tests first (a stable sort: the rest keep their order, which a documentation page's blocks rely on).
+    On two workers (`-n 2`) the long end-to-end runs then start at once, side by side, and the fast tests fill
+    the gaps, instead of a 10-minute demo run starting when the other worker is nearly done."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -200,7 +200,7 @@ def test_converted_folder_matches_mlcvnets_wider_models(name, converted):
 
 @NEEDS_FIXTURES
 def test_stock_transformers_on_the_converted_folders(converted):
-    """The README's numbers: stock equals ml-cvnets for classification at 256, not at an odd size, and not for
+    """docs/mobilevitv2.md's numbers: stock equals ml-cvnets for classification at 256, not at an odd size, and not for
     DeepLabV3 (it does not dilate the block's depthwise conv)."""
     expected = load_file(str(FIXTURES / "mobilevitv2_050.expected.safetensors"))
     stock = transformers.MobileViTV2ForImageClassification.from_pretrained(str(converted("mobilevitv2_050"))).eval()

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 # (format, precision, task, variant): every format and task, and int8 in every format that has it, kept few
 # because CI runs them all (float32 ONNX is in the fast suite; notebooks/06_deploy.ipynb exports every format in
-# fp32; OpenVINO fp16 was checked by hand on the demo models, README's table). MobileViTv2 adds GroupNorm, the
+# fp32; OpenVINO fp16 was checked by hand on the demo models, docs/deployment.md). MobileViTv2 adds GroupNorm, the
 # separable attention's sum over tokens and the q/k/v split (mobilevit/export_mode.py) to what a format must carry.
 V1, V2 = "xx-small", "mobilevitv2-0.5"
 CASES = [

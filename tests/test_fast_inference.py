@@ -278,7 +278,7 @@ def test_models_copy_and_pickle_after_a_fast_call():
 
 
 # bfloat16 (`model.to(torch.bfloat16)`): the fast path runs it through the same fused oneDNN convolutions; its
-# error against float32 is bfloat16's own (8 significant bits), README's table: 1.4-6.8 % of the largest logit
+# error against float32 is bfloat16's own (8 significant bits), docs/speed.md's table: 1.4-6.8 % of the largest logit
 BF16_RELATIVE_BOUND = 0.1
 
 

@@ -1,4 +1,4 @@
-"""The image-reading rules (one table, README "Reading images"), row by row: PIL modes, dtypes, layouts,
+"""The image-reading rules (one table, docs/reading-images.md), row by row: PIL modes, dtypes, layouts,
 segmentation maps, and image files."""
 
 from __future__ import annotations

@@ -80,7 +80,7 @@ def test_equal_to_stock_transformers_at_whole_patch_sizes(head):
 
 
 def test_stock_transformers_differs_where_it_does_not_follow_mlcvnets():
-    """The README's correctness differences, on random realistic weights (the fixtures pin the numbers)."""
+    """The correctness differences docs/mobilevitv2.md lists, on random realistic weights (the fixtures pin the numbers)."""
     classifier = build("classification")
     odd = torch.rand(1, 3, 250, 310)  # layer_3's map is 32x39: ml-cvnets resizes it to 32x40
     assert (run(classifier, odd).logits - run(stock_twin(classifier), odd).logits).abs().max() > 0.01

@@ -14,7 +14,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", required=True, choices=list(FORMATS),
                         help="deployment format (each needs its extra, e.g. pip install \"mobilevit[executorch]\")")
     parser.add_argument("--quantize", choices=[p for p in PRECISIONS if p != "fp32"], default=None,
-                        help="reduced precision (default: none, float32); which ones a format has: README, Deployment")
+                        help="reduced precision (default: none, float32); which ones a format has: docs/deployment.md")
     parser.add_argument("--model", required=True, help="folder written by save_pretrained (ours or stock transformers')")
     parser.add_argument("--output", required=True,
                         help="artefact to write: .onnx, .pte, .tflite, .mlpackage or .xml (with .bin beside)")

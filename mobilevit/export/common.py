@@ -174,7 +174,7 @@ def preprocess(processor, images, size: tuple[int, int]) -> torch.Tensor:
 # Comparing an artefact with PyTorch
 # ---------------------------------------------------------------------------------------------------------
 # The bound each precision is checked against: max |artefact - PyTorch| over every output, divided by the
-# largest |PyTorch output|; measured values are in README, "Deployment". fp32: 1e-4, absolute for outputs
+# largest |PyTorch output|; measured values are in docs/deployment.md. fp32: 1e-4, absolute for outputs
 # within [-1, 1] (float32 rounding grows with the values: a trained segmenter's logits reach 6.5 and its
 # 250x310 ONNX graph, resizes included, differed by 1.5e-4).
 # int8 changes outputs too much for an elementwise bound, and arg-max agreement on a few photos is coarse (a

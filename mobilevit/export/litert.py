@@ -65,7 +65,7 @@ class LiteRTFormat(Format):
             raise MissingDependencyError(
                 "mobilevit export --format litert needs litert-torch, which is neither installed here nor configured "
                 f"as a separate environment; install it in its own venv with pip install \"mobilevit[litert]\" and "
-                f"set {PYTHON_VARIABLE} to that venv's python (see README, Deployment)")
+                f"set {PYTHON_VARIABLE} to that venv's python (see docs/installation.md, 'LiteRT in its own environment')")
         if not Path(python).is_file():
             raise MissingDependencyError(f"{PYTHON_VARIABLE}: expected the path of a Python interpreter, got {python!r} "
                                          "(no such file)")
