@@ -34,8 +34,11 @@ Memory allocation decides much of the result, so it is a stated condition (`--al
   at a time) and each process times its own calls, so sending inputs and results costs nothing.
 
 Named in `--candidates` only: `mobilevit-bf16`, this package's model cast with `model.to(torch.bfloat16)`
-(inputs too; oneDNN uses the CPU's BF16 instructions where it has them), and the exported artefacts of
-`mobilevit export` (`EXPORT_CANDIDATES`: ONNX Runtime int8, ExecuTorch, OpenVINO fp32 / bf16 / int8, LiteRT).
+(inputs too; oneDNN uses the CPU's BF16 instructions where it has them), the exported artefacts of
+`mobilevit export` (`EXPORT_CANDIDATES`: ONNX Runtime int8, ExecuTorch, OpenVINO fp32 / bf16 / int8, LiteRT),
+and `torch.compile`d models (`COMPILED_CANDIDATES`: this package's and stock transformers', Inductor, one graph
+per batch size). A compiled candidate's first call at each batch size compiles; it is not timed, and its
+seconds are reported apart (`Result.compile_s`, printed under the table).
 
 `--background-load N` starts N busy processes (one CPU each, `BackgroundLoad`) before timing and stops them
 after: latency on a machine that is doing other work, reproducibly.
@@ -65,7 +68,7 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .errors import UserError, require
+from .errors import UserError, require, require_cpp_compiler
 from .file_utils import check_output_dir, check_output_files, claim_output, json_text, staged_outputs
 from .tasks import CLASSIFICATION, OBJECT_DETECTION, SEGMENTATION, canonical_task
 
@@ -96,12 +99,18 @@ EXPORT_CANDIDATES = {
     "litert": ("litert", "fp32"),
 }
 LABELS.update({name: f"{fmt} {precision} (exported)" for name, (fmt, precision) in EXPORT_CANDIDATES.items()})
+# torch.compile(model, fullgraph=True, dynamic=False) with Inductor, timed when named in --candidates: candidate ->
+# the eager candidate whose model it compiles (this package's compiles its plain path: docs/compile.md)
+COMPILED_CANDIDATES = {"mobilevit-compiled": "mobilevit", "transformers-compiled": "transformers"}
+COMPILE_BACKEND = "inductor"  # what users get (the tests' smoke run uses Dynamo's "eager")
+LABELS.update({"mobilevit-compiled": "mobilevit torch.compile (this package)",
+               "transformers-compiled": "transformers torch.compile (stock)"})
 LABELS["openvino-bf16"] = "openvino bf16 (exported; OpenVINO's default on a BF16 CPU)"
-ALL_CANDIDATES = CANDIDATES + tuple(REDUCED_PRECISION) + tuple(EXPORT_CANDIDATES)
+ALL_CANDIDATES = CANDIDATES + tuple(REDUCED_PRECISION) + tuple(EXPORT_CANDIDATES) + tuple(COMPILED_CANDIDATES)
 REFERENCE = "transformers"
 # what the speed-up column compares with, per task where it is not stock transformers (which has no detector)
 TASK_REFERENCE = {OBJECT_DETECTION: "mobilevit-plain"}
-NEEDS_STOCK_CLASS = ("transformers",)  # candidates only tasks with a stock transformers class have
+NEEDS_STOCK_CLASS = ("transformers", "transformers-compiled")  # candidates only tasks with a stock class have
 DEFAULT_IMAGE_SIZE = {CLASSIFICATION: 256, SEGMENTATION: 512, OBJECT_DETECTION: 320}
 IN_PROCESS_ALLOCATORS = ("tuned", "default")  # the conditions a single-process benchmark can have
 ALLOCATORS = (*IN_PROCESS_ALLOCATORS, "fresh")
@@ -130,6 +139,7 @@ class Result:
     speedup: float | None  # over stock transformers, median of per-round ratios
     allocator: str = "tuned"  # see the module docstring
     background_load: int = 0  # busy processes running beside the timing (--background-load)
+    compile_s: float | None = None  # compiled candidates: seconds of the first call at this batch size (not timed)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -243,6 +253,31 @@ def torch_runner(model: nn.Module):
     return forward
 
 
+class CompiledRunner:
+    """`torch.compile(model, fullgraph=True, dynamic=False)` under inference mode: an Inductor graph per batch
+    size, compiled by the first call at that size, whose seconds `compile_s` keeps (by batch size). `options`:
+    Inductor's (torch.compile's `options`, e.g. {"freezing": True}); `fullgraph=False` lets Dynamo break graphs."""
+
+    def __init__(self, model: nn.Module, options: dict | None = None, fullgraph: bool = True):
+        import torch
+
+        # isolated: compiled models of one class would otherwise share one limit of 8 graphs, after which Dynamo
+        # runs them uncompiled (silently without fullgraph)
+        compiled = torch.compile(model, fullgraph=fullgraph, dynamic=False, backend=COMPILE_BACKEND, options=options,
+                                 isolate_recompiles=True)
+        self._forward = torch_runner(compiled)
+        self.compile_s = {}
+
+    def __call__(self, pixel_values):
+        batch = pixel_values.shape[0]
+        if batch in self.compile_s:
+            return self._forward(pixel_values)
+        start = time.perf_counter()
+        returned = self._forward(pixel_values)
+        self.compile_s[batch] = time.perf_counter() - start
+        return returned
+
+
 def ort_runner(session):
     def forward(pixel_values):
         return session.run(None, {"pixel_values": pixel_values.numpy()})
@@ -297,6 +332,11 @@ class FreshProcessRunner:
     def __call__(self, batch: int) -> float:
         return self._process.submit(_fresh_process_call, batch, self._image_size).result()
 
+    @property
+    def compile_s(self) -> dict:
+        """A compiled candidate's compile seconds by batch size (`CompiledRunner`), measured in its process."""
+        return self._process.submit(_fresh_process_compile_s).result()
+
     def close(self) -> None:
         self._process.shutdown()
 
@@ -322,6 +362,10 @@ def _fresh_process_call(batch: int, image_size: int) -> float:
     start = time.perf_counter()
     _FRESH_PROCESS["runner"](inputs[batch])
     return time.perf_counter() - start
+
+
+def _fresh_process_compile_s() -> dict:
+    return dict(getattr(_FRESH_PROCESS["runner"], "compile_s", {}))
 
 
 # A busy loop for --background-load: pure arithmetic (one CPU, next to no memory traffic) that stops when told
@@ -432,8 +476,9 @@ def check_settings(*, variants, batch_sizes, threads, task, image_size, repeats,
         raise BenchmarkError(f"candidates: expected names from {list(ALL_CANDIDATES)}, got {unknown or 'none'}",
                              usage=True)
     if task in TASK_REFERENCE and set(candidates) & {*NEEDS_STOCK_CLASS, "resnet-50"}:
-        raise BenchmarkError(f"candidates: stock transformers has no {task} model to time (no 'transformers' or "
-                             f"'resnet-50' for it); got {list(candidates)}", usage=True)
+        raise BenchmarkError(f"candidates: stock transformers has no {task} model to time (no "
+                             f"{', '.join(repr(c) for c in NEEDS_STOCK_CLASS)} or 'resnet-50' for it); got "
+                             f"{list(candidates)}", usage=True)
     if not batch_sizes or any(not _is_int(b) or b < 1 for b in batch_sizes):
         raise BenchmarkError(f"batch_sizes: expected positive integers, got {list(batch_sizes)}", usage=True)
     limits.check_threads("threads", threads, BenchmarkError)
@@ -452,6 +497,8 @@ def check_settings(*, variants, batch_sizes, threads, task, image_size, repeats,
     if "onnxruntime" in candidates:
         for module in ONNX_MODULES:
             require(module, "export", "the onnxruntime candidate (exporting and running the ONNX graph)")
+    if COMPILE_BACKEND == "inductor" and any(name in COMPILED_CANDIDATES for name in candidates):
+        require_cpp_compiler("the compiled candidates (" + ", ".join(COMPILED_CANDIDATES) + ")")
     exported = [name for name in candidates if name in EXPORT_CANDIDATES]
     if exported:
         from .export import FORMATS
@@ -528,12 +575,13 @@ def benchmark(
                                 runners, lambda name: pixel_values, repeats, warmup, progress, lead_in=True
                             )
                     for name, s in summarise(times, reference_of(task)).items():
+                        compile_s = runners[name].compile_s.get(batch) if name in COMPILED_CANDIDATES else None
                         results.append(
                             Result(
                                 candidate=name, variant=variant, task=task, image_size=image_size, batch_size=batch,
                                 params_m=params, gflops=gflops, median_ms=s["median_ms"], p10_ms=s["p10_ms"],
                                 p90_ms=s["p90_ms"], images_per_s=1000 * batch / s["median_ms"], speedup=s["speedup"],
-                                allocator=allocator, background_load=background_load,
+                                allocator=allocator, background_load=background_load, compile_s=compile_s,
                             )
                         )
                     if progress:
@@ -570,6 +618,8 @@ def local_runner(name: str, model: nn.Module | None, threads: int, onnx_path: Pa
         fmt, precision = EXPORT_CANDIDATES[name]
         run = artefact_runner(fmt, onnx_path, precision, threads)
         return lambda pixel_values: run(pixel_values.numpy())
+    if name in COMPILED_CANDIDATES:
+        return CompiledRunner(build_stock(model) if COMPILED_CANDIDATES[name] == "transformers" else model)
     if name == "transformers":
         return torch_runner(build_stock(model))
     if name == "mobilevit-plain":
@@ -617,6 +667,12 @@ def format_table(results: list[Result], header: bool = True) -> str:
     return "\n".join(lines)
 
 
+def format_compile_times(results: list[Result]) -> str:
+    """A line per compiled candidate and batch size: the seconds its first call took (compiling), not timed."""
+    return "\n".join(f"compile time of {LABELS[r.candidate]}, {r.variant}, batch {r.batch_size}: {r.compile_s:.1f} s "
+                     "(its first call; not in the timings)" for r in results if r.compile_s is not None)
+
+
 def save_chart(results: list[Result], path: Path) -> None:
     """Latency at the smallest batch and throughput at the largest, per candidate and variant."""
     import matplotlib
@@ -660,7 +716,8 @@ def write_outputs(results: list[Result], output: Path, overwrite: bool) -> list[
         raise BenchmarkError(f"--output: {existing} already exist (pass --overwrite to replace them)")
     writers = {
         "results.json": lambda p: p.write_text(json_text([asdict(r) for r in results])),
-        "results.md": lambda p: p.write_text(format_table(results) + "\n"),
+        "results.md": lambda p: p.write_text("\n\n".join(filter(None, [format_table(results),
+                                                                        format_compile_times(results)])) + "\n"),
         "chart.png": lambda p: save_chart(results, p),
     }
     with staged_outputs(targets, overwrite=overwrite, argument="--output", error=BenchmarkError) as staged:
@@ -698,8 +755,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="what to time (default: all of " + ", ".join(CANDIDATES) + " whose dependencies are "
                         "installed and that the task has (mobilevit-plain for detection only); "
                         'onnxruntime needs pip install "mobilevit[export]"); exported artefacts too: '
-                        + ", ".join(EXPORT_CANDIDATES) + " (batch 1; each needs its extra); --mode train: mobilevit, "
-                        "mobilevit-bf16, transformers (default), transformers-bf16")
+                        + ", ".join(EXPORT_CANDIDATES) + " (batch 1; each needs its extra); torch.compile'd models: "
+                        + ", ".join(COMPILED_CANDIDATES) + " (Inductor; compile time reported apart); "
+                        "--mode train: mobilevit, mobilevit-bf16, transformers (default), transformers-bf16")
     parser.add_argument(
         "--allocator", default=None, choices=ALLOCATORS,
         help="glibc malloc tuned to keep freed memory (default; stock at its best), as the process has it, or "
@@ -757,6 +815,8 @@ def _run(args: argparse.Namespace, settings: dict) -> int:
     print(f"\n{results[0].task}, {results[0].image_size}x{results[0].image_size}, {args.threads} threads, "
           f"{args.allocator} allocator{load}, torch {torch.__version__}; {machine_load()}\n")
     print(format_table(results))
+    if format_compile_times(results):
+        print("\n" + format_compile_times(results))
     if args.output is not None:
         paths = write_outputs(results, args.output, args.overwrite)
         print("\nwrote " + ", ".join(str(p) for p in paths))

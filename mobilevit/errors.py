@@ -157,6 +157,22 @@ def require(module: str, extra: str, purpose: str):
         ) from None
 
 
-__all__ = ["UserError", "MissingDependencyError", "Interrupted", "Terminated", "environment_error", "require", "report",
+def require_cpp_compiler(purpose: str) -> None:
+    """Inductor, torch.compile's default backend, builds C++ kernels for the CPU: a one-line error before any
+    work when the compiler it would call is missing (instead of a long one at the first compiled call)."""
+    from torch._inductor import exc
+    from torch._inductor.cpp_builder import get_cpp_compiler
+
+    try:
+        get_cpp_compiler()
+    except exc.InvalidCxxCompiler:
+        raise MissingDependencyError(
+            f"{purpose} needs a C++ compiler for torch.compile's Inductor on the CPU, and none was found (g++, or "
+            "the one $CXX names); install one, e.g. apt-get install g++"
+        ) from None
+
+
+__all__ = ["UserError", "MissingDependencyError", "Interrupted", "Terminated", "environment_error", "require",
+           "require_cpp_compiler", "report",
            "run_reporting",
            "EXIT_USAGE", "EXIT_DATA", "EXIT_INTERRUPTED", "EXIT_TERMINATED"]

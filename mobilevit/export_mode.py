@@ -25,6 +25,10 @@ float rounding):
   carries no resize where none is needed.
 
 An export that is not ours (`torch.export` called directly) keeps the safe default: always resize.
+
+Under `torch.compile` none of this applies, and the switch is not even read: TorchDynamo cannot trace a
+`ContextVar` (each read was a graph break, and `fullgraph=True` failed). `_fixed_size` answers "not exporting"
+there before touching it; the exporters trace with `strict=False` (plain Python), where it is read as usual.
 """
 
 from __future__ import annotations
@@ -105,11 +109,20 @@ def _swap_layer_norms(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module]
     return swapped
 
 
+def _fixed_size() -> bool | None:
+    """The switch of `exporting` (None outside it). Under TorchDynamo (`torch.compile`, which never exports
+    through `exporting`) it is None without reading the ContextVar, which Dynamo cannot trace; the condition
+    is a constant to Dynamo, so the read is not even in the traced code."""
+    if torch.compiler.is_compiling() and not torch.compiler.is_exporting():
+        return None
+    return _FIXED_SIZE.get()
+
+
 def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, dropout_p: float = 0.0) -> torch.Tensor:
     """Scaled dot-product attention over the last two axes (no mask): SDPA, or its explicit form in a fixed-size
     export and where the explicit products are faster on CPU (`_explicit_is_faster`)."""
-    if not _FIXED_SIZE.get() and not (dropout_p == 0.0 and _explicit_is_faster(query)):
-        # eager, and dynamic-shape graphs (ONNX decomposes SDPA well itself)
+    if not _fixed_size() and not (dropout_p == 0.0 and _explicit_is_faster(query)):
+        # eager, compiled, and dynamic-shape graphs (ONNX decomposes SDPA well itself)
         return F.scaled_dot_product_attention(query, key, value, dropout_p=dropout_p)
     *batch, tokens, head_size = query.shape
     query, key, value = (t.reshape(-1, t.shape[-2], t.shape[-1]) for t in (query, key, value))
@@ -132,7 +145,7 @@ def _explicit_is_faster(query: torch.Tensor) -> bool:
 
 def sum_last(features: torch.Tensor) -> torch.Tensor:
     """`features.sum(dim=-1, keepdim=True)` of a 4-D tensor; a 4-D mean times the count in a fixed-size export."""
-    if not _FIXED_SIZE.get():
+    if not _fixed_size():
         return features.sum(dim=-1, keepdim=True)
     batch, channels, rows, count = features.shape
     mean = _mean_of_rows(features.reshape(batch, channels * rows, count, 1))
@@ -141,8 +154,9 @@ def sum_last(features: torch.Tensor) -> torch.Tensor:
 
 def must_resize(size: tuple[int, int], patched_size: tuple[int, int]) -> bool:
     """Whether a block resizes its `size` map to `patched_size` (whole patches) and back."""
-    if torch.compiler.is_exporting() and not _FIXED_SIZE.get():
+    if torch.compiler.is_exporting() and not _fixed_size():
         return True  # a graph for every input size: the check cannot be made at trace time
+    # under torch.compile with dynamic shapes, a guard on the sizes' parity (a recompile when it changes)
     return tuple(patched_size) != tuple(size)
 
 

@@ -73,10 +73,10 @@ def is_enabled(model: nn.Module) -> bool:
 
 def applies(model: nn.Module, pixel_values: torch.Tensor) -> bool:
     """True when `model` may run the fast path on `pixel_values` right now."""
+    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling():
+        return False  # exporters and compilers see the plain graph (and fold it themselves): docs/compile.md
     if not is_enabled(model) or _any_in_training_mode(model):
         return False  # a submodule in train mode (say BatchNorm for test-time adaptation) needs the plain path
-    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling():
-        return False  # exporters and compilers see the plain graph (and fold it themselves)
     if torch.is_grad_enabled():
         # someone may want gradients (saliency maps, eval-mode fine-tuning): only the plain path has them
         if pixel_values.requires_grad or any(p.requires_grad for p in model.parameters()):
@@ -391,8 +391,10 @@ class FastInferenceMixin:
 
     def __call__(self, *args, **kwargs):
         # a CPU forward without autograd runs under the thread policy (thread_policy.py), head included; a model
-        # nested in another one (the base model in a head) finds the policy taken by the outer one
-        if self.training or torch.is_grad_enabled() or not is_enabled(self) or self.device.type != "cpu":
+        # nested in another one (the base model in a head) finds the policy taken by the outer one. A compiled
+        # graph has no place for it (it reads clocks and sets threads): compilers see the plain call
+        if torch.compiler.is_compiling() or self.training or torch.is_grad_enabled() or not is_enabled(self) \
+                or self.device.type != "cpu":
             return super().__call__(*args, **kwargs)
         with thread_policy.POLICY.forward():
             return super().__call__(*args, **kwargs)

@@ -148,4 +148,4 @@ class ThreadPolicy:
 
 POLICY = ThreadPolicy()
 
-__all__ = ["POLICY", "ThreadPolicy", "ENV_SWITCH", "available_cpus"]
+__all__ = ["POLICY", "ThreadPolicy", "ENV_SWITCH"]

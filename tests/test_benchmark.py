@@ -212,6 +212,36 @@ def test_busy_process_stops_by_itself_when_its_time_is_up():
     assert busy.returncode == 0
 
 
+def test_compiled_candidates_report_compile_time_apart(tmp_path, capsys, monkeypatch):
+    """Both compiled candidates run as one graph per batch size (Dynamo's cheap "eager" backend here; Inductor is
+    tests/test_compile.py's slow part), and each batch size's first call, which compiles, is reported apart."""
+    import torch
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setattr(benchmark, "COMPILE_BACKEND", "eager")
+    torch._dynamo.reset()
+    counters.clear()
+    args = ["benchmark", "--variants", "xx-small", "--batch-sizes", "1", "2", "--image-size", "64", "--repeats", "2",
+            "--warmup", "1", "--candidates", "mobilevit-compiled", "transformers-compiled", "transformers",
+            "--allocator", "default", "--output", str(tmp_path)]
+    try:
+        assert cli_main(args) == 0
+    finally:
+        torch._dynamo.reset()
+    assert counters["stats"]["unique_graphs"] == 4  # two models x two batch sizes, nothing uncompiled
+    assert not counters["graph_break"]
+    rows = json.loads((tmp_path / "results.json").read_text())
+    compiled = {(r["candidate"], r["batch_size"]): r["compile_s"] for r in rows}
+    assert all(compiled[(c, b)] > 0 for c in benchmark.COMPILED_CANDIDATES for b in (1, 2))
+    assert compiled[("transformers", 1)] is None
+    printed = capsys.readouterr().out
+    for line in ("| mobilevit torch.compile (this package) | xx-small |",
+                 "compile time of mobilevit torch.compile (this package), xx-small, batch 2: "):
+        assert line in printed
+    assert "compile time of transformers torch.compile (stock), xx-small, batch 1: " in (
+        tmp_path / "results.md").read_text()
+
+
 def test_train_mode_times_the_training_step_and_checks_the_first_loss(tmp_path, capsys):
     """In-process with glibc as it is ("tuned" would change the test process's malloc for good)."""
     args = ["benchmark", "--mode", "train", "--variants", "xx-small", "xx-small:semantic-segmentation",

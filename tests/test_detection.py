@@ -166,6 +166,44 @@ def test_detector_errors_are_one_line():
         MobileViTConfig(ssd_output_strides=[16, 64, -1], ssd_projection_channels=[8] * 3, ssd_aspect_ratios=[[2]] * 3)
 
 
+@pytest.mark.parametrize("variant, size", [("xx-small", 64), ("xx-small", 96), ("mobilevitv2-0.5", 64)])
+def test_labels_matched_in_the_data_pipeline_give_the_same_loss(variant, size):
+    """`ssd.LabelMatcher` (matching as a data-pipeline step, for one compiled graph per input size; see
+    docs/compile.md): the model's loss on matched labels is bit-equal to its loss on the boxes."""
+    from mobilevit.ssd import LabelMatcher
+
+    model = fill_realistic_weights_(auto.new_model(auto.new_config(variant, "object-detection", num_labels=4),
+                                                   "object-detection")).eval()
+    generator = torch.Generator().manual_seed(size)
+    labels = [{"class_labels": torch.randint(1, 4, (count,), generator=generator),
+               "boxes": torch.rand(count, 4, generator=generator) * 0.5 + 0.2} for count in (3, 0)]
+    pixel_values = torch.rand(2, 3, size, size, generator=generator)
+    matched = LabelMatcher(model.config)(labels, (size, size))
+    assert [sorted(target) for target in matched] == [["anchor_labels", "anchor_targets"]] * 2
+    with torch.no_grad():
+        want, got = model(pixel_values, labels=labels), model(pixel_values, labels=matched)
+    assert float(got.loss) == float(want.loss) and float(want.loss) > 0
+    assert int(got.loss_dict["num_positives"]) == int(want.loss_dict["num_positives"])
+
+
+def test_label_matcher_errors_are_one_line():
+    from mobilevit.ssd import LabelMatcher
+
+    model = auto.new_model(auto.new_config("xx-small", "object-detection", num_labels=3), "object-detection").eval()
+    matcher = LabelMatcher(model.config)
+    boxes = [{"class_labels": torch.tensor([1]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]])}]
+    with pytest.raises(ValueError, match=r"image_size: expected \(height, width\), integers >= 32, got 64"):
+        matcher(boxes, 64)
+    with pytest.raises(ValueError, match="labels: expected 'class_labels' and 'boxes' to match, got labels matched"):
+        matcher(matcher(boxes, (64, 64)), (64, 64))
+    with pytest.raises(ValueError, match=r"labels: expected 'anchor_labels' matched to this input's \d+ anchors, "
+                                         r"got \d+ \(match them for the input size the model is given\)"):
+        model(torch.rand(1, 3, 64, 64), labels=matcher(boxes, (128, 128)))
+    wrong_class = [{"anchor_labels": torch.full((10,), 3), "anchor_targets": torch.zeros(10, 4)}]
+    with pytest.raises(ValueError, match=r"labels\[0\]\['anchor_labels'\]: expected classes in \[0, 2\], got \[3\]"):
+        model(torch.rand(1, 3, 64, 64), labels=wrong_class)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The Backbone API
 # ---------------------------------------------------------------------------------------------------------

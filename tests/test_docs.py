@@ -167,16 +167,11 @@ def page_folder(sandbox: Path, page: Path) -> Path:
 
 
 _NAMESPACES: dict[Path, dict] = {}
+_RAN: dict[Path, set[int]] = {}  # per page, the lines of the blocks this process ran
 
 
-@pytest.mark.parametrize("block", [pytest.param(b, id=b.id, marks=pytest.mark.xdist_group(b.page.name))
-                                   for b in RUNNABLE])
-def test_block(block: Block, docs_sandbox: Path, monkeypatch):
-    if block.skip is not None:
-        pytest.skip(f"{block.id}: {block.skip}")
-    folder = page_folder(docs_sandbox, block.page)
-    monkeypatch.chdir(folder)
-    monkeypatch.setenv("MPLBACKEND", "Agg")
+def _run(block: Block, folder: Path) -> None:
+    """Run one block in the page's folder: python in the page's namespace, bash in a fresh shell."""
     if RUN[block.lang] == "python":
         namespace = _NAMESPACES.setdefault(block.page, {"__name__": f"docs_{block.page.stem}"})
         exec(compile(block.code, block.id, "exec"), namespace)
@@ -187,6 +182,25 @@ def test_block(block: Block, docs_sandbox: Path, monkeypatch):
                          capture_output=True, text=True, timeout=BLOCK_SECONDS)
     assert run.returncode == 0, f"{block.id} exited {run.returncode}\n{block.code}\n--- stdout\n{run.stdout[-3000:]}" \
                                 f"\n--- stderr\n{run.stderr[-3000:]}"
+
+
+@pytest.mark.parametrize("block", [pytest.param(b, id=b.id, marks=pytest.mark.xdist_group(b.page.name))
+                                   for b in RUNNABLE])
+def test_block(block: Block, docs_sandbox: Path, monkeypatch):
+    if block.skip is not None:
+        pytest.skip(f"{block.id}: {block.skip}")
+    folder = page_folder(docs_sandbox, block.page)
+    monkeypatch.chdir(folder)
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    ran = _RAN.setdefault(block.page, set())
+    # a reader runs a page top to bottom: the page's earlier blocks run first in this process, where another
+    # worker (or -k) took them, so a block may use what they defined or wrote
+    for earlier in RUNNABLE:
+        if earlier.page == block.page and earlier.line < block.line and earlier.skip is None and earlier.line not in ran:
+            _run(earlier, folder)
+            ran.add(earlier.line)
+    _run(block, folder)
+    ran.add(block.line)
 
 
 def test_every_block_runs_or_says_why():

@@ -49,6 +49,10 @@ class BoxCoder:
     center_variance: float = 0.1
     size_variance: float = 0.2
 
+    @classmethod
+    def from_config(cls, config) -> BoxCoder:
+        return cls(config.ssd_center_variance, config.ssd_size_variance)
+
     def decode(self, regression: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
         """(..., N, 4) regressions (dcx, dcy, dw, dh) and (N, 4) anchors -> (..., N, 4) boxes (cx, cy, w, h)."""
         sizes = torch.exp(regression[..., 2:] * self.size_variance) * anchors[..., 2:]
@@ -87,6 +91,10 @@ class AnchorGenerator:
                 root = ratio ** 0.5
                 shapes += [(small * root, small / root), (small / root, small * root)]
             self.shapes.append(shapes)
+
+    @classmethod
+    def from_config(cls, config) -> AnchorGenerator:
+        return cls(config.ssd_aspect_ratios, config.ssd_min_scale, config.ssd_max_scale)
 
     @property
     def anchors_per_location(self) -> list[int]:

@@ -138,8 +138,8 @@ class SSDLite(nn.Module):
         super().__init__()
         strides, widths = list(config.ssd_output_strides), list(config.ssd_projection_channels)
         activation = config.ssd_activation
-        self.anchor_generator = AnchorGenerator(config.ssd_aspect_ratios, config.ssd_min_scale, config.ssd_max_scale)
-        self.box_coder = BoxCoder(config.ssd_center_variance, config.ssd_size_variance)
+        self.anchor_generator = AnchorGenerator.from_config(config)
+        self.box_coder = BoxCoder.from_config(config)
         # the extra layers continue from the backbone's last map (stride 32), each from the level before it
         self.extra_layers = nn.ModuleList()
         self.global_pool = None

@@ -6,6 +6,7 @@
     mobilevit train --task object-detection --data my_coco_folder/ --model ssdlite-mobilevit-xx-small/ \\
         --epochs 30 --output-dir out-det           # COCO-format or datasets folder with boxes
     torchrun --nproc_per_node 2 -m mobilevit train ...      # DistributedDataParallel, one output (rank 0)
+    mobilevit train ... --compile                            # torch.compile'd training (docs/compile.md)
 
 Checkpoints are written every epoch to `<output-dir>.partial/`; `--resume` continues a killed run from the
 last whole one. Arguments and every example are checked before training (errors are one line, exit 2 for a
@@ -81,6 +82,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--flip-prob", type=float, default=0.5, help="horizontal flip probability")
     train.add_argument("--seed", type=int, default=0, help="seeds the initial weights, the split and the augmentation")
     train.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
+    train.add_argument("--compile", action="store_true",
+                       help="torch.compile the model (Inductor; Trainer's torch_compile): one graph per training input "
+                            "size, each compiled at its first step (minutes on a small CPU), faster steps after; "
+                            "see docs/compile.md")
     train.add_argument("--threads", type=int, default=None,
                        help="torch CPU threads (default: every CPU this process may use); while other processes hold "
                             "the CPUs, training steps drop to one thread (on a busy 2-core machine 2 threads trained "
@@ -112,7 +117,8 @@ def job_from_args(args: argparse.Namespace):
         multi_scale_range=args.multi_scale_range, crop_scale=args.crop_scale, crop_ratio=args.crop_ratio,
         flip_prob=args.flip_prob, labels=args.labels, config_overrides=overrides, seed=args.seed, resume=args.resume,
         overwrite=args.overwrite, keep_checkpoints=args.keep_checkpoints, num_workers=args.num_workers,
-        threads=usable_cpus() if args.threads is None else args.threads, bf16=args.bf16, skip_bad_images=args.skip_bad_images)
+        threads=usable_cpus() if args.threads is None else args.threads, bf16=args.bf16, skip_bad_images=args.skip_bad_images,
+        compile=args.compile)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -35,7 +35,7 @@ import torch
 from transformers import set_seed
 
 from .. import auto, limits
-from ..errors import EXIT_INTERRUPTED, EXIT_TERMINATED, Interrupted, Terminated, UserError
+from ..errors import EXIT_INTERRUPTED, EXIT_TERMINATED, Interrupted, Terminated, UserError, require_cpp_compiler
 from ..fast_training import keep_freed_memory
 from ..file_utils import check_output_dir, claim_output, json_text, staged_directory
 from ..hub import write_model_card
@@ -102,6 +102,8 @@ class TrainJob:
     threads: int | None = None  # torch CPU threads for this process (None: leave torch's setting)
     bf16: bool = False  # the training forward under bfloat16 autocast (MobileViTTrainer); evaluation stays float32
     skip_bad_images: bool = False  # leave out (and report) examples that cannot be read, instead of stopping
+    compile: bool = False  # torch.compile the model (Trainer's torch_compile): a graph per input shape
+    compile_backend: str = "inductor"  # the torch.compile backend when `compile` (tests use "aot_eager")
     logging_steps: int = 10
     report_to: str = "none"
     callbacks: list = field(default_factory=list)  # extra `TrainerCallback`s
@@ -149,6 +151,10 @@ def validate_job(job: TrainJob) -> TrainJob:
     limits.check_processes("num_workers", job.num_workers, error=TrainError)
     if job.threads is not None:
         limits.check_threads("threads", job.threads, error=TrainError)
+    if not isinstance(job.compile, bool):
+        raise TrainError(f"compile: expected True or False, got {job.compile!r}", usage=True)
+    if job.compile:
+        _check_compile_backend(job.compile_backend)
     if not isinstance(job.bf16, bool):
         raise TrainError(f"bf16: expected True or False, got {job.bf16!r}", usage=True)
     _range("crop_scale", job.crop_scale, 0, 1)
@@ -186,6 +192,16 @@ def _fill_recipe_defaults(job: TrainJob) -> None:
     for name, value in defaults.items():
         if getattr(job, name) is None:
             setattr(job, name, value)
+
+
+def _check_compile_backend(backend) -> None:
+    from torch._dynamo import list_backends
+
+    if backend not in list_backends(exclude_tags=()):  # the debugging backends too ("eager", "aot_eager")
+        raise TrainError(f"compile_backend: expected a torch.compile backend such as "
+                         f"{', '.join(list_backends())}, got {backend!r}", usage=True)
+    if backend == "inductor" and not torch.cuda.is_available():
+        require_cpp_compiler("compile")
 
 
 def _image_size(job: TrainJob, config) -> int:
@@ -399,6 +415,13 @@ def build_model(job: TrainJob, id2label: dict[int, str]):
     return auto.new_model(config, job.task)
 
 
+def _settle_problem_type(model, task: str) -> None:
+    """Class indices as labels: say so before the first step. transformers' classification loss writes it into
+    the config at its first call otherwise, and a compiled model then compiles its first graph again."""
+    if task == CLASSIFICATION and model.config.problem_type is None:
+        model.config.problem_type = "single_label_classification"
+
+
 def _task_of_folder(folder) -> str | None:
     try:
         return auto.task_of(auto.load_config(folder), folder)
@@ -433,6 +456,7 @@ def _training_arguments(job: TrainJob, checkpoints: Path):
         logging_steps=job.logging_steps, seed=job.seed, data_seed=job.seed, report_to=job.report_to,
         remove_unused_columns=False, batch_eval_metrics=True, dataloader_num_workers=job.num_workers,
         save_only_model=False, disable_tqdm=False, use_cpu=not torch.cuda.is_available(),
+        torch_compile=job.compile, torch_compile_backend=job.compile_backend if job.compile else None,
     )
 
 
@@ -500,6 +524,7 @@ class _RunParts:
 
 def _classification_or_segmentation_parts(job: TrainJob, data, image_size: int) -> _RunParts:
     model = build_model(job, data.id2label)
+    _settle_problem_type(model, job.task)
     family = auto.family_of(model)
     default_resize = image_size if job.task == SEGMENTATION else int(round(image_size * 288 / 256))
     eval_resize = job.eval_resize or default_resize
@@ -579,6 +604,10 @@ def _train_and_save(job: TrainJob, output_dir: Path, work_dir: Path) -> TrainRes
         eval_dataset=parts.val_set, compute_metrics=parts.compute_metrics, train_metrics=parts.train_metrics,
         callbacks=list(job.callbacks), multi_scale=MultiScaleOptions(enabled=multi_scale, min_size=low, max_size=high),
         bf16=job.bf16, error=TrainError, **collator)
+    if job.compile:
+        shapes = len(trainer.build_train_sampler(parts.train_set).table)
+        _note(f"compile: the first step at each of the {shapes} training input size(s) compiles a graph "
+              f"({job.compile_backend}; minutes each on a small CPU); evaluation runs uncompiled (the fast path)")
     started, cpu_started, steps_before = time.perf_counter(), time.process_time(), dict(POLICY.counts)
     trainer.train(resume_from_checkpoint=resume_from)
     train_seconds, train_cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
@@ -592,7 +621,7 @@ def _train_and_save(job: TrainJob, output_dir: Path, work_dir: Path) -> TrainRes
     metrics["train_cpu_seconds"] = round(train_cpu_seconds, 1)  # all threads; wall time x threads when idle
     metrics["training"] = {"epochs": job.epochs, "batch_size": job.batch_size, "learning_rate": job.learning_rate,
                            "weight_decay": job.weight_decay, "image_size": image_size, "multi_scale": multi_scale,
-                           "seed": job.seed, "world_size": trainer.args.world_size,
+                           "seed": job.seed, "world_size": trainer.args.world_size, "compile": job.compile,
                            "base_model": str(job.model) if job.model else None,
                            "bf16": job.bf16, "threads": torch.get_num_threads(),
                            "steps_by_threads": _steps_by_threads(steps_before),

@@ -7,7 +7,10 @@ evaluation stays float32, as the saved model runs). Everything else (optimizer, 
 DDP via torchrun / accelerate, progress bars) is stock Trainer, with two guards: a loss or weight that stops
 being finite ends training at once with a one-line error naming the step (stock Trainer logs the average of
 earlier losses instead and trains on, saving NaN weights), and DataLoader worker processes end with the main
-process, however it ends (Linux: the parent-death signal), rather than lingering. The sampler is a plug-in:
+process, however it ends (Linux: the parent-death signal), rather than lingering. With
+`TrainingArguments(torch_compile=True)` the model is compiled once per input shape (see `compiled_per_shape`):
+one graph per resolution of the sampler's table. (Trainer evaluates `trainer.model`, the module itself, during
+and after `train()`: evaluation runs uncompiled, on the eval fast path.) The sampler is a plug-in:
 with a `MobileViTDataset` (or a detection `DetectionDataset`) as training set, batches come from
 `MultiScaleBatchSampler` (multi-scale or fixed size); any other training set falls back to Trainer's own
 loader. For detectors, evaluation hands `compute_metrics` only the logits and the decoded boxes
@@ -20,6 +23,7 @@ also work with a plain `DataLoader`:
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -76,6 +80,25 @@ class MultiScaleOptions:
     max_size: int | None = None
     num_scales: int = 5
     divisor: int = 32
+
+
+# Graphs a compiled run may need besides the training shapes: evaluation batches (full and last partial, validation
+# and test split) where Trainer compiles for an evaluation called without training, and one to spare.
+EVAL_GRAPHS = 5
+
+
+def compiled_per_shape(training_shapes: int):
+    """Dynamo settings for a compiled run: a graph per input shape (`automatic_dynamic_shapes=False`), and room
+    for them all (`recompile_limit`, 8 by default, after which Dynamo quietly runs the model uncompiled).
+
+    Why not one graph for every shape: after the first change of input size Dynamo recompiles with symbolic
+    sizes, and Inductor (torch 2.13) then fails on the backward pass of MobileViT and MobileViTv2 alike (stock
+    transformers too), ordering the strides of a view it saves ("cannot determine truth value of Relational",
+    pytorch/pytorch#172204). The multi-scale sampler has a handful of shapes, so each gets its own graph."""
+    from torch._dynamo import config
+
+    needed = training_shapes + EVAL_GRAPHS
+    return config.patch(automatic_dynamic_shapes=False, recompile_limit=max(config.recompile_limit, needed))
 
 
 class _EpochAwareLoader(DataLoader):
@@ -148,6 +171,24 @@ class MobileViTTrainer(Trainer):
                          "this step on is saved (checkpoints of finished epochs are kept): lower --learning-rate or "
                          "--weight-decay, or check the data")
 
+    # -- compiled runs --------------------------------------------------------------------------------------------
+    def _compile_settings(self):
+        """`compiled_per_shape` for the sampler's table when the model is compiled; nothing otherwise."""
+        if not self.args.torch_compile:
+            return contextlib.nullcontext()
+        training_shapes = 1
+        if isinstance(self.train_dataset, MobileViTDataset):
+            training_shapes = len(self.build_train_sampler(self.train_dataset).table)
+        return compiled_per_shape(training_shapes)
+
+    def evaluate(self, *args, **kwargs):
+        with self._compile_settings():
+            return super().evaluate(*args, **kwargs)
+
+    def predict(self, *args, **kwargs):
+        with self._compile_settings():
+            return super().predict(*args, **kwargs)
+
     # -- data -----------------------------------------------------------------------------------------------------
     def build_train_sampler(self, dataset: MobileViTDataset) -> MultiScaleBatchSampler:
         height, width = dataset.image_size
@@ -178,10 +219,12 @@ class MobileViTTrainer(Trainer):
     # -- speed ------------------------------------------------------------------------------------------------------
     def train(self, *args, **kwargs):
         # the threads asked for; the policy's choice for each step stays set until the next one (batches,
-        # optimizer, evaluation run on it too), and the setting is put back at the end
+        # optimizer, evaluation run on it too), and the setting is put back at the end. The compile settings
+        # (one graph per input shape) hold for the whole run.
         self._asked_threads = torch.get_num_threads()
         try:
-            return super().train(*args, **kwargs)
+            with self._compile_settings():
+                return super().train(*args, **kwargs)
         finally:
             torch.set_num_threads(self._asked_threads)
 

@@ -487,6 +487,17 @@ class MobileViTBackbone(BackboneMixin, MobileViTPreTrainedModel):
 # --------------------------------------------------------------------------------------------------------
 # Heads
 # --------------------------------------------------------------------------------------------------------
+def out_of_range_classes(labels: torch.Tensor, num_labels: int, ignore_index: int) -> list[int]:
+    """The distinct values of `labels` outside [0, num_labels) other than `ignore_index`, sorted.
+
+    Eager only: under `torch.compile` the answer depends on the data, which a graph cannot branch on, so it is
+    [] there (shapes and dtypes are still checked; the compiled loss kernel's own index check stays)."""
+    if torch.compiler.is_compiling():
+        return []
+    bad = labels[((labels < 0) | (labels >= num_labels)) & (labels != ignore_index)]
+    return bad.unique().tolist() if bad.numel() else []
+
+
 class MobileViTForImageClassification(MobileViTPreTrainedModel):
     """The backbone, then dropout and a linear layer on the pooled features (e.g. ImageNet-1k)."""
 
@@ -544,10 +555,9 @@ class MobileViTForImageClassification(MobileViTPreTrainedModel):
                     f"labels: expected integer class indices of shape ({batch},), "
                     f"got {labels.dtype} of shape {tuple(labels.shape)}"
                 )
-            bad = labels[(labels < 0) | (labels >= num_labels)]
-            bad = bad[bad != -100]  # transformers' ignore index for cross-entropy
-            if bad.numel():
-                raise ValueError(f"labels: expected class indices in [0, {num_labels}), got {bad.tolist()}")
+            bad = out_of_range_classes(labels, num_labels, ignore_index=-100)  # transformers' ignore index
+            if bad:
+                raise ValueError(f"labels: expected class indices in [0, {num_labels}), got {bad}")
         elif problem == "multi_label_classification":
             if labels.shape != (batch, num_labels):
                 raise ValueError(
@@ -685,11 +695,11 @@ class MobileViTForSemanticSegmentation(MobileViTPreTrainedModel):
                 f"got {labels.dtype} of shape {tuple(labels.shape)}"
             )
         ignore = self.config.semantic_loss_ignore_index
-        bad = labels[((labels < 0) | (labels >= self.config.num_labels)) & (labels != ignore)]
-        if bad.numel():
+        bad = out_of_range_classes(labels, self.config.num_labels, ignore)
+        if bad:
             raise ValueError(
                 f"labels: expected class indices in [0, {self.config.num_labels}) or the ignore index {ignore}, "
-                f"got {sorted(set(bad.unique().tolist()))}"
+                f"got {bad}"
             )
 
 
@@ -719,7 +729,8 @@ class MobileViTForObjectDetection(MobileViTPreTrainedModel):
         **kwargs,
     ) -> tuple | ssd.ObjectDetectionOutput:
         """`labels`: one dict per image, `class_labels` (K,) in 1 .. num_labels - 1 and `boxes` (K, 4) normalised
-        (cx, cy, w, h), as transformers' detectors take them."""
+        (cx, cy, w, h), as transformers' detectors take them; or matched to the anchors in the data pipeline by
+        `ssd.LabelMatcher` (`anchor_labels`, `anchor_targets`: one compiled graph per input size)."""
         return_dict = self.config.return_dict if return_dict is None else return_dict
         pixel_values = self._check_pixel_values(pixel_values)
         if labels is not None:
