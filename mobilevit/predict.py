@@ -877,13 +877,17 @@ def box_line_width(height: int, width: int) -> int:
 
 
 def detections_picture(photo, detections: list[dict], palette, scores: bool = True) -> bytes:
-    """PNG: the photo (H x W x 3 uint8) at its own size, each detection's box outlined in its class's colour (the
-    PASCAL VOC palette; the box's pixel edges are the outline's outer edges) and labelled with its class and score
-    (`scores=False`: the class only, for true boxes) on a filled tag above it (inside when there is no room)."""
+    """PNG: the photo (H x W x 3, uint8, or floats in [0, 1]) at its own size, each detection's box outlined in its
+    class's colour (the PASCAL VOC palette; the box's pixel edges are the outline's outer edges) and labelled with
+    its class and score (`scores=False`: the class only, for true boxes) on a filled tag above it (inside when
+    there is no room)."""
     import io
 
+    import numpy as np
     from PIL import Image, ImageDraw, ImageFont
 
+    if photo.dtype != np.uint8:
+        photo = np.clip(np.round(photo * 255), 0, 255).astype(np.uint8)
     picture = Image.fromarray(photo)
     draw = ImageDraw.Draw(picture)
     height, width = photo.shape[:2]

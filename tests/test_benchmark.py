@@ -152,7 +152,7 @@ def test_smoke_run_with_onnxruntime_and_resnet(tmp_path):
     ]
     assert results[-1].params_m == pytest.approx(25.56, abs=0.05)  # ResNet-50 at its real size
     benchmark.write_outputs(results, tmp_path, overwrite=False)
-    with pytest.raises(FileExistsError, match="overwrite"):
+    with pytest.raises(benchmark.BenchmarkError, match="overwrite"):  # a one-line error at the command line
         benchmark.write_outputs(results, tmp_path, overwrite=False)
 
 

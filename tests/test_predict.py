@@ -706,3 +706,14 @@ def test_detection_streams_a_folder_in_batches_and_resumes(saved_detector, folde
     redone = sorted(str(p.relative_to(resumed)) for p in resumed.rglob("*.png"))
     assert redone == sorted(str(Path(r["figure"]).relative_to(tmp_path / "b1")) for r in results[1][5:])
     assert len([line for line in out.splitlines() if not line.startswith(" ")]) == 7  # only the images redone
+
+
+def test_a_detections_picture_takes_uint8_or_float_photos_alike():
+    """Notebooks pass photos as floats in [0, 1], predict and training as uint8: the same picture either way."""
+    from mobilevit.predict import color_palette, detections_picture
+
+    photo = np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    found = [{"label": "cat", "class_id": 3, "score": 0.9, "box": {"xmin": 5, "ymin": 8, "xmax": 30, "ymax": 35}}]
+    as_bytes = detections_picture(photo, found, color_palette(81))
+    assert as_bytes == detections_picture(photo / 255.0, found, color_palette(81))
+    assert as_bytes != detections_picture(photo, [], color_palette(81))  # the box was drawn
