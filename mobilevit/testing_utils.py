@@ -67,6 +67,18 @@ def shared_fixtures_dir(name: str = "mlcvnets") -> Path | None:
     return None
 
 
+def ssd_fixture_keys(prefix: str) -> list[str] | None:
+    """The state-dict keys of the 320x320 SSD fixtures whose names start with `prefix` (e.g. "ssdlite_mobilevit_"),
+    None when ../shared/fixtures/mlcvnets_ssd is absent."""
+    import json
+
+    folder = shared_fixtures_dir("mlcvnets_ssd")
+    if folder is None:
+        return None
+    return [key for path in sorted(folder.glob(f"{prefix}*.json")) if "_320" in path.name
+            for key, _, _ in json.loads(path.read_text())["state_dict"]]
+
+
 def fixture_state_dict(folder: Path, name: str) -> dict[str, torch.Tensor]:
     """The deterministic ml-cvnets weights of the fixture `<folder>/<name>.json`, made by the folder's weights.py."""
     import importlib.util

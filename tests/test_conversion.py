@@ -22,7 +22,7 @@ from mobilevit.conversion_utils import sha256_of_file, unwrap_state_dict
 from mobilevit.models.mobilevit.conversion_mobilevit import RENAME_TABLE, rename_key
 from mobilevit.labels import imagenet_1k_id2label, pascal_voc_id2label
 from mobilevit import MobileViTForImageClassification, MobileViTForSemanticSegmentation
-from mobilevit.testing_utils import shared_fixtures_dir
+from mobilevit.testing_utils import shared_fixtures_dir, ssd_fixture_keys
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = shared_fixtures_dir()
@@ -125,6 +125,8 @@ def test_unwrap_forms_and_ambiguity():
 # The six released layouts: convert, load with this package and with stock transformers, match ml-cvnets
 # ---------------------------------------------------------------------------------------------------------
 @NEEDS_FIXTURES
+@pytest.mark.skipif(shared_fixtures_dir("mlcvnets_ssd") is None,
+                    reason="../shared/fixtures/mlcvnets_ssd not found: the SSD rename rules cannot be checked")
 def test_every_rename_rule_is_used_by_a_released_layout():
     keys = [k for name in NAMES for k, _, _ in json.loads((FIXTURES / f"{name}.json").read_text())["state_dict"]]
     keys += ssd_fixture_keys("ssdlite_mobilevit_")  # the SSD rules are used by the detectors' layout
@@ -447,12 +449,3 @@ def test_a_killed_conversions_staging_folder_is_removed_by_the_next_one(tmp_path
     (stale / "model.safetensors").write_bytes(b"\0" * 100)
     assert convert_cli(checkpoint, tmp_path / "out") == 0
     assert not stale.exists() and not leftovers(tmp_path, tmp_path / "out")
-
-
-def ssd_fixture_keys(prefix: str) -> list[str]:
-    """The state-dict keys of the SSD fixtures whose names start with `prefix` (none without the fixtures)."""
-    folder = shared_fixtures_dir("mlcvnets_ssd")
-    if folder is None:
-        pytest.skip("../shared/fixtures/mlcvnets_ssd not found: the SSD rename rules cannot be checked")
-    return [k for path in sorted(folder.glob(f"{prefix}*.json")) if "_320" in path.name
-            for k, _, _ in json.loads(path.read_text())["state_dict"]]

@@ -22,7 +22,7 @@ from mobilevit.conversion import convert_checkpoint, main
 from mobilevit.conversion_utils import sha256_of_file
 from mobilevit.labels import ade20k_id2label, imagenet_1k_id2label, pascal_voc_id2label
 from mobilevit.models.mobilevitv2.conversion_mobilevitv2 import RENAME_TABLE, rename_key
-from mobilevit.testing_utils import shared_fixtures_dir
+from mobilevit.testing_utils import shared_fixtures_dir, ssd_fixture_keys
 
 FIXTURES = shared_fixtures_dir("mlcvnets_v2")
 NEEDS_FIXTURES = pytest.mark.skipif(
@@ -117,6 +117,8 @@ def test_rename_key(source, target):
 
 
 @NEEDS_FIXTURES
+@pytest.mark.skipif(shared_fixtures_dir("mlcvnets_ssd") is None,
+                    reason="../shared/fixtures/mlcvnets_ssd not found: the SSD rename rules cannot be checked")
 def test_every_rename_rule_is_used_and_every_key_has_a_rule_or_a_reason():
     keys = [k for name in NAMES for k, _, _ in json.loads((FIXTURES / f"{name}.json").read_text())["state_dict"]]
     keys += ssd_fixture_keys("ssdlite_mobilevitv2_")  # the SSD rules are used by the detectors' layout
@@ -393,12 +395,3 @@ def test_convert_needs_a_checkpoint_and_an_output_unless_fixing(capsys):
 
     assert cli_main(["convert", "--output-dir", "somewhere"]) == 2
     assert "--checkpoint: expected a value (or --fix-preprocessing FOLDER alone)" in capsys.readouterr().err
-
-
-def ssd_fixture_keys(prefix: str) -> list[str]:
-    """The state-dict keys of the SSD fixtures whose names start with `prefix` (none without the fixtures)."""
-    folder = shared_fixtures_dir("mlcvnets_ssd")
-    if folder is None:
-        pytest.skip("../shared/fixtures/mlcvnets_ssd not found: the SSD rename rules cannot be checked")
-    return [k for path in sorted(folder.glob(f"{prefix}*.json")) if "_320" in path.name
-            for k, _, _ in json.loads(path.read_text())["state_dict"]]
