@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UserError
+from .limits import usable_cpus
 from .tasks import CLASSIFICATION, OBJECT_DETECTION, SEGMENTATION
 
 MAX_BATCH_SIZE = 4096  # the exported graphs' batch limit too
@@ -184,17 +185,10 @@ def prepare_image(source: ImageInput, processor, *, whole_image: bool = False, k
 # ---------------------------------------------------------------------------------------------------------
 # Workers
 # ---------------------------------------------------------------------------------------------------------
-def available_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
 def default_workers() -> int:
     """Enough threads to decode with every CPU between forwards (they pause while the model runs when there are
     not enough CPUs for both), at most 8."""
-    return max(1, min(8, available_cpus()))
+    return max(1, min(8, usable_cpus()))
 
 
 class WorkerPool:
@@ -206,7 +200,7 @@ class WorkerPool:
     def __init__(self, workers: int, model_threads: int = 1, name: str = "mobilevit-worker"):
         self.workers = workers
         # pause while the model runs when workers and the model's team would share CPUs
-        self.pauses = workers > 0 and workers + model_threads > available_cpus()
+        self.pauses = workers > 0 and workers + model_threads > usable_cpus()
         self._tasks: deque = deque()
         self._condition = threading.Condition()
         self._paused = False
@@ -403,5 +397,5 @@ def check_workers(value, error: type[UserError] = UserError, argument: str = "--
 
 
 __all__ = ["ImageFile", "FoundImages", "find_images", "check_headers", "ImageInput", "Prepared", "prepare_image",
-           "WorkerPool", "available_cpus", "default_workers", "batches", "in_order", "stream", "check_batch_size",
+           "WorkerPool", "default_workers", "batches", "in_order", "stream", "check_batch_size",
            "check_workers", "MAX_BATCH_SIZE", "MAX_WORKERS", "DEFAULT_BATCH_SIZE"]
